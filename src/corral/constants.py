@@ -1,0 +1,45 @@
+"""Defaults and limits, in one place so that they are documented once and changed once."""
+
+from __future__ import annotations
+
+#: Where the server listens unless told otherwise: loopback only, never all interfaces by default.
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8750
+DEFAULT_URL = f"http://{DEFAULT_HOST}:{DEFAULT_PORT}"
+
+#: Directory holding the SQLite database and the token file when no --data-dir is given.
+DEFAULT_DATA_DIR = "~/.local/share/corral"
+TOKEN_FILE_NAME = "tokens.json"
+DATABASE_FILE_NAME = "corral.db"
+
+#: Wire protocol between worker and server; a worker speaking another version is refused.
+PROTOCOL_VERSION = 1
+
+#: Queue every job goes to unless it names another.
+DEFAULT_QUEUE = "default"
+
+#: A worker heartbeats this often; a worker silent for LEASE seconds loses its jobs.
+HEARTBEAT_INTERVAL = 1.0
+WORKER_LEASE = 5.0
+
+#: Jobs a worker may hold beyond its concurrency, so that it never waits for the next one.
+DEFAULT_PREFETCH = 64
+
+#: Retry backoff: base * 2**(attempt-1), capped, with up to JITTER of it added at random.
+RETRY_BACKOFF_BASE = 1.0
+RETRY_BACKOFF_MAX = 300.0
+RETRY_BACKOFF_JITTER = 0.25
+
+#: Limits that keep one client from exhausting the server.
+MAX_REQUEST_BYTES = 16 * 1024 * 1024
+MAX_BATCH_JOBS = 10_000
+MAX_LOG_BYTES_PER_JOB = 1024 * 1024
+MAX_RESULT_BYTES = 4 * 1024 * 1024
+MAX_NAME_LENGTH = 256
+MAX_LIST_LIMIT = 10_000
+
+#: Group commit: the store writer takes at most this many mutations per transaction.
+MAX_COMMIT_BATCH = 20_000
+
+#: On SIGTERM a worker waits this long for running jobs before handing them back.
+GRACEFUL_SHUTDOWN_TIMEOUT = 30.0

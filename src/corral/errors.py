@@ -1,0 +1,62 @@
+"""One exception tree: everything corral raises on purpose is a CorralError."""
+
+from __future__ import annotations
+
+
+class CorralError(Exception):
+    """Base class of every error corral raises on purpose."""
+
+
+class ConfigError(CorralError):
+    """A setting, flag or file is wrong; the message names it and the fix."""
+
+
+class ServerUnreachable(CorralError):
+    """No server answered at the URL tried; start one with `corral server` or set CORRAL_URL."""
+
+
+class AuthError(CorralError):
+    """The token is missing, wrong or lacks the role the call needs."""
+
+
+class NotFound(CorralError):
+    """The job, worker or other object named does not exist."""
+
+
+class InvalidRequest(CorralError):
+    """The server refused the request as malformed; the message names the field."""
+
+
+class SerializationError(CorralError):
+    """Arguments or a function cannot be sent to a worker; the message says what to send instead."""
+
+
+class JobFailed(CorralError):
+    """The job ended without success; carries its state, error and the remote traceback."""
+
+    def __init__(
+        self,
+        job_id: str,
+        state: str,
+        error_type: str | None = None,
+        message: str | None = None,
+        traceback: str | None = None,
+    ) -> None:
+        self.job_id = job_id
+        self.state = state
+        self.error_type = error_type
+        self.message = message
+        self.traceback = traceback
+        detail = f"{error_type}: {message}" if error_type else (message or "")
+        text = f"job {job_id} {state}" + (f": {detail}" if detail else "")
+        if traceback:
+            text += f"\n\nRemote traceback:\n{traceback}"
+        super().__init__(text)
+
+
+class JobTimeout(CorralError):
+    """Waiting for a job took longer than the timeout given to wait() or result()."""
+
+
+class ProtocolError(CorralError):
+    """A peer sent a frame that does not decode, or speaks another protocol version."""

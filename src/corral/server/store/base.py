@@ -1,0 +1,155 @@
+"""The Store: the only durable state of a corral server, behind one narrow interface.
+
+The server never touches a database directly. It hands the store batches of mutations, applied in
+order in one transaction (group commit), and reads jobs back for the API and for recovery after a
+restart. Implementations: `MemoryStore` (tests), `SQLiteStore` (embedded default).
+
+Every method is synchronous and called from one thread at a time for writes (the server's writer
+thread); reads may come from other threads, so implementations must allow concurrent readers.
+
+Contract every implementation meets (tests/server/store/test_contract.py runs it against each):
+- `write(batch)` applies all of the batch or none of it; when it returns, the batch is durable.
+- `InsertJobs` of an id that exists raises `DuplicateJob` and leaves the batch unapplied.
+- `UpdateJob` of an unknown id is ignored (the job may have been purged).
+- `SaveAttempt` inserts or replaces the attempt with the same (job_id, number).
+- `AppendLog` keeps at most `MAX_LOG_BYTES_PER_JOB` bytes per job and stream; the rest is dropped
+  and `read_log` reports it as truncated.
+- `load_active()` yields every job in state queued or running, in id order, with its spec blob.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+from corral.errors import CorralError
+from corral.models import Attempt, JobState, QueueOrdering
+
+
+class DuplicateJob(CorralError):
+    """A job with this id is already stored."""
+
+
+@dataclass(frozen=True, slots=True)
+class JobRow:
+    """A job as stored. `spec` is the msgpack encoding of its JobSpec (opaque to the store)."""
+
+    id: str
+    name: str
+    queue: str
+    priority: int
+    state: JobState
+    created: float
+    spec: bytes
+    started: float | None = None
+    finished: float | None = None
+    worker: str | None = None
+    attempts: int = 0
+    result: bytes | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    traceback: str | None = None
+    exit_code: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InsertJobs:
+    jobs: Sequence[JobRow]
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateJob:
+    """Set the given fields of one job; fields left as None keep their stored value, except on a
+    transition back to queued, where started/finished/worker/result/error are cleared."""
+
+    id: str
+    state: JobState
+    started: float | None = None
+    finished: float | None = None
+    worker: str | None = None
+    attempts: int | None = None
+    result: bytes | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    traceback: str | None = None
+    exit_code: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SaveAttempt:
+    job_id: str
+    attempt: Attempt
+
+
+@dataclass(frozen=True, slots=True)
+class AppendLog:
+    job_id: str
+    stream: str  # "stdout" or "stderr"
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SaveQueue:
+    name: str
+    ordering: QueueOrdering
+
+
+Mutation = InsertJobs | UpdateJob | SaveAttempt | AppendLog | SaveQueue
+
+
+@dataclass(frozen=True, slots=True)
+class JobFilter:
+    """Listing filters; None means any. Results come newest first, `before` an id for paging."""
+
+    states: Sequence[JobState] | None = None
+    queue: str | None = None
+    name: str | None = None  # substring match
+    before: str | None = None
+    limit: int = 100
+    ids: Sequence[str] | None = field(default=None)
+
+
+@dataclass(frozen=True, slots=True)
+class LogChunk:
+    data: bytes
+    truncated: bool
+
+
+class Store(ABC):
+    """Durable job storage. See the module docstring for the contract."""
+
+    @abstractmethod
+    def write(self, batch: Sequence[Mutation]) -> None:
+        """Apply the mutations in order, atomically and durably."""
+
+    @abstractmethod
+    def get_job(self, job_id: str) -> JobRow | None:
+        """The stored job, or None."""
+
+    @abstractmethod
+    def get_attempts(self, job_id: str) -> list[Attempt]:
+        """The job's attempts, oldest first."""
+
+    @abstractmethod
+    def list_jobs(self, filter: JobFilter) -> list[JobRow]:
+        """Jobs matching the filter, newest first, at most filter.limit."""
+
+    @abstractmethod
+    def load_active(self) -> Iterator[JobRow]:
+        """Every queued or running job, in id order: what a restarted server must schedule again."""
+
+    @abstractmethod
+    def read_log(self, job_id: str, stream: str, offset: int = 0) -> LogChunk:
+        """The job's captured output on one stream from byte `offset`."""
+
+    @abstractmethod
+    def list_queues(self) -> dict[str, QueueOrdering]:
+        """Declared queues and their ordering."""
+
+    @abstractmethod
+    def count_by_state(self) -> dict[JobState, int]:
+        """How many stored jobs are in each state (states with none may be omitted)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
+        """Release connections and files."""
