@@ -1,0 +1,431 @@
+"""The scheduler core: a pure state machine. Events in, decisions out, time passed in.
+
+No I/O, no clock reads, no awaits: the server feeds it events (jobs submitted, a worker joined,
+results arrived, time passed) and carries out the decisions it returns (send these jobs to that
+worker, persist this transition, kill that job). Keeping it pure keeps the hot path free of awaits
+and lets tests drive it through every interleaving (tests/server/test_scheduler*.py).
+
+What it guarantees:
+- a job is in exactly one place: a queue, the delayed heap, or one worker's in-flight set;
+- a job is never dispatched to two live workers at once;
+- a worker silent for longer than the lease loses its jobs: re-queued, or `lost` when the job is
+  not idempotent; a worker that comes back within the lease keeps the jobs it still holds.
+
+Only unfinished jobs are kept here; finished ones live in the store alone.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from corral.constants import (
+    RETRY_BACKOFF_BASE,
+    RETRY_BACKOFF_JITTER,
+    RETRY_BACKOFF_MAX,
+    WORKER_LEASE,
+)
+from corral.models import JobState, QueueOrdering
+
+
+@dataclass(slots=True, eq=False)
+class JobRecord:
+    """What the scheduler needs to know of an unfinished job; `payload` is opaque to it."""
+
+    id: str
+    queue: str
+    payload: bytes
+    priority: int = 0
+    tags: frozenset[str] = frozenset()
+    retries: int = 0
+    idempotent: bool = True
+    ready_at: float = 0.0
+    state: JobState = JobState.QUEUED
+    attempts: int = 0  # attempts started, ever (numbers the next attempt)
+    failures: int = 0  # failed attempts since (re)submission, against `retries`
+    worker: str | None = None
+    cancel_requested: bool = False
+    seq: int = -1  # place in its queue, kept when re-queued so the job does not lose its turn
+
+
+@dataclass(slots=True, eq=False)
+class WorkerRecord:
+    id: str
+    queues: tuple[str, ...]
+    tags: frozenset[str]
+    capacity: int
+    last_seen: float
+    connected: bool = True
+    inflight: dict[str, JobRecord] = field(default_factory=dict)
+
+    @property
+    def free(self) -> int:
+        return self.capacity - len(self.inflight) if self.connected else 0
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    """Send these jobs to the worker; each is now running there as attempt `job.attempts`."""
+
+    worker_id: str
+    jobs: tuple[JobRecord, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Requeued:
+    """The job is queued again (a retry after backoff, a lost or departing worker)."""
+
+    job: JobRecord
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """The job reached a final state and left the scheduler."""
+
+    job: JobRecord
+    state: JobState
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Kill:
+    """Ask the worker to stop the job (it reports it cancelled)."""
+
+    worker_id: str
+    job_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerExpired:
+    """The worker's lease ran out; its connection, if any, should be closed."""
+
+    worker_id: str
+
+
+Decision = Dispatch | Requeued | Finished | Kill | WorkerExpired
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A worker's report that an attempt ended."""
+
+    job_id: str
+    attempt: int
+    state: JobState
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Exponential backoff with jitter: base * 2**(failures-1), capped, plus up to jitter*delay."""
+
+    base: float = RETRY_BACKOFF_BASE
+    maximum: float = RETRY_BACKOFF_MAX
+    jitter: float = RETRY_BACKOFF_JITTER
+
+    def delay(self, failures: int, rng: random.Random) -> float:
+        delay = min(self.maximum, self.base * 2 ** (failures - 1))
+        return delay + delay * self.jitter * rng.random()
+
+
+class _Queue:
+    """One named queue: a heap per tag set, ordered by the queue's ordering.
+
+    Cancelled jobs are left in the heap and skipped when they surface (lazy deletion).
+    """
+
+    __slots__ = ("buckets", "ordering")
+
+    def __init__(self, ordering: QueueOrdering) -> None:
+        self.ordering = ordering
+        self.buckets: dict[frozenset[str], list[tuple[int, int, JobRecord]]] = {}
+
+    def push(self, job: JobRecord) -> None:
+        seq = job.seq
+        if self.ordering is QueueOrdering.FIFO:
+            key = (0, seq)
+        elif self.ordering is QueueOrdering.LIFO:
+            key = (0, -seq)
+        else:
+            key = (-job.priority, seq)
+        heapq.heappush(self.buckets.setdefault(job.tags, []), (*key, job))
+
+    def pop_for(self, tags: frozenset[str]) -> JobRecord | None:
+        """The best queued job whose required tags the worker has, or None."""
+        best: list[tuple[int, int, JobRecord]] | None = None
+        for required, heap in self.buckets.items():
+            if not required <= tags:
+                continue
+            while heap and heap[0][2].state is not JobState.QUEUED:
+                heapq.heappop(heap)
+            if heap and (best is None or heap[0][:2] < best[0][:2]):
+                best = heap
+        return heapq.heappop(best)[2] if best else None
+
+
+class Scheduler:
+    """Pure scheduling state. Every method takes `now` and returns the decisions to carry out."""
+
+    def __init__(
+        self,
+        *,
+        lease: float = WORKER_LEASE,
+        retry_policy: RetryPolicy | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.lease = lease
+        self.retry_policy = retry_policy or RetryPolicy()
+        self._rng = rng or random.Random()
+        self._seq = itertools.count()
+        self._queues: dict[str, _Queue] = {}
+        self._jobs: dict[str, JobRecord] = {}
+        self._delayed: list[tuple[float, int, JobRecord]] = []
+        self._workers: dict[str, WorkerRecord] = {}
+        self._lost: dict[str, JobRecord] = {}  # kept to accept a late result
+
+    # -- queries -------------------------------------------------------------------------------
+
+    def job(self, job_id: str) -> JobRecord | None:
+        return self._jobs.get(job_id)
+
+    def workers(self) -> list[WorkerRecord]:
+        return list(self._workers.values())
+
+    def queue_orderings(self) -> dict[str, QueueOrdering]:
+        return {name: queue.ordering for name, queue in self._queues.items()}
+
+    def counts(self) -> dict[JobState, int]:
+        """Unfinished jobs by state."""
+        counts = dict.fromkeys((JobState.QUEUED, JobState.RUNNING), 0)
+        for job in self._jobs.values():
+            counts[job.state] += 1
+        return counts
+
+    def depth(self) -> dict[str, int]:
+        """Queued (including delayed) jobs per queue."""
+        depth = dict.fromkeys(self._queues, 0)
+        for job in self._jobs.values():
+            if job.state is JobState.QUEUED:
+                depth[job.queue] = depth.get(job.queue, 0) + 1
+        return depth
+
+    def next_wakeup(self) -> float | None:
+        """When tick() next has work: the earliest delayed job or worker lease expiry."""
+        times = [worker.last_seen + self.lease for worker in self._workers.values()]
+        if self._delayed:
+            times.append(self._delayed[0][0])
+        return min(times, default=None)
+
+    # -- queues and jobs ---------------------------------------------------------------------------
+
+    def declare_queue(self, name: str, ordering: QueueOrdering) -> None:
+        """Create a queue, or change its ordering (jobs already queued keep their place)."""
+        queue = self._queues.get(name)
+        if queue is None or queue.ordering is not ordering:
+            old = queue
+            self._queues[name] = queue = _Queue(ordering)
+            if old is not None:
+                for heap in old.buckets.values():
+                    for _, _, job in heap:
+                        if job.state is JobState.QUEUED:
+                            queue.push(job)
+
+    def submit(self, jobs: Iterable[JobRecord], now: float) -> list[Decision]:
+        """Accept new jobs (or a finished job sent again by retry) and dispatch what can run."""
+        for job in jobs:
+            if job.id in self._jobs:
+                continue  # already scheduled: submitting twice must not queue it twice
+            job.state = JobState.QUEUED
+            job.worker = None
+            job.failures = 0
+            job.cancel_requested = False
+            job.seq = next(self._seq)
+            self._lost.pop(job.id, None)
+            self._jobs[job.id] = job
+            self._enqueue(job, now)
+        return self._fill_all(now)
+
+    def restore_running(self, job: JobRecord, worker_id: str, now: float) -> None:
+        """After a server restart: a job the store says was running on `worker_id`.
+
+        The worker gets one lease to come back and claim it; otherwise it is re-queued or lost.
+        """
+        worker = self._workers.get(worker_id)
+        if worker is None:
+            worker = WorkerRecord(worker_id, (), frozenset(), 0, now, connected=False)
+            self._workers[worker_id] = worker
+        job.state = JobState.RUNNING
+        job.worker = worker_id
+        job.seq = next(self._seq)
+        worker.inflight[job.id] = job
+        self._jobs[job.id] = job
+
+    def cancel(self, job_id: str, now: float) -> list[Decision]:
+        """Cancel a queued job now, or ask its worker to kill a running one."""
+        job = self._jobs.get(job_id)
+        if job is None:
+            return []
+        if job.state is JobState.QUEUED:
+            return [self._finish(job, JobState.CANCELLED, "cancelled while queued")]
+        job.cancel_requested = True
+        assert job.worker is not None
+        return [Kill(job.worker, job_id)]
+
+    # -- workers -------------------------------------------------------------------------------
+
+    def worker_joined(
+        self,
+        worker_id: str,
+        *,
+        queues: Sequence[str],
+        tags: Iterable[str],
+        capacity: int,
+        held: Iterable[str],
+        now: float,
+    ) -> list[Decision]:
+        """A worker (re)connected. `held` lists every job it still has (running, waiting locally,
+        or finished with the result not yet acknowledged)."""
+        for name in queues:
+            if name not in self._queues:
+                self.declare_queue(name, QueueOrdering.FIFO)
+        worker = self._workers.get(worker_id)
+        decisions: list[Decision] = []
+        held_ids = set(held)
+        if worker is None:
+            worker = WorkerRecord(worker_id, tuple(queues), frozenset(tags), capacity, now)
+            self._workers[worker_id] = worker
+        else:
+            worker.queues, worker.tags, worker.capacity = tuple(queues), frozenset(tags), capacity
+            worker.last_seen, worker.connected = now, True
+            # Dispatched but never received (the connection dropped): safe to run elsewhere.
+            for job_id in [j for j in worker.inflight if j not in held_ids]:
+                undelivered = worker.inflight.pop(job_id)
+                decisions.append(self._requeue(undelivered, now, "never reached its worker"))
+        # Jobs the worker holds that are no longer its own (re-queued while it was away), and
+        # cancels asked for while it was unreachable.
+        for job_id in held_ids:
+            held_job = worker.inflight.get(job_id)
+            reassigned = held_job is None and job_id not in self._lost
+            if reassigned or (held_job is not None and held_job.cancel_requested):
+                decisions.append(Kill(worker_id, job_id))
+        return decisions + self._fill_all(now)
+
+    def heartbeat(self, worker_id: str, now: float) -> None:
+        worker = self._workers.get(worker_id)
+        if worker is not None:
+            worker.last_seen = now
+
+    def worker_disconnected(self, worker_id: str, now: float) -> None:
+        """The connection closed; the worker keeps its jobs until its lease runs out."""
+        worker = self._workers.get(worker_id)
+        if worker is not None:
+            worker.connected = False
+
+    def release(self, worker_id: str, job_ids: Iterable[str], now: float) -> list[Decision]:
+        """A departing worker hands back jobs it has not finished: queue them again now."""
+        worker = self._workers.get(worker_id)
+        if worker is None:
+            return []
+        decisions: list[Decision] = []
+        for job_id in job_ids:
+            job = worker.inflight.pop(job_id, None)
+            if job is not None:
+                decisions.append(self._requeue(job, now, f"handed back by worker {worker_id}"))
+        return decisions + self._fill_all(now)
+
+    def complete(self, worker_id: str, outcomes: Iterable[Outcome], now: float) -> list[Decision]:
+        """Attempts ended on a worker. Results for attempts that are no longer current (the job
+        was re-queued meanwhile) are ignored; a late result for a `lost` job is accepted."""
+        worker = self._workers.get(worker_id)
+        if worker is not None:
+            worker.last_seen = now
+        decisions: list[Decision] = []
+        for outcome in outcomes:
+            job = worker.inflight.get(outcome.job_id) if worker else None
+            if job is not None and job.attempts == outcome.attempt:
+                del worker.inflight[outcome.job_id]  # type: ignore[union-attr]
+                decisions.append(self._settle(job, outcome.state, now))
+                continue
+            lost = self._lost.get(outcome.job_id)
+            if lost is not None and lost.attempts == outcome.attempt:
+                del self._lost[outcome.job_id]
+                lost.state = JobState.RUNNING
+                decisions.append(self._finish(lost, outcome.state, "result arrived after loss"))
+        if worker is not None:
+            decisions.extend(self._fill(worker))
+        return decisions
+
+    def tick(self, now: float) -> list[Decision]:
+        """Let time pass: start delayed jobs that are due, expire silent workers."""
+        decisions: list[Decision] = []
+        while self._delayed and self._delayed[0][0] <= now:
+            job = heapq.heappop(self._delayed)[2]
+            if job.state is JobState.QUEUED and job.ready_at <= now:
+                self._queues[job.queue].push(job)
+        for worker in [w for w in self._workers.values() if w.last_seen + self.lease <= now]:
+            del self._workers[worker.id]
+            reason = f"worker {worker.id} stopped heartbeating"
+            for job in worker.inflight.values():
+                if job.cancel_requested:
+                    decisions.append(self._finish(job, JobState.CANCELLED, reason))
+                elif job.idempotent:
+                    decisions.append(self._requeue(job, now, reason))
+                else:
+                    self._lost[job.id] = job
+                    decisions.append(self._finish(job, JobState.LOST, reason))
+            decisions.append(WorkerExpired(worker.id))
+        return decisions + self._fill_all(now)
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _enqueue(self, job: JobRecord, now: float) -> None:
+        if job.queue not in self._queues:
+            self.declare_queue(job.queue, QueueOrdering.FIFO)
+        if job.ready_at > now:
+            heapq.heappush(self._delayed, (job.ready_at, job.seq, job))
+        else:
+            self._queues[job.queue].push(job)
+
+    def _requeue(self, job: JobRecord, now: float, reason: str) -> Requeued:
+        job.state = JobState.QUEUED
+        job.worker = None
+        self._enqueue(job, now)
+        return Requeued(job, reason)
+
+    def _settle(self, job: JobRecord, state: JobState, now: float) -> Decision:
+        if job.cancel_requested:
+            return self._finish(job, JobState.CANCELLED, "cancelled while running")
+        if state in (JobState.FAILED, JobState.TIMED_OUT) and job.failures < job.retries:
+            job.failures += 1
+            job.ready_at = now + self.retry_policy.delay(job.failures, self._rng)
+            return self._requeue(job, now, f"retry {job.failures} of {job.retries} after {state}")
+        return self._finish(job, state)
+
+    def _finish(self, job: JobRecord, state: JobState, reason: str | None = None) -> Finished:
+        job.state = state
+        self._jobs.pop(job.id, None)
+        return Finished(job, state, reason)
+
+    def _fill_all(self, now: float) -> list[Decision]:
+        decisions: list[Decision] = []
+        for worker in self._workers.values():
+            decisions.extend(self._fill(worker))
+        return decisions
+
+    def _fill(self, worker: WorkerRecord) -> list[Decision]:
+        free = worker.free
+        if free <= 0:
+            return []
+        batch: list[JobRecord] = []
+        for name in worker.queues:
+            queue = self._queues[name]
+            while len(batch) < free and (job := queue.pop_for(worker.tags)) is not None:
+                job.state = JobState.RUNNING
+                job.worker = worker.id
+                job.attempts += 1
+                worker.inflight[job.id] = job
+                batch.append(job)
+        return [Dispatch(worker.id, tuple(batch))] if batch else []

@@ -1,0 +1,225 @@
+"""Unit tests of the pure scheduler core: events in, decisions out, time passed in."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from corral.models import JobState, QueueOrdering
+from corral.server.scheduler import (
+    Dispatch,
+    Finished,
+    JobRecord,
+    Kill,
+    Outcome,
+    Requeued,
+    RetryPolicy,
+    Scheduler,
+    WorkerExpired,
+)
+
+
+def make_job(job_id: str, **fields: object) -> JobRecord:
+    fields.setdefault("queue", "default")
+    return JobRecord(id=job_id, payload=b"", **fields)  # type: ignore[arg-type]
+
+
+def dispatched(decisions: list) -> list[str]:
+    return [job.id for d in decisions if isinstance(d, Dispatch) for job in d.jobs]
+
+
+def join(
+    scheduler: Scheduler,
+    worker_id: str = "w1",
+    *,
+    capacity: int = 1,
+    queues: tuple[str, ...] = ("default",),
+    tags: tuple[str, ...] = (),
+    held: tuple[str, ...] = (),
+    now: float = 0.0,
+) -> list:
+    return scheduler.worker_joined(
+        worker_id, queues=queues, tags=tags, capacity=capacity, held=held, now=now
+    )
+
+
+def drain(scheduler: Scheduler, worker_id: str, now: float = 0.0) -> list[str]:
+    """Complete jobs one at a time on a capacity-1 worker; the order they ran in."""
+    order: list[str] = []
+    decisions = join(scheduler, worker_id, now=now)
+    while ids := dispatched(decisions):
+        order.extend(ids)
+        outcomes = [Outcome(i, 1, JobState.SUCCEEDED) for i in ids]
+        decisions = scheduler.complete(worker_id, outcomes, now)
+    return order
+
+
+@pytest.mark.parametrize(
+    ("ordering", "expected"),
+    [
+        (QueueOrdering.FIFO, ["a", "b", "c", "d"]),
+        (QueueOrdering.LIFO, ["d", "c", "b", "a"]),
+        (QueueOrdering.PRIORITY, ["b", "d", "a", "c"]),
+    ],
+)
+def test_queue_orderings(ordering: QueueOrdering, expected: list[str]) -> None:
+    scheduler = Scheduler()
+    scheduler.declare_queue("default", ordering)
+    priorities = {"a": 0, "b": 5, "c": 0, "d": 5}
+    scheduler.submit([make_job(i, priority=p) for i, p in priorities.items()], now=0)
+    assert drain(scheduler, "w1") == expected
+
+
+def test_jobs_go_only_to_workers_with_their_tags() -> None:
+    scheduler = Scheduler()
+    scheduler.submit([make_job("gpu-job", tags=frozenset({"gpu"})), make_job("any")], now=0)
+    assert dispatched(join(scheduler, "cpu", capacity=5)) == ["any"]
+    assert dispatched(join(scheduler, "gpu", capacity=5, tags=("gpu", "big"))) == ["gpu-job"]
+
+
+def test_worker_takes_its_queues_in_the_order_it_lists_them() -> None:
+    scheduler = Scheduler()
+    scheduler.submit([make_job("low", queue="low"), make_job("high", queue="high")], now=0)
+    decisions = join(scheduler, capacity=2, queues=("high", "low"))
+    assert dispatched(decisions) == ["high", "low"]
+
+
+def test_prefetch_is_bounded_by_capacity() -> None:
+    scheduler = Scheduler()
+    join(scheduler, capacity=3)
+    decisions = scheduler.submit([make_job(str(i)) for i in range(10)], now=0)
+    assert dispatched(decisions) == ["0", "1", "2"]
+    decisions = scheduler.complete("w1", [Outcome("0", 1, JobState.SUCCEEDED)], now=1)
+    assert dispatched(decisions) == ["3"]
+    assert scheduler.counts() == {JobState.QUEUED: 6, JobState.RUNNING: 3}
+
+
+def test_failed_job_is_retried_with_exponential_backoff() -> None:
+    scheduler = Scheduler(retry_policy=RetryPolicy(base=2.0, jitter=0.0))
+    join(scheduler)
+    scheduler.submit([make_job("j", retries=2)], now=0)
+    decisions = scheduler.complete("w1", [Outcome("j", 1, JobState.FAILED)], now=10)
+    assert [type(d) for d in decisions] == [Requeued]
+    assert scheduler.tick(now=11.9) == []
+    assert dispatched(scheduler.tick(now=12)) == ["j"]
+    scheduler.complete("w1", [Outcome("j", 2, JobState.TIMED_OUT)], now=20)
+    assert dispatched(scheduler.tick(now=23.9)) == []
+    assert dispatched(scheduler.tick(now=24)) == ["j"]
+    decisions = scheduler.complete("w1", [Outcome("j", 3, JobState.FAILED)], now=30)
+    assert decisions == [Finished(decisions[0].job, JobState.FAILED)]
+    assert scheduler.job("j") is None
+
+
+def test_backoff_jitter_stays_within_bounds_and_is_capped() -> None:
+    policy = RetryPolicy(base=1.0, maximum=10.0, jitter=0.5)
+    rng = random.Random(1)
+    delays = [policy.delay(n, rng) for n in range(1, 12)]
+    assert all(1.0 * 2 ** (n - 1) <= d for n, d in enumerate(delays[:4], start=1))
+    assert max(delays) <= 15.0
+    assert min(delays[5:]) >= 10.0
+
+
+def test_delayed_start_waits_for_not_before() -> None:
+    scheduler = Scheduler()
+    join(scheduler)
+    assert dispatched(scheduler.submit([make_job("later", ready_at=100)], now=0)) == []
+    assert scheduler.next_wakeup() == pytest.approx(min(100, scheduler.lease))
+    scheduler.heartbeat("w1", now=99)
+    assert dispatched(scheduler.tick(now=99)) == []
+    assert dispatched(scheduler.tick(now=100)) == ["later"]
+
+
+def test_cancel_queued_and_running_jobs() -> None:
+    scheduler = Scheduler()
+    join(scheduler)
+    scheduler.submit([make_job("running"), make_job("queued")], now=0)
+    cancelled = scheduler.cancel("queued", now=1)
+    assert [(type(d), d.state) for d in cancelled] == [(Finished, JobState.CANCELLED)]
+    assert scheduler.cancel("running", now=1) == [Kill("w1", "running")]
+    # The worker reports the killed job as failed; cancel wins over any retry.
+    decisions = scheduler.complete("w1", [Outcome("running", 1, JobState.FAILED)], now=2)
+    assert [d.state for d in decisions if isinstance(d, Finished)] == [JobState.CANCELLED]
+    assert scheduler.counts() == {JobState.QUEUED: 0, JobState.RUNNING: 0}
+
+
+def test_silent_worker_loses_its_jobs_to_requeue_or_lost() -> None:
+    scheduler = Scheduler(lease=5)
+    join(scheduler, capacity=2)
+    scheduler.submit([make_job("safe"), make_job("unsafe", idempotent=False)], now=0)
+    join(scheduler, "w2", capacity=2, now=3)
+    scheduler.heartbeat("w2", now=4.9)
+    decisions = scheduler.tick(now=5)
+    assert WorkerExpired("w1") in decisions
+    assert [d.job.id for d in decisions if isinstance(d, Requeued)] == ["safe"]
+    assert [(d.job.id, d.state) for d in decisions if isinstance(d, Finished)] == [
+        ("unsafe", JobState.LOST)
+    ]
+    assert dispatched(decisions) == ["safe"]
+    # The lost job's result arriving late from the vanished worker is still accepted.
+    late = scheduler.complete("w1", [Outcome("unsafe", 1, JobState.SUCCEEDED)], now=6)
+    assert [(d.job.id, d.state) for d in late if isinstance(d, Finished)] == [
+        ("unsafe", JobState.SUCCEEDED)
+    ]
+
+
+def test_stale_result_from_a_requeued_attempt_is_ignored() -> None:
+    scheduler = Scheduler(lease=5)
+    join(scheduler)
+    scheduler.submit([make_job("j")], now=0)
+    join(scheduler, "w2", now=4)
+    decisions = scheduler.tick(now=5)
+    assert [
+        (d.worker_id, [j.id for j in d.jobs]) for d in decisions if isinstance(d, Dispatch)
+    ] == [("w2", ["j"])]
+    assert scheduler.complete("w1", [Outcome("j", 1, JobState.SUCCEEDED)], now=6) == []
+    assert scheduler.job("j").state is JobState.RUNNING
+
+
+def test_reconnecting_worker_keeps_held_jobs_and_loses_undelivered_ones() -> None:
+    scheduler = Scheduler(lease=5)
+    join(scheduler, capacity=2)
+    scheduler.submit([make_job("got"), make_job("never-got")], now=0)
+    scheduler.worker_disconnected("w1", now=1)
+    assert dispatched(scheduler.submit([make_job("other")], now=1)) == []
+    decisions = join(scheduler, capacity=2, held=("got",), now=2)
+    assert [d.job.id for d in decisions if isinstance(d, Requeued)] == ["never-got"]
+    assert dispatched(decisions) == ["never-got"]
+    assert scheduler.job("got").worker == "w1"
+
+
+def test_worker_returning_after_expiry_is_told_to_drop_reassigned_jobs() -> None:
+    scheduler = Scheduler(lease=5)
+    join(scheduler)
+    scheduler.submit([make_job("j")], now=0)
+    scheduler.tick(now=5)
+    decisions = join(scheduler, held=("j",), now=6)
+    assert Kill("w1", "j") in decisions
+
+
+def test_release_requeues_handed_back_jobs() -> None:
+    scheduler = Scheduler()
+    join(scheduler, capacity=2)
+    scheduler.submit([make_job("a"), make_job("b")], now=0)
+    scheduler.worker_disconnected("w1", now=1)
+    decisions = scheduler.release("w1", ["a", "b"], now=1)
+    assert [d.job.id for d in decisions if isinstance(d, Requeued)] == ["a", "b"]
+    assert scheduler.counts() == {JobState.QUEUED: 2, JobState.RUNNING: 0}
+
+
+def test_restored_running_job_is_claimed_by_its_worker_or_requeued() -> None:
+    scheduler = Scheduler(lease=5)
+    scheduler.restore_running(make_job("claimed", attempts=1), "w1", now=0)
+    scheduler.restore_running(make_job("orphan", attempts=1), "w2", now=0)
+    join(scheduler, "w1", held=("claimed",), now=1)
+    decisions = scheduler.tick(now=5)
+    assert WorkerExpired("w2") in decisions
+    assert [d.job.id for d in decisions if isinstance(d, Requeued)] == ["orphan"]
+    assert scheduler.job("claimed").worker == "w1"
+
+
+def test_changing_queue_ordering_keeps_queued_jobs() -> None:
+    scheduler = Scheduler()
+    scheduler.submit([make_job("a", priority=1), make_job("b", priority=9)], now=0)
+    scheduler.declare_queue("default", QueueOrdering.PRIORITY)
+    assert drain(scheduler, "w1") == ["b", "a"]

@@ -1,0 +1,176 @@
+"""A hypothesis state machine over the scheduler: whatever the interleaving of submissions,
+workers joining, dying, reconnecting, results, cancels and time passing, no job is ever lost
+and none is dispatched to two live workers at once."""
+
+from __future__ import annotations
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from corral.models import JobState
+from corral.server.scheduler import (
+    Decision,
+    Dispatch,
+    Finished,
+    JobRecord,
+    Kill,
+    Outcome,
+    Requeued,
+    RetryPolicy,
+    Scheduler,
+    WorkerExpired,
+)
+
+LEASE = 5.0
+WORKERS = ["w0", "w1", "w2"]
+TAGS = [frozenset(), frozenset({"gpu"})]
+OUTCOMES = [JobState.SUCCEEDED, JobState.FAILED, JobState.TIMED_OUT]
+
+
+class SchedulerMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.scheduler = Scheduler(lease=LEASE, retry_policy=RetryPolicy(base=0.5, maximum=2))
+        self.now = 0.0
+        self.submitted: set[str] = set()
+        self.final: dict[str, JobState] = {}
+        self.running_on: dict[str, tuple[str, int]] = {}  # job -> (worker, attempt)
+        self.alive: set[str] = set()  # workers that keep heartbeating
+        self.held: dict[str, dict[str, int]] = {w: {} for w in WORKERS}  # what each worker has
+        self.next_id = 0
+
+    def apply(self, decisions: list[Decision]) -> None:
+        for decision in decisions:
+            if isinstance(decision, Dispatch):
+                for job in decision.jobs:
+                    assert job.id not in self.running_on, f"{job.id} dispatched twice"
+                    assert job.id not in self.final
+                    self.running_on[job.id] = (decision.worker_id, job.attempts)
+                    if decision.worker_id in self.alive:
+                        self.held[decision.worker_id][job.id] = job.attempts
+            elif isinstance(decision, Requeued):
+                self.running_on.pop(decision.job.id, None)
+            elif isinstance(decision, Finished):
+                self.running_on.pop(decision.job.id, None)
+                previous = self.final.get(decision.job.id)
+                assert previous in (None, JobState.LOST), f"{decision.job.id} finished twice"
+                self.final[decision.job.id] = decision.state
+            elif isinstance(decision, WorkerExpired):
+                for job_id, (worker, _) in list(self.running_on.items()):
+                    assert worker != decision.worker_id, f"{job_id} left on expired worker"
+            elif isinstance(decision, Kill):
+                self.held[decision.worker_id].pop(decision.job_id, None)
+
+    @rule(
+        count=st.integers(1, 4),
+        tags=st.sampled_from(TAGS),
+        retries=st.integers(0, 2),
+        idempotent=st.booleans(),
+        delay=st.sampled_from([0.0, 0.0, 3.0]),
+    )
+    def submit(
+        self, count: int, tags: frozenset[str], retries: int, idempotent: bool, delay: float
+    ) -> None:
+        jobs = []
+        for _ in range(count):
+            job_id = f"j{self.next_id}"
+            self.next_id += 1
+            self.submitted.add(job_id)
+            jobs.append(
+                JobRecord(
+                    id=job_id,
+                    queue="default",
+                    payload=b"",
+                    tags=tags,
+                    retries=retries,
+                    idempotent=idempotent,
+                    ready_at=self.now + delay,
+                )
+            )
+        self.apply(self.scheduler.submit(jobs, self.now))
+
+    @rule(worker=st.sampled_from(WORKERS), capacity=st.integers(1, 3), gpu=st.booleans())
+    def join(self, worker: str, capacity: int, gpu: bool) -> None:
+        self.alive.add(worker)
+        decisions = self.scheduler.worker_joined(
+            worker,
+            queues=["default"],
+            tags=["gpu"] if gpu else [],
+            capacity=capacity,
+            held=list(self.held[worker]),
+            now=self.now,
+        )
+        self.apply(decisions)
+
+    @rule(worker=st.sampled_from(WORKERS))
+    def crash(self, worker: str) -> None:
+        """The worker process dies: it holds nothing any more and stops heartbeating."""
+        self.alive.discard(worker)
+        self.held[worker].clear()
+        self.scheduler.worker_disconnected(worker, self.now)
+
+    @rule(worker=st.sampled_from(WORKERS))
+    def network_cut(self, worker: str) -> None:
+        """The connection drops but the worker keeps its jobs and may come back."""
+        self.alive.discard(worker)
+        self.scheduler.worker_disconnected(worker, self.now)
+
+    @rule(worker=st.sampled_from(WORKERS), data=st.data())
+    def finish_one(self, worker: str, data: st.DataObject) -> None:
+        if worker not in self.alive or not self.held[worker]:
+            return
+        job_id = data.draw(st.sampled_from(sorted(self.held[worker])))
+        attempt = self.held[worker].pop(job_id)
+        state = data.draw(st.sampled_from(OUTCOMES))
+        self.apply(self.scheduler.complete(worker, [Outcome(job_id, attempt, state)], self.now))
+
+    @rule(data=st.data())
+    def cancel(self, data: st.DataObject) -> None:
+        if self.submitted:
+            job_id = data.draw(st.sampled_from(sorted(self.submitted)))
+            self.apply(self.scheduler.cancel(job_id, self.now))
+
+    @rule(seconds=st.sampled_from([0.5, 1.0, 2.0, 6.0]))
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        for worker in self.alive:
+            self.scheduler.heartbeat(worker, self.now)
+        self.apply(self.scheduler.tick(self.now))
+
+    @invariant()
+    def every_job_has_exactly_one_place(self) -> None:
+        inflight: dict[str, str] = {}
+        for worker in self.scheduler.workers():
+            for job_id in worker.inflight:
+                assert job_id not in inflight, f"{job_id} in flight on two workers"
+                inflight[job_id] = worker.id
+        for job_id in self.submitted:
+            job = self.scheduler.job(job_id)
+            if job is None:
+                assert job_id in self.final, f"{job_id} vanished"
+            elif job.state is JobState.RUNNING:
+                assert inflight.get(job_id) == job.worker
+            else:
+                assert job.state is JobState.QUEUED and job_id not in inflight
+
+    @precondition(lambda self: self.submitted)
+    @rule()
+    def drain_everything(self) -> None:
+        """With a healthy worker and time, every job reaches a final state."""
+        for worker in WORKERS:
+            self.crash(worker)
+        self.join("w0", capacity=3, gpu=True)
+        for _ in range(500):
+            if all(job_id in self.final for job_id in self.submitted):
+                break
+            for job_id, attempt in list(self.held["w0"].items()):
+                del self.held["w0"][job_id]
+                outcome = Outcome(job_id, attempt, JobState.SUCCEEDED)
+                self.apply(self.scheduler.complete("w0", [outcome], self.now))
+            self.advance(6.0)
+        assert set(self.final) == self.submitted
+
+
+TestScheduler = SchedulerMachine.TestCase
+TestScheduler.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
