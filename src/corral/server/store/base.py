@@ -10,11 +10,14 @@ thread); reads may come from other threads, so implementations must allow concur
 Contract every implementation meets (tests/server/store/test_contract.py runs it against each):
 - `write(batch)` applies all of the batch or none of it; when it returns, the batch is durable.
 - `InsertJobs` of an id that exists raises `DuplicateJob` and leaves the batch unapplied.
+- `InsertJobs` of an id that appears twice in one batch raises `DuplicateJob` the same way.
 - `UpdateJob` of an unknown id is ignored (the job may have been purged).
 - `SaveAttempt` inserts or replaces the attempt with the same (job_id, number).
 - `AppendLog` keeps at most `MAX_LOG_BYTES_PER_JOB` bytes per job and stream; the rest is dropped
   and `read_log` reports it as truncated.
 - `load_active()` yields every job in state queued or running, in id order, with its spec blob.
+  It may leave `finished`, `result`, `error_*`, `traceback` and `exit_code` as None: an active job
+  has none (they are cleared on the way back to queued), and restart reads 10^6 rows of these.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
+from corral.constants import MAX_LOG_BYTES_PER_JOB
 from corral.errors import CorralError
 from corral.models import Attempt, JobState, QueueOrdering
 
@@ -61,7 +65,8 @@ class InsertJobs:
 @dataclass(frozen=True, slots=True)
 class UpdateJob:
     """Set the given fields of one job; fields left as None keep their stored value, except on a
-    transition back to queued, where started/finished/worker/result/error are cleared."""
+    transition back to queued, where started, finished, worker, result, error_type, error_message,
+    traceback and exit_code take the value given here (so None clears them). `attempts` is kept."""
 
     id: str
     state: JobState
@@ -116,6 +121,15 @@ class LogChunk:
     truncated: bool
 
 
+def fit_log(stored: int, data: bytes) -> tuple[bytes, bool]:
+    """The part of `data` that fits after `stored` bytes under the per-stream cap, and whether
+    anything was dropped. Every implementation applies this same rule."""
+    room = max(MAX_LOG_BYTES_PER_JOB - stored, 0)
+    if len(data) <= room:
+        return data, False
+    return data[:room], True
+
+
 class Store(ABC):
     """Durable job storage. See the module docstring for the contract."""
 
@@ -141,7 +155,8 @@ class Store(ABC):
 
     @abstractmethod
     def read_log(self, job_id: str, stream: str, offset: int = 0) -> LogChunk:
-        """The job's captured output on one stream from byte `offset`."""
+        """The job's captured output on one stream from byte `offset` (empty if none was captured);
+        `truncated` says output beyond MAX_LOG_BYTES_PER_JOB was dropped."""
 
     @abstractmethod
     def list_queues(self) -> dict[str, QueueOrdering]:

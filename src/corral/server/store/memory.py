@@ -1,0 +1,169 @@
+"""MemoryStore: the Store contract kept in process memory, for tests and `--store memory://`.
+
+Nothing survives the process; everything else (atomic batches, duplicate detection, log caps,
+ordering) behaves as the durable stores do, so the contract suite runs against it unchanged.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from corral.models import Attempt, JobState, QueueOrdering
+from corral.server.store.base import (
+    AppendLog,
+    DuplicateJob,
+    InsertJobs,
+    JobFilter,
+    JobRow,
+    LogChunk,
+    Mutation,
+    SaveAttempt,
+    SaveQueue,
+    Store,
+    UpdateJob,
+    fit_log,
+)
+
+_ACTIVE = (JobState.QUEUED, JobState.RUNNING)
+
+
+@dataclasses.dataclass(slots=True)
+class _Log:
+    data: bytearray
+    truncated: bool = False
+
+
+class MemoryStore(Store):
+    """A thread-safe in-memory Store; one lock serialises writers and readers."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: dict[str, JobRow] = {}
+        self._ids: list[str] = []  # sorted, for newest-first listing and id-order recovery
+        self._attempts: dict[str, dict[int, Attempt]] = {}
+        self._logs: dict[tuple[str, str], _Log] = {}
+        self._queues: dict[str, QueueOrdering] = {}
+
+    def write(self, batch: Sequence[Mutation]) -> None:
+        with self._lock:
+            # Duplicates are the only way a batch can fail, so checking them first makes it atomic.
+            self._check_new_ids(batch)
+            for mutation in batch:
+                self._apply(mutation)
+
+    def _check_new_ids(self, batch: Sequence[Mutation]) -> None:
+        seen: set[str] = set()
+        for mutation in batch:
+            if isinstance(mutation, InsertJobs):
+                for job in mutation.jobs:
+                    if job.id in self._jobs or job.id in seen:
+                        raise DuplicateJob(f"job {job.id} already exists; submit it with a new id")
+                    seen.add(job.id)
+
+    def _apply(self, mutation: Mutation) -> None:
+        if isinstance(mutation, InsertJobs):
+            for job in mutation.jobs:
+                self._jobs[job.id] = job
+                if not self._ids or job.id > self._ids[-1]:
+                    self._ids.append(job.id)
+                else:
+                    bisect.insort(self._ids, job.id)
+        elif isinstance(mutation, UpdateJob):
+            current = self._jobs.get(mutation.id)
+            if current is not None:
+                self._jobs[mutation.id] = _updated(current, mutation)
+        elif isinstance(mutation, SaveAttempt):
+            attempts = self._attempts.setdefault(mutation.job_id, {})
+            attempts[mutation.attempt.number] = mutation.attempt.model_copy()
+        elif isinstance(mutation, AppendLog):
+            log = self._logs.setdefault((mutation.job_id, mutation.stream), _Log(bytearray()))
+            kept, dropped = fit_log(len(log.data), mutation.data)
+            log.data += kept
+            log.truncated = log.truncated or dropped
+        elif isinstance(mutation, SaveQueue):
+            self._queues[mutation.name] = mutation.ordering
+        else:
+            raise TypeError(f"not a store mutation: {mutation!r}")
+
+    def get_job(self, job_id: str) -> JobRow | None:
+        with self._lock:
+            return self._jobs.get(job_id)
+
+    def get_attempts(self, job_id: str) -> list[Attempt]:
+        with self._lock:
+            attempts = self._attempts.get(job_id, {})
+            return [attempts[number].model_copy() for number in sorted(attempts)]
+
+    def list_jobs(self, filter: JobFilter) -> list[JobRow]:
+        states = set(filter.states) if filter.states is not None else None
+        with self._lock:
+            if filter.ids is not None:
+                candidates: Sequence[str] = sorted(
+                    {job_id for job_id in filter.ids if job_id in self._jobs}
+                )
+            else:
+                candidates = self._ids
+            end = len(candidates)
+            if filter.before is not None:
+                end = bisect.bisect_left(candidates, filter.before)
+            found: list[JobRow] = []
+            for index in range(end - 1, -1, -1):
+                if len(found) >= filter.limit:
+                    break
+                job = self._jobs[candidates[index]]
+                if states is not None and job.state not in states:
+                    continue
+                if filter.queue is not None and job.queue != filter.queue:
+                    continue
+                if filter.name is not None and filter.name not in job.name:
+                    continue
+                found.append(job)
+            return found
+
+    def load_active(self) -> Iterator[JobRow]:
+        with self._lock:
+            active = [job for job in map(self._jobs.__getitem__, self._ids) if job.state in _ACTIVE]
+        return iter(active)
+
+    def read_log(self, job_id: str, stream: str, offset: int = 0) -> LogChunk:
+        with self._lock:
+            log = self._logs.get((job_id, stream))
+            if log is None:
+                return LogChunk(b"", False)
+            return LogChunk(bytes(log.data[offset:]), log.truncated)
+
+    def list_queues(self) -> dict[str, QueueOrdering]:
+        with self._lock:
+            return dict(self._queues)
+
+    def count_by_state(self) -> dict[JobState, int]:
+        counts: dict[JobState, int] = {}
+        with self._lock:
+            for job in self._jobs.values():
+                counts[job.state] = counts.get(job.state, 0) + 1
+        return counts
+
+
+def _updated(job: JobRow, update: UpdateJob) -> JobRow:
+    """`job` with `update` applied by the UpdateJob rules (None keeps, requeue clears)."""
+    cleared_on_requeue: dict[str, Any] = {
+        "started": update.started,
+        "finished": update.finished,
+        "worker": update.worker,
+        "result": update.result,
+        "error_type": update.error_type,
+        "error_message": update.error_message,
+        "traceback": update.traceback,
+        "exit_code": update.exit_code,
+    }
+    if update.state == JobState.QUEUED:
+        changes = cleared_on_requeue
+    else:
+        changes = {name: value for name, value in cleared_on_requeue.items() if value is not None}
+    if update.attempts is not None:
+        changes["attempts"] = update.attempts
+    return dataclasses.replace(job, state=JobState(update.state), **changes)

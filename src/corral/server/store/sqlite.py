@@ -1,0 +1,452 @@
+"""SQLiteStore: the embedded default Store, one database file in WAL mode.
+
+Writes go through one writer connection, one transaction per `write()` call (the server's group
+commit puts many callers' mutations into each). Reads use one connection per reading thread, so
+API reads never wait for the writer: in WAL mode readers see the last committed transaction.
+
+Durability: `durability="normal"` (the default) runs WAL with synchronous=NORMAL: a transaction is
+in the operating system's hands when `write()` returns, so it survives the server being killed
+(kill -9, OOM killer, a crash), and the database is never corrupted, but an operating system crash
+or power loss may lose the last transactions before the next checkpoint. `durability="full"` adds
+an fsync per transaction (synchronous=FULL), which survives power loss too, at a cost of one disk
+flush per group commit.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+from corral.errors import ConfigError
+from corral.models import Attempt, JobState, QueueOrdering
+from corral.server.store.base import (
+    AppendLog,
+    DuplicateJob,
+    InsertJobs,
+    JobFilter,
+    JobRow,
+    LogChunk,
+    Mutation,
+    SaveAttempt,
+    SaveQueue,
+    Store,
+    UpdateJob,
+    fit_log,
+)
+
+Durability = Literal["normal", "full"]
+
+#: Stored in PRAGMA user_version; bump it with a migration when the schema changes.
+SCHEMA_VERSION = 1
+
+_SCHEMA = (
+    """CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        queue TEXT NOT NULL,
+        priority INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        created REAL NOT NULL,
+        started REAL,
+        finished REAL,
+        worker TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        exit_code INTEGER,
+        error_type TEXT,
+        error_message TEXT,
+        traceback TEXT,
+        spec BLOB NOT NULL,
+        result BLOB
+    )""",
+    # Listing by state or queue walks these newest-first; several states are merged by id from
+    # one range each (UNION ALL), which is also how restart reads queued and running jobs in id
+    # order without sorting. count_by_state reads only jobs_by_state. Name filters are substring
+    # matches, which no index helps: they scan newest-first until the page is full.
+    "CREATE INDEX jobs_by_state ON jobs (state, id)",
+    "CREATE INDEX jobs_by_queue ON jobs (queue, id)",
+    """CREATE TABLE attempts (
+        job_id TEXT NOT NULL,
+        number INTEGER NOT NULL,
+        worker TEXT,
+        host TEXT,
+        pid INTEGER,
+        started REAL,
+        finished REAL,
+        state TEXT,
+        exit_code INTEGER,
+        error_type TEXT,
+        error_message TEXT,
+        traceback TEXT,
+        PRIMARY KEY (job_id, number)
+    ) WITHOUT ROWID""",
+    # Output is stored as appended chunks, so an append never rewrites what came before;
+    # log_streams holds each stream's size and whether anything past the cap was dropped.
+    """CREATE TABLE logs (
+        job_id TEXT NOT NULL,
+        stream TEXT NOT NULL,
+        start INTEGER NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (job_id, stream, start)
+    )""",
+    """CREATE TABLE log_streams (
+        job_id TEXT NOT NULL,
+        stream TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        truncated INTEGER NOT NULL,
+        PRIMARY KEY (job_id, stream)
+    ) WITHOUT ROWID""",
+    "CREATE TABLE queues (name TEXT PRIMARY KEY, ordering TEXT NOT NULL) WITHOUT ROWID",
+)
+
+_JOB_COLUMNS = (
+    "id, name, queue, priority, state, created, spec, started, finished, worker, attempts,"
+    " result, error_type, error_message, traceback, exit_code"
+)
+_INSERT_JOB = f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ({', '.join('?' * 16)})"
+# ?3 is true on a transition back to queued: the fields then take the given value, None included.
+_UPDATE_JOB = """UPDATE jobs SET
+    state = ?1,
+    attempts = coalesce(?2, attempts),
+    started = CASE WHEN ?3 THEN ?4 ELSE coalesce(?4, started) END,
+    finished = CASE WHEN ?3 THEN ?5 ELSE coalesce(?5, finished) END,
+    worker = CASE WHEN ?3 THEN ?6 ELSE coalesce(?6, worker) END,
+    result = CASE WHEN ?3 THEN ?7 ELSE coalesce(?7, result) END,
+    error_type = CASE WHEN ?3 THEN ?8 ELSE coalesce(?8, error_type) END,
+    error_message = CASE WHEN ?3 THEN ?9 ELSE coalesce(?9, error_message) END,
+    traceback = CASE WHEN ?3 THEN ?10 ELSE coalesce(?10, traceback) END,
+    exit_code = CASE WHEN ?3 THEN ?11 ELSE coalesce(?11, exit_code) END
+WHERE id = ?12"""
+_SAVE_ATTEMPT = "INSERT OR REPLACE INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_ATTEMPT_FIELDS = (
+    "number",
+    "worker",
+    "host",
+    "pid",
+    "started",
+    "finished",
+    "state",
+    "exit_code",
+    "error_type",
+    "error_message",
+    "traceback",
+)
+_ACTIVE_COLUMNS = "id, name, queue, priority, state, created, spec, started, worker, attempts"
+_LOAD_ACTIVE = (
+    f"SELECT {_ACTIVE_COLUMNS} FROM jobs WHERE state = 'queued'"
+    f" UNION ALL SELECT {_ACTIVE_COLUMNS} FROM jobs WHERE state = 'running' ORDER BY id"
+)
+_STATES = {state.value: state for state in JobState}
+_QUEUED = JobState.QUEUED.value
+
+
+class SQLiteStore(Store):
+    """The Store in one SQLite database file; see the module docstring for durability."""
+
+    def __init__(self, path: Path, durability: Durability = "normal") -> None:
+        if durability not in ("normal", "full"):
+            raise ConfigError(f"SQLite durability must be 'normal' or 'full', not {durability!r}")
+        self.path = Path(path)
+        self._synchronous = "FULL" if durability == "full" else "NORMAL"
+        if not self.path.parent.is_dir():
+            raise ConfigError(
+                f"cannot create the database {self.path}: directory {self.path.parent} does not"
+                " exist; create it or choose another path"
+            )
+        self._write_lock = threading.Lock()
+        self._readers_lock = threading.Lock()
+        self._readers: list[sqlite3.Connection] = []
+        self._local = threading.local()
+        self._writer = self._connect()
+        try:
+            self._set_up_writer()
+        except BaseException:
+            self._writer.close()
+            raise
+
+    def _connect(self) -> sqlite3.Connection:
+        # isolation_level=None: transactions are begun and committed explicitly, nothing implicit.
+        connection = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, cached_statements=64
+        )
+        connection.execute("PRAGMA busy_timeout = 10000")
+        return connection
+
+    def _set_up_writer(self) -> None:
+        connection = self._writer
+        try:
+            mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        except sqlite3.DatabaseError as error:
+            raise ConfigError(
+                f"{self.path} is not a corral database ({error}); point the store elsewhere"
+            ) from error
+        if mode != "wal":
+            raise ConfigError(
+                f"{self.path}: SQLite cannot use WAL mode here (got {mode!r}); put the database"
+                " on a local filesystem"
+            )
+        connection.execute(f"PRAGMA synchronous = {self._synchronous}")
+        connection.execute("PRAGMA cache_size = -32768")  # KiB: keeps the indexes' hot pages
+        with self._transaction():
+            version = connection.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0:
+                if connection.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]:
+                    raise ConfigError(
+                        f"{self.path} holds tables that are not corral's; point the store elsewhere"
+                    )
+                for statement in _SCHEMA:
+                    connection.execute(statement)
+                connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            elif version > SCHEMA_VERSION:
+                raise ConfigError(
+                    f"{self.path} was written by a newer corral (schema {version}, this one reads"
+                    f" {SCHEMA_VERSION}); upgrade corral"
+                )
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        connection = self._writer
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            yield connection
+            connection.execute("COMMIT")
+        except BaseException:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            raise
+
+    def _reader(self) -> sqlite3.Connection:
+        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = self._connect()
+            connection.execute("PRAGMA query_only = ON")
+            self._local.connection = connection
+            with self._readers_lock:
+                self._readers.append(connection)
+        return connection
+
+    def write(self, batch: Sequence[Mutation]) -> None:
+        with self._write_lock:
+            try:
+                with self._transaction() as connection:
+                    _apply(connection, batch)
+            except sqlite3.IntegrityError as error:
+                duplicate = self._find_duplicate(batch)
+                if duplicate is None:
+                    raise
+                raise DuplicateJob(
+                    f"job {duplicate} already exists; submit it with a new id"
+                ) from error
+
+    def _find_duplicate(self, batch: Sequence[Mutation]) -> str | None:
+        """After a failed batch was rolled back: the id that made it fail, if it was one."""
+        ids = [job.id for m in batch if isinstance(m, InsertJobs) for job in m.jobs]
+        repeated = [job_id for job_id, count in Counter(ids).items() if count > 1]
+        if repeated:
+            return repeated[0]
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            row = self._writer.execute(
+                f"SELECT id FROM jobs WHERE id IN ({', '.join('?' * len(chunk))}) LIMIT 1", chunk
+            ).fetchone()
+            if row is not None:
+                return str(row[0])
+        return None
+
+    def get_job(self, job_id: str) -> JobRow | None:
+        row = (
+            self._reader()
+            .execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+            .fetchone()
+        )
+        return None if row is None else _job_from_row(row)
+
+    def get_attempts(self, job_id: str) -> list[Attempt]:
+        rows = self._reader().execute(
+            f"SELECT {', '.join(_ATTEMPT_FIELDS)} FROM attempts WHERE job_id = ? ORDER BY number",
+            (job_id,),
+        )
+        return [Attempt(**dict(zip(_ATTEMPT_FIELDS, row, strict=True))) for row in rows]
+
+    def list_jobs(self, filter: JobFilter) -> list[JobRow]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        if filter.queue is not None:
+            clauses.append("queue = ?")
+            params.append(filter.queue)
+        if filter.name is not None:
+            clauses.append("instr(name, ?) > 0")  # case-sensitive, like Python's `in`
+            params.append(filter.name)
+        if filter.before is not None:
+            clauses.append("id < ?")
+            params.append(filter.before)
+        if filter.ids is not None:
+            clauses.append(f"id IN ({', '.join('?' * len(filter.ids))})")
+            params.extend(filter.ids)
+        if filter.states is None:
+            where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+            query = f"SELECT {_JOB_COLUMNS} FROM jobs{where}"
+        else:
+            # One index range per state, merged by id: no sort of every matching row.
+            states = sorted({JobState(state).value for state in filter.states})
+            if not states:
+                return []
+            where = " AND ".join(["state = ?", *clauses])
+            query = " UNION ALL ".join(
+                [f"SELECT {_JOB_COLUMNS} FROM jobs WHERE {where}"] * len(states)
+            )
+            params = [value for state in states for value in (state, *params)]
+        rows = self._reader().execute(f"{query} ORDER BY id DESC LIMIT ?", (*params, filter.limit))
+        return [_job_from_row(row) for row in rows]
+
+    def load_active(self) -> Iterator[JobRow]:
+        states = _STATES
+        for (
+            job_id,
+            name,
+            queue,
+            priority,
+            state,
+            created,
+            spec,
+            started,
+            worker,
+            attempts,
+        ) in self._reader().execute(_LOAD_ACTIVE):
+            yield JobRow(
+                job_id, name, queue, priority, states[state], created, spec, started, None,
+                worker, attempts,
+            )  # fmt: skip
+
+    def read_log(self, job_id: str, stream: str, offset: int = 0) -> LogChunk:
+        connection = self._reader()
+        connection.execute("BEGIN")  # one snapshot for the chunks and the truncation flag
+        try:
+            row = connection.execute(
+                "SELECT truncated FROM log_streams WHERE job_id = ? AND stream = ?",
+                (job_id, stream),
+            ).fetchone()
+            chunks = connection.execute(
+                "SELECT start, data FROM logs WHERE job_id = ? AND stream = ?"
+                " AND start + length(data) > ? ORDER BY start",
+                (job_id, stream, offset),
+            ).fetchall()
+        finally:
+            connection.execute("COMMIT")
+        if row is None:
+            return LogChunk(b"", False)
+        data = b"".join(chunk for _, chunk in chunks)
+        skip = offset - chunks[0][0] if chunks else 0
+        return LogChunk(data[max(skip, 0) :], bool(row[0]))
+
+    def list_queues(self) -> dict[str, QueueOrdering]:
+        rows = self._reader().execute("SELECT name, ordering FROM queues ORDER BY name")
+        return {name: QueueOrdering(ordering) for name, ordering in rows}
+
+    def count_by_state(self) -> dict[JobState, int]:
+        rows = self._reader().execute("SELECT state, count(*) FROM jobs GROUP BY state")
+        return {_STATES[state]: count for state, count in rows}
+
+    def close(self) -> None:
+        with self._readers_lock:
+            readers, self._readers = self._readers, []
+        for connection in readers:
+            connection.close()
+        with self._write_lock:
+            self._writer.close()
+
+
+def _apply(connection: sqlite3.Connection, batch: Sequence[Mutation]) -> None:
+    """Apply `batch` inside the open transaction with one executemany per kind of row.
+
+    Rows of different tables do not depend on each other, and all inserts may run before all
+    updates unless an update names a job inserted after it (then the update must stay a no-op),
+    so the batch is regrouped that way and its effect is the same as applying it in order.
+    """
+    inserts: list[tuple[Any, ...]] = []
+    updates: list[tuple[Any, ...]] = []
+    updated_ids: set[str] = set()
+    attempts: list[tuple[Any, ...]] = []
+    logs: dict[tuple[str, str], list[bytes]] = {}
+    queues: list[tuple[str, str]] = []
+    for mutation in batch:
+        if isinstance(mutation, InsertJobs):
+            for job in mutation.jobs:
+                if job.id in updated_ids:
+                    _write_jobs(connection, inserts, updates)
+                    updated_ids.clear()
+                inserts.append(
+                    (
+                        job.id, job.name, job.queue, job.priority, job.state, job.created,
+                        job.spec, job.started, job.finished, job.worker, job.attempts, job.result,
+                        job.error_type, job.error_message, job.traceback, job.exit_code,
+                    )
+                )  # fmt: skip
+        elif isinstance(mutation, UpdateJob):
+            updated_ids.add(mutation.id)
+            updates.append(
+                (
+                    mutation.state, mutation.attempts, mutation.state == _QUEUED,
+                    mutation.started, mutation.finished, mutation.worker, mutation.result,
+                    mutation.error_type, mutation.error_message, mutation.traceback,
+                    mutation.exit_code, mutation.id,
+                )
+            )  # fmt: skip
+        elif isinstance(mutation, SaveAttempt):
+            attempt = mutation.attempt
+            attempts.append(
+                (
+                    mutation.job_id, attempt.number, attempt.worker, attempt.host, attempt.pid,
+                    attempt.started, attempt.finished, attempt.state, attempt.exit_code,
+                    attempt.error_type, attempt.error_message, attempt.traceback,
+                )
+            )  # fmt: skip
+        elif isinstance(mutation, AppendLog):
+            logs.setdefault((mutation.job_id, mutation.stream), []).append(mutation.data)
+        elif isinstance(mutation, SaveQueue):
+            queues.append((mutation.name, QueueOrdering(mutation.ordering).value))
+        else:
+            raise TypeError(f"not a store mutation: {mutation!r}")
+    _write_jobs(connection, inserts, updates)
+    if attempts:
+        connection.executemany(_SAVE_ATTEMPT, attempts)
+    for (job_id, stream), pieces in logs.items():
+        _append_log(connection, job_id, stream, b"".join(pieces))
+    if queues:
+        connection.executemany("INSERT OR REPLACE INTO queues VALUES (?, ?)", queues)
+
+
+def _write_jobs(
+    connection: sqlite3.Connection, inserts: list[tuple[Any, ...]], updates: list[tuple[Any, ...]]
+) -> None:
+    """Run the pending inserts, then the pending updates, and empty both lists."""
+    if inserts:
+        connection.executemany(_INSERT_JOB, inserts)
+        inserts.clear()
+    if updates:
+        connection.executemany(_UPDATE_JOB, updates)
+        updates.clear()
+
+
+def _append_log(connection: sqlite3.Connection, job_id: str, stream: str, data: bytes) -> None:
+    row = connection.execute(
+        "SELECT size, truncated FROM log_streams WHERE job_id = ? AND stream = ?", (job_id, stream)
+    ).fetchone()
+    size, truncated = (row[0], bool(row[1])) if row else (0, False)
+    kept, dropped = fit_log(size, data)
+    if kept:
+        connection.execute("INSERT INTO logs VALUES (?, ?, ?, ?)", (job_id, stream, size, kept))
+    if row is None or kept or (dropped and not truncated):
+        connection.execute(
+            "INSERT OR REPLACE INTO log_streams VALUES (?, ?, ?, ?)",
+            (job_id, stream, size + len(kept), truncated or dropped),
+        )
+
+
+def _job_from_row(row: tuple[Any, ...]) -> JobRow:
+    """A JobRow from the columns of _JOB_COLUMNS, in that order."""
+    return JobRow(row[0], row[1], row[2], row[3], _STATES[row[4]], *row[5:])

@@ -1,0 +1,174 @@
+"""GroupCommitWriter: many concurrent asyncio callers, few store transactions.
+
+Each `await writer.write(mutations)` returns only once a transaction holding those mutations has
+committed. One thread does all the writing: while it commits one transaction, new requests pile
+up, and it then takes everything pending (up to MAX_COMMIT_BATCH mutations, never splitting one
+caller's mutations) into the next. The busier the server, the bigger each transaction, so the
+cost of a commit is shared instead of paid per request, and no request waits on a timer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+
+from corral.constants import MAX_COMMIT_BATCH
+from corral.errors import CorralError
+from corral.server.store.base import Mutation, Store
+
+logger = logging.getLogger(__name__)
+
+
+class WriterClosed(CorralError):
+    """The store writer was closed; nothing more can be written (the server is shutting down)."""
+
+
+@dataclass(slots=True)
+class _Request:
+    mutations: tuple[Mutation, ...]
+    future: asyncio.Future[None]
+    loop: asyncio.AbstractEventLoop
+
+
+class GroupCommitWriter:
+    """Commits the mutations of concurrent callers together, from one background thread.
+
+    If a combined transaction fails, each caller's mutations are retried in a transaction of their
+    own, so only the caller whose mutations are at fault (say, a DuplicateJob) gets the error.
+    Cancelling a `write()` does not withdraw its mutations: they are committed all the same.
+    The writer does not own the store; close the store after closing the writer.
+    """
+
+    def __init__(self, store: Store, max_batch: int = MAX_COMMIT_BATCH) -> None:
+        self._store = store
+        self._max_batch = max_batch
+        self._pending: deque[_Request] = deque()
+        self._condition = threading.Condition()
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="corral-store-writer", daemon=True)
+        self._thread.start()
+
+    async def write(self, mutations: Iterable[Mutation]) -> None:
+        """Return once `mutations` are committed; raise what the store raised if they failed."""
+        await self._enqueue(mutations)
+
+    def submit_nowait(self, mutations: Iterable[Mutation]) -> asyncio.Future[None]:
+        """Queue `mutations` without waiting; the future resolves when they are committed.
+
+        For callers that need not wait (log chunks, say). Failures are logged, since nobody may
+        be looking at the future.
+        """
+        future = self._enqueue(mutations)
+        future.add_done_callback(_log_failure)
+        return future
+
+    async def flush(self) -> None:
+        """Return once everything queued before this call is committed (or has failed)."""
+        await self._enqueue(())
+
+    async def close(self) -> None:
+        """Commit everything already queued, then stop the thread; later writes raise."""
+        with self._condition:
+            self._closing = True
+            self._condition.notify()
+        await asyncio.to_thread(self._thread.join)
+
+    async def __aenter__(self) -> GroupCommitWriter:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def _enqueue(self, mutations: Iterable[Mutation]) -> asyncio.Future[None]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        request = _Request(tuple(mutations), future, loop)
+        with self._condition:
+            if self._closing:
+                raise WriterClosed("the store writer is closed; the server is shutting down")
+            self._pending.append(request)
+            self._condition.notify()
+        return future
+
+    def _run(self) -> None:
+        while True:
+            with self._condition:
+                while not self._pending and not self._closing:
+                    self._condition.wait()
+                if not self._pending:
+                    return  # closing, and everything queued is committed
+                requests = self._take_pending()
+            _resolve_all(requests, self._commit(requests))
+
+    def _take_pending(self) -> list[_Request]:
+        """The oldest pending requests that fit in one transaction (always at least one)."""
+        requests = [self._pending.popleft()]
+        size = len(requests[0].mutations)
+        while self._pending and size + len(self._pending[0].mutations) <= self._max_batch:
+            request = self._pending.popleft()
+            size += len(request.mutations)
+            requests.append(request)
+        return requests
+
+    def _commit(self, requests: Sequence[_Request]) -> list[BaseException | None]:
+        """Write the requests in one transaction; the error each request ends with, if any."""
+        batch = [mutation for request in requests for mutation in request.mutations]
+        if not batch:
+            return [None] * len(requests)
+        try:
+            self._store.write(batch)
+        except Exception as error:
+            if sum(1 for request in requests if request.mutations) == 1:
+                return [error if request.mutations else None for request in requests]
+            # Someone's mutations broke the shared transaction: find whose, one by one.
+            return [self._commit_alone(request) for request in requests]
+        return [None] * len(requests)
+
+    def _commit_alone(self, request: _Request) -> BaseException | None:
+        if not request.mutations:
+            return None
+        try:
+            self._store.write(request.mutations)
+        except Exception as error:
+            return error
+        return None
+
+
+def _resolve_all(requests: Sequence[_Request], errors: Sequence[BaseException | None]) -> None:
+    """Settle the futures, with one wake-up per event loop rather than one per request."""
+    by_loop: dict[
+        asyncio.AbstractEventLoop, list[tuple[asyncio.Future[None], BaseException | None]]
+    ]
+    by_loop = {}
+    for request, error in zip(requests, errors, strict=True):
+        by_loop.setdefault(request.loop, []).append((request.future, error))
+    for loop, outcomes in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle, outcomes)
+        except RuntimeError:
+            logger.debug("event loop closed before its store writes were confirmed")
+
+
+def _settle(outcomes: list[tuple[asyncio.Future[None], BaseException | None]]) -> None:
+    for future, error in outcomes:
+        if future.done():  # the caller gave up waiting; the write stands
+            continue
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
+
+
+def _log_failure(future: asyncio.Future[None]) -> None:
+    if not future.cancelled() and (error := future.exception()) is not None:
+        logger.error("a store write that nobody waited for failed: %s", error, exc_info=error)
