@@ -1,0 +1,321 @@
+"""The Store contract (corral.server.store.base), run against every implementation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from corral.constants import MAX_LOG_BYTES_PER_JOB
+from corral.models import Attempt, JobState, QueueOrdering
+from corral.server.store import (
+    AppendLog,
+    DuplicateJob,
+    InsertJobs,
+    JobFilter,
+    JobRow,
+    MemoryStore,
+    SaveAttempt,
+    SaveQueue,
+    SQLiteStore,
+    Store,
+    UpdateJob,
+)
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    opened: Store = MemoryStore() if request.param == "memory" else SQLiteStore(tmp_path / "c.db")
+    yield opened
+    opened.close()
+
+
+def job(number: int, **fields: object) -> JobRow:
+    """A queued job whose id sorts by `number`."""
+    values: dict[str, object] = {
+        "id": f"J{number:08d}",
+        "name": f"job-{number}",
+        "queue": "default",
+        "priority": 0,
+        "state": JobState.QUEUED,
+        "created": 1000.0 + number,
+        "spec": f"spec-{number}".encode(),
+    }
+    values.update(fields)
+    return JobRow(**values)  # type: ignore[arg-type]
+
+
+def ids(rows: list[JobRow]) -> list[str]:
+    return [row.id for row in rows]
+
+
+def test_a_job_comes_back_as_inserted(store: Store) -> None:
+    full = job(
+        1,
+        priority=-5,
+        state=JobState.FAILED,
+        started=2.5,
+        finished=3.5,
+        worker="w1",
+        attempts=2,
+        result=b"\x00\xffresult",
+        error_type="ValueError",
+        error_message="bad",
+        traceback="Traceback ...",
+        exit_code=3,
+    )
+    store.write([InsertJobs([full, job(2)])])
+    assert store.get_job(full.id) == full
+    assert store.get_job(job(2).id) == job(2)
+    assert store.get_job("nope") is None
+
+
+def test_an_existing_id_fails_the_whole_batch(store: Store) -> None:
+    store.write([InsertJobs([job(1)])])
+    batch = [
+        InsertJobs([job(2)]),
+        UpdateJob(job(1).id, JobState.RUNNING, worker="w"),
+        SaveAttempt(job(1).id, Attempt(number=1, worker="w")),
+        AppendLog(job(1).id, "stdout", b"hello"),
+        SaveQueue("other", QueueOrdering.LIFO),
+        InsertJobs([job(3), job(1)]),
+    ]
+    with pytest.raises(DuplicateJob, match=job(1).id):
+        store.write(batch)
+    assert store.get_job(job(1).id) == job(1)
+    assert store.get_job(job(2).id) is None
+    assert store.get_job(job(3).id) is None
+    assert store.get_attempts(job(1).id) == []
+    assert store.read_log(job(1).id, "stdout").data == b""
+    assert store.list_queues() == {}
+    # The store stays usable after a refused batch.
+    store.write([InsertJobs([job(2)])])
+    assert store.get_job(job(2).id) == job(2)
+
+
+def test_an_id_twice_in_one_batch_is_a_duplicate(store: Store) -> None:
+    with pytest.raises(DuplicateJob, match=job(7).id):
+        store.write([InsertJobs([job(7)]), InsertJobs([job(8), job(7)])])
+    assert store.get_job(job(7).id) is None
+    assert store.get_job(job(8).id) is None
+
+
+def test_update_sets_given_fields_and_keeps_the_rest(store: Store) -> None:
+    store.write([InsertJobs([job(1)])])
+    store.write([UpdateJob(job(1).id, JobState.RUNNING, started=5.0, worker="w1", attempts=1)])
+    store.write([UpdateJob(job(1).id, JobState.SUCCEEDED, finished=6.0, result=b"42", exit_code=0)])
+    stored = store.get_job(job(1).id)
+    assert stored == job(
+        1,
+        state=JobState.SUCCEEDED,
+        started=5.0,
+        finished=6.0,
+        worker="w1",
+        attempts=1,
+        result=b"42",
+        exit_code=0,
+    )
+
+
+def test_requeue_clears_the_previous_run_but_keeps_attempts(store: Store) -> None:
+    failed = job(
+        1,
+        state=JobState.FAILED,
+        started=1.0,
+        finished=2.0,
+        worker="w",
+        attempts=1,
+        result=b"r",
+        error_type="E",
+        error_message="m",
+        traceback="t",
+        exit_code=1,
+    )
+    store.write([InsertJobs([failed])])
+    store.write([UpdateJob(failed.id, JobState.QUEUED)])
+    assert store.get_job(failed.id) == job(1, attempts=1)
+    store.write([UpdateJob(failed.id, JobState.QUEUED, attempts=3, worker="kept")])
+    assert store.get_job(failed.id) == job(1, attempts=3, worker="kept")
+
+
+def test_update_of_an_unknown_job_is_ignored(store: Store) -> None:
+    store.write([UpdateJob("missing", JobState.RUNNING, worker="w"), InsertJobs([job(1)])])
+    assert store.get_job("missing") is None
+    assert store.get_job(job(1).id) == job(1)
+
+
+def test_a_batch_applies_in_order(store: Store) -> None:
+    first, second = job(1), job(2)
+    store.write(
+        [
+            UpdateJob(second.id, JobState.RUNNING, worker="too early"),  # not inserted yet: no-op
+            InsertJobs([first, second]),
+            UpdateJob(first.id, JobState.RUNNING, worker="a"),
+            UpdateJob(first.id, JobState.SUCCEEDED, finished=9.0),
+            UpdateJob(first.id, JobState.QUEUED),
+            UpdateJob(first.id, JobState.RUNNING, worker="b"),
+        ]
+    )
+    assert store.get_job(first.id) == job(1, state=JobState.RUNNING, worker="b")
+    assert store.get_job(second.id) == second
+
+
+def test_attempts_are_upserted_by_number(store: Store) -> None:
+    job_id = job(1).id
+    store.write([InsertJobs([job(1)])])
+    store.write(
+        [
+            SaveAttempt(job_id, Attempt(number=2, worker="w2", started=3.0)),
+            SaveAttempt(job_id, Attempt(number=1, worker="w1", started=1.0)),
+            SaveAttempt(job(2).id, Attempt(number=1, worker="other job")),
+        ]
+    )
+    finished = Attempt(
+        number=2,
+        worker="w2",
+        host="h",
+        pid=42,
+        started=3.0,
+        finished=4.0,
+        state=JobState.FAILED,
+        exit_code=1,
+        error_type="E",
+        error_message="m",
+        traceback="t",
+    )
+    store.write([SaveAttempt(job_id, finished)])
+    assert store.get_attempts(job_id) == [Attempt(number=1, worker="w1", started=1.0), finished]
+    assert store.get_attempts("no such job") == []
+
+
+def test_logs_append_per_stream_and_read_from_an_offset(store: Store) -> None:
+    job_id = job(1).id
+    store.write([AppendLog(job_id, "stdout", b"hello "), AppendLog(job_id, "stderr", b"oops")])
+    store.write([AppendLog(job_id, "stdout", b"world"), AppendLog(job_id, "stdout", b"!")])
+    assert store.read_log(job_id, "stdout").data == b"hello world!"
+    assert store.read_log(job_id, "stdout", offset=3).data == b"lo world!"
+    assert store.read_log(job_id, "stdout", offset=6).data == b"world!"
+    assert store.read_log(job_id, "stdout", offset=12).data == b""
+    assert store.read_log(job_id, "stderr") == store.read_log(job_id, "stderr", 0)
+    assert store.read_log(job_id, "stderr").data == b"oops"
+    assert not store.read_log(job_id, "stdout").truncated
+    empty = store.read_log("no such job", "stdout")
+    assert (empty.data, empty.truncated) == (b"", False)
+
+
+def test_logs_are_capped_per_job_and_stream(store: Store) -> None:
+    job_id = job(1).id
+    almost = MAX_LOG_BYTES_PER_JOB - 10
+    store.write([AppendLog(job_id, "stdout", b"a" * almost)])
+    assert not store.read_log(job_id, "stdout").truncated
+    store.write([AppendLog(job_id, "stdout", b"b" * 25), AppendLog(job_id, "stderr", b"e" * 5)])
+    store.write([AppendLog(job_id, "stdout", b"c" * 5)])
+    chunk = store.read_log(job_id, "stdout")
+    assert chunk.truncated
+    assert chunk.data == b"a" * almost + b"b" * 10
+    tail = store.read_log(job_id, "stdout", offset=almost - 2)
+    assert (tail.data, tail.truncated) == (b"aa" + b"b" * 10, True)
+    other = store.read_log(job_id, "stderr")
+    assert (other.data, other.truncated) == (b"e" * 5, False)
+
+
+def test_one_oversized_chunk_is_cut_at_the_cap(store: Store) -> None:
+    store.write([AppendLog("j", "stdout", b"x" * (MAX_LOG_BYTES_PER_JOB + 1))])
+    chunk = store.read_log("j", "stdout")
+    assert (len(chunk.data), chunk.truncated) == (MAX_LOG_BYTES_PER_JOB, True)
+
+
+def test_queues_are_saved_and_replaced(store: Store) -> None:
+    store.write([SaveQueue("a", QueueOrdering.FIFO), SaveQueue("b", QueueOrdering.PRIORITY)])
+    store.write([SaveQueue("a", QueueOrdering.LIFO)])
+    assert store.list_queues() == {"a": QueueOrdering.LIFO, "b": QueueOrdering.PRIORITY}
+
+
+def test_count_by_state(store: Store) -> None:
+    assert store.count_by_state().get(JobState.QUEUED, 0) == 0
+    store.write([InsertJobs([job(n) for n in range(5)])])
+    store.write([UpdateJob(job(0).id, JobState.RUNNING), UpdateJob(job(1).id, JobState.FAILED)])
+    counts = {state: count for state, count in store.count_by_state().items() if count}
+    assert counts == {JobState.QUEUED: 3, JobState.RUNNING: 1, JobState.FAILED: 1}
+
+
+@pytest.fixture
+def listed(store: Store) -> Store:
+    """Twenty jobs: even ones in queue 'even', every third one failed, names job-0..job-19."""
+    rows = [
+        job(
+            n,
+            queue="even" if n % 2 == 0 else "odd",
+            state=JobState.FAILED if n % 3 == 0 else JobState.QUEUED,
+        )
+        for n in range(20)
+    ]
+    store.write([InsertJobs(rows[10:]), InsertJobs(rows[:10])])  # not in id order on purpose
+    return store
+
+
+def expected(predicate: object = None) -> list[str]:
+    numbers = [n for n in range(19, -1, -1) if predicate is None or predicate(n)]  # type: ignore[operator]
+    return [job(n).id for n in numbers]
+
+
+def test_list_jobs_newest_first_with_a_limit(listed: Store) -> None:
+    assert ids(listed.list_jobs(JobFilter())) == expected()
+    assert ids(listed.list_jobs(JobFilter(limit=3))) == expected()[:3]
+    assert listed.list_jobs(JobFilter(limit=1))[0] == listed.get_job(job(19).id)
+
+
+def test_list_jobs_by_state_queue_and_name(listed: Store) -> None:
+    failed = ids(listed.list_jobs(JobFilter(states=[JobState.FAILED])))
+    assert failed == expected(lambda n: n % 3 == 0)
+    both = ids(listed.list_jobs(JobFilter(states=[JobState.FAILED, JobState.QUEUED])))
+    assert both == expected()
+    assert listed.list_jobs(JobFilter(states=[JobState.RUNNING])) == []
+    assert listed.list_jobs(JobFilter(states=[])) == []
+    assert ids(listed.list_jobs(JobFilter(queue="even"))) == expected(lambda n: n % 2 == 0)
+    assert ids(listed.list_jobs(JobFilter(name="-1"))) == expected(lambda n: str(n).startswith("1"))
+    assert listed.list_jobs(JobFilter(name="JOB")) == []  # substring match is case-sensitive
+    combined = JobFilter(states=[JobState.QUEUED], queue="even", name="job-1")
+    assert ids(listed.list_jobs(combined)) == [job(n).id for n in (16, 14, 10)]
+
+
+def test_list_jobs_pages_with_before(listed: Store) -> None:
+    pages: list[list[str]] = []
+    before = None
+    while True:
+        page = ids(listed.list_jobs(JobFilter(before=before, limit=6, queue="odd")))
+        if not page:
+            break
+        pages.append(page)
+        before = page[-1]
+    assert [len(page) for page in pages] == [6, 4]
+    assert [row for page in pages for row in page] == expected(lambda n: n % 2 == 1)
+    multi = JobFilter(states=[JobState.QUEUED, JobState.FAILED], before=job(5).id, limit=3)
+    assert ids(listed.list_jobs(multi)) == [job(n).id for n in (4, 3, 2)]
+
+
+def test_list_jobs_by_ids(listed: Store) -> None:
+    wanted = [job(3).id, job(12).id, "unknown", job(7).id]
+    assert ids(listed.list_jobs(JobFilter(ids=wanted))) == [job(n).id for n in (12, 7, 3)]
+    narrowed = JobFilter(ids=wanted, states=[JobState.FAILED], limit=1)
+    assert ids(listed.list_jobs(narrowed)) == [job(12).id]
+
+
+def test_load_active_yields_queued_and_running_in_id_order(store: Store) -> None:
+    store.write([InsertJobs([job(n) for n in (5, 1, 4, 2, 3, 0)])])
+    store.write(
+        [
+            UpdateJob(job(1).id, JobState.RUNNING, started=7.0, worker="w", attempts=1),
+            UpdateJob(job(2).id, JobState.RUNNING, started=7.0, worker="w", attempts=1),
+            UpdateJob(job(2).id, JobState.SUCCEEDED, finished=8.0, result=b"ok"),
+            UpdateJob(job(3).id, JobState.CANCELLED),
+            UpdateJob(job(4).id, JobState.LOST),
+            UpdateJob(job(4).id, JobState.QUEUED, attempts=2),
+        ]
+    )
+    active = list(store.load_active())
+    assert ids(active) == [job(n).id for n in (0, 1, 4, 5)]
+    assert active[1] == job(1, state=JobState.RUNNING, started=7.0, worker="w", attempts=1)
+    assert active[2] == job(4, attempts=2)
+    assert all(row.spec == f"spec-{int(row.id[1:])}".encode() for row in active)

@@ -1,0 +1,191 @@
+"""SQLiteStore beyond the contract: surviving kill -9, concurrent readers, refusing bad files."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from corral.errors import ConfigError
+from corral.models import JobState
+from corral.server.store import InsertJobs, JobFilter, JobRow, SQLiteStore, UpdateJob
+
+JOBS_PER_BATCH = 100
+
+# Writes numbered batches forever, printing each number once write() has returned.
+WRITER_SCRIPT = """
+import sys
+from corral.models import JobState
+from corral.server.store import AppendLog, InsertJobs, JobRow, SQLiteStore, UpdateJob
+
+store = SQLiteStore(sys.argv[1])
+number = int(sys.argv[2])
+while True:
+    jobs = [
+        JobRow(f"B{number:06d}-{i:03d}", "n", "q", 0, JobState.QUEUED, 1.0, b"s" * 200)
+        for i in range({jobs})
+    ]
+    previous = [UpdateJob(f"B{number - 1:06d}-{i:03d}", JobState.RUNNING) for i in range({jobs})]
+    store.write([InsertJobs(jobs), *previous, AppendLog("log", "stdout", b"%d," % number)])
+    print(number, flush=True)
+    number += 1
+""".replace("{jobs}", str(JOBS_PER_BATCH))
+
+
+def write_until_killed(path: Path, first_batch: int, acknowledged: int) -> int:
+    """Run a writer process, SIGKILL it after `acknowledged` confirmed batches; the last one."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", WRITER_SCRIPT, str(path), str(first_batch)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        last = first_batch - 1
+        while last < first_batch - 1 + acknowledged:
+            line = process.stdout.readline()
+            assert line, f"writer exited early with {process.wait()}"
+            last = int(line)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+    return last
+
+
+def test_every_acknowledged_batch_survives_kill_9(tmp_path: Path) -> None:
+    path = tmp_path / "corral.db"
+    next_batch = 1
+    for _ in range(3):
+        last = write_until_killed(path, next_batch, acknowledged=30)
+        with sqlite3.connect(path) as check:
+            assert check.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        store = SQLiteStore(path)
+        try:
+            counts = store.count_by_state()
+            stored = sum(counts.values())
+            assert stored % JOBS_PER_BATCH == 0, "a batch was half applied"
+            assert stored >= last * JOBS_PER_BATCH
+            for batch in range(1, last + 1):
+                rows = store.list_jobs(JobFilter(name="n", ids=[f"B{batch:06d}-000"]))
+                assert len(rows) == 1, f"acknowledged batch {batch} is missing"
+            log = store.read_log("log", "stdout").data.decode()
+            assert log.startswith(",".join(str(n) for n in range(1, last + 1)))
+            next_batch = stored // JOBS_PER_BATCH + 1
+        finally:
+            store.close()
+
+
+def test_readers_see_whole_batches_while_a_writer_commits(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "corral.db")
+    batches, per_batch = 100, 50
+    writer_done = threading.Event()
+    failures: list[BaseException] = []
+    reads = [0, 0]
+
+    def write() -> None:
+        try:
+            for batch in range(batches):
+                jobs = [
+                    JobRow(f"{batch:04d}-{i:03d}", "n", "q", 0, JobState.QUEUED, 1.0, b"spec")
+                    for i in range(per_batch)
+                ]
+                finished = [
+                    UpdateJob(f"{batch - 1:04d}-{i:03d}", JobState.SUCCEEDED, result=b"r")
+                    for i in range(per_batch)
+                ]
+                store.write([InsertJobs(jobs), *finished])
+        finally:
+            writer_done.set()
+
+    def read(slot: int) -> None:
+        try:
+            while True:
+                done = writer_done.is_set()
+                counts = store.count_by_state()
+                assert counts.get(JobState.QUEUED, 0) in (0, per_batch)
+                assert sum(counts.values()) % per_batch == 0
+                newest = store.list_jobs(JobFilter(limit=per_batch))
+                assert len({row.id[:4] for row in newest}) <= 1
+                assert all(row.state == JobState.QUEUED for row in newest)
+                reads[slot] += 1
+                if done:
+                    return
+        except BaseException as error:
+            failures.append(error)
+
+    threads = [threading.Thread(target=write)]
+    threads += [threading.Thread(target=read, args=(slot,)) for slot in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    store.close()
+    assert not failures, failures
+    assert min(reads) >= 1
+
+
+def test_an_open_reader_does_not_block_the_writer(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "corral.db")
+    try:
+        store.write(
+            [
+                InsertJobs(
+                    [JobRow(f"a{n}", "n", "q", 0, JobState.QUEUED, 1.0, b"") for n in range(3)]
+                )
+            ]
+        )
+        active = store.load_active()
+        assert next(active).id == "a0"
+        store.write([UpdateJob("a1", JobState.SUCCEEDED), UpdateJob("a2", JobState.SUCCEEDED)])
+        # The open read keeps its snapshot; a new read sees the commit.
+        assert [row.id for row in active] == ["a1", "a2"]
+        assert [row.id for row in store.load_active()] == ["a0"]
+    finally:
+        store.close()
+
+
+def test_reopening_keeps_everything(tmp_path: Path) -> None:
+    path = tmp_path / "corral.db"
+    store = SQLiteStore(path, durability="full")
+    store.write([InsertJobs([JobRow("a", "n", "q", 3, JobState.QUEUED, 1.0, b"spec")])])
+    store.close()
+    reopened = SQLiteStore(path)
+    try:
+        assert reopened.get_job("a") == JobRow("a", "n", "q", 3, JobState.QUEUED, 1.0, b"spec")
+    finally:
+        reopened.close()
+
+
+def test_bad_files_and_options_are_refused_clearly(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(ConfigError, match="is not a corral database"):
+        SQLiteStore(garbage)
+
+    foreign = tmp_path / "foreign.db"
+    with sqlite3.connect(foreign) as connection:
+        connection.execute("CREATE TABLE things (x)")
+    connection.close()
+    with pytest.raises(ConfigError, match="not corral's"):
+        SQLiteStore(foreign)
+
+    newer = tmp_path / "newer.db"
+    SQLiteStore(newer).close()
+    with sqlite3.connect(newer) as connection:
+        connection.execute("PRAGMA user_version = 999")
+    connection.close()
+    with pytest.raises(ConfigError, match="newer corral"):
+        SQLiteStore(newer)
+
+    with pytest.raises(ConfigError, match="does not exist"):
+        SQLiteStore(tmp_path / "missing" / "corral.db")
+    with pytest.raises(ConfigError, match="durability"):
+        SQLiteStore(tmp_path / "x.db", durability="sometimes")  # type: ignore[arg-type]

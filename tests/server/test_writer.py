@@ -1,0 +1,189 @@
+"""GroupCommitWriter: concurrent callers share transactions, and only the guilty caller fails."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Coroutine, Sequence
+from typing import Any
+
+import pytest
+
+from corral.models import JobState
+from corral.server.store import DuplicateJob, InsertJobs, JobRow, MemoryStore, Mutation
+from corral.server.writer import GroupCommitWriter, WriterClosed
+
+DEADLINE = 30.0
+
+
+class GatedStore(MemoryStore):
+    """Records every write() batch size; the first write waits until the test opens the gate, so
+    the test can queue requests while a transaction is in progress."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batch_sizes: list[int] = []
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    def write(self, batch: Sequence[Mutation]) -> None:
+        self.batch_sizes.append(len(batch))
+        self.entered.set()
+        assert self.gate.wait(DEADLINE), "the test never opened the gate"
+        super().write(batch)
+
+
+def row(name: str) -> JobRow:
+    return JobRow(name, name, "default", 0, JobState.QUEUED, 1.0, b"spec")
+
+
+def insert(*names: str) -> list[Mutation]:
+    return [InsertJobs([row(name) for name in names])]
+
+
+def run(coroutine: Coroutine[Any, Any, None]) -> None:
+    asyncio.run(asyncio.wait_for(coroutine, DEADLINE))
+
+
+async def hold_first_transaction(
+    store: GatedStore, writer: GroupCommitWriter
+) -> asyncio.Task[None]:
+    """Start a write and return once the writer thread is inside store.write() with it."""
+    first = asyncio.create_task(writer.write(insert("first")))
+    assert await asyncio.to_thread(store.entered.wait, DEADLINE)
+    return first
+
+
+async def start_writes(writer: GroupCommitWriter, batches: list[list[Mutation]]) -> list[Any]:
+    """Start one write() per batch and let each reach the writer's queue, in order."""
+    tasks = [asyncio.create_task(writer.write(batch)) for batch in batches]
+    await asyncio.sleep(0)  # each task runs up to its first await: its request is queued
+    return tasks
+
+
+def test_concurrent_writes_share_a_transaction() -> None:
+    async def scenario() -> None:
+        store = GatedStore()
+        async with GroupCommitWriter(store) as writer:
+            first = await hold_first_transaction(store, writer)
+            others = await start_writes(writer, [insert(f"job-{n}") for n in range(99)])
+            store.gate.set()
+            await asyncio.gather(first, *others)
+        assert store.batch_sizes == [1, 99]
+        assert all(store.get_job(f"job-{n}") is not None for n in range(99))
+
+    run(scenario())
+
+
+def test_a_transaction_stays_under_the_cap_without_splitting_a_caller() -> None:
+    async def scenario() -> None:
+        store = GatedStore()
+        async with GroupCommitWriter(store, max_batch=10) as writer:
+            first = await hold_first_transaction(store, writer)
+            sizes = [4, 4, 4, 15, 1]
+            batches: list[list[Mutation]] = [
+                [InsertJobs([row(f"b{index}-{n}")]) for n in range(size)]
+                for index, size in enumerate(sizes)
+            ]
+            others = await start_writes(writer, batches)
+            store.gate.set()
+            await asyncio.gather(first, *others)
+        assert store.batch_sizes == [1, 8, 4, 15, 1]
+
+    run(scenario())
+
+
+def test_only_the_guilty_caller_gets_the_error() -> None:
+    async def scenario() -> None:
+        store = GatedStore()
+        async with GroupCommitWriter(store) as writer:
+            first = await hold_first_transaction(store, writer)
+            tasks = await start_writes(writer, [insert("a"), insert("b", "first"), insert("c"), []])
+            store.gate.set()
+            await first
+            await tasks[0]
+            with pytest.raises(DuplicateJob, match="first"):
+                await tasks[1]
+            await tasks[2]
+            await tasks[3]
+        assert [store.get_job(name) is not None for name in "abc"] == [True, False, True]
+        # One shared attempt, then each non-empty caller alone.
+        assert store.batch_sizes == [1, 3, 1, 1, 1]
+
+    run(scenario())
+
+
+def test_a_lone_failing_caller_is_not_retried() -> None:
+    async def scenario() -> None:
+        store = GatedStore()
+        store.gate.set()
+        async with GroupCommitWriter(store) as writer:
+            await writer.write(insert("a"))
+            with pytest.raises(DuplicateJob):
+                await writer.write(insert("a"))
+        assert store.batch_sizes == [1, 1]
+
+    run(scenario())
+
+
+def test_close_commits_everything_queued_and_refuses_more() -> None:
+    async def scenario() -> None:
+        store = MemoryStore()
+        writer = GroupCommitWriter(store)
+        futures = [writer.submit_nowait(insert(f"job-{n}")) for n in range(500)]
+        await writer.close()
+        assert all(future.done() and future.exception() is None for future in futures)
+        assert len(list(store.load_active())) == 500
+        with pytest.raises(WriterClosed):
+            await writer.write(insert("late"))
+
+    run(scenario())
+
+
+def test_flush_waits_for_earlier_fire_and_forget_writes() -> None:
+    async def scenario() -> None:
+        store = GatedStore()
+        async with GroupCommitWriter(store) as writer:
+            first = await hold_first_transaction(store, writer)
+            writer.submit_nowait(insert("queued-behind"))
+            flushed = asyncio.create_task(writer.flush())
+            await asyncio.sleep(0)
+            assert store.get_job("queued-behind") is None
+            store.gate.set()
+            await flushed
+            assert store.get_job("queued-behind") is not None
+            await first
+
+    run(scenario())
+
+
+def test_a_failed_fire_and_forget_write_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario() -> None:
+        store = MemoryStore()
+        async with GroupCommitWriter(store) as writer:
+            await writer.write(insert("a"))
+            future = writer.submit_nowait(insert("a"))
+            await writer.flush()
+            assert isinstance(future.exception(), DuplicateJob)
+
+    with caplog.at_level(logging.ERROR, logger="corral.server.writer"):
+        run(scenario())
+    assert "nobody waited for failed" in caplog.text
+    assert "already exists" in caplog.text
+
+
+def test_a_cancelled_write_is_still_committed() -> None:
+    async def scenario() -> None:
+        store = GatedStore()
+        async with GroupCommitWriter(store) as writer:
+            first = await hold_first_transaction(store, writer)
+            (impatient,) = await start_writes(writer, [insert("given-up")])
+            impatient.cancel()
+            store.gate.set()
+            await writer.flush()
+            await first
+            assert impatient.cancelled()
+        assert store.get_job("given-up") is not None
+
+    run(scenario())
