@@ -1,0 +1,126 @@
+"""Running commands on a connected host: sudo, timeouts, scripts, and a `test -e` helper."""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncssh
+
+
+@dataclass(frozen=True)
+class CommandOutcome:
+    """What one remote command did. `exit_code` is None when it never finished (timeout, signal)."""
+
+    exit_code: int | None
+    stdout: str
+    stderr: str
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+def sudo_wrap(command: str, password: str | None) -> tuple[str, str | None]:
+    """The command line and stdin that run `command` as root through sudo.
+
+    With a password, `sudo -S -k` reads it from stdin: `-k` makes sudo always ask, so the password
+    is always consumed and never reaches the command's own stdin. `-p ''` keeps the prompt out of
+    stderr. Without one, `-n` fails at once instead of waiting for a prompt nobody answers.
+    """
+    inner = shlex.quote(command)
+    if password is None:
+        return f"sudo -n -- sh -c {inner}", None
+    return f"sudo -S -k -p '' -- sh -c {inner}", password + "\n"
+
+
+async def run_remote(
+    conn: asyncssh.SSHClientConnection,
+    command: str,
+    *,
+    sudo: bool = False,
+    sudo_password: str | None = None,
+    time_limit: float | None = None,
+) -> CommandOutcome:
+    """Run a shell command; never raises for the command's own failure or timeout."""
+    stdin: str | None = None
+    if sudo:
+        command, stdin = sudo_wrap(command, sudo_password)
+    try:
+        completed = await conn.run(
+            command, input=stdin, timeout=time_limit, errors="replace", check=False
+        )
+    except asyncssh.TimeoutError as exc:
+        return CommandOutcome(
+            None,
+            _text(exc.stdout),
+            _text(exc.stderr),
+            f"command timed out after {time_limit:g}s",
+        )
+    except asyncssh.ChannelOpenError as exc:
+        return CommandOutcome(None, "", "", f"cannot open a session: {exc.reason}")
+    code = completed.exit_status
+    if code is None or code < 0:
+        signal = completed.exit_signal[0] if completed.exit_signal else "unknown"
+        return CommandOutcome(
+            None,
+            _text(completed.stdout),
+            _text(completed.stderr),
+            f"command killed by signal {signal}",
+        )
+    stdout, stderr = _text(completed.stdout), _text(completed.stderr)
+    error = "" if code == 0 else _first_line(stderr) or f"exit code {code}"
+    return CommandOutcome(code, stdout, stderr, error)
+
+
+async def run_script(
+    conn: asyncssh.SSHClientConnection,
+    local_path: Path,
+    args: str,
+    *,
+    sudo: bool = False,
+    sudo_password: str | None = None,
+    time_limit: float | None = None,
+) -> CommandOutcome:
+    """Upload a local script to a private temporary file, run it (shebang honoured), remove it."""
+    made = await run_remote(conn, "mktemp -t corral-script.XXXXXXXX", time_limit=time_limit)
+    if not made.ok:
+        return CommandOutcome(made.exit_code, "", made.stderr, f"mktemp failed: {made.error}")
+    remote_path = made.stdout.strip()
+    try:
+        async with conn.start_sftp_client() as sftp:
+            await sftp.put(str(local_path), remote_path)
+            await sftp.chmod(remote_path, 0o700)
+        command = shlex.quote(remote_path) + (f" {args}" if args else "")
+        return await run_remote(
+            conn, command, sudo=sudo, sudo_password=sudo_password, time_limit=time_limit
+        )
+    finally:
+        await run_remote(conn, f"rm -f {shlex.quote(remote_path)}", time_limit=time_limit)
+
+
+async def path_exists(
+    conn: asyncssh.SSHClientConnection,
+    path: str,
+    *,
+    sudo: bool = False,
+    sudo_password: str | None = None,
+    time_limit: float | None = None,
+) -> CommandOutcome:
+    """`test -e PATH` on the host (exit 0 when it exists); runs as root when `sudo`."""
+    quoted = shlex.quote(path)
+    return await run_remote(
+        conn, f"test -e {quoted}", sudo=sudo, sudo_password=sudo_password, time_limit=time_limit
+    )
+
+
+def _text(value: str | bytes | None) -> str:
+    if value is None:
+        return ""
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
+
+
+def _first_line(text: str) -> str:
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")
