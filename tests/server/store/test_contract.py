@@ -319,3 +319,15 @@ def test_load_active_yields_queued_and_running_in_id_order(store: Store) -> None
     assert active[1] == job(1, state=JobState.RUNNING, started=7.0, worker="w", attempts=1)
     assert active[2] == job(4, attempts=2)
     assert all(row.spec == f"spec-{int(row.id[1:])}".encode() for row in active)
+
+
+def test_rows_are_values_not_shared_with_the_store(store: Store) -> None:
+    inserted = job(1)
+    store.write([InsertJobs([inserted])])
+    inserted.name = "changed after insert"
+    fetched = store.get_job(job(1).id)
+    assert fetched is not None
+    fetched.name = "changed after read"
+    next(iter(store.load_active())).name = "changed after load"
+    store.list_jobs(JobFilter())[0].name = "changed after list"
+    assert store.get_job(job(1).id) == job(1)

@@ -35,9 +35,14 @@ class DuplicateJob(CorralError):
     """A job with this id is already stored."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class JobRow:
-    """A job as stored. `spec` is the msgpack encoding of its JobSpec (opaque to the store)."""
+    """A job as stored. `spec` is the msgpack encoding of its JobSpec (opaque to the store).
+
+    Treat it as a value: every read returns a new row, and a row handed to the store is copied.
+    It is not frozen because a frozen dataclass takes three times as long to build, and a restart
+    builds one per queued job (a million in a few seconds).
+    """
 
     id: str
     name: str

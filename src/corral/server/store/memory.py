@@ -38,7 +38,10 @@ class _Log:
 
 
 class MemoryStore(Store):
-    """A thread-safe in-memory Store; one lock serialises writers and readers."""
+    """A thread-safe in-memory Store; one lock serialises writers and readers.
+
+    Rows are copied in and out, as a database would, so callers never share its records.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -67,7 +70,7 @@ class MemoryStore(Store):
     def _apply(self, mutation: Mutation) -> None:
         if isinstance(mutation, InsertJobs):
             for job in mutation.jobs:
-                self._jobs[job.id] = job
+                self._jobs[job.id] = dataclasses.replace(job)
                 if not self._ids or job.id > self._ids[-1]:
                     self._ids.append(job.id)
                 else:
@@ -91,7 +94,8 @@ class MemoryStore(Store):
 
     def get_job(self, job_id: str) -> JobRow | None:
         with self._lock:
-            return self._jobs.get(job_id)
+            job = self._jobs.get(job_id)
+            return None if job is None else dataclasses.replace(job)
 
     def get_attempts(self, job_id: str) -> list[Attempt]:
         with self._lock:
@@ -121,12 +125,13 @@ class MemoryStore(Store):
                     continue
                 if filter.name is not None and filter.name not in job.name:
                     continue
-                found.append(job)
+                found.append(dataclasses.replace(job))
             return found
 
     def load_active(self) -> Iterator[JobRow]:
         with self._lock:
-            active = [job for job in map(self._jobs.__getitem__, self._ids) if job.state in _ACTIVE]
+            jobs = map(self._jobs.__getitem__, self._ids)
+            active = [dataclasses.replace(job) for job in jobs if job.state in _ACTIVE]
         return iter(active)
 
     def read_log(self, job_id: str, stream: str, offset: int = 0) -> LogChunk:
