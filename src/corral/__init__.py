@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from corral.client import AsyncClient, AsyncJob, Client, Job, connect, python_job, shell_job
 from corral.errors import (
     AuthError,
     ConfigError,
+    Conflict,
     CorralError,
+    Forbidden,
     InvalidRequest,
     JobFailed,
     JobTimeout,
@@ -19,9 +22,19 @@ from corral.models import JobInfo, JobKind, JobSpec, JobState, QueueOrdering
 __version__ = "0.1.0"
 
 __all__ = [
+    # client
+    "connect",
+    "Client",
+    "AsyncClient",
+    "Job",
+    "AsyncJob",
+    "python_job",
+    "shell_job",
     # errors
     "AuthError",
     "ConfigError",
+    "Conflict",
+    "Forbidden",
     "CorralError",
     "InvalidRequest",
     "JobFailed",

@@ -2,17 +2,717 @@
 
 from __future__ import annotations
 
-import typer
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from enum import IntEnum
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
 
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from corral.client.client import Client
+from corral.client.jobs import python_job, shell_job
+from corral.config import ClientSettings, ServerSettings, data_dir
+from corral.constants import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_PREFETCH
+from corral.errors import (
+    AuthError,
+    ConfigError,
+    Conflict,
+    CorralError,
+    InvalidRequest,
+    JobTimeout,
+    NotFound,
+    ProtocolError,
+    SerializationError,
+    ServerUnreachable,
+)
+from corral.models import JobInfo, JobState, QueueOrdering
 from corral.ssh.cli import app as ssh_app
+
+T = TypeVar("T")
+
+
+class ExitCode(IntEnum):
+    """What `corral` exits with, so scripts can tell failures apart."""
+
+    OK = 0
+    JOB_FAILED = 1  # a waited-on job did not succeed
+    USAGE = 2  # bad flags or arguments (typer's own code too)
+    UNREACHABLE = 3  # no server at the URL
+    AUTH = 4  # token missing, wrong or lacking the role
+    NOT_FOUND = 5  # unknown job, token, ...
+    INVALID = 6  # the server refused the input
+    TIMEOUT = 7  # waiting took longer than --timeout
+    CONFLICT = 8  # e.g. retrying a running job
+    ERROR = 10  # any other corral error
+
+
+_EXIT_FOR: list[tuple[type[CorralError], ExitCode]] = [
+    (ServerUnreachable, ExitCode.UNREACHABLE),
+    (AuthError, ExitCode.AUTH),
+    (NotFound, ExitCode.NOT_FOUND),
+    (InvalidRequest, ExitCode.INVALID),
+    (SerializationError, ExitCode.INVALID),
+    (ConfigError, ExitCode.USAGE),
+    (JobTimeout, ExitCode.TIMEOUT),
+    (Conflict, ExitCode.CONFLICT),
+    (ProtocolError, ExitCode.ERROR),
+]
 
 app = typer.Typer(
     help="corral: a distributed job scheduler for Python.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    add_completion=False,
 )
+token_app = typer.Typer(help="Show and manage API tokens.", no_args_is_help=True)
+app.add_typer(token_app, name="token")
 app.add_typer(ssh_app, name="ssh")
+
+out = Console()
+err = Console(stderr=True)
+
+ServerOpt = Annotated[
+    str | None,
+    typer.Option("--server", envvar="CORRAL_URL", help="Server URL [default: local server]"),
+]
+TokenOpt = Annotated[
+    str | None,
+    typer.Option("--token", envvar="CORRAL_TOKEN", show_envvar=True, help="API token"),
+]
+CaOpt = Annotated[
+    Path | None, typer.Option("--ca", envvar="CORRAL_CA", help="CA certificate (PEM) for TLS")
+]
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option("--data-dir", envvar="CORRAL_DATA_DIR", help="Server data directory"),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts")]
+LogLevelOpt = Annotated[str, typer.Option("--log-level", help="debug, info, warning, error")]
 
 
 def main() -> None:
     app()
+
+
+def fail(error: CorralError) -> NoReturn:
+    code = next((code for cls, code in _EXIT_FOR if isinstance(error, cls)), ExitCode.ERROR)
+    err.print(f"[bold red]error:[/] {error}", highlight=False)
+    raise typer.Exit(int(code))
+
+
+@contextlib.contextmanager
+def errors_to_exit_codes() -> Iterator[None]:
+    try:
+        yield
+    except CorralError as error:
+        fail(error)
+
+
+def connect(server: str | None, token: str | None, ca: Path | None, data: Path | None) -> Client:
+    settings = ClientSettings.resolve(server, token, ca, data)
+    return Client(settings.url, settings.token, ca=settings.ca)
+
+
+def with_client(
+    server: str | None,
+    token: str | None,
+    ca: Path | None,
+    data: Path | None,
+    action: Callable[[Client], T],
+) -> T:
+    """Run `action` with a client, turning corral errors into exit codes."""
+    with errors_to_exit_codes(), connect(server, token, ca, data) as client:
+        return action(client)
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def print_json(data: Any) -> None:
+    out.print_json(json.dumps(data, default=str))
+
+
+# -- server, worker, up -----------------------------------------------------------------------
+
+
+@app.command()
+def server(
+    host: Annotated[str, typer.Option(help="Address to bind")] = DEFAULT_HOST,
+    port: Annotated[int, typer.Option(help="Port (0: any free port)")] = DEFAULT_PORT,
+    data_dir_flag: DataDirOpt = None,
+    store: Annotated[
+        str | None, typer.Option(help="sqlite:///path.db or memory:// [default: data dir]")
+    ] = None,
+    tls_cert: Annotated[Path | None, typer.Option(help="TLS certificate (PEM)")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="TLS private key (PEM)")] = None,
+    lease: Annotated[
+        float | None, typer.Option(help="Seconds before a silent worker's jobs move")
+    ] = None,
+    allow_pickle: Annotated[bool, typer.Option(help="Accept cloudpickled functions")] = False,
+    log_level: LogLevelOpt = "info",
+) -> None:
+    """Run the corral server: durable queues, REST API, worker and client streams."""
+    from corral.server.main import serve
+
+    configure_logging(log_level)
+    with errors_to_exit_codes():
+        settings = ServerSettings(
+            host=host,
+            port=port,
+            data_dir=data_dir(data_dir_flag),
+            store_url=store,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            lease=lease,
+            allow_pickle=allow_pickle,
+        )
+        asyncio.run(serve(settings, lambda url, token: announce(url, token, settings)))
+
+
+def announce(url: str, new_token: str | None, settings: ServerSettings) -> None:
+    err.print(f"corral server listening on [bold]{url}[/] (data in {settings.data_dir})")
+    err.print(f"  API docs: {url}/docs   metrics: {url}/metrics")
+    if new_token:
+        err.print(
+            f"  admin token (shown once, also in {settings.data_dir}/admin.token):\n"
+            f"    [bold]{new_token}[/]\n"
+            f"  use it with: export CORRAL_URL={url} CORRAL_TOKEN=<token>"
+        )
+    print(f"READY {url}", flush=True)
+
+
+@app.command()
+def worker(
+    server_url: ServerOpt = None,
+    token: TokenOpt = None,
+    ca: CaOpt = None,
+    data_dir_flag: DataDirOpt = None,
+    concurrency: Annotated[int, typer.Option(help="Jobs at once [default: CPU count]")] = 0,
+    prefetch: Annotated[int, typer.Option(help="Extra jobs held ready")] = DEFAULT_PREFETCH,
+    queues: Annotated[str, typer.Option(help="Queues to take jobs from, in priority order")] = (
+        "default"
+    ),
+    tags: Annotated[str, typer.Option(help="Capabilities, e.g. gpu,big-mem")] = "",
+    allow_users: Annotated[str, typer.Option(help="Users jobs may run as (needs root)")] = "",
+    allow_pickle: Annotated[bool, typer.Option(help="Run cloudpickled functions")] = False,
+    on_shutdown: Annotated[
+        str, typer.Option(help="finish: let running jobs end; release: hand them back")
+    ] = "finish",
+    log_level: LogLevelOpt = "info",
+) -> None:
+    """Run a worker that takes jobs from a corral server."""
+    from corral.worker.agent import ShutdownMode, Worker, WorkerSettings
+
+    configure_logging(log_level)
+    with errors_to_exit_codes():
+        client = ClientSettings.resolve(server_url, token, ca, data_dir_flag)
+        try:
+            mode = ShutdownMode(on_shutdown)
+        except ValueError:
+            raise ConfigError("--on-shutdown is 'finish' or 'release'") from None
+        settings = WorkerSettings(
+            server_url=client.url,
+            token=client.token,
+            ca=client.ca,
+            concurrency=concurrency or os.cpu_count() or 1,
+            prefetch=prefetch,
+            queues=_split(queues) or ("default",),
+            tags=_split(tags),
+            allow_users=_split(allow_users),
+            allow_pickle=allow_pickle,
+            shutdown_mode=mode,
+        )
+
+        async def run() -> None:
+            agent = Worker(settings)
+            agent.install_signal_handlers()
+            await agent.run()
+
+        asyncio.run(run())
+
+
+@app.command()
+def up(
+    workers: Annotated[int, typer.Option(help="Local workers to start")] = 2,
+    concurrency: Annotated[int, typer.Option(help="Jobs at once per worker")] = 0,
+    host: Annotated[str, typer.Option(help="Address to bind")] = DEFAULT_HOST,
+    port: Annotated[int, typer.Option(help="Port (0: any free port)")] = DEFAULT_PORT,
+    data_dir_flag: DataDirOpt = None,
+    log_level: LogLevelOpt = "warning",
+) -> None:
+    """Run a server and local workers in one command; Ctrl-C stops them all."""
+    from corral.server.main import serve
+
+    configure_logging(log_level)
+    settings = ServerSettings(host=host, port=port, data_dir=data_dir(data_dir_flag))
+    children: list[subprocess.Popen[bytes]] = []
+
+    def started(url: str, new_token: str | None) -> None:
+        announce(url, new_token, settings)
+        admin_token = (settings.data_dir / "admin.token").read_text().strip()
+        env = {**os.environ, "CORRAL_URL": url, "CORRAL_TOKEN": admin_token}
+        command = [sys.executable, "-m", "corral", "worker", "--log-level", log_level]
+        if concurrency:
+            command += ["--concurrency", str(concurrency)]
+        for _ in range(workers):
+            children.append(subprocess.Popen(command, env=env))
+        err.print(f"  started {workers} local workers; Ctrl-C stops everything")
+
+    with errors_to_exit_codes():
+        try:
+            asyncio.run(serve(settings, started))
+        except KeyboardInterrupt:
+            pass
+        finally:
+            for child in children:
+                with contextlib.suppress(ProcessLookupError):
+                    child.send_signal(signal.SIGTERM)
+            for child in children:
+                try:
+                    child.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+
+
+# -- submitting ---------------------------------------------------------------------------
+
+
+JobOptions = dict[str, Any]
+
+
+def job_options(
+    queue: str | None,
+    priority: int | None,
+    timeout: float | None,
+    retries: int | None,
+    user: str | None,
+    tag: list[str] | None,
+    name: str | None,
+    delay: float | None,
+    not_idempotent: bool,
+) -> JobOptions:
+    import time
+
+    options: JobOptions = {
+        "queue": queue,
+        "priority": priority,
+        "timeout": timeout,
+        "retries": retries,
+        "user": user,
+        "tags": tag or None,
+        "name": name,
+        "not_before": time.time() + delay if delay else None,
+    }
+    if not_idempotent:
+        options["idempotent"] = False
+    return {k: v for k, v in options.items() if v is not None}
+
+
+QueueOpt = Annotated[str | None, typer.Option(help="Queue [default: default]")]
+PriorityOpt = Annotated[int | None, typer.Option(help="Higher runs first in priority queues")]
+TimeoutOpt = Annotated[float | None, typer.Option(help="Seconds before the job is killed")]
+RetriesOpt = Annotated[int | None, typer.Option(help="Retries after failure (with backoff)")]
+UserOpt = Annotated[str | None, typer.Option(help="Run as this OS user (worker allow-list)")]
+TagOpt = Annotated[list[str] | None, typer.Option(help="Required worker tag (repeatable)")]
+NameOpt = Annotated[str | None, typer.Option(help="A name to find the job by")]
+DelayOpt = Annotated[float | None, typer.Option(help="Start no sooner than this many seconds")]
+NotIdempotentOpt = Annotated[
+    bool, typer.Option("--not-idempotent", help="Never run twice: mark lost instead of re-running")
+]
+WaitOpt = Annotated[bool, typer.Option("--wait", help="Wait for the job and print its result")]
+
+
+@app.command(context_settings={"allow_interspersed_args": False})
+def submit(
+    command: Annotated[list[str], typer.Argument(help="Command: one string for sh -c, or argv")],
+    queue: QueueOpt = None,
+    priority: PriorityOpt = None,
+    timeout: TimeoutOpt = None,
+    retries: RetriesOpt = None,
+    user: UserOpt = None,
+    tag: TagOpt = None,
+    name: NameOpt = None,
+    delay: DelayOpt = None,
+    not_idempotent: NotIdempotentOpt = False,
+    wait: WaitOpt = False,
+    server_url: ServerOpt = None,
+    token: TokenOpt = None,
+    ca: CaOpt = None,
+    data_dir_flag: DataDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Submit a shell job: corral submit [OPTIONS] -- CMD [ARGS...]"""
+    options = job_options(queue, priority, timeout, retries, user, tag, name, delay, not_idempotent)
+    with errors_to_exit_codes():
+        spec = shell_job(command[0] if len(command) == 1 else command, **options)
+    with_client(
+        server_url,
+        token,
+        ca,
+        data_dir_flag,
+        lambda client: _submit_and_report(client, spec, wait, as_json),
+    )
+
+
+@app.command()
+def run(
+    target: Annotated[str, typer.Argument(help="module:function to call")],
+    args: Annotated[
+        list[str] | None, typer.Argument(help="Arguments, JSON where they parse")
+    ] = None,
+    queue: QueueOpt = None,
+    priority: PriorityOpt = None,
+    timeout: TimeoutOpt = None,
+    retries: RetriesOpt = None,
+    user: UserOpt = None,
+    tag: TagOpt = None,
+    name: NameOpt = None,
+    delay: DelayOpt = None,
+    not_idempotent: NotIdempotentOpt = False,
+    wait: WaitOpt = False,
+    server_url: ServerOpt = None,
+    token: TokenOpt = None,
+    ca: CaOpt = None,
+    data_dir_flag: DataDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Submit a Python job: corral run mypkg.tasks:square 7 --wait"""
+    options = job_options(queue, priority, timeout, retries, user, tag, name, delay, not_idempotent)
+    with errors_to_exit_codes():
+        spec = python_job(target, *[_parse_arg(a) for a in args or []], **options)
+    with_client(
+        server_url,
+        token,
+        ca,
+        data_dir_flag,
+        lambda client: _submit_and_report(client, spec, wait, as_json),
+    )
+
+
+def _parse_arg(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _submit_and_report(client: Client, spec: Any, wait: bool, as_json: bool) -> None:
+    job = client.submit_many([spec])[0]
+    if not wait:
+        print_json({"id": job.id}) if as_json else print(job.id)
+        return
+    job.wait()
+    info = job.info()
+    if as_json:
+        print_json(info.model_dump(mode="json"))
+    else:
+        show_job(info)
+    if info.state is not JobState.SUCCEEDED:
+        raise typer.Exit(int(ExitCode.JOB_FAILED))
+
+
+# -- inspecting and controlling -----------------------------------------------------------
+
+
+_STATE_STYLE = {
+    JobState.QUEUED: "cyan",
+    JobState.RUNNING: "yellow",
+    JobState.SUCCEEDED: "green",
+    JobState.FAILED: "red",
+    JobState.TIMED_OUT: "red",
+    JobState.CANCELLED: "magenta",
+    JobState.LOST: "bold red",
+}
+
+
+def _styled(state: JobState) -> str:
+    return f"[{_STATE_STYLE[state]}]{state.value}[/]"
+
+
+def _when(timestamp: float | None) -> str:
+    import datetime
+
+    if timestamp is None:
+        return "-"
+    return datetime.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _duration(info: JobInfo) -> str:
+    if info.started is None or info.finished is None:
+        return "-"
+    return f"{info.finished - info.started:.3f}s"
+
+
+@app.command()
+def jobs(
+    state: Annotated[
+        list[JobState] | None, typer.Option(help="Only these states (repeatable)")
+    ] = None,
+    queue: Annotated[str | None, typer.Option(help="Only this queue")] = None,
+    name: Annotated[str | None, typer.Option(help="Name contains")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many, newest first")] = 50,
+    server_url: ServerOpt = None,
+    token: TokenOpt = None,
+    ca: CaOpt = None,
+    data_dir_flag: DataDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List jobs, newest first."""
+    found = with_client(
+        server_url,
+        token,
+        ca,
+        data_dir_flag,
+        lambda c: c.jobs(state=state, queue=queue, name=name, limit=limit),
+    )
+    if as_json:
+        print_json([info.model_dump(mode="json") for info in found])
+        return
+    table = Table("id", "name", "state", "queue", "worker", "created", "took")
+    for info in found:
+        table.add_row(
+            info.id,
+            info.name,
+            _styled(info.state),
+            info.spec.queue,
+            info.worker or "-",
+            _when(info.created),
+            _duration(info),
+        )
+    out.print(table)
+
+
+@app.command()
+def show(
+    job_id: str,
+    server_url: ServerOpt = None,
+    token: TokenOpt = None,
+    ca: CaOpt = None,
+    data_dir_flag: DataDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show one job: its spec, state, result and every attempt."""
+    info = with_client(server_url, token, ca, data_dir_flag, lambda c: c.get(job_id))
+    if as_json:
+        print_json(info.model_dump(mode="json"))
+    else:
+        show_job(info)
+
+
+def show_job(info: JobInfo) -> None:
+    spec = info.spec
+    what = spec.target or (
+        spec.command if isinstance(spec.command, str) else " ".join(spec.command or [])
+    )
+    out.print(f"[bold]{info.id}[/] {info.name}")
+    out.print(f"  state:    {_styled(info.state)}")
+    out.print(f"  kind:     {spec.kind.value}  {what}", highlight=False)
+    out.print(f"  queue:    {spec.queue}  priority {spec.priority}  tags {spec.tags or '-'}")
+    out.print(
+        f"  created:  {_when(info.created)}  started: {_when(info.started)}  "
+        f"finished: {_when(info.finished)}  took: {_duration(info)}"
+    )
+    out.print(f"  worker:   {info.worker or '-'}")
+    if info.exit_code is not None:
+        out.print(f"  exit code: {info.exit_code}")
+    if info.result is not None:
+        out.print(f"  result:   {json.dumps(info.result, default=str)}", highlight=False)
+    if info.error_message:
+        out.print(f"  error:    {info.error_type or ''} {info.error_message}", highlight=False)
+    if info.traceback:
+        out.print(info.traceback, highlight=False, markup=False)
+    if info.attempts:
+        table = Table("attempt", "state", "worker", "host", "pid", "started", "exit", "error")
+        for attempt in info.attempts:
+            table.add_row(
+                str(attempt.number),
+                _styled(attempt.state) if attempt.state else "-",
+                attempt.worker or "-",
+                attempt.host or "-",
+                str(attempt.pid or "-"),
+                _when(attempt.started),
+                str(attempt.exit_code if attempt.exit_code is not None else "-"),
+                (attempt.error_message or "")[:60],
+            )
+        out.print(table)
+
+
+@app.command()
+def logs(
+    job_id: str,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Stream until the job ends")
+    ] = False,
+    stderr: Annotated[bool, typer.Option("--stderr", help="stderr instead of stdout")] = False,
+    server_url: ServerOpt = None,
+    token: TokenOpt = None,
+    ca: CaOpt = None,
+    data_dir_flag: DataDirOpt = None,
+) -> None:
+    """Print a job's captured output (stdout, or --stderr); -f follows it live."""
+
+    def action(client: Client) -> None:
+        if not follow:
+            sys.stdout.buffer.write(client.logs(job_id, "stderr" if stderr else "stdout"))
+            return
+        for stream, chunk in client.follow_logs(job_id):
+            target = sys.stderr if stream == "stderr" else sys.stdout
+            target.buffer.write(chunk)
+            target.flush()
+
+    with_client(server_url, token, ca, data_dir_flag, action)
+
+
+@app.command()
+def cancel(
+    job_ids: Annotated[list[str], typer.Argument(help="Jobs to cancel")],
+    server_url: ServerOpt = None,
+    token: TokenOpt = None,
+    ca: CaOpt = None,
+    data_dir_flag: DataDirOpt = None,
+) -> None:
+    """Cancel queued or running jobs (running ones are killed, whole process tree)."""
+    with_client(server_url, token, ca, data_dir_flag, lambda c: _each(c.cancel, job_ids))
+
+
+@app.command()
+def retry(
+    job_ids: Annotated[list[str], typer.Argument(help="Finished jobs to run again")],
+    server_url: ServerOpt = None,
+    token: TokenOpt = None,
+    ca: CaOpt = None,
+    data_dir_flag: DataDirOpt = None,
+) -> None:
+    """Queue finished jobs (failed, lost, cancelled...) again."""
+    with_client(server_url, token, ca, data_dir_flag, lambda c: _each(c.retry, job_ids))
+
+
+@app.command()
+def wait(
+    job_ids: Annotated[list[str], typer.Argument(help="Jobs to wait for")],
+    timeout: Annotated[float | None, typer.Option(help="Give up after this many seconds")] = None,
+    server_url: ServerOpt = None,
+    token: TokenOpt = None,
+    ca: CaOpt = None,
+    data_dir_flag: DataDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Wait for jobs to finish; exits 1 if any did not succeed."""
+
+    def action(client: Client) -> dict[str, JobState]:
+        handles = [client.job(job_id) for job_id in job_ids]
+        states: dict[str, JobState] = {}
+        columns = (TextColumn("waiting"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=err, transient=True, disable=len(handles) < 2) as bar:
+            task = bar.add_task("jobs", total=len(handles))
+            for job in client.as_completed(handles, timeout):
+                states[job.id] = job.wait()
+                bar.advance(task)
+        return states
+
+    states = with_client(server_url, token, ca, data_dir_flag, action)
+    if as_json:
+        print_json({job_id: state.value for job_id, state in states.items()})
+    else:
+        for job_id in job_ids:
+            out.print(f"{job_id} {_styled(states[job_id])}")
+    if any(state is not JobState.SUCCEEDED for state in states.values()):
+        raise typer.Exit(int(ExitCode.JOB_FAILED))
+
+
+@app.command()
+def workers(
+    server_url: ServerOpt = None,
+    token: TokenOpt = None,
+    ca: CaOpt = None,
+    data_dir_flag: DataDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List the workers the server knows."""
+    found = with_client(server_url, token, ca, data_dir_flag, lambda c: c.workers())
+    if as_json:
+        print_json([w.model_dump(mode="json") for w in found])
+        return
+    table = Table("id", "host", "pid", "queues", "tags", "concurrency", "running", "connected")
+    for w in found:
+        table.add_row(
+            w.id,
+            w.host,
+            str(w.pid),
+            ",".join(w.queues),
+            ",".join(w.tags) or "-",
+            str(w.concurrency),
+            str(w.running),
+            "yes" if w.connected else "[red]no[/]",
+        )
+    out.print(table)
+
+
+@app.command()
+def queue(
+    name: str,
+    ordering: Annotated[str, typer.Option(help="fifo, lifo or priority")] = "fifo",
+    server_url: ServerOpt = None,
+    token: TokenOpt = None,
+    ca: CaOpt = None,
+    data_dir_flag: DataDirOpt = None,
+) -> None:
+    """Create a queue or change its ordering."""
+    try:
+        order = QueueOrdering(ordering)
+    except ValueError:
+        fail(InvalidRequest(f"unknown queue ordering {ordering!r}; use fifo, lifo or priority"))
+    with_client(server_url, token, ca, data_dir_flag, lambda c: c.declare_queue(name, order))
+
+
+@token_app.command("show")
+def token_show(data_dir_flag: DataDirOpt = None) -> None:
+    """Print the admin token a server on this machine created (from its data directory)."""
+    path = data_dir(data_dir_flag) / "admin.token"
+    try:
+        print(path.read_text().strip())
+    except OSError:
+        fail(
+            NotFound(
+                f"no admin token at {path}; start a server first (corral server), "
+                "or pass the server's --data-dir"
+            )
+        )
+
+
+@token_app.command("create")
+def token_create(
+    name: str,
+    role: Annotated[str, typer.Option(help="admin, submit, read or worker")] = "submit",
+    server_url: ServerOpt = None,
+    token: TokenOpt = None,
+    ca: CaOpt = None,
+    data_dir_flag: DataDirOpt = None,
+) -> None:
+    """Create a named token with a role (needs an admin token); prints it once."""
+    print(with_client(server_url, token, ca, data_dir_flag, lambda c: c.create_token(name, role)))
+
+
+def _each(action: Callable[[str], None], job_ids: list[str]) -> None:
+    for job_id in job_ids:
+        action(job_id)
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in value.split(",") if item.strip())

@@ -19,12 +19,20 @@ class AuthError(CorralError):
     """The token is missing, wrong or lacks the role the call needs."""
 
 
+class Forbidden(AuthError):
+    """The token is valid but its role does not allow this call."""
+
+
 class NotFound(CorralError):
     """The job, worker or other object named does not exist."""
 
 
 class InvalidRequest(CorralError):
     """The server refused the request as malformed; the message names the field."""
+
+
+class Conflict(CorralError):
+    """The request does not fit the object's state (e.g. retrying a job that is still running)."""
 
 
 class SerializationError(CorralError):

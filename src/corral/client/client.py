@@ -1,0 +1,469 @@
+"""The Python client: `corral.connect()` returns a Client; `AsyncClient` is the same in asyncio.
+
+`AsyncClient` does the work: REST calls over HTTP, submissions and result waits over one WebSocket.
+`Client` runs an AsyncClient on a private event loop thread, so synchronous code (scripts, the CLI,
+code written for multiprocessing) gets the same behaviour without an event loop of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+from corral import protocol as p
+from corral.client.jobs import JobTarget, python_job, shell_job
+from corral.client.stream import ClientStream
+from corral.config import ClientSettings
+from corral.constants import MAX_BATCH_JOBS
+from corral.errors import (
+    AuthError,
+    Conflict,
+    CorralError,
+    Forbidden,
+    InvalidRequest,
+    JobFailed,
+    JobTimeout,
+    NotFound,
+    ServerUnreachable,
+)
+from corral.models import JobInfo, JobSpec, JobState, QueueInfo, QueueOrdering, WorkerInfo
+from corral.transport import auth_headers, ssl_context
+
+T = TypeVar("T")
+
+_HTTP_ERRORS: dict[int, type[CorralError]] = {
+    401: AuthError,
+    403: Forbidden,
+    404: NotFound,
+    409: Conflict,
+    413: InvalidRequest,
+    422: InvalidRequest,
+}
+
+
+class AsyncJob:
+    """A submitted job. Await `result()` for its return value (or exit code for shell jobs)."""
+
+    __slots__ = ("_client", "_done", "_finished", "id")
+
+    def __init__(self, client: AsyncClient, job_id: str) -> None:
+        self.id = job_id
+        self._client = client
+        self._done: p.Done | None = None
+        self._finished: asyncio.Event | None = None
+
+    def __repr__(self) -> str:
+        state = self._done.state if self._done else "pending"
+        return f"<Job {self.id} {state}>"
+
+    async def wait(self, timeout: float | None = None) -> JobState:
+        """Wait until the job finishes; its final state. Raises JobTimeout."""
+        done = await self._wait(timeout)
+        return JobState(done.state)
+
+    async def result(self, timeout: float | None = None) -> Any:
+        """The function's return value (shell jobs: the exit code). Raises JobFailed with the
+        remote traceback when the job did not succeed, JobTimeout when waiting took too long."""
+        done = await self._wait(timeout)
+        if done.state != JobState.SUCCEEDED:
+            raise JobFailed(
+                self.id, done.state, done.error_type, done.error_message, done.traceback
+            )
+        return done.exit_code if done.result is None and done.exit_code is not None else done.result
+
+    async def info(self) -> JobInfo:
+        return await self._client.get(self.id)
+
+    async def cancel(self) -> None:
+        await self._client.cancel(self.id)
+
+    async def retry(self) -> None:
+        await self._client.retry(self.id)
+        self._done = None
+        self._finished = None
+
+    async def _wait(self, timeout: float | None) -> p.Done:
+        if self._done is None:
+            if self._finished is None:
+                self._finished = asyncio.Event()
+                await self._client._watch([self])
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._finished.wait()
+            except TimeoutError:
+                raise JobTimeout(f"job {self.id} did not finish within {timeout}s") from None
+        assert self._done is not None
+        if self._done.state == "unknown":
+            raise NotFound(f"no job {self.id} on the server")
+        if self._done.state == "error":
+            raise ServerUnreachable(self._done.error_message or "lost the server")
+        return self._done
+
+    def _set_done(self, done: p.Done) -> None:
+        self._done = done
+        if self._finished is None:
+            self._finished = asyncio.Event()
+        self._finished.set()
+
+
+class AsyncClient:
+    """A connection to a corral server, for asyncio code."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        *,
+        ca: str | Path | None = None,
+        pickle: bool = False,
+        data_dir: str | Path | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        settings = ClientSettings.resolve(url, token, ca, data_dir)
+        self.url = settings.url
+        self.pickle = pickle
+        self._http = httpx.AsyncClient(
+            base_url=settings.url + "/api/v1",
+            headers=auth_headers(settings.token),
+            verify=ssl_context(settings.url, settings.ca) or True,
+            timeout=timeout,
+            trust_env=False,
+        )
+        self._stream = ClientStream(settings.url, settings.token, settings.ca)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._stream.close()
+        await self._http.aclose()
+
+    # -- submitting ----------------------------------------------------------------------------
+
+    async def submit(
+        self, func: JobTarget, *args: Any, kwargs: dict[str, Any] | None = None, **options: Any
+    ) -> AsyncJob:
+        """Run `func(*args, **kwargs)` on a worker. `func` is a module-level function or a
+        'module:function' string; options are JobSpec fields (queue, timeout, retries, ...)."""
+        spec = python_job(func, *args, kwargs=kwargs, pickle=self.pickle, **options)
+        return (await self.submit_many([spec]))[0]
+
+    async def submit_shell(self, command: str | list[str], **options: Any) -> AsyncJob:
+        """Run a shell command (argv list, or a string for /bin/sh -c) on a worker."""
+        return (await self.submit_many([shell_job(command, **options)]))[0]
+
+    async def submit_many(self, specs: Iterable[JobSpec]) -> list[AsyncJob]:
+        """Submit many jobs at once; each batch of up to MAX_BATCH_JOBS is one transaction."""
+        payload = [spec.model_dump(mode="json", exclude_defaults=True) for spec in specs]
+        ids: list[str] = []
+        for start in range(0, len(payload), MAX_BATCH_JOBS):
+            ids.extend(await self._stream.submit(payload[start : start + MAX_BATCH_JOBS]))
+        return [AsyncJob(self, job_id) for job_id in ids]
+
+    def job(self, job_id: str) -> AsyncJob:
+        """A handle on a job submitted earlier (by anyone)."""
+        return AsyncJob(self, job_id)
+
+    # -- waiting -------------------------------------------------------------------------------
+
+    async def wait(self, jobs: Iterable[AsyncJob], timeout: float | None = None) -> list[JobState]:
+        """Wait for all the jobs; their final states in the same order."""
+        jobs = list(jobs)
+        await self._watch(jobs)
+        try:
+            async with asyncio.timeout(timeout):
+                return [await job.wait() for job in jobs]
+        except TimeoutError:
+            pending = sum(job._done is None for job in jobs)
+            raise JobTimeout(f"{pending} of {len(jobs)} jobs unfinished after {timeout}s") from None
+
+    async def as_completed(
+        self, jobs: Iterable[AsyncJob], timeout: float | None = None
+    ) -> AsyncIterator[AsyncJob]:
+        """Yield the jobs as they finish, whatever order that is."""
+        jobs = list(jobs)
+        finished: asyncio.Queue[AsyncJob] = asyncio.Queue()
+        for job in jobs:
+            if job._done is not None:
+                finished.put_nowait(job)
+        pending = [job for job in jobs if job._done is None]
+        by_id = {job.id: job for job in pending}
+
+        def arrived(done: p.Done) -> None:
+            job = by_id[done.job_id]
+            job._set_done(done)
+            finished.put_nowait(job)
+
+        if pending:
+            await self._stream.on_done(list(by_id), arrived)
+        try:
+            async with asyncio.timeout(timeout):
+                for _ in jobs:
+                    yield await finished.get()
+        except TimeoutError:
+            raise JobTimeout(f"jobs still unfinished after {timeout}s") from None
+
+    async def _watch(self, jobs: list[AsyncJob]) -> None:
+        fresh = {job.id: job for job in jobs if job._done is None}
+        for job in fresh.values():
+            if job._finished is None:
+                job._finished = asyncio.Event()
+        if fresh:
+            await self._stream.on_done(list(fresh), lambda done: fresh[done.job_id]._set_done(done))
+
+    # -- inspecting and controlling ------------------------------------------------------------
+
+    async def get(self, job_id: str) -> JobInfo:
+        return JobInfo.model_validate(await self._request("GET", f"/jobs/{job_id}"))
+
+    async def jobs(
+        self,
+        state: JobState | str | Iterable[JobState | str] | None = None,
+        queue: str | None = None,
+        name: str | None = None,
+        limit: int = 100,
+        before: str | None = None,
+    ) -> list[JobInfo]:
+        """Jobs newest first, filtered by state(s), queue and name substring."""
+        states = [state] if isinstance(state, str) else list(state or [])
+        params: dict[str, Any] = {"limit": limit, "state": [str(s) for s in states]}
+        for key, value in (("queue", queue), ("name", name), ("before", before)):
+            if value is not None:
+                params[key] = value
+        data = await self._request("GET", "/jobs", params=params)
+        return [JobInfo.model_validate(item) for item in data]
+
+    async def cancel(self, job_id: str) -> None:
+        await self._request("POST", f"/jobs/{job_id}/cancel")
+
+    async def retry(self, job_id: str) -> None:
+        await self._request("POST", f"/jobs/{job_id}/retry")
+
+    async def logs(self, job_id: str, stream: str = "stdout") -> bytes:
+        response = await self._send("GET", f"/jobs/{job_id}/logs", params={"stream": stream})
+        return response.content
+
+    async def follow_logs(self, job_id: str) -> AsyncIterator[tuple[str, bytes]]:
+        """Yield (stream, chunk) as the job writes output, until it finishes."""
+        frames: asyncio.Queue[p.Frame] = asyncio.Queue()
+        offsets = {"stdout": 0, "stderr": 0}
+        await self._stream.follow(job_id, frames.put_nowait)
+        while True:
+            frame = await frames.get()
+            if isinstance(frame, p.Done):
+                raise NotFound(f"no job {job_id} on the server")
+            if isinstance(frame, p.EndOfLog):
+                return
+            assert isinstance(frame, p.Log)
+            for _, stream, offset, data in frame.items:
+                skip = offsets[stream] - offset  # resent after a reconnect: drop what we have
+                if skip < len(data):
+                    offsets[stream] = offset + len(data)
+                    yield stream, data[max(0, skip) :]
+
+    async def workers(self) -> list[WorkerInfo]:
+        return [WorkerInfo.model_validate(w) for w in await self._request("GET", "/workers")]
+
+    async def queues(self) -> list[QueueInfo]:
+        return [QueueInfo.model_validate(q) for q in await self._request("GET", "/queues")]
+
+    async def declare_queue(self, name: str, ordering: QueueOrdering | str) -> None:
+        await self._request("PUT", f"/queues/{name}", json={"ordering": str(ordering)})
+
+    async def create_token(self, name: str, role: str) -> str:
+        data = await self._request("POST", "/tokens", json={"name": name, "role": role})
+        return str(data["token"])
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        return (await self._send(method, path, **kwargs)).json()
+
+    async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = await self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ServerUnreachable(
+                f"cannot reach a corral server at {self.url} ({exc}); start one with "
+                "`corral server` or `corral up`, or point CORRAL_URL / --server at it"
+            ) from exc
+        if response.status_code >= 400:
+            try:
+                detail = response.json().get("detail", response.text)
+            except ValueError:
+                detail = response.text
+            error = _HTTP_ERRORS.get(response.status_code, CorralError)
+            raise error(detail if isinstance(detail, str) else _describe(detail))
+        return response
+
+
+def _describe(detail: Any) -> str:
+    """FastAPI's validation detail as one line per field."""
+    if isinstance(detail, list):
+        return "; ".join(
+            f"{'.'.join(str(x) for x in item.get('loc', []))}: {item.get('msg')}" for item in detail
+        )
+    return str(detail)
+
+
+class Job:
+    """A submitted job, for synchronous code (see AsyncJob)."""
+
+    __slots__ = ("_async", "_client")
+
+    def __init__(self, client: Client, async_job: AsyncJob) -> None:
+        self._client = client
+        self._async = async_job
+
+    @property
+    def id(self) -> str:
+        return self._async.id
+
+    def __repr__(self) -> str:
+        return repr(self._async)
+
+    def result(self, timeout: float | None = None) -> Any:
+        return self._client._call(self._async.result(timeout))
+
+    def wait(self, timeout: float | None = None) -> JobState:
+        return self._client._call(self._async.wait(timeout))
+
+    def info(self) -> JobInfo:
+        return self._client._call(self._async.info())
+
+    def cancel(self) -> None:
+        self._client._call(self._async.cancel())
+
+    def retry(self) -> None:
+        self._client._call(self._async.retry())
+
+
+class Client:
+    """A connection to a corral server for synchronous code; see `corral.connect()`."""
+
+    def __init__(self, url: str | None = None, token: str | None = None, **options: Any) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="corral-client", daemon=True
+        )
+        self._thread.start()
+        self._async = self._call(_make_async_client(url, token, options))
+        self.url = self._async.url
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._loop.is_running():
+            self._call(self._async.close())
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+            self._loop.close()
+
+    def _call(self, coro: Coroutine[Any, Any, T] | Awaitable[T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()  # type: ignore[arg-type]
+
+    def _wrap(self, jobs: list[AsyncJob]) -> list[Job]:
+        return [Job(self, job) for job in jobs]
+
+    def submit(
+        self, func: JobTarget, *args: Any, kwargs: dict[str, Any] | None = None, **options: Any
+    ) -> Job:
+        return Job(self, self._call(self._async.submit(func, *args, kwargs=kwargs, **options)))
+
+    def submit_shell(self, command: str | list[str], **options: Any) -> Job:
+        return Job(self, self._call(self._async.submit_shell(command, **options)))
+
+    def submit_many(self, specs: Iterable[JobSpec]) -> list[Job]:
+        return self._wrap(self._call(self._async.submit_many(list(specs))))
+
+    def job(self, job_id: str) -> Job:
+        return Job(self, self._async.job(job_id))
+
+    def wait(self, jobs: Iterable[Job], timeout: float | None = None) -> list[JobState]:
+        return self._call(self._async.wait([job._async for job in jobs], timeout))
+
+    def as_completed(self, jobs: Iterable[Job], timeout: float | None = None) -> Iterator[Job]:
+        """Yield the jobs as they finish."""
+        by_async = {id(job._async): job for job in jobs}
+        arrived = self._iterate(
+            self._async.as_completed([job._async for job in by_async.values()], timeout)
+        )
+        return (by_async[id(async_job)] for async_job in arrived)
+
+    def follow_logs(self, job_id: str) -> Iterator[tuple[str, bytes]]:
+        """Yield (stream, chunk) as the job writes output, until it finishes."""
+        return self._iterate(self._async.follow_logs(job_id))
+
+    def _iterate(self, source: AsyncIterator[T]) -> Iterator[T]:
+        """Consume an async iterator on the client's loop from this thread."""
+        items: queue.Queue[tuple[bool, Any]] = queue.Queue()
+
+        async def pump() -> None:
+            try:
+                async for item in source:
+                    items.put((True, item))
+                items.put((False, None))
+            except BaseException as exc:  # handed to the consuming thread
+                items.put((False, exc))
+
+        asyncio.run_coroutine_threadsafe(pump(), self._loop)
+        while True:
+            more, item = items.get()
+            if not more:
+                if item is not None:
+                    raise item
+                return
+            yield item
+
+    def get(self, job_id: str) -> JobInfo:
+        return self._call(self._async.get(job_id))
+
+    def jobs(self, **filters: Any) -> list[JobInfo]:
+        return self._call(self._async.jobs(**filters))
+
+    def cancel(self, job_id: str) -> None:
+        self._call(self._async.cancel(job_id))
+
+    def retry(self, job_id: str) -> None:
+        self._call(self._async.retry(job_id))
+
+    def logs(self, job_id: str, stream: str = "stdout") -> bytes:
+        return self._call(self._async.logs(job_id, stream))
+
+    def workers(self) -> list[WorkerInfo]:
+        return self._call(self._async.workers())
+
+    def queues(self) -> list[QueueInfo]:
+        return self._call(self._async.queues())
+
+    def declare_queue(self, name: str, ordering: QueueOrdering | str) -> None:
+        self._call(self._async.declare_queue(name, ordering))
+
+    def create_token(self, name: str, role: str) -> str:
+        return self._call(self._async.create_token(name, role))
+
+
+async def _make_async_client(url: str | None, token: str | None, options: Any) -> AsyncClient:
+    # Built on the client's own loop so its locks and connections belong to that loop.
+    return AsyncClient(url, token, **options)
+
+
+def connect(url: str | None = None, token: str | None = None, **options: Any) -> Client:
+    """Connect to a corral server.
+
+    `url` and `token` default to CORRAL_URL and CORRAL_TOKEN, then to what a server on this
+    machine left in its data directory. Options: `ca` (PEM file for TLS), `pickle=True` (send
+    functions with cloudpickle; the server and workers must allow it), `timeout` (HTTP seconds).
+    """
+    return Client(url, token, **options)

@@ -1,0 +1,97 @@
+"""Turning Python calls and shell commands into job specs, checked before anything is sent.
+
+A Python job names its function by import path (`module:function`) and carries JSON/msgpack
+arguments, so workers on other machines can run it without unpickling anything. What cannot be
+sent that way fails here, at submit time, with a message that says what to do instead.
+"""
+
+from __future__ import annotations
+
+import base64
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import msgpack
+from pydantic import ValidationError
+
+from corral.errors import SerializationError
+from corral.models import JobKind, JobSpec
+
+JobTarget = Callable[..., Any] | str
+
+
+def target_of(func: JobTarget) -> str:
+    """The `module:function` a worker imports to call `func`."""
+    if isinstance(func, str):
+        return func
+    module = getattr(func, "__module__", None)
+    qualname = getattr(func, "__qualname__", None) or getattr(func, "__name__", None)
+    if not module or not qualname:
+        raise SerializationError(f"{func!r} has no module and name a worker could import")
+    if qualname == "<lambda>" or "<locals>" in qualname:
+        kind = "a lambda" if qualname == "<lambda>" else "a nested function or closure"
+        raise SerializationError(
+            f"{qualname} is {kind}; workers import functions by module path. Move it to module "
+            "level in a module the workers can import, or opt in to cloudpickle: "
+            "corral.connect(pickle=True) with the server and workers started with --allow-pickle"
+        )
+    if module == "__main__":
+        raise SerializationError(
+            f"{qualname} is defined in the __main__ script, which workers cannot import; move it "
+            "to a module importable on the workers (e.g. tasks.py), or opt in to cloudpickle: "
+            "corral.connect(pickle=True) with the server and workers started with --allow-pickle"
+        )
+    return f"{module}:{qualname}"
+
+
+def _check_serialisable(what: str, value: Any) -> None:
+    try:
+        msgpack.packb(value, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise SerializationError(
+            f"{what} cannot be sent to a worker ({exc}); pass JSON-like values (numbers, "
+            "strings, lists, dicts, bytes) and rebuild objects inside the job, or opt in to "
+            "cloudpickle with corral.connect(pickle=True)"
+        ) from None
+
+
+def _spec(**fields: Any) -> JobSpec:
+    try:
+        return JobSpec(**{k: v for k, v in fields.items() if v is not None})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or 'job'}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise SerializationError(f"invalid job: {problems}") from None
+
+
+def python_job(
+    func: JobTarget,
+    *args: Any,
+    kwargs: Mapping[str, Any] | None = None,
+    pickle: bool = False,
+    **options: Any,
+) -> JobSpec:
+    """A spec calling `func(*args, **kwargs)` on a worker; options are JobSpec fields
+    (queue, priority, timeout, retries, tags, name, env, cwd, user, idempotent, not_before)."""
+    kwargs = dict(kwargs or {})
+    if pickle and not isinstance(func, str):
+        import cloudpickle  # optional dependency, only for those who opt in
+
+        payload = base64.b64encode(cloudpickle.dumps((func, list(args), kwargs))).decode()
+        options.setdefault("name", getattr(func, "__qualname__", None))
+        return _spec(kind=JobKind.PYTHON, pickled=payload, **options)
+    target = target_of(func)
+    if not isinstance(func, str) and inspect.isclass(func):
+        raise SerializationError(f"{target} is a class; submit a function")
+    _check_serialisable("the arguments", list(args))
+    _check_serialisable("the keyword arguments", kwargs)
+    return _spec(kind=JobKind.PYTHON, target=target, args=list(args), kwargs=kwargs, **options)
+
+
+def shell_job(command: str | Sequence[str], **options: Any) -> JobSpec:
+    """A spec running `command` (an argv list, or a string for /bin/sh -c) on a worker."""
+    value = command if isinstance(command, str) else list(command)
+    return _spec(kind=JobKind.SHELL, command=value, **options)

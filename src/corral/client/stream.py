@@ -1,0 +1,165 @@
+"""The client's WebSocket stream: submissions, result notifications and log following.
+
+One connection multiplexes everything a client waits on, so waiting on ten thousand jobs costs one
+socket and no polling. If the server goes away, the stream reconnects and watches again what it
+was waiting on; a submission in flight at that moment fails, saying its fate is unknown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
+
+from corral import protocol as p
+from corral.errors import CorralError, InvalidRequest, ServerUnreachable
+from corral.transport import closed_error, open_websocket
+
+logger = logging.getLogger("corral.client")
+
+_ERRORS: dict[int, type[CorralError]] = {422: InvalidRequest, 413: InvalidRequest}
+RECONNECT_ATTEMPTS = 50
+
+
+class ClientStream:
+    """A lazily opened, self-healing WebSocket to `/api/v1/ws`."""
+
+    def __init__(self, url: str, token: str | None, ca: Path | None) -> None:
+        self._url, self._token, self._ca = url, token, ca
+        self._ws: ClientConnection | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._connecting: asyncio.Lock | None = None
+        self._request_ids = itertools.count(1)
+        self._requests: dict[int, asyncio.Future[list[str]]] = {}
+        self._waiters: dict[str, list[Callable[[p.Done], None]]] = defaultdict(list)
+        self._log_sinks: dict[str, Callable[[p.Frame], None]] = {}
+        self._closed = False
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._reader:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        if self._ws:
+            await self._ws.close()
+
+    async def submit(self, specs: list[dict[str, Any]]) -> list[str]:
+        ws = await self._connect()
+        request_id = next(self._request_ids)
+        future: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
+        self._requests[request_id] = future
+        await ws.send(p.Submit(request_id, specs).encode())
+        return await future
+
+    async def on_done(self, job_ids: list[str], callback: Callable[[p.Done], None]) -> None:
+        """Call `callback(done)` once for each job when it finishes (soon, if it has)."""
+        fresh = []
+        for job_id in job_ids:
+            if not self._waiters.get(job_id):
+                fresh.append(job_id)
+            self._waiters[job_id].append(callback)
+        if fresh:
+            ws = await self._connect()
+            await ws.send(p.Watch(fresh).encode())
+
+    async def follow(self, job_id: str, sink: Callable[[p.Frame], None]) -> None:
+        """Send `sink` the job's Log frames then its EndOfLog (or a Done 'unknown')."""
+        self._log_sinks[job_id] = sink
+        ws = await self._connect()
+        await ws.send(p.Follow(job_id).encode())
+
+    async def _connect(self) -> ClientConnection:
+        if self._ws is not None:
+            return self._ws
+        if self._connecting is None:
+            self._connecting = asyncio.Lock()
+        async with self._connecting:
+            if self._ws is None:
+                self._ws = await open_websocket(self._url, "/api/v1/ws", self._token, self._ca)
+                self._reader = asyncio.create_task(self._read(self._ws))
+            return self._ws
+
+    async def _read(self, ws: ClientConnection) -> None:
+        try:
+            async for data in ws:
+                self._dispatch(p.decode(data))  # type: ignore[arg-type]
+        except ConnectionClosed:
+            pass
+        error = closed_error(ws.close_code, ws.close_reason)
+        self._ws = None
+        if error is not None or self._closed:
+            self._fail_all(error or ServerUnreachable("the client was closed"))
+            return
+        await self._reconnect()
+
+    async def _reconnect(self) -> None:
+        """Fail submissions in flight; watch again what we wait on once the server is back."""
+        for future in self._requests.values():
+            if not future.done():
+                future.set_exception(
+                    ServerUnreachable(
+                        "the connection to the server dropped during a submission; list jobs "
+                        "to see whether it was stored before submitting again"
+                    )
+                )
+        self._requests.clear()
+        delay = 0.05
+        for _ in range(RECONNECT_ATTEMPTS):
+            try:
+                ws = await self._connect()
+            except ServerUnreachable as exc:
+                logger.info("%s; retrying", exc)
+                await asyncio.sleep(delay)
+                delay = min(2.0, delay * 2)
+                continue
+            if self._waiters:
+                await ws.send(p.Watch(list(self._waiters)).encode())
+            for job_id in self._log_sinks:
+                await ws.send(p.Follow(job_id).encode())
+            return
+        self._fail_all(ServerUnreachable(f"lost the server at {self._url} and could not reconnect"))
+
+    def _fail_all(self, error: Exception) -> None:
+        for future in self._requests.values():
+            if not future.done():
+                future.set_exception(error)
+        self._requests.clear()
+        waiters, self._waiters = self._waiters, defaultdict(list)
+        for job_id, callbacks in waiters.items():
+            failure = p.Done(
+                job_id, "error", error_type=type(error).__name__, error_message=str(error)
+            )
+            for callback in callbacks:
+                callback(failure)
+
+    def _dispatch(self, frame: p.Frame) -> None:
+        if isinstance(frame, p.Done):
+            sink = self._log_sinks.pop(frame.job_id, None) if frame.state == "unknown" else None
+            if sink is not None:
+                sink(frame)
+            for callback in self._waiters.pop(frame.job_id, ()):
+                callback(frame)
+        elif isinstance(frame, p.Submitted | p.Error):
+            future = self._requests.pop(frame.request_id, None)
+            if future is None or future.done():
+                return
+            if isinstance(frame, p.Submitted):
+                future.set_result(frame.job_ids)
+            else:
+                error = _ERRORS.get(frame.status, CorralError)
+                future.set_exception(error(frame.message))
+        elif isinstance(frame, p.Log):
+            for item in frame.items:
+                if sink := self._log_sinks.get(item[0]):
+                    sink(p.Log([item]))
+        elif isinstance(frame, p.EndOfLog) and (sink := self._log_sinks.pop(frame.job_id, None)):
+            sink(frame)

@@ -1,0 +1,372 @@
+"""The HTTP and WebSocket surface of the server: REST under /api/v1, worker and client streams.
+
+Routes stay thin: they check the token's role, validate input (pydantic, so the OpenAPI document is
+real) and call the engine. Every CorralError maps to a 4xx with a message that says what to do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Query, Request, WebSocket, WebSocketDisconnect
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from corral import protocol as p
+from corral.constants import MAX_BATCH_JOBS, MAX_LIST_LIMIT, MAX_REQUEST_BYTES, PROTOCOL_VERSION
+from corral.errors import (
+    AuthError,
+    Conflict,
+    CorralError,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    ProtocolError,
+)
+from corral.models import (
+    JobInfo,
+    JobSpec,
+    JobState,
+    QueueInfo,
+    QueueOrdering,
+    QueueSpec,
+    WorkerInfo,
+)
+from corral.server.auth import Role, TokenStore, allows
+from corral.server.engine import Engine, Peer, WorkerPeer
+from corral.server.metrics import metrics_text
+from corral.server.store.base import JobFilter
+from corral.transport import CLOSE_FORBIDDEN, CLOSE_UNAUTHORIZED
+
+logger = logging.getLogger("corral.server")
+
+_STATUS: dict[type[CorralError], int] = {  # first match wins: subclasses before bases
+    Forbidden: 403,
+    NotFound: 404,
+    Conflict: 409,
+    InvalidRequest: 422,
+    AuthError: 401,
+}
+_SPECS = TypeAdapter(list[JobSpec])
+_TOKEN_HINT = (
+    "pass a token with --token or CORRAL_TOKEN; the server printed its admin token on first start "
+    "and keeps it in <data-dir>/admin.token; make more with `corral token create`"
+)
+
+
+class SubmitBatch(BaseModel):
+    jobs: list[JobSpec] = Field(max_length=MAX_BATCH_JOBS)
+
+
+class Submitted(BaseModel):
+    ids: list[str]
+
+
+class TokenRequest(BaseModel):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[\w.\-]+$")
+    role: Role
+
+
+class TokenCreated(BaseModel):
+    name: str
+    role: Role
+    token: str
+
+
+class TokenName(BaseModel):
+    name: str
+    role: Role
+
+
+class BodyLimit:
+    """Refuse request bodies larger than the limit with 413, before reading them whole."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_REQUEST_BYTES) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await _too_large(self.limit)(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited_receive() -> Any:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise _BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except _BodyTooLarge:
+            await _too_large(self.limit)(scope, receive, send)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def _too_large(limit: int) -> JSONResponse:
+    message = f"request body larger than {limit} bytes; send fewer jobs per batch"
+    return JSONResponse({"detail": message}, status_code=413)
+
+
+def _bearer(value: str | None) -> str | None:
+    if value and value.lower().startswith("bearer "):
+        return value[7:].strip()
+    return None
+
+
+def create_app(engine: Engine, tokens: TokenStore) -> FastAPI:
+    """The ASGI application for one engine; the caller starts and stops the engine."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await engine.start()
+        try:
+            yield
+        finally:
+            await engine.stop()
+
+    app = FastAPI(
+        title="corral",
+        version="1",
+        description="Durable distributed job scheduling. Every route needs a bearer token.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(BodyLimit)
+
+    @app.exception_handler(CorralError)
+    async def corral_error(request: Request, exc: CorralError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=status_of(exc))
+
+    def require(role: Role) -> Callable[[Request], Awaitable[Role]]:
+        async def check(request: Request) -> Role:
+            found = tokens.role_of(_bearer(request.headers.get("authorization")))
+            if found is None:
+                raise AuthError(f"missing or unknown token: {_TOKEN_HINT}")
+            if not allows(found, role):
+                raise Forbidden(f"a {found} token cannot do this; it needs a {role} or admin token")
+            return found
+
+        return check
+
+    read = Depends(require(Role.READ))
+    submit = Depends(require(Role.SUBMIT))
+    admin = Depends(require(Role.ADMIN))
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        # Unauthenticated on purpose, for load balancers and probes; it reveals nothing.
+        return {"status": "ok"}
+
+    @app.get("/metrics", dependencies=[read], response_class=PlainTextResponse)
+    async def metrics() -> Response:
+        body, content_type = metrics_text(engine)
+        return Response(body, media_type=content_type)
+
+    @app.post("/api/v1/jobs", dependencies=[submit], status_code=201)
+    async def submit_job(spec: JobSpec) -> Submitted:
+        """Submit one job; answers once it is durably queued."""
+        return Submitted(ids=await engine.submit([spec]))
+
+    @app.post("/api/v1/jobs/batch", dependencies=[submit], status_code=201)
+    async def submit_batch(batch: SubmitBatch) -> Submitted:
+        """Submit many jobs in one transaction: all are queued, or none."""
+        return Submitted(ids=await engine.submit(batch.jobs))
+
+    @app.get("/api/v1/jobs", dependencies=[read])
+    def list_jobs(
+        state: Annotated[list[JobState] | None, Query()] = None,
+        queue: str | None = None,
+        name: str | None = None,
+        before: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_LIST_LIMIT)] = 100,
+    ) -> list[JobInfo]:
+        """Jobs newest first; page with `before=<last id seen>`."""
+        job_filter = JobFilter(states=state, queue=queue, name=name, before=before, limit=limit)
+        return engine.list_jobs(job_filter)
+
+    @app.get("/api/v1/jobs/{job_id}", dependencies=[read])
+    def get_job(job_id: str) -> JobInfo:
+        return engine.get_job(job_id)
+
+    @app.post("/api/v1/jobs/{job_id}/cancel", dependencies=[submit])
+    async def cancel_job(job_id: str) -> dict[str, str]:
+        await engine.cancel(job_id)
+        return {"id": job_id, "status": "cancel requested"}
+
+    @app.post("/api/v1/jobs/{job_id}/retry", dependencies=[submit])
+    async def retry_job(job_id: str) -> dict[str, str]:
+        await engine.retry(job_id)
+        return {"id": job_id, "status": "queued"}
+
+    @app.get("/api/v1/jobs/{job_id}/logs", dependencies=[read], response_class=PlainTextResponse)
+    def job_logs(
+        job_id: str,
+        stream: Annotated[str, Query(pattern="^(stdout|stderr)$")] = "stdout",
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> Response:
+        engine.get_job(job_id)  # 404 for an unknown job
+        chunk = engine.store.read_log(job_id, stream, offset)
+        headers = {"X-Corral-Truncated": "1" if chunk.truncated else "0"}
+        return Response(chunk.data, media_type="text/plain; charset=utf-8", headers=headers)
+
+    @app.get("/api/v1/workers", dependencies=[read])
+    def list_workers() -> list[WorkerInfo]:
+        return engine.list_workers()
+
+    @app.get("/api/v1/queues", dependencies=[read])
+    def list_queues() -> list[QueueInfo]:
+        depth = engine.scheduler.depth()
+        orderings = engine.scheduler.queue_orderings()
+        return [
+            QueueInfo(name=name, ordering=ordering, depth=depth.get(name, 0))
+            for name, ordering in sorted(orderings.items())
+        ]
+
+    @app.put("/api/v1/queues/{name}", dependencies=[admin])
+    async def declare_queue(name: str, spec: QueueSpec) -> QueueInfo:
+        """Create a queue or change its ordering (fifo, lifo or priority)."""
+        try:
+            JobSpec(kind="shell", command="true", queue=name)  # type: ignore[arg-type]
+        except ValidationError as exc:
+            raise InvalidRequest(f"bad queue name {name!r}: {exc.errors()[0]['msg']}") from None
+        await engine.declare_queue(name, spec.ordering)
+        return QueueInfo(name=name, ordering=QueueOrdering(spec.ordering))
+
+    @app.post("/api/v1/tokens", dependencies=[admin], status_code=201)
+    def create_token(request: TokenRequest) -> TokenCreated:
+        token = tokens.create(request.name, request.role)
+        return TokenCreated(name=request.name, role=request.role, token=token)
+
+    @app.get("/api/v1/tokens", dependencies=[admin])
+    def list_tokens() -> list[TokenName]:
+        return [TokenName(name=name, role=role) for name, role in tokens.names()]
+
+    @app.delete("/api/v1/tokens/{name}", dependencies=[admin])
+    def revoke_token(name: str) -> dict[str, str]:
+        if not tokens.revoke(name):
+            raise NotFound(f"no token named {name!r}")
+        return {"name": name, "status": "revoked"}
+
+    @app.websocket("/api/v1/workers/ws")
+    async def worker_stream(ws: WebSocket) -> None:
+        if not await _accept(ws, Role.WORKER):
+            return
+        try:
+            hello = p.decode(await ws.receive_bytes())
+        except (ProtocolError, WebSocketDisconnect, KeyError):
+            await ws.close(code=4400, reason="expected a hello frame")
+            return
+        if not isinstance(hello, p.Hello) or hello.protocol != PROTOCOL_VERSION:
+            version = getattr(hello, "protocol", "?")
+            reason = (
+                f"worker speaks protocol {version}, this server speaks {PROTOCOL_VERSION}; "
+                "install the same corral version on workers and server"
+            )
+            await ws.send_bytes(p.Refuse(reason).encode())
+            await ws.close(code=4400, reason="protocol version mismatch")
+            return
+        peer = WorkerPeer(hello)
+        sender = asyncio.create_task(_pump(ws, peer))
+        try:
+            await engine.worker_joined(peer)
+            while True:
+                await engine.worker_frame(peer, p.decode(await ws.receive_bytes()))
+        except (WebSocketDisconnect, ProtocolError, InvalidRequest) as exc:
+            if not isinstance(exc, WebSocketDisconnect):
+                logger.warning("worker %s sent a bad frame: %s", hello.worker_id, exc)
+        finally:
+            engine.worker_left(peer)
+            sender.cancel()
+
+    @app.websocket("/api/v1/ws")
+    async def client_stream(ws: WebSocket) -> None:
+        role = await _accept(ws, Role.READ)
+        if not role:
+            return
+        peer = Peer()
+        sender = asyncio.create_task(_pump(ws, peer))
+        try:
+            while True:
+                frame = p.decode(await ws.receive_bytes())
+                if isinstance(frame, p.Submit):
+                    peer.send(await _submit_frame(frame, role))
+                elif isinstance(frame, p.Watch):
+                    engine.watch(peer, frame.job_ids)
+                elif isinstance(frame, p.Follow):
+                    engine.follow(peer, frame.job_id)
+                else:
+                    raise ProtocolError(f"unexpected {frame.TAG!r} frame from a client")
+        except WebSocketDisconnect:
+            pass
+        except ProtocolError as exc:
+            with contextlib.suppress(Exception):
+                await ws.close(code=4400, reason=str(exc)[:120])
+        finally:
+            engine.forget(peer)
+            sender.cancel()
+
+    async def _submit_frame(frame: p.Submit, role: Role) -> p.Frame:
+        if not allows(role, Role.SUBMIT):
+            return p.Error(frame.request_id, 403, f"a {role} token cannot submit jobs")
+        if len(frame.specs) > MAX_BATCH_JOBS:
+            message = f"at most {MAX_BATCH_JOBS} jobs per batch; split the submission"
+            return p.Error(frame.request_id, 413, message)
+        try:
+            specs = _SPECS.validate_python(frame.specs)
+            return p.Submitted(frame.request_id, await engine.submit(specs))
+        except ValidationError as exc:
+            return p.Error(frame.request_id, 422, describe_validation_error(exc, "jobs"))
+        except CorralError as exc:
+            return p.Error(frame.request_id, status_of(exc), str(exc))
+
+    async def _accept(ws: WebSocket, needed: Role) -> Role | None:
+        """Accept the socket if its token allows `needed`; otherwise close it saying why."""
+        found = tokens.role_of(_bearer(ws.headers.get("authorization")))
+        await ws.accept()
+        if found is None:
+            await ws.close(code=CLOSE_UNAUTHORIZED, reason="missing or unknown token")
+            return None
+        if not allows(found, needed):
+            await ws.close(code=CLOSE_FORBIDDEN, reason=f"a {found} token cannot open this stream")
+            return None
+        return found
+
+    return app
+
+
+async def _pump(ws: WebSocket, peer: Peer) -> None:
+    """Send the peer's queued frames in order; None closes the socket."""
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+        while (data := await peer.outbox.get()) is not None:
+            await ws.send_bytes(data)
+        await ws.close()
+
+
+def status_of(exc: CorralError) -> int:
+    return next((code for cls, code in _STATUS.items() if isinstance(exc, cls)), 400)
+
+
+def describe_validation_error(exc: ValidationError, root: str) -> str:
+    """One line per problem, naming the field: `jobs[3].timeout: Input should be > 0`."""
+    lines = []
+    for error in exc.errors():
+        path = root
+        for part in error["loc"]:
+            path += f"[{part}]" if isinstance(part, int) else f".{part}"
+        lines.append(f"{path}: {error['msg']}")
+    return "; ".join(lines)

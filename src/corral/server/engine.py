@@ -1,0 +1,539 @@
+"""The server's engine: feeds events to the scheduler, persists its decisions, then acts on them.
+
+Every change follows the same path: ask the pure scheduler what to do, write the resulting
+mutations through the group-commit writer, and only once they are durable send jobs to workers,
+acknowledge results and tell waiting clients. A crash at any point therefore leaves the store
+describing something that did happen, never something that is only about to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from corral import protocol as p
+from corral.constants import HEARTBEAT_INTERVAL, MAX_LOG_BYTES_PER_JOB, WORKER_LEASE
+from corral.errors import Conflict, InvalidRequest, NotFound
+from corral.ids import IdGenerator
+from corral.models import Attempt, JobInfo, JobSpec, JobState, WorkerInfo
+from corral.server.scheduler import (
+    Decision,
+    Dispatch,
+    Finished,
+    JobRecord,
+    Kill,
+    Outcome,
+    Requeued,
+    Scheduler,
+    WorkerExpired,
+)
+from corral.server.store.base import (
+    AppendLog,
+    InsertJobs,
+    JobFilter,
+    JobRow,
+    Mutation,
+    SaveAttempt,
+    SaveQueue,
+    Store,
+    UpdateJob,
+)
+from corral.server.writer import GroupCommitWriter
+
+logger = logging.getLogger("corral.server")
+
+
+class Peer:
+    """A connection the engine sends frames to: a worker or a client stream."""
+
+    def __init__(self) -> None:
+        self.outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+    def send(self, frame: p.Frame) -> None:
+        self.outbox.put_nowait(frame.encode())
+
+    def close(self) -> None:
+        self.outbox.put_nowait(None)
+
+
+class WorkerPeer(Peer):
+    """A connected worker, as it introduced itself."""
+
+    def __init__(self, hello: p.Hello) -> None:
+        super().__init__()
+        self.hello = hello
+
+
+@dataclass(slots=True)
+class Stats:
+    """Counters since the server started, for /metrics."""
+
+    submitted: int = 0
+    dispatched: int = 0
+    completed: dict[JobState, int] = field(default_factory=lambda: defaultdict(int))
+
+
+def encode_spec(spec: JobSpec) -> bytes:
+    return msgpack.packb(spec.model_dump(mode="json", exclude_defaults=True), use_bin_type=True)
+
+
+def decode_spec(payload: bytes) -> JobSpec:
+    return JobSpec.model_validate(msgpack.unpackb(payload, raw=False))
+
+
+def record_from_row(row: JobRow) -> JobRecord:
+    """The scheduler's view of a stored job (used on restart and on retry)."""
+    spec: dict[str, Any] = msgpack.unpackb(row.spec, raw=False)
+    return JobRecord(
+        id=row.id,
+        queue=row.queue,
+        payload=row.spec,
+        priority=row.priority,
+        tags=frozenset(spec.get("tags", ())),
+        retries=spec.get("retries", 0),
+        idempotent=spec.get("idempotent", True),
+        ready_at=spec.get("not_before") or 0.0,
+        attempts=row.attempts,
+    )
+
+
+def job_info(row: JobRow, attempts: list[Attempt]) -> JobInfo:
+    return JobInfo(
+        id=row.id,
+        name=row.name,
+        state=row.state,
+        spec=decode_spec(row.spec),
+        created=row.created,
+        started=row.started,
+        finished=row.finished,
+        worker=row.worker,
+        attempts=attempts,
+        result=msgpack.unpackb(row.result, raw=False) if row.result is not None else None,
+        error_type=row.error_type,
+        error_message=row.error_message,
+        traceback=row.traceback,
+        exit_code=row.exit_code,
+    )
+
+
+def done_frame(row: JobRow) -> p.Done:
+    result = msgpack.unpackb(row.result, raw=False) if row.result is not None else None
+    return p.Done(
+        row.id,
+        row.state.value,
+        result,
+        row.error_type,
+        row.error_message,
+        row.traceback,
+        row.exit_code,
+    )
+
+
+class Engine:
+    """Owns the scheduler, the writer and the live connections of one server."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        lease: float = WORKER_LEASE,
+        heartbeat_interval: float = HEARTBEAT_INTERVAL,
+        allow_pickle: bool = False,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.writer = GroupCommitWriter(store)
+        self.scheduler = Scheduler(lease=lease)
+        self.heartbeat_interval = heartbeat_interval
+        self.allow_pickle = allow_pickle
+        self.clock = clock
+        self.stats = Stats()
+        self._ids = IdGenerator()
+        self._workers: dict[str, WorkerPeer] = {}
+        self._watchers: dict[str, set[Peer]] = defaultdict(set)
+        self._followers: dict[str, set[Peer]] = defaultdict(set)
+        self._log_sizes: dict[tuple[str, str], int] = {}
+        self._ticker: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+
+    # -- life cycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Rebuild the queues from the store, then start the clock."""
+        now = self.clock()
+        for name, ordering in self.store.list_queues().items():
+            self.scheduler.declare_queue(name, ordering)
+        queued: list[JobRecord] = []
+        for row in self.store.load_active():
+            record = record_from_row(row)
+            if row.state is JobState.RUNNING and row.worker:
+                self.scheduler.restore_running(record, row.worker, now)
+            else:
+                queued.append(record)
+        self.scheduler.submit(queued, now)
+        logger.info("restored %d queued jobs", len(queued))
+        self._ticker = asyncio.create_task(self._tick_forever())
+
+    async def stop(self) -> None:
+        if self._ticker:
+            self._ticker.cancel()
+        for peer in list(self._workers.values()):
+            peer.close()
+        await self.writer.close()
+        self.store.close()
+
+    async def _tick_forever(self) -> None:
+        while True:
+            wakeup = self.scheduler.next_wakeup()
+            delay = 1.0 if wakeup is None else max(0.0, min(1.0, wakeup - self.clock()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+            self._wake.clear()
+            try:
+                await self._apply(self.scheduler.tick(self.clock()))
+            except Exception:  # the clock must keep running whatever one tick hit
+                logger.exception("scheduler tick failed")
+
+    # -- jobs ----------------------------------------------------------------------------------
+
+    async def submit(self, specs: Sequence[JobSpec]) -> list[str]:
+        """Store the jobs, then queue them; returns their ids once the insert has committed."""
+        if not self.allow_pickle and any(spec.pickled for spec in specs):
+            raise InvalidRequest(
+                "this server does not accept pickled functions; start it with --allow-pickle "
+                "(and the workers too), or submit a 'module:function' target"
+            )
+        now = self.clock()
+        rows: list[JobRow] = []
+        records: list[JobRecord] = []
+        for spec in specs:
+            job_id = self._ids.new()
+            payload = encode_spec(spec)
+            rows.append(
+                JobRow(
+                    job_id,
+                    spec.display_name(),
+                    spec.queue,
+                    spec.priority,
+                    JobState.QUEUED,
+                    now,
+                    payload,
+                )
+            )
+            records.append(
+                JobRecord(
+                    id=job_id,
+                    queue=spec.queue,
+                    payload=payload,
+                    priority=spec.priority,
+                    tags=frozenset(spec.tags),
+                    retries=spec.retries,
+                    idempotent=spec.idempotent,
+                    ready_at=spec.not_before or 0.0,
+                )
+            )
+        await self.writer.write([InsertJobs(rows)])
+        self.stats.submitted += len(rows)
+        await self._apply(self.scheduler.submit(records, self.clock()))
+        self._wake.set()
+        return [row.id for row in rows]
+
+    async def cancel(self, job_id: str) -> None:
+        if self.scheduler.job(job_id) is None:
+            row = self.store.get_job(job_id)
+            if row is None:
+                raise NotFound(f"no job {job_id}")
+            raise Conflict(f"job {job_id} already {row.state}; nothing to cancel")
+        await self._apply(self.scheduler.cancel(job_id, self.clock()))
+
+    async def retry(self, job_id: str) -> None:
+        """Run a finished job again (failed, lost, cancelled, ...), keeping its history."""
+        if self.scheduler.job(job_id) is not None:
+            raise Conflict(f"job {job_id} is still queued or running; cancel it first")
+        row = self.store.get_job(job_id)
+        if row is None:
+            raise NotFound(f"no job {job_id}")
+        record = record_from_row(row)
+        record.ready_at = 0.0
+        await self.writer.write([UpdateJob(job_id, JobState.QUEUED)])
+        await self._apply(self.scheduler.submit([record], self.clock()))
+
+    async def declare_queue(self, name: str, ordering: Any) -> None:
+        await self.writer.write([SaveQueue(name, ordering)])
+        self.scheduler.declare_queue(name, ordering)
+
+    def get_job(self, job_id: str) -> JobInfo:
+        row = self.store.get_job(job_id)
+        if row is None:
+            raise NotFound(f"no job {job_id}; list jobs with `corral jobs`")
+        return job_info(row, self.store.get_attempts(job_id))
+
+    def list_jobs(self, job_filter: JobFilter) -> list[JobInfo]:
+        return [job_info(row, []) for row in self.store.list_jobs(job_filter)]
+
+    def list_workers(self) -> list[WorkerInfo]:
+        infos = []
+        for worker in self.scheduler.workers():
+            peer = self._workers.get(worker.id)
+            hello = peer.hello if peer else None
+            infos.append(
+                WorkerInfo(
+                    id=worker.id,
+                    host=hello.host if hello else "?",
+                    pid=hello.pid if hello else 0,
+                    queues=list(worker.queues),
+                    tags=sorted(worker.tags),
+                    concurrency=hello.concurrency if hello else 0,
+                    running=len(worker.inflight),
+                    connected=worker.connected,
+                    last_seen=worker.last_seen,
+                )
+            )
+        return infos
+
+    # -- workers -------------------------------------------------------------------------------
+
+    async def worker_joined(self, peer: WorkerPeer) -> None:
+        hello = peer.hello
+        old = self._workers.get(hello.worker_id)
+        if old is not None and old is not peer:
+            old.close()
+        self._workers[hello.worker_id] = peer
+        peer.send(p.Welcome(self.heartbeat_interval, self.scheduler.lease, self.allow_pickle))
+        decisions = self.scheduler.worker_joined(
+            hello.worker_id,
+            queues=hello.queues,
+            tags=hello.tags,
+            capacity=hello.capacity,
+            held=hello.held,
+            now=self.clock(),
+        )
+        await self._apply(decisions)
+
+    def worker_left(self, peer: WorkerPeer) -> None:
+        worker_id = peer.hello.worker_id
+        if self._workers.get(worker_id) is peer:
+            del self._workers[worker_id]
+            self.scheduler.worker_disconnected(worker_id, self.clock())
+
+    async def worker_frame(self, peer: WorkerPeer, frame: p.Frame) -> None:
+        worker_id = peer.hello.worker_id
+        now = self.clock()
+        self.scheduler.heartbeat(worker_id, now)
+        if isinstance(frame, p.Results):
+            await self._results(peer, frame.items, now)
+        elif isinstance(frame, p.Started):
+            await self.writer.write(
+                [
+                    UpdateJob(job_id, JobState.RUNNING, started=started, worker=worker_id)
+                    for job_id, _attempt, _pid, started in frame.items
+                    if self.scheduler.job(job_id) is not None
+                ]
+            )
+        elif isinstance(frame, p.Log):
+            self._logs(frame.items)
+        elif isinstance(frame, p.Release):
+            await self._apply(self.scheduler.release(worker_id, frame.job_ids, now))
+        elif not isinstance(frame, p.Heartbeat):
+            raise InvalidRequest(f"unexpected {frame.TAG!r} frame from a worker")
+
+    async def _results(self, peer: WorkerPeer, items: list[dict[str, Any]], now: float) -> None:
+        hello = peer.hello
+        outcomes = []
+        details: dict[str, dict[str, Any]] = {}
+        attempts: list[Mutation] = []
+        for item in items:
+            state = JobState(item["state"])
+            outcomes.append(Outcome(item["job_id"], item["attempt"], state))
+            details[item["job_id"]] = item
+            attempt = Attempt(
+                number=item["attempt"],
+                worker=hello.worker_id,
+                host=hello.host,
+                pid=item.get("pid"),
+                started=item.get("started"),
+                finished=item.get("finished"),
+                state=state,
+                exit_code=item.get("exit_code"),
+                error_type=item.get("error_type"),
+                error_message=item.get("error_message"),
+                traceback=item.get("traceback"),
+            )
+            attempts.append(SaveAttempt(item["job_id"], attempt))
+        decisions = self.scheduler.complete(hello.worker_id, outcomes, now)
+        await self._apply(decisions, details, attempts)
+        peer.send(p.Ack([[item["job_id"], item["attempt"]] for item in items]))
+
+    def _logs(self, items: list[list[Any]]) -> None:
+        mutations: list[Mutation] = []
+        for job_id, stream, data in items:
+            key = (job_id, stream)
+            offset = self._log_sizes.get(key)
+            if offset is None:
+                offset = len(self.store.read_log(job_id, stream).data)
+            if offset >= MAX_LOG_BYTES_PER_JOB:
+                continue
+            self._log_sizes[key] = offset + len(data)
+            mutations.append(AppendLog(job_id, stream, data))
+            for follower in self._followers.get(job_id, ()):
+                follower.send(p.Log([[job_id, stream, offset, data]]))
+        if mutations:
+            self.writer.submit_nowait(mutations)
+
+    # -- clients -------------------------------------------------------------------------------
+
+    def watch(self, peer: Peer, job_ids: Iterable[str]) -> None:
+        """Send `peer` one Done per job when it finishes (now, for jobs already finished)."""
+        for job_id in job_ids:
+            self._watchers[job_id].add(peer)
+            if self.scheduler.job(job_id) is None:
+                row = self.store.get_job(job_id)
+                if row is None:
+                    peer.send(p.Done(job_id, "unknown"))
+                elif row.state.finished:
+                    peer.send(done_frame(row))
+                else:
+                    continue  # finishing right now; the notification is on its way
+                self._unwatch_one(job_id, peer)
+
+    def follow(self, peer: Peer, job_id: str) -> None:
+        """Stream the job's output so far, then live, then an EndOfLog once it finishes."""
+        row = self.store.get_job(job_id)
+        if row is None:
+            peer.send(p.Done(job_id, "unknown"))
+            return
+        self._followers[job_id].add(peer)
+        for stream in ("stdout", "stderr"):
+            chunk = self.store.read_log(job_id, stream)
+            if chunk.data:
+                peer.send(p.Log([[job_id, stream, 0, chunk.data]]))
+        if self.scheduler.job(job_id) is None and row.state.finished:
+            self._end_follow(job_id, row.state)
+
+    def forget(self, peer: Peer) -> None:
+        """A client stream closed."""
+        for registry in (self._watchers, self._followers):
+            for job_id in [j for j, peers in registry.items() if peer in peers]:
+                registry[job_id].discard(peer)
+                if not registry[job_id]:
+                    del registry[job_id]
+
+    def _unwatch_one(self, job_id: str, peer: Peer) -> None:
+        peers = self._watchers.get(job_id)
+        if peers is not None:
+            peers.discard(peer)
+            if not peers:
+                del self._watchers[job_id]
+
+    def _end_follow(self, job_id: str, state: JobState) -> None:
+        for peer in self._followers.pop(job_id, ()):
+            peer.send(p.EndOfLog(job_id, state.value))
+
+    # -- decisions -----------------------------------------------------------------------------
+
+    async def _apply(
+        self,
+        decisions: list[Decision],
+        details: dict[str, dict[str, Any]] | None = None,
+        extra: list[Mutation] | None = None,
+    ) -> None:
+        """Persist what the decisions change, then carry them out."""
+        if not decisions and not extra:
+            return
+        now = self.clock()
+        details = details or {}
+        mutations: list[Mutation] = list(extra or ())
+        notices: list[p.Done] = []
+        for decision in decisions:
+            if isinstance(decision, Dispatch):
+                for job in decision.jobs:
+                    mutations.append(
+                        UpdateJob(
+                            job.id,
+                            JobState.RUNNING,
+                            worker=decision.worker_id,
+                            attempts=job.attempts,
+                            started=now,
+                        )
+                    )
+            elif isinstance(decision, Requeued):
+                job = decision.job
+                if job.id not in details:  # lost worker or hand-back: record why
+                    mutations.append(
+                        SaveAttempt(
+                            job.id,
+                            Attempt(
+                                number=job.attempts,
+                                worker=job.worker,
+                                finished=now,
+                                state=JobState.LOST,
+                                error_message=decision.reason,
+                            ),
+                        )
+                    )
+                mutations.append(UpdateJob(job.id, JobState.QUEUED, attempts=job.attempts))
+            elif isinstance(decision, Finished):
+                update, notice = self._finished(decision, details.get(decision.job.id), now)
+                mutations.append(update)
+                notices.append(notice)
+        if mutations:
+            await self.writer.write(mutations)
+        for decision in decisions:
+            if isinstance(decision, Dispatch):
+                self._send_jobs(decision)
+            elif isinstance(decision, Kill) and (worker := self._workers.get(decision.worker_id)):
+                worker.send(p.KillJobs([decision.job_id]))
+            elif isinstance(decision, WorkerExpired) and (
+                worker := self._workers.pop(decision.worker_id, None)
+            ):
+                worker.close()
+        for notice in notices:
+            self.stats.completed[JobState(notice.state)] += 1
+            for peer in self._watchers.pop(notice.job_id, ()):
+                peer.send(notice)
+            self._log_sizes.pop((notice.job_id, "stdout"), None)
+            self._log_sizes.pop((notice.job_id, "stderr"), None)
+            self._end_follow(notice.job_id, JobState(notice.state))
+
+    def _finished(
+        self, decision: Finished, detail: dict[str, Any] | None, now: float
+    ) -> tuple[UpdateJob, p.Done]:
+        job, state = decision.job, decision.state
+        detail = detail or {}
+        result = detail.get("result")
+        error_message = detail.get("error_message") or decision.reason
+        update = UpdateJob(
+            job.id,
+            state,
+            finished=detail.get("finished") or now,
+            result=msgpack.packb(result, use_bin_type=True) if result is not None else None,
+            error_type=detail.get("error_type"),
+            error_message=error_message,
+            traceback=detail.get("traceback"),
+            exit_code=detail.get("exit_code"),
+        )
+        notice = p.Done(
+            job.id,
+            state.value,
+            result,
+            detail.get("error_type"),
+            error_message,
+            detail.get("traceback"),
+            detail.get("exit_code"),
+        )
+        return update, notice
+
+    def _send_jobs(self, dispatch: Dispatch) -> None:
+        peer = self._workers.get(dispatch.worker_id)
+        self.stats.dispatched += len(dispatch.jobs)
+        if peer is None:
+            return  # the worker vanished meanwhile; its lease will hand the jobs on
+        peer.send(p.Jobs([[job.id, job.attempts, job.payload] for job in dispatch.jobs]))

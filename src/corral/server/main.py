@@ -1,0 +1,89 @@
+"""Running a server: open its data directory, tokens and store, then serve on uvicorn."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import uvicorn
+from fastapi import FastAPI
+
+from corral.config import SERVER_URL_FILE_NAME, ServerSettings
+from corral.constants import MAX_REQUEST_BYTES
+from corral.errors import ConfigError
+from corral.server.app import create_app
+from corral.server.auth import TokenStore
+from corral.server.engine import Engine
+from corral.server.store import open_store
+
+logger = logging.getLogger("corral.server")
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    app: FastAPI
+    engine: Engine
+    new_admin_token: str | None  # set on first start only, to be shown once
+
+
+def prepare(settings: ServerSettings) -> Prepared:
+    """Everything but the socket: data directory, tokens, store, engine and routes."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tokens = TokenStore(settings.data_dir)
+    new_token = tokens.load_or_create()
+    store = open_store(settings.store_url, settings.data_dir)
+    options = {
+        "lease": settings.lease,
+        "heartbeat_interval": settings.heartbeat_interval,
+    }
+    engine = Engine(
+        store,
+        allow_pickle=settings.allow_pickle,
+        **{k: v for k, v in options.items() if v is not None},  # type: ignore[arg-type]
+    )
+    return Prepared(create_app(engine, tokens), engine, new_token)
+
+
+def bind(settings: ServerSettings) -> socket.socket:
+    """The listening socket; port 0 picks a free port (read it back from the socket)."""
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((settings.host, settings.port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(
+            f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}; "
+            "is another server running there? pick another --port"
+        ) from exc
+    sock.listen(2048)
+    return sock
+
+
+async def serve(
+    settings: ServerSettings,
+    on_ready: Callable[[str, str | None], None] | None = None,
+) -> None:
+    """Serve until cancelled or signalled. `on_ready(url, new_admin_token)` runs once bound."""
+    prepared = prepare(settings)
+    sock = bind(settings)
+    port = sock.getsockname()[1]
+    url = settings.url.rsplit(":", 1)[0] + f":{port}"
+    (settings.data_dir / SERVER_URL_FILE_NAME).write_text(url + "\n")
+    config = uvicorn.Config(
+        prepared.app,
+        log_level="warning",
+        lifespan="on",
+        ssl_certfile=settings.tls_cert,
+        ssl_keyfile=settings.tls_key,
+        ws_max_size=MAX_REQUEST_BYTES,
+        ws_ping_interval=None,  # workers heartbeat on their own
+        timeout_graceful_shutdown=5,
+    )
+    server = uvicorn.Server(config)
+    if on_ready is not None:
+        on_ready(url, prepared.new_admin_token)
+    await server.serve(sockets=[sock])

@@ -1,0 +1,364 @@
+"""The worker's connection loop: holds one WebSocket to the server and feeds the executors.
+
+A worker keeps every job it was given until the server acknowledges the result, so nothing is lost
+when the connection drops: on reconnect it says which jobs it still holds (`Hello.held`) and sends
+the unacknowledged results again. Executors (shell, python) know nothing of the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import signal
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import msgpack
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
+
+from corral import protocol as p
+from corral.constants import DEFAULT_PREFETCH, GRACEFUL_SHUTDOWN_TIMEOUT, PROTOCOL_VERSION
+from corral.errors import AuthError, CorralError, ProtocolError, ServerUnreachable
+from corral.models import JobKind, JobSpec, JobState
+from corral.transport import closed_error, open_websocket
+from corral.worker.executors.base import Executor, Outcome
+from corral.worker.executors.python import PythonExecutor
+from corral.worker.executors.shell import ShellExecutor
+
+logger = logging.getLogger("corral.worker")
+
+RECONNECT_MIN = 0.05
+RECONNECT_MAX = 5.0
+
+
+class ShutdownMode(StrEnum):
+    FINISH = "finish"  # let running jobs finish (up to the grace period), hand back the rest
+    RELEASE = "release"  # stop running jobs at once and hand everything back
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    server_url: str
+    token: str | None
+    ca: Path | None = None
+    concurrency: int = field(default_factory=lambda: os.cpu_count() or 1)
+    prefetch: int = DEFAULT_PREFETCH
+    queues: tuple[str, ...] = ("default",)
+    tags: tuple[str, ...] = ()
+    allow_users: tuple[str, ...] = ()
+    allow_pickle: bool = False
+    shutdown_mode: ShutdownMode = ShutdownMode.FINISH
+    shutdown_grace: float = GRACEFUL_SHUTDOWN_TIMEOUT
+    worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}")
+
+
+@dataclass(slots=True)
+class _Assignment:
+    job_id: str
+    attempt: int
+    spec: JobSpec
+    started: bool = False
+
+
+class Worker:
+    """One worker process. `await run()` until stop() or a signal."""
+
+    def __init__(
+        self, settings: WorkerSettings, executors: dict[JobKind, Executor] | None = None
+    ) -> None:
+        self.settings = settings
+        self.executors = executors or {
+            JobKind.SHELL: ShellExecutor(allow_users=settings.allow_users),
+            JobKind.PYTHON: PythonExecutor(
+                settings.concurrency,
+                allow_users=settings.allow_users,
+                allow_pickle=settings.allow_pickle,
+            ),
+        }
+        self._assigned: dict[str, _Assignment] = {}  # given to us, not yet finished
+        self._unacked: dict[tuple[str, int], dict[str, Any]] = {}  # finished, server not told
+        self._ready: asyncio.Queue[_Assignment] = asyncio.Queue()
+        self._outgoing: list[p.Frame] = []
+        self._pending_results: list[dict[str, Any]] = []
+        self._pending_logs: list[list[Any]] = []
+        self._pending_started: list[list[Any]] = []
+        self._wake_sender = asyncio.Event()
+        self._ws: ClientConnection | None = None
+        self._stopping = asyncio.Event()
+        self._hurry = asyncio.Event()
+        self._all_acked = asyncio.Event()
+        self._draining = False
+        self._running: dict[str, asyncio.Task[Outcome]] = {}
+        self.heartbeat_interval = 1.0
+
+    # -- life cycle ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Connect (and reconnect) until stopped; then shut down gracefully."""
+        for executor in self.executors.values():
+            await executor.start()
+        runners = [asyncio.create_task(self._runner()) for _ in range(self.settings.concurrency)]
+        connection = asyncio.create_task(self._connect_forever())
+        try:
+            await self._stopping.wait()
+            await self._shutdown()
+        finally:
+            connection.cancel()
+            for task in runners:
+                task.cancel()
+            await asyncio.gather(connection, *runners, return_exceptions=True)
+            for executor in self.executors.values():
+                await executor.close()
+        if connection.done() and not connection.cancelled() and connection.exception():
+            raise connection.exception()  # type: ignore[misc]
+
+    def stop(self) -> None:
+        """Begin a graceful shutdown (see ShutdownMode); a second call stops at once."""
+        if self._stopping.is_set():
+            self._hurry.set()
+        self._stopping.set()
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.stop)
+
+    async def _shutdown(self) -> None:
+        """Hand back what has not started; finish or stop what runs; wait for the last acks."""
+        self._draining = True
+        unstarted = [a.job_id for a in self._assigned.values() if not a.started]
+        for job_id in unstarted:
+            del self._assigned[job_id]
+        if unstarted:
+            self._send(p.Release(unstarted))
+        if self.settings.shutdown_mode is ShutdownMode.FINISH and self._running:
+            logger.info(
+                "waiting up to %.0fs for %d running jobs (signal again to stop now)",
+                self.settings.shutdown_grace,
+                len(self._running),
+            )
+            running: asyncio.Future[Any] = asyncio.gather(
+                *self._running.values(), return_exceptions=True
+            )
+            hurry: asyncio.Future[Any] = asyncio.ensure_future(self._hurry.wait())
+            await asyncio.wait(
+                [running, hurry],
+                timeout=self.settings.shutdown_grace,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            hurry.cancel()
+        if self._running:
+            # Their results will arrive after the release and be ignored as stale.
+            leftover = list(self._running)
+            self._send(p.Release(leftover))
+            for job_id in leftover:
+                await self._executor_for(self._assigned[job_id].spec).cancel(job_id)
+        if self._ws is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2):
+                    await self._all_acked.wait()
+
+    # -- connection ----------------------------------------------------------------------------
+
+    async def _connect_forever(self) -> None:
+        delay = RECONNECT_MIN
+        while True:
+            try:
+                ws = await open_websocket(
+                    self.settings.server_url,
+                    "/api/v1/workers/ws",
+                    self.settings.token,
+                    self.settings.ca,
+                )
+            except ServerUnreachable as exc:
+                logger.warning("%s; retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(RECONNECT_MAX, delay * 2) * (1 + random.random() * 0.2)
+                continue
+            try:
+                await self._session(ws)
+                delay = RECONNECT_MIN
+            except ConnectionClosed as exc:
+                error = closed_error(
+                    exc.rcvd.code if exc.rcvd else None, exc.rcvd.reason if exc.rcvd else None
+                )
+                if error is not None:
+                    raise error from None
+                logger.warning("connection to the server closed; reconnecting")
+            except OSError as exc:
+                logger.warning("connection to the server failed (%s); reconnecting", exc)
+            finally:
+                self._ws = None
+                await ws.close()
+            await asyncio.sleep(delay)
+
+    async def _session(self, ws: ClientConnection) -> None:
+        held = list(self._assigned) + [job_id for job_id, _ in self._unacked]
+        hello = p.Hello(
+            PROTOCOL_VERSION,
+            self.settings.worker_id,
+            socket.gethostname(),
+            os.getpid(),
+            self.settings.concurrency,
+            0 if self._draining else self.settings.concurrency + self.settings.prefetch,
+            list(self.settings.queues),
+            list(self.settings.tags),
+            held,
+        )
+        await ws.send(hello.encode())
+        answer = p.decode(await ws.recv())  # type: ignore[arg-type]
+        if isinstance(answer, p.Refuse):
+            raise ProtocolError(f"the server refused this worker: {answer.reason}")
+        if not isinstance(answer, p.Welcome):
+            raise ProtocolError(f"expected a welcome frame, got {answer.TAG!r}")
+        self.heartbeat_interval = answer.heartbeat_interval
+        logger.info("connected to %s as %s", self.settings.server_url, self.settings.worker_id)
+        self._ws = ws
+        self._pending_results = list(self._unacked.values())
+        self._wake_sender.set()
+        sender = asyncio.create_task(self._send_forever(ws))
+        try:
+            async for data in ws:
+                self._handle(p.decode(data))  # type: ignore[arg-type]
+        finally:
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
+                await sender
+
+    def _handle(self, frame: p.Frame) -> None:
+        if isinstance(frame, p.Jobs):
+            for job_id, attempt, payload in frame.items:
+                spec = JobSpec.model_validate(msgpack.unpackb(payload, raw=False))
+                assignment = _Assignment(job_id, attempt, spec)
+                self._assigned[job_id] = assignment
+                self._ready.put_nowait(assignment)
+        elif isinstance(frame, p.Ack):
+            for job_id, attempt in frame.items:
+                self._unacked.pop((job_id, attempt), None)
+            if not self._unacked:
+                self._all_acked.set()
+        elif isinstance(frame, p.KillJobs):
+            for job_id in frame.job_ids:
+                self._kill(job_id)
+        else:
+            logger.warning("ignoring unexpected %r frame from the server", frame.TAG)
+
+    def _kill(self, job_id: str) -> None:
+        assignment = self._assigned.get(job_id)
+        if assignment is None:
+            return
+        if job_id in self._running:
+            task = asyncio.ensure_future(self._executor_for(assignment.spec).cancel(job_id))
+            task.add_done_callback(lambda t: t.exception())
+        elif not assignment.started:
+            # Not started yet: report it cancelled without running it.
+            del self._assigned[job_id]
+            now = time.time()
+            self._finished(assignment, _cancelled(now))
+
+    async def _send_forever(self, ws: ClientConnection) -> None:
+        """Send what is pending as few frames as possible; heartbeat when idle."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake_sender.wait(), self.heartbeat_interval)
+            self._wake_sender.clear()
+            frames: list[p.Frame] = []
+            if self._pending_started:
+                frames.append(p.Started(self._pending_started))
+                self._pending_started = []
+            if self._pending_logs:
+                frames.append(p.Log(self._pending_logs))
+                self._pending_logs = []
+            if self._pending_results:
+                frames.append(p.Results(self._pending_results))
+                self._pending_results = []
+            frames.extend(self._outgoing)
+            self._outgoing = []
+            for frame in frames or [p.Heartbeat()]:
+                await ws.send(frame.encode())
+
+    def _send(self, frame: p.Frame) -> None:
+        self._outgoing.append(frame)
+        self._wake_sender.set()
+
+    # -- running jobs --------------------------------------------------------------------------
+
+    def _executor_for(self, spec: JobSpec) -> Executor:
+        return self.executors[spec.kind]
+
+    async def _runner(self) -> None:
+        while True:
+            assignment = await self._ready.get()
+            if self._assigned.get(assignment.job_id) is not assignment or self._draining:
+                continue  # killed or handed back before it started
+            assignment.started = True
+            now = time.time()
+            self._pending_started.append([assignment.job_id, assignment.attempt, None, now])
+            self._wake_sender.set()
+            task = asyncio.ensure_future(self._execute(assignment))
+            self._running[assignment.job_id] = task
+            try:
+                outcome = await task
+            finally:
+                self._running.pop(assignment.job_id, None)
+            self._assigned.pop(assignment.job_id, None)
+            self._finished(assignment, outcome)
+
+    async def _execute(self, assignment: _Assignment) -> Outcome:
+        def on_output(stream: str, chunk: bytes) -> None:
+            self._pending_logs.append([assignment.job_id, stream, chunk])
+            self._wake_sender.set()
+
+        try:
+            return await self._executor_for(assignment.spec).run(
+                assignment.job_id, assignment.spec, on_output
+            )
+        except CorralError as exc:
+            now = time.time()
+            return Outcome(
+                state=JobState.FAILED,
+                error_type=type(exc).__name__,
+                error_message=str(exc),
+                started=now,
+                finished=now,
+            )
+
+    def _finished(self, assignment: _Assignment, outcome: Outcome) -> None:
+        item = {
+            "job_id": assignment.job_id,
+            "attempt": assignment.attempt,
+            "state": outcome.state.value,
+            "exit_code": outcome.exit_code,
+            "result": outcome.result,
+            "error_type": outcome.error_type,
+            "error_message": outcome.error_message,
+            "traceback": outcome.traceback,
+            "pid": outcome.pid,
+            "started": outcome.started,
+            "finished": outcome.finished,
+        }
+        self._unacked[(assignment.job_id, assignment.attempt)] = item
+        self._all_acked.clear()
+        self._pending_results.append(item)
+        self._wake_sender.set()
+
+
+def _cancelled(now: float) -> Outcome:
+    return Outcome(
+        state=JobState.CANCELLED,
+        error_message="cancelled before it started",
+        started=now,
+        finished=now,
+    )
+
+
+__all__ = ["AuthError", "ShutdownMode", "Worker", "WorkerSettings"]
