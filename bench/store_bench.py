@@ -38,8 +38,12 @@ from corral.server.store import (
 )
 from corral.server.writer import GroupCommitWriter
 
+# Encoded as the server encodes specs: defaults left out.
 SPEC = msgpack.packb(
-    JobSpec(kind=JobKind.PYTHON, target="mypkg.tasks:square", args=[12345]).model_dump(mode="json")
+    JobSpec(kind=JobKind.PYTHON, target="mypkg.tasks:square", args=[12345]).model_dump(
+        mode="json", exclude_defaults=True
+    ),
+    use_bin_type=True,
 )
 RESULT = msgpack.packb({"value": 152399025})
 
