@@ -147,7 +147,7 @@ _QUEUED = JobState.QUEUED.value
 class SQLiteStore(Store):
     """The Store in one SQLite database file; see the module docstring for durability."""
 
-    def __init__(self, path: Path, durability: Durability = "normal") -> None:
+    def __init__(self, path: Path | str, durability: Durability = "normal") -> None:
         if durability not in ("normal", "full"):
             raise ConfigError(f"SQLite durability must be 'normal' or 'full', not {durability!r}")
         self.path = Path(path)
@@ -194,7 +194,7 @@ class SQLiteStore(Store):
         with self._transaction():
             version = connection.execute("PRAGMA user_version").fetchone()[0]
             if version == 0:
-                if connection.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]:
+                if connection.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
                     raise ConfigError(
                         f"{self.path} holds tables that are not corral's; point the store elsewhere"
                     )
