@@ -159,3 +159,10 @@ class SshLab:
                 server.process.wait()
         for sock in self._held_sockets:
             sock.close()
+
+
+def corral(*args: str, env: dict[str, str] | None = None) -> Result:
+    """Run the `corral` CLI in-process, as a user would type it."""
+    from corral.cli import app
+
+    return CliRunner().invoke(app, list(args), env=env)

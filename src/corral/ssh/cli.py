@@ -1,7 +1,351 @@
-"""`corral ssh`: agentless batch operations on fleets."""
+"""`corral ssh`: agentless batch operations on fleets.
+
+    corral ssh run   [OPTIONS] INVENTORY -- CMD
+    corral ssh play  [OPTIONS] PLAYBOOK.yaml INVENTORY
+    corral ssh facts [OPTIONS] INVENTORY -- CMD
+
+INVENTORY is a host file, a YAML inventory, `@file`, or a comma-separated list (`web1,web2`).
+The exit code says how the run went; see ExitCode.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import getpass
+import os
+from collections.abc import Callable, Coroutine, Mapping
+from enum import IntEnum
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
+from rich.console import Console
+
+from corral.errors import ConfigError
+from corral.ssh.connection import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_MAX_HANDSHAKES,
+    ConnectOptions,
+    HostKeyPolicy,
+)
+from corral.ssh.display import ProgressDisplay, print_check_plan, print_summary
+from corral.ssh.errors import CredentialError
+from corral.ssh.facts import collect_facts
+from corral.ssh.fanout import DEFAULT_FORKS, RunListener, RunOptions, run_command
+from corral.ssh.inventory import Inventory, load_inventory, read_host_names
+from corral.ssh.play import run_playbook
+from corral.ssh.playbook import load_playbook
+from corral.ssh.results import RunSummary, default_run_dir
 
 app = typer.Typer(help="Run commands and playbooks on many hosts over SSH.", no_args_is_help=True)
+
+
+class ExitCode(IntEnum):
+    """Exit codes of `corral ssh`, for scripts that call it."""
+
+    OK = 0  # every host ok or skipped
+    HOSTS_FAILED = 1  # at least one host failed or was unreachable
+    BAD_INPUT = 2  # inventory, playbook, flags or credentials wrong; nothing ran
+    HOSTS_DIFFER = 3  # facts or a check step found hosts that differ; the play stopped
+    INTERRUPTED = 130  # Ctrl-C; partial results were written
+
+
+Forks = Annotated[int, typer.Option(min=1, help="Hosts in progress at once.")]
+Handshakes = Annotated[
+    int, typer.Option(min=1, help="SSH handshakes at once (CPU-bound; see docs/ssh.md).")
+]
+Timeout = Annotated[
+    float | None, typer.Option("--timeout", help="Seconds a command may run on one host.")
+]
+ConnectTimeout = Annotated[float, typer.Option(help="Seconds to connect and log in to one host.")]
+OverallTimeout = Annotated[
+    float | None, typer.Option(help="Seconds for the whole run; unfinished hosts fail.")
+]
+Out = Annotated[Path | None, typer.Option(help="Run directory (default runs/ssh-KIND-TIME).")]
+HostsOpt = Annotated[
+    str | None, typer.Option("--hosts", help="Only these hosts: a,b,c or @failed.txt.")
+]
+Limit = Annotated[str | None, typer.Option(help="Only these groups or host globs: 'web*,db'.")]
+User = Annotated[str | None, typer.Option("--user", "-u", help="Login user when none is given.")]
+Keys = Annotated[list[Path] | None, typer.Option("--key", "-i", help="Private key (repeatable).")]
+Agent = Annotated[bool, typer.Option("--agent/--no-agent", help="Use ssh-agent (SSH_AUTH_SOCK).")]
+PasswordEnv = Annotated[
+    str | None, typer.Option(help="Name of an environment variable holding the password.")
+]
+PasswordFile = Annotated[Path | None, typer.Option(help="File whose first line is the password.")]
+AskPass = Annotated[bool, typer.Option(help="Prompt for the login password.")]
+Sudo = Annotated[bool, typer.Option(help="Run commands as root through sudo.")]
+SudoPasswordEnv = Annotated[
+    str | None, typer.Option(help="Environment variable with the sudo password.")
+]
+SudoPasswordFile = Annotated[Path | None, typer.Option(help="File with the sudo password.")]
+AskSudoPass = Annotated[bool, typer.Option(help="Prompt for the sudo password.")]
+KnownHosts = Annotated[Path | None, typer.Option(help="known_hosts file (~/.ssh/known_hosts).")]
+AcceptNew = Annotated[
+    bool, typer.Option(help="Trust unknown host keys on first use and write them to known_hosts.")
+]
+Insecure = Annotated[
+    bool, typer.Option("--insecure-no-host-check", help="Check no host key at all (unsafe).")
+]
+Jump = Annotated[str | None, typer.Option(help="Jump host: user@bastion[:port].")]
+SshConfig = Annotated[
+    str | None, typer.Option("-F", "--ssh-config", help="ssh config file, or 'none'.")
+]
+
+
+def _secret(env: str | None, file: Path | None, ask: bool, what: str) -> str | None:
+    """A password from exactly one source; never from a flag value, which `ps` would show."""
+    if sum((env is not None, file is not None, ask)) > 1:
+        raise CredentialError(f"give the {what} one way: --*-env, --*-file or --ask-*")
+    if env is not None:
+        if env not in os.environ:
+            raise CredentialError(f"environment variable {env} (for the {what}) is not set")
+        return os.environ[env]
+    if file is not None:
+        try:
+            lines = file.read_text().splitlines()
+            return lines[0] if lines else ""
+        except OSError as exc:
+            raise CredentialError(f"cannot read the {what} from {file}: {exc.strerror}") from exc
+    if ask:
+        return getpass.getpass(f"{what}: ")
+    return None
+
+
+def _connect_options(flags: Mapping[str, Any]) -> ConnectOptions:
+    """ConnectOptions from the connection flags, which every command shares (by name)."""
+    accept_new, insecure, ssh_config = flags["accept_new"], flags["insecure"], flags["ssh_config"]
+    if accept_new and insecure:
+        raise ConfigError("--accept-new and --insecure-no-host-check exclude each other")
+    policy = HostKeyPolicy.STRICT
+    if accept_new:
+        policy = HostKeyPolicy.ACCEPT_NEW
+    if insecure:
+        policy = HostKeyPolicy.INSECURE
+    config: tuple[str, ...] | None = None
+    if ssh_config is not None:
+        config = () if ssh_config == "none" else (ssh_config,)
+    return ConnectOptions(
+        known_hosts=flags["known_hosts"],
+        host_key_policy=policy,
+        keys=tuple(str(k) for k in flags["key"] or ()),
+        agent_path=None if flags["agent"] else "",
+        password=_secret(
+            flags["password_env"], flags["password_file"], flags["ask_pass"], "login password"
+        ),
+        sudo_password=_secret(
+            flags["sudo_password_env"],
+            flags["sudo_password_file"],
+            flags["ask_sudo_pass"],
+            "sudo password",
+        ),
+        jump=flags["jump"],
+        ssh_config=config,
+        user=flags["user"],
+        connect_timeout=flags["connect_timeout"],
+        max_handshakes=flags["handshakes"],
+    )
+
+
+def _inventory(spec: str, hosts: str | None, limit: str | None) -> Inventory:
+    inventory = load_inventory(spec)
+    if hosts:
+        inventory = inventory.pick(read_host_names(hosts))
+    if limit:
+        inventory = inventory.limit(limit)
+    return inventory
+
+
+def _execute(
+    start: Callable[[RunListener], Coroutine[Any, Any, RunSummary]], *, check_plan: bool = False
+) -> RunSummary:
+    """Run with a live display; on Ctrl-C the run has already closed connections and written
+    its partial results, so print them and leave with INTERRUPTED."""
+    console = Console(stderr=True)
+    display = ProgressDisplay(console)
+    try:
+        summary = asyncio.run(start(display))
+    except KeyboardInterrupt:
+        if display.summary is None:
+            raise typer.Exit(ExitCode.INTERRUPTED) from None
+        print_summary(Console(), display.summary)
+        console.print("[bold red]interrupted[/]: hosts in progress failed, the rest skipped")
+        raise typer.Exit(ExitCode.INTERRUPTED) from None
+    out = Console()
+    if check_plan:
+        print_check_plan(out, summary)
+    print_summary(out, summary)
+    return summary
+
+
+def _exit_code(summary: RunSummary, *, differ: bool = False) -> ExitCode:
+    if differ:
+        return ExitCode.HOSTS_DIFFER
+    return ExitCode.HOSTS_FAILED if summary.any_failed else ExitCode.OK
+
+
+def _fail_on_bad_input(error: ConfigError) -> typer.Exit:
+    Console(stderr=True).print(f"[bold red]error:[/] {error}", highlight=False)
+    return typer.Exit(ExitCode.BAD_INPUT)
+
+
+@app.command("run")
+def run_cmd(
+    inventory: Annotated[str, typer.Argument(help="Host file, YAML, @file or a,b,c.")],
+    command: Annotated[list[str], typer.Argument(help="The command, after --.")],
+    forks: Forks = DEFAULT_FORKS,
+    handshakes: Handshakes = DEFAULT_MAX_HANDSHAKES,
+    timeout: Timeout = None,
+    connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
+    overall_timeout: OverallTimeout = None,
+    out: Out = None,
+    hosts: HostsOpt = None,
+    limit: Limit = None,
+    user: User = None,
+    key: Keys = None,
+    agent: Agent = True,
+    password_env: PasswordEnv = None,
+    password_file: PasswordFile = None,
+    ask_pass: AskPass = False,
+    sudo: Sudo = False,
+    sudo_password_env: SudoPasswordEnv = None,
+    sudo_password_file: SudoPasswordFile = None,
+    ask_sudo_pass: AskSudoPass = False,
+    known_hosts: KnownHosts = None,
+    accept_new: AcceptNew = False,
+    insecure: Insecure = False,
+    jump: Jump = None,
+    ssh_config: SshConfig = None,
+) -> None:
+    """Run one command on every host: corral ssh run hosts.txt -- uptime"""
+    try:
+        selected = _inventory(inventory, hosts, limit)
+        options = RunOptions(
+            connect=_connect_options(locals()),
+            forks=forks,
+            command_timeout=timeout,
+            overall_timeout=overall_timeout,
+            sudo=sudo,
+        )
+        out_dir = out or default_run_dir("run")
+        text = " ".join(command)
+        summary = _execute(lambda ui: run_command(selected, text, options, out_dir, ui))
+    except ConfigError as error:
+        raise _fail_on_bad_input(error) from None
+    raise typer.Exit(_exit_code(summary))
+
+
+@app.command("facts")
+def facts_cmd(
+    inventory: Annotated[str, typer.Argument(help="Host file, YAML, @file or a,b,c.")],
+    command: Annotated[list[str], typer.Argument(help="A read-only command, after --.")],
+    forks: Forks = DEFAULT_FORKS,
+    handshakes: Handshakes = DEFAULT_MAX_HANDSHAKES,
+    timeout: Timeout = None,
+    connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
+    overall_timeout: OverallTimeout = None,
+    out: Out = None,
+    hosts: HostsOpt = None,
+    limit: Limit = None,
+    user: User = None,
+    key: Keys = None,
+    agent: Agent = True,
+    password_env: PasswordEnv = None,
+    password_file: PasswordFile = None,
+    ask_pass: AskPass = False,
+    sudo: Sudo = False,
+    sudo_password_env: SudoPasswordEnv = None,
+    sudo_password_file: SudoPasswordFile = None,
+    ask_sudo_pass: AskSudoPass = False,
+    known_hosts: KnownHosts = None,
+    accept_new: AcceptNew = False,
+    insecure: Insecure = False,
+    jump: Jump = None,
+    ssh_config: SshConfig = None,
+) -> None:
+    """Group hosts by a command's output: corral ssh facts hosts.txt -- lsblk -ndo NAME,SIZE"""
+    try:
+        selected = _inventory(inventory, hosts, limit)
+        options = RunOptions(
+            connect=_connect_options(locals()),
+            forks=forks,
+            command_timeout=timeout,
+            overall_timeout=overall_timeout,
+            sudo=sudo,
+        )
+        out_dir = out or default_run_dir("facts")
+        text = " ".join(command)
+        summary = _execute(lambda ui: collect_facts(selected, text, options, out_dir, ui))
+    except ConfigError as error:
+        raise _fail_on_bad_input(error) from None
+    raise typer.Exit(_exit_code(summary, differ=summary.hosts_differ))
+
+
+@app.command("play")
+def play_cmd(
+    playbook: Annotated[Path, typer.Argument(help="The playbook YAML file.")],
+    inventory: Annotated[str, typer.Argument(help="Host file, YAML, @file or a,b,c.")],
+    check: Annotated[
+        bool, typer.Option(help="Show what would run on each host; change nothing.")
+    ] = False,
+    force: Annotated[
+        bool, typer.Option(help="Go on when a check step finds hosts differ.")
+    ] = False,
+    var: Annotated[
+        list[str] | None, typer.Option("--var", "-e", help="Variable NAME=VALUE (repeatable).")
+    ] = None,
+    forks: Forks = DEFAULT_FORKS,
+    handshakes: Handshakes = DEFAULT_MAX_HANDSHAKES,
+    timeout: Timeout = None,
+    connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
+    overall_timeout: OverallTimeout = None,
+    out: Out = None,
+    hosts: HostsOpt = None,
+    limit: Limit = None,
+    user: User = None,
+    key: Keys = None,
+    agent: Agent = True,
+    password_env: PasswordEnv = None,
+    password_file: PasswordFile = None,
+    ask_pass: AskPass = False,
+    sudo: Sudo = False,
+    sudo_password_env: SudoPasswordEnv = None,
+    sudo_password_file: SudoPasswordFile = None,
+    ask_sudo_pass: AskSudoPass = False,
+    known_hosts: KnownHosts = None,
+    accept_new: AcceptNew = False,
+    insecure: Insecure = False,
+    jump: Jump = None,
+    ssh_config: SshConfig = None,
+) -> None:
+    """Run a playbook's steps on every host: corral ssh play site.yaml hosts.yaml"""
+    try:
+        loaded = load_playbook(playbook)
+        selected = _inventory(inventory, hosts, limit)
+        options = RunOptions(
+            connect=_connect_options(locals()),
+            forks=forks,
+            command_timeout=timeout,
+            overall_timeout=overall_timeout,
+            sudo=sudo,
+            check=check,
+            force=force,
+            variables=_parse_vars(var or []),
+        )
+        out_dir = out or default_run_dir("play")
+        summary = _execute(
+            lambda ui: run_playbook(selected, loaded, options, out_dir, ui), check_plan=check
+        )
+    except ConfigError as error:
+        raise _fail_on_bad_input(error) from None
+    raise typer.Exit(_exit_code(summary, differ=summary.hosts_differ))
+
+
+def _parse_vars(pairs: list[str]) -> dict[str, str]:
+    variables = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"--var {pair!r}: write NAME=VALUE")
+        variables[name] = value
+    return variables

@@ -198,6 +198,7 @@ class Run:
         self.results: dict[str, HostResult] = {}
         self.groups: dict[str, list[OutputGroup]] = {}
         self.stopped = ""
+        self.hosts_differ = False
 
     async def phase(
         self, title: str, hosts: Sequence[Host], work: HostWork
@@ -243,6 +244,7 @@ class Run:
             duration=time.monotonic() - self.started,
             interrupted=interrupted,
             stopped=self.stopped,
+            hosts_differ=self.hosts_differ,
             groups=self.groups,
             handshakes=self.connector.stats,
         )
@@ -270,6 +272,17 @@ async def run_command(
 ) -> RunSummary:
     """Run one shell command on every host; see the package docstring for the contract."""
     run = Run(inventory, options, out_dir, listener)
+
+    async def body() -> None:
+        await run.phase(command, inventory.hosts, command_work(command, options))
+
+    return await run.execute(body)
+
+
+def command_work(
+    command: str, options: RunOptions, outputs: dict[str, str] | None = None
+) -> HostWork:
+    """Per-host work that runs `command`; successful hosts' stdout goes into `outputs` if given."""
     sudo_password = options.connect.effective_sudo_password()
 
     async def work(host: Host, conn: asyncssh.SSHClientConnection) -> HostOutput:
@@ -280,11 +293,10 @@ async def run_command(
             sudo_password=sudo_password,
             time_limit=options.command_timeout,
         )
+        if outcome.ok and outputs is not None:
+            outputs[host.name] = outcome.stdout
         status = HostStatus.OK if outcome.ok else HostStatus.FAILED
         result = HostResult(host.name, status, exit_code=outcome.exit_code, error=outcome.error)
         return HostOutput(result, outcome.stdout, outcome.stderr)
 
-    async def body() -> None:
-        await run.phase(command, inventory.hosts, work)
-
-    return await run.execute(body)
+    return work

@@ -176,19 +176,16 @@ def _parse_yaml(text: str, source: str) -> list[Host]:
         raise InventoryError(f"{source}: not valid YAML: {exc}") from exc
     top = _mapping(document, source, "the file", _YAML_TOP_KEYS)
     top_vars = _mapping(top.get("vars"), source, "vars")
-    entries: dict[str, dict[str, Any]] = {}
+    own: dict[str, dict[str, Any]] = {}
+    inherited: dict[str, dict[str, Any]] = {}
     groups_of: dict[str, list[str]] = {}
-    order: list[str] = []
 
-    def add(entries_value: Any, context: str, group: str | None, group_vars: Mapping[str, Any]):
-        for name, host_vars in _host_entries(entries_value, source, context):
-            if name not in entries:
-                entries[name] = {}
-                groups_of[name] = []
-                order.append(name)
-            # Earlier sources are less specific: group vars first, then the host's own.
-            merged = {**group_vars, **entries[name], **host_vars}
-            entries[name] = merged
+    def add(value: Any, context: str, group: str | None, group_vars: Mapping[str, Any]) -> None:
+        for name, host_vars in _host_entries(value, source, context):
+            if name not in own:
+                own[name], inherited[name], groups_of[name] = {}, {}, []
+            own[name].update(host_vars)
+            inherited[name].update(group_vars)
             if group:
                 groups_of[name].append(group)
 
@@ -199,8 +196,10 @@ def _parse_yaml(text: str, source: str) -> list[Host]:
         add(group.get("hosts"), f"hosts of group {group_name!r}", str(group_name), group_vars)
     add(top.get("hosts"), "hosts", None, {})
     return [
-        _host_from_vars(name, {**top_vars, **entries[name]}, tuple(groups_of[name]), source)
-        for name in order
+        _host_from_vars(
+            name, {**top_vars, **inherited[name]}, own[name], tuple(groups_of[name]), source
+        )
+        for name in own
     ]
 
 
@@ -230,14 +229,21 @@ def _host_entries(value: Any, source: str, context: str) -> list[tuple[str, dict
 
 
 def _host_from_vars(
-    name: str, host_vars: dict[str, Any], groups: tuple[str, ...], source: str
+    name: str,
+    inherited: dict[str, Any],
+    own: dict[str, Any],
+    groups: tuple[str, ...],
+    source: str,
 ) -> Host:
+    """A host from its group/top vars, its `[user@]host[:port]` name, then its own vars."""
     where = f"{source}: host {name!r}"
-    if "address" in host_vars:
-        spec = Host(name=name, address=str(host_vars["address"]))
+    if "address" in own or "address" in inherited:
+        spec = Host(name=name, address=str(own.get("address", inherited.get("address"))))
     else:
         spec = parse_host_spec(name, where)
-    port = host_vars.get("port", spec.port)
+    from_name = {key: value for key in ("user", "port") if (value := getattr(spec, key))}
+    host_vars = {**inherited, **from_name, **own}
+    port = host_vars.get("port")
     if port is not None and (not isinstance(port, int) or not 0 < port < 65536):
         raise InventoryError(f"{where}: port must be a number from 1 to 65535, not {port!r}")
     sudo = host_vars.get("sudo", False)
@@ -247,7 +253,7 @@ def _host_from_vars(
     return Host(
         name=name,
         address=spec.address,
-        user=str(host_vars["user"]) if "user" in host_vars else spec.user,
+        user=str(host_vars["user"]) if "user" in host_vars else None,
         port=port,
         key=str(Path(str(key)).expanduser()) if key else None,
         sudo=sudo,

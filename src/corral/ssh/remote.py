@@ -1,4 +1,4 @@
-"""Running commands on a connected host: sudo, timeouts, scripts, and a `test -e` helper."""
+"""Running commands and scripts on a connected host, with sudo and time limits."""
 
 from __future__ import annotations
 
@@ -99,21 +99,6 @@ async def run_script(
         )
     finally:
         await run_remote(conn, f"rm -f {shlex.quote(remote_path)}", time_limit=time_limit)
-
-
-async def path_exists(
-    conn: asyncssh.SSHClientConnection,
-    path: str,
-    *,
-    sudo: bool = False,
-    sudo_password: str | None = None,
-    time_limit: float | None = None,
-) -> CommandOutcome:
-    """`test -e PATH` on the host (exit 0 when it exists); runs as root when `sudo`."""
-    quoted = shlex.quote(path)
-    return await run_remote(
-        conn, f"test -e {quoted}", sudo=sudo, sudo_password=sudo_password, time_limit=time_limit
-    )
 
 
 def _text(value: str | bytes | None) -> str:

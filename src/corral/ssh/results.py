@@ -95,6 +95,7 @@ class RunSummary:
     duration: float
     interrupted: bool = False
     stopped: str = ""
+    hosts_differ: bool = False
     groups: dict[str, list[OutputGroup]] = field(default_factory=dict)
     handshakes: HandshakeStats = field(default_factory=HandshakeStats)
 
@@ -112,6 +113,7 @@ class RunSummary:
             "duration": round(self.duration, 3),
             "interrupted": self.interrupted,
             "stopped": self.stopped,
+            "hosts_differ": self.hosts_differ,
             "counts": {status.value: n for status, n in self.counts().items()},
             "results": [result.to_dict() for result in self.results],
             "groups": {
