@@ -1,0 +1,205 @@
+"""The interface every execution strategy implements, and the pieces they share.
+
+A worker's connection loop hands each job to an `Executor` and gets an `Outcome` back; it never
+knows whether the job ran as a subprocess, in a warm pool process or elsewhere. Executors never
+raise for a job's own failure (a missing program, a bad cwd, a refused user): they return a FAILED
+outcome whose message says what to fix, so one bad job never takes the worker down.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import signal
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+from corral.errors import CorralError
+from corral.models import JobSpec, JobState
+
+#: Called as on_output(stream, chunk) with stream "stdout" or "stderr", as output arrives.
+OutputCallback = Callable[[str, bytes], None]
+
+STDOUT = "stdout"
+STDERR = "stderr"
+
+
+class JobSetupError(CorralError):
+    """A job cannot start here (refused user, missing cwd or program); the message says the fix."""
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How one run of a job ended.
+
+    `state` is SUCCEEDED, FAILED, TIMED_OUT or CANCELLED. `exit_code` is the process's exit code
+    (negative: killed by that signal) for shell jobs and for python jobs whose process died.
+    `result` is a python job's return value (plain msgpack/JSON data). Times are epoch seconds.
+    `truncated` names the streams whose output went over the executor's limit and was cut.
+    """
+
+    state: JobState
+    started: float
+    finished: float
+    exit_code: int | None = None
+    result: Any = None
+    error_type: str | None = None
+    error_message: str | None = None
+    traceback: str | None = None
+    pid: int | None = None
+    truncated: tuple[str, ...] = ()
+
+    @classmethod
+    def failure(
+        cls, error: BaseException, started: float, finished: float, pid: int | None = None
+    ) -> Outcome:
+        """A FAILED outcome for an error found by the executor itself (not raised by the job)."""
+        return cls(
+            JobState.FAILED,
+            started,
+            finished,
+            error_type=type(error).__name__,
+            error_message=str(error),
+            pid=pid,
+        )
+
+
+class Executor(ABC):
+    """Runs jobs of one kind. Use as `async with` or call start() and close() yourself.
+
+    run() may be called concurrently for different jobs; each call returns when its job has
+    finished, and its processes are gone. cancel() of a job that is not running (finished or
+    unknown) does nothing.
+    """
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Prepare to run jobs (e.g. start pool processes). Call once, before run()."""
+
+    @abstractmethod
+    async def run(self, job_id: str, spec: JobSpec, on_output: OutputCallback) -> Outcome:
+        """Run one job to its end; stream its stdout/stderr chunks through `on_output`."""
+
+    @abstractmethod
+    async def cancel(self, job_id: str) -> None:
+        """Kill the job's whole process group; its run() then returns CANCELLED."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Kill every job still running (their run() return CANCELLED) and release resources."""
+
+    async def __aenter__(self) -> Executor:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+class OutputLimiter:
+    """Passes a job's output on until `limit` bytes per stream, then drops (but still drains) it."""
+
+    __slots__ = ("_on_output", "_remaining", "truncated")
+
+    def __init__(self, on_output: OutputCallback, limit: int) -> None:
+        self._on_output = on_output
+        self._remaining = {STDOUT: limit, STDERR: limit}
+        self.truncated: set[str] = set()
+
+    def feed(self, stream: str, chunk: bytes) -> None:
+        remaining = self._remaining[stream]
+        if len(chunk) > remaining:
+            self.truncated.add(stream)
+            chunk = chunk[:remaining]
+        if chunk:
+            self._remaining[stream] = remaining - len(chunk)
+            self._on_output(stream, chunk)
+
+    def truncated_streams(self) -> tuple[str, ...]:
+        return tuple(sorted(self.truncated))
+
+
+@dataclass(frozen=True, slots=True)
+class RunAs:
+    """An OS user a job runs as, resolved on this machine."""
+
+    name: str
+    uid: int
+    gid: int
+    groups: list[int] = field(default_factory=list)
+    home: str = "/"
+
+    def environment(self) -> dict[str, str]:
+        return {"HOME": self.home, "USER": self.name, "LOGNAME": self.name}
+
+
+def resolve_run_as(user: str | None, allow_users: Collection[str]) -> RunAs | None:
+    """The user a job asks to run as, or None; JobSetupError if this worker may not do it."""
+    if user is None:
+        return None
+    problems = []
+    if user not in allow_users:
+        problems.append("the worker's --allow-users list does not include it")
+    if os.geteuid() != 0:
+        current = pwd.getpwuid(os.geteuid()).pw_name
+        problems.append(f"the worker runs as {current!r}, not root, so it cannot switch users")
+    if problems:
+        raise JobSetupError(
+            f"job asks to run as user {user!r}, but {' and '.join(problems)}; "
+            f"start the worker as root with --allow-users {user}"
+        )
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise JobSetupError(
+            f"job asks to run as user {user!r}, but there is no such user on this machine; "
+            "create it or remove it from --allow-users"
+        ) from None
+    groups = os.getgrouplist(user, entry.pw_gid)
+    return RunAs(user, entry.pw_uid, entry.pw_gid, groups, entry.pw_dir or "/")
+
+
+def job_environment(
+    base: Mapping[str, str], overrides: Mapping[str, str], run_as: RunAs | None
+) -> dict[str, str]:
+    """The environment a job sees: the worker's, then the run-as user's identity, then the job's."""
+    env = dict(base)
+    if run_as is not None:
+        env.update(run_as.environment())
+    env.update(overrides)
+    return env
+
+
+def check_cwd(cwd: str | None) -> None:
+    """JobSetupError unless `cwd` is None or an existing directory."""
+    if cwd is not None and not os.path.isdir(cwd):
+        raise JobSetupError(
+            f"job's working directory {cwd!r} does not exist (or is not a directory) on this "
+            "worker; create it or submit the job with another cwd"
+        )
+
+
+def kill_process_group(pgid: int) -> None:
+    """SIGKILL every process in the group; a group that is already gone is fine."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def describe_exit(exit_code: int) -> str:
+    """'exited with code 3' or 'killed by signal SIGSEGV' for a returncode-style exit code."""
+    if exit_code >= 0:
+        return f"exited with code {exit_code}"
+    try:
+        name = signal.Signals(-exit_code).name
+    except ValueError:
+        name = f"signal {-exit_code}"
+    return f"killed by signal {name}"
