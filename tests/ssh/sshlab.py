@@ -15,6 +15,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from click.testing import Result
+from typer.testing import CliRunner
+
+from corral.cli import app
 from corral.ssh.connection import ConnectOptions, HostKeyPolicy
 
 SSHD = "/usr/sbin/sshd"
@@ -163,6 +167,4 @@ class SshLab:
 
 def corral(*args: str, env: dict[str, str] | None = None) -> Result:
     """Run the `corral` CLI in-process, as a user would type it."""
-    from corral.cli import app
-
     return CliRunner().invoke(app, list(args), env=env)

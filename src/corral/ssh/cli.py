@@ -185,7 +185,7 @@ def _exit_code(summary: RunSummary, *, differ: bool = False) -> ExitCode:
 
 
 def _fail_on_bad_input(error: ConfigError) -> typer.Exit:
-    Console(stderr=True).print(f"[bold red]error:[/] {error}", highlight=False)
+    Console(stderr=True).print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
     return typer.Exit(ExitCode.BAD_INPUT)
 
 

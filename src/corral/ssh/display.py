@@ -95,14 +95,20 @@ def print_summary(console: Console, summary: RunSummary) -> None:
     for result in bad[:MAX_HOSTS_SHOWN]:
         style = _STATUS_STYLE[result.status]
         line = f"[{style}]{result.status.value:<11}[/] {result.host}  {result.first_error_line()}"
-        console.print(line, highlight=False, markup=True)
+        console.print(line, highlight=False, soft_wrap=True)
     if len(bad) > MAX_HOSTS_SHOWN:
         console.print(f"... and {len(bad) - MAX_HOSTS_SHOWN} more in failed.txt")
     if summary.stopped:
-        console.print(f"[bold red]stopped:[/] {summary.stopped}", highlight=False)
-    console.print(f"results in {summary.out_dir}/ (summary.tsv, failed.txt)", highlight=False)
+        console.print(f"[bold red]stopped:[/] {summary.stopped}", highlight=False, soft_wrap=True)
+    console.print(
+        f"results in {summary.out_dir}/ (summary.tsv, failed.txt)", highlight=False, soft_wrap=True
+    )
     if bad:
-        console.print(f"retry the failed hosts with --hosts @{summary.out_dir}/failed.txt")
+        console.print(
+            f"retry the failed hosts with --hosts @{summary.out_dir}/failed.txt",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 def print_check_plan(console: Console, summary: RunSummary) -> None:
@@ -126,4 +132,6 @@ def print_check_plan(console: Console, summary: RunSummary) -> None:
             str(outcomes["ran"]),
         )
     console.print(table)
-    console.print(f"per-host detail in {summary.out_dir}/<host>.out", highlight=False)
+    console.print(
+        f"per-host detail in {summary.out_dir}/<host>.out", highlight=False, soft_wrap=True
+    )
