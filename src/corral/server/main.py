@@ -11,7 +11,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from corral.config import SERVER_URL_FILE_NAME, ServerSettings
-from corral.constants import MAX_REQUEST_BYTES
+from corral.constants import HEARTBEAT_INTERVAL, MAX_REQUEST_BYTES, WORKER_LEASE
 from corral.errors import ConfigError
 from corral.server.app import create_app
 from corral.server.auth import TokenStore
@@ -34,14 +34,11 @@ def prepare(settings: ServerSettings) -> Prepared:
     tokens = TokenStore(settings.data_dir)
     new_token = tokens.load_or_create()
     store = open_store(settings.store_url, settings.data_dir)
-    options = {
-        "lease": settings.lease,
-        "heartbeat_interval": settings.heartbeat_interval,
-    }
+    lease = settings.lease or WORKER_LEASE
+    # Several heartbeats per lease, so one delayed frame does not cost a worker its jobs.
+    heartbeat = settings.heartbeat_interval or min(HEARTBEAT_INTERVAL, lease / 4)
     engine = Engine(
-        store,
-        allow_pickle=settings.allow_pickle,
-        **{k: v for k, v in options.items() if v is not None},  # type: ignore[arg-type]
+        store, lease=lease, heartbeat_interval=heartbeat, allow_pickle=settings.allow_pickle
     )
     return Prepared(create_app(engine, tokens), engine, new_token)
 
@@ -49,7 +46,9 @@ def prepare(settings: ServerSettings) -> Prepared:
 def bind(settings: ServerSettings) -> socket.socket:
     """The listening socket; port 0 picks a free port (read it back from the socket)."""
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto must be IPPROTO_TCP, not 0: the event loop sets TCP_NODELAY only on sockets that say
+    # so, and without it small frames wait ~40 ms on delayed ACKs (Nagle's algorithm).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((settings.host, settings.port))

@@ -1,0 +1,45 @@
+"""Functions the integration tests run as Python jobs on real workers."""
+
+from __future__ import annotations
+
+import os
+import time
+
+
+def square(n: int) -> int:
+    return n * n
+
+
+def add(a: int, b: int = 0) -> int:
+    return a + b
+
+
+def fail(message: str) -> None:
+    raise ValueError(message)
+
+
+def sleep_then(seconds: float, value: object = None) -> object:
+    time.sleep(seconds)
+    return value
+
+
+def pid() -> int:
+    return os.getpid()
+
+
+def whoami() -> str:
+    import pwd
+
+    return pwd.getpwuid(os.geteuid()).pw_name
+
+
+def touch_and_wait(path: str, seconds: float) -> str:
+    """Mark that the job started (so a test knows when to strike), then take a while."""
+    with open(path, "a") as marker:
+        marker.write(f"{os.getpid()}\n")
+    time.sleep(seconds)
+    return "finished"
+
+
+def not_serialisable() -> object:
+    return object()
