@@ -150,8 +150,9 @@ def resolve_run_as(user: str | None, allow_users: Collection[str]) -> RunAs | No
     if user not in allow_users:
         problems.append("the worker's --allow-users list does not include it")
     if os.geteuid() != 0:
-        current = pwd.getpwuid(os.geteuid()).pw_name
-        problems.append(f"the worker runs as {current!r}, not root, so it cannot switch users")
+        problems.append(
+            f"the worker runs as uid {os.geteuid()}, not root, so it cannot switch users"
+        )
     if problems:
         raise JobSetupError(
             f"job asks to run as user {user!r}, but {' and '.join(problems)}; "

@@ -1,0 +1,253 @@
+"""PythonExecutor on real processes: results, errors, crashes, timeouts, output, imports, users."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import signal
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import cloudpickle
+import pytest
+from executor_testing import OsUser, Output, process_gone, wait_until
+
+from corral.models import JobSpec, JobState
+from corral.worker.executors import PythonExecutor
+
+pytestmark = pytest.mark.anyio
+
+MakePython = Callable[..., Awaitable[PythonExecutor]]
+
+
+def call(target: str, *args: object, **fields: object) -> JobSpec:
+    return JobSpec.model_validate(
+        {"kind": "python", "target": target, "args": list(args), **fields}
+    )
+
+
+async def test_returns_the_result(python_executor: MakePython) -> None:
+    executor = await python_executor()
+    outcome = await executor.run("j1", call("jobfuncs:add", 2, 3, kwargs={"times": 2}), Output())
+    assert outcome.state is JobState.SUCCEEDED
+    assert outcome.result == 10
+    assert outcome.pid is not None and outcome.started <= outcome.finished
+
+
+async def test_coroutine_functions_run_to_completion(python_executor: MakePython) -> None:
+    executor = await python_executor()
+    outcome = await executor.run("j1", call("jobfuncs:async_add", 1, 2), Output())
+    assert (outcome.state, outcome.result) == (JobState.SUCCEEDED, 3)
+
+
+async def test_exception_reports_type_message_and_traceback(python_executor: MakePython) -> None:
+    executor = await python_executor()
+    outcome = await executor.run("j1", call("jobfuncs:fail", "bad input"), Output())
+    assert outcome.state is JobState.FAILED
+    assert (outcome.error_type, outcome.error_message) == ("ValueError", "bad input")
+    traceback = outcome.traceback or ""
+    assert traceback.startswith("Traceback (most recent call last):")
+    assert "jobfuncs.py" in traceback and "in fail" in traceback
+    assert "python_child.py" not in traceback
+    assert traceback.endswith("ValueError: bad input\n")
+
+
+async def test_unimportable_targets_fail_the_job_and_the_child_lives_on(
+    python_executor: MakePython,
+) -> None:
+    executor = await python_executor()
+    missing_module = await executor.run("j1", call("nosuch.mod:f"), Output())
+    assert missing_module.state is JobState.FAILED
+    assert missing_module.error_message == "cannot import 'nosuch.mod:f': No module named 'nosuch'"
+    missing_attribute = await executor.run("j2", call("jobfuncs:nope"), Output())
+    assert missing_attribute.state is JobState.FAILED
+    assert (missing_attribute.error_message or "").startswith("cannot import 'jobfuncs:nope': ")
+    assert "has no attribute 'nope'" in (missing_attribute.error_message or "")
+    after = await executor.run("j3", call("jobfuncs:getpid"), Output())
+    assert after.state is JobState.SUCCEEDED
+    assert after.pid == missing_module.pid == missing_attribute.pid
+
+
+async def test_unserialisable_result_fails_naming_the_type(python_executor: MakePython) -> None:
+    executor = await python_executor()
+    outcome = await executor.run("j1", call("jobfuncs:opaque"), Output())
+    assert outcome.state is JobState.FAILED
+    assert outcome.error_type == "SerializationError"
+    assert "objects of type 'jobfuncs.Opaque' are not JSON/msgpack-serialisable" in (
+        outcome.error_message or ""
+    )
+
+
+async def test_output_is_streamed_per_job(python_executor: MakePython) -> None:
+    executor = await python_executor()
+    first, second = Output(), Output()
+    outcome = await executor.run("j1", call("jobfuncs:write_output", "one", "uno"), first)
+    await executor.run("j2", call("jobfuncs:write_output", "two", "dos"), second)
+    assert outcome.result == "done"
+    assert (first.text("stdout"), first.text("stderr")) == ("one\n", "uno\n")
+    assert (second.text("stdout"), second.text("stderr")) == ("two\n", "dos\n")
+
+
+async def test_output_is_capped_and_the_child_is_not_blocked(python_executor: MakePython) -> None:
+    executor = await python_executor(max_output_bytes=1000)
+    output = Output()
+    outcome = await executor.run("j1", call("jobfuncs:write_bytes", 2_000_000), output)
+    assert outcome.state is JobState.SUCCEEDED
+    assert output.size("stdout") == 1000
+    assert outcome.truncated == ("stdout",)
+    after = Output()
+    await executor.run("j2", call("jobfuncs:write_output", "next", "job"), after)
+    assert after.text("stdout") == "next\n"  # none of the previous job's output leaks in
+
+
+async def test_timeout_kills_the_process_group_and_replaces_the_child(
+    python_executor: MakePython, tmp_path: Path
+) -> None:
+    executor = await python_executor()
+    pidfile = tmp_path / "pid"
+    spec = call("jobfuncs:sleep_with_grandchild", str(pidfile), timeout=1)
+    outcome = await executor.run("j1", spec, Output())
+    assert outcome.state is JobState.TIMED_OUT
+    assert outcome.exit_code == -signal.SIGKILL
+    grandchild = int(pidfile.read_text())
+    await wait_until(lambda: process_gone(grandchild), f"grandchild {grandchild} to die")
+    after = await executor.run("j2", call("jobfuncs:getpid"), Output())
+    assert after.state is JobState.SUCCEEDED
+    assert after.pid != outcome.pid
+
+
+async def test_cancel_running_and_waiting_jobs(python_executor: MakePython, tmp_path: Path) -> None:
+    executor = await python_executor()
+    ready = tmp_path / "ready"
+    running = asyncio.create_task(
+        executor.run("j1", call("jobfuncs:signal_then_sleep", str(ready)), Output())
+    )
+    waiting = asyncio.create_task(executor.run("j2", call("jobfuncs:getpid"), Output()))
+    await wait_until(ready.exists, "the first job to start")
+    await executor.cancel("j2")
+    assert (await waiting).state is JobState.CANCELLED
+    await executor.cancel("j1")
+    cancelled = await running
+    assert cancelled.state is JobState.CANCELLED
+    await wait_until(lambda: process_gone(cancelled.pid or 0), "the cancelled child to die")
+    after = await executor.run("j3", call("jobfuncs:getpid"), Output())
+    assert after.state is JobState.SUCCEEDED
+
+
+@pytest.mark.parametrize(
+    ("function", "argument", "exit_code", "description"),
+    [
+        ("exit_now", 7, 7, "exited with code 7"),
+        ("kill_self", int(signal.SIGSEGV), -signal.SIGSEGV, "killed by signal SIGSEGV"),
+    ],
+)
+async def test_a_dying_child_fails_only_its_job_and_is_replaced(
+    python_executor: MakePython, function: str, argument: int, exit_code: int, description: str
+) -> None:
+    executor = await python_executor()
+    died = await executor.run("j1", call(f"jobfuncs:{function}", argument), Output())
+    assert died.state is JobState.FAILED
+    assert died.exit_code == exit_code
+    assert died.error_message == f"the job's process (pid {died.pid}) died: {description}"
+    after = await executor.run("j2", call("jobfuncs:add", 1, 1), Output())
+    assert (after.state, after.result) == (JobState.SUCCEEDED, 2)
+    assert after.pid != died.pid
+
+
+async def test_imports_stay_warm_between_jobs(python_executor: MakePython, tmp_path: Path) -> None:
+    executor = await python_executor()
+    counter = tmp_path / "imports"
+    counter.write_text("0")
+    first = await executor.run("j1", call("jobfuncs:import_counted", str(counter)), Output())
+    second = await executor.run("j2", call("jobfuncs:import_counted", str(counter)), Output())
+    assert first.state is second.state is JobState.SUCCEEDED
+    assert first.result == second.result  # the same child ran both
+    assert counter.read_text() == "1"
+
+
+async def test_env_and_cwd_jobs_run_in_a_one_off_child(
+    python_executor: MakePython, tmp_path: Path
+) -> None:
+    executor = await python_executor()
+    pool_pid = (await executor.run("j0", call("jobfuncs:getpid"), Output())).result
+    with_env = await executor.run(
+        "j1", call("jobfuncs:getenv", "COLOUR", env={"COLOUR": "teal"}), Output()
+    )
+    assert with_env.result == "teal"
+    assert with_env.pid != pool_pid
+    with_cwd = await executor.run("j2", call("jobfuncs:getcwd", cwd=str(tmp_path)), Output())
+    assert with_cwd.result == str(tmp_path)
+    plain = await executor.run("j3", call("jobfuncs:getenv", "COLOUR"), Output())
+    assert (plain.result, plain.pid) == (None, pool_pid)
+
+
+async def test_missing_cwd_fails_the_job(python_executor: MakePython, tmp_path: Path) -> None:
+    executor = await python_executor()
+    outcome = await executor.run("j1", call("jobfuncs:getcwd", cwd=str(tmp_path / "no")), Output())
+    assert outcome.state is JobState.FAILED
+    assert "does not exist" in (outcome.error_message or "")
+
+
+async def test_runs_as_an_allowed_user(python_executor: MakePython, os_user: OsUser) -> None:
+    executor = await python_executor(allow_users=[os_user.name])
+    outcome = await executor.run("j1", call("runas_probe:identity", user=os_user.name), Output())
+    assert outcome.state is JobState.SUCCEEDED, outcome
+    identity = outcome.result
+    assert identity["uid"] == os_user.uid
+    assert len(identity["groups"]) == 2  # its own group and the supplementary one
+    home = f"/home/{os_user.name}"
+    assert identity["env"] == {"HOME": home, "USER": os_user.name, "LOGNAME": os_user.name}
+
+
+async def test_user_not_on_the_allow_list_is_refused(
+    python_executor: MakePython, os_user: OsUser
+) -> None:
+    executor = await python_executor()
+    outcome = await executor.run("j1", call("runas_probe:identity", user=os_user.name), Output())
+    assert outcome.state is JobState.FAILED
+    assert f"--allow-users {os_user.name}" in (outcome.error_message or "")
+
+
+def pickled(function: Callable[..., object], *args: object) -> JobSpec:
+    payload = base64.b64encode(cloudpickle.dumps((function, list(args), {}))).decode()
+    return JobSpec(kind="python", pickled=payload)
+
+
+async def test_pickled_functions_are_refused_unless_allowed(python_executor: MakePython) -> None:
+    refusing = await python_executor()
+    outcome = await refusing.run("j1", pickled(lambda x: x * 2, 21), Output())
+    assert outcome.state is JobState.FAILED
+    assert "start the worker with --allow-pickle" in (outcome.error_message or "")
+    allowing = await python_executor(allow_pickle=True)
+    outcome = await allowing.run("j2", pickled(lambda x: x * 2, 21), Output())
+    assert (outcome.state, outcome.result) == (JobState.SUCCEEDED, 42)
+
+
+async def test_jobs_beyond_the_pool_size_wait_their_turn(python_executor: MakePython) -> None:
+    executor = await python_executor(processes=2)
+    outcomes = await asyncio.gather(
+        *(executor.run(f"j{i}", call("jobfuncs:add", i, 1), Output()) for i in range(20))
+    )
+    assert [o.result for o in outcomes] == [i + 1 for i in range(20)]
+    assert len({o.pid for o in outcomes}) == 2
+
+
+async def test_close_ends_every_process(pool_env: dict[str, str], tmp_path: Path) -> None:
+    executor = PythonExecutor(2, env=pool_env)
+    await executor.start()
+    ready = tmp_path / "ready"
+    running = asyncio.create_task(
+        executor.run("j1", call("jobfuncs:signal_then_sleep", str(ready)), Output())
+    )
+    idle = await executor.run("j2", call("jobfuncs:getpid"), Output())
+    await wait_until(ready.exists, "the job to start")
+    zygote = parent_pid(idle.pid or 0)  # the zygote forked every child
+    await executor.close()
+    outcome = await running
+    assert outcome.state is JobState.CANCELLED
+    for pid in (zygote, outcome.pid or 0, idle.pid or 0):
+        await wait_until(lambda pid=pid: process_gone(pid), f"process {pid} to end")
+
+
+def parent_pid(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])

@@ -1,0 +1,165 @@
+"""ShellExecutor on real subprocesses: exit codes, signals, timeouts, cancel, output, env, users."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from executor_testing import OsUser, Output, process_gone, wait_until
+
+from corral.constants import MAX_LOG_BYTES_PER_JOB
+from corral.models import JobSpec, JobState
+from corral.worker.executors import ShellExecutor
+from corral.worker.executors.base import JobSetupError, resolve_run_as
+
+pytestmark = pytest.mark.anyio
+
+MakeShell = Callable[..., ShellExecutor]
+
+
+def shell(command: list[str] | str, **fields: object) -> JobSpec:
+    return JobSpec.model_validate({"kind": "shell", "command": command, **fields})
+
+
+async def test_success_streams_stdout_and_stderr(shell_executor: MakeShell) -> None:
+    output = Output()
+    outcome = await shell_executor().run(
+        "j1", shell(["sh", "-c", "echo out; echo err >&2"]), output
+    )
+    assert outcome.state is JobState.SUCCEEDED
+    assert outcome.exit_code == 0
+    assert output.text("stdout") == "out\n"
+    assert output.text("stderr") == "err\n"
+    assert outcome.pid is not None and outcome.started <= outcome.finished
+
+
+async def test_string_command_runs_under_sh(shell_executor: MakeShell) -> None:
+    output = Output()
+    outcome = await shell_executor().run("j1", shell("echo $((6 * 7)) | tr 4 X"), output)
+    assert outcome.state is JobState.SUCCEEDED
+    assert output.text("stdout") == "X2\n"
+
+
+async def test_nonzero_exit_fails_with_exit_code(shell_executor: MakeShell) -> None:
+    outcome = await shell_executor().run("j1", shell("exit 3"), Output())
+    assert outcome.state is JobState.FAILED
+    assert outcome.exit_code == 3
+    assert outcome.error_message == "command exited with code 3"
+
+
+async def test_signal_death_is_negative_exit_code_naming_the_signal(
+    shell_executor: MakeShell,
+) -> None:
+    outcome = await shell_executor().run("j1", shell("kill -SEGV $$"), Output())
+    assert outcome.state is JobState.FAILED
+    assert outcome.exit_code == -signal.SIGSEGV
+    assert outcome.error_message == "command killed by signal SIGSEGV"
+
+
+async def test_missing_program_fails_the_job(shell_executor: MakeShell) -> None:
+    outcome = await shell_executor().run("j1", shell(["no-such-program-xyz", "arg"]), Output())
+    assert outcome.state is JobState.FAILED
+    assert outcome.error_message == "command not found: no-such-program-xyz"
+
+
+async def test_timeout_kills_the_whole_process_group(
+    shell_executor: MakeShell, tmp_path: Path
+) -> None:
+    pidfile = tmp_path / "pid"
+    spec = shell(f"sleep 100 & echo $! > {pidfile}; wait", timeout=0.5)
+    outcome = await shell_executor().run("j1", spec, Output())
+    assert outcome.state is JobState.TIMED_OUT
+    assert outcome.exit_code == -signal.SIGKILL
+    assert "timed out after 0.5s" in (outcome.error_message or "")
+    grandchild = int(pidfile.read_text())
+    await wait_until(lambda: process_gone(grandchild), f"grandchild {grandchild} to die")
+
+
+async def test_cancel_kills_a_running_job(shell_executor: MakeShell, tmp_path: Path) -> None:
+    executor = shell_executor()
+    pidfile = tmp_path / "pid"
+    run = asyncio.create_task(
+        executor.run("j1", shell(f"sleep 100 & echo $! > {pidfile}; wait"), Output())
+    )
+    await wait_until(lambda: pidfile.exists() and pidfile.read_text().strip() != "", "job start")
+    await executor.cancel("j1")
+    outcome = await run
+    assert outcome.state is JobState.CANCELLED
+    grandchild = int(pidfile.read_text())
+    await wait_until(lambda: process_gone(grandchild), f"grandchild {grandchild} to die")
+
+
+async def test_cancel_of_unknown_job_does_nothing(shell_executor: MakeShell) -> None:
+    await shell_executor().cancel("never-ran")
+
+
+async def test_output_is_capped_per_stream_and_drained(shell_executor: MakeShell) -> None:
+    output = Output()
+    command = "head -c 3000000 /dev/zero; head -c 10 /dev/zero >&2; echo finished >&2"
+    outcome = await shell_executor().run("j1", shell(command), output)
+    assert outcome.state is JobState.SUCCEEDED  # never blocked on a full pipe
+    assert output.size("stdout") == MAX_LOG_BYTES_PER_JOB
+    assert output.text("stderr").endswith("finished\n")
+    assert outcome.truncated == ("stdout",)
+
+
+async def test_small_output_cap(shell_executor: MakeShell) -> None:
+    output = Output()
+    outcome = await shell_executor(max_output_bytes=5).run("j1", shell("echo 123456789"), output)
+    assert output.text("stdout") == "12345"
+    assert outcome.truncated == ("stdout",)
+
+
+async def test_env_is_merged_over_the_worker_environment_and_cwd_applies(
+    shell_executor: MakeShell, tmp_path: Path
+) -> None:
+    executor = shell_executor(env={"PATH": os.environ["PATH"], "BASE": "b", "OVER": "worker"})
+    output = Output()
+    spec = shell(
+        'echo "$BASE $OVER $EXTRA"; pwd', env={"OVER": "job", "EXTRA": "e"}, cwd=str(tmp_path)
+    )
+    outcome = await executor.run("j1", spec, output)
+    assert outcome.state is JobState.SUCCEEDED
+    assert output.text("stdout") == f"b job e\n{tmp_path}\n"
+
+
+async def test_missing_cwd_fails_the_job(shell_executor: MakeShell, tmp_path: Path) -> None:
+    missing = tmp_path / "nope"
+    outcome = await shell_executor().run("j1", shell("pwd", cwd=str(missing)), Output())
+    assert outcome.state is JobState.FAILED
+    assert f"working directory '{missing}' does not exist" in (outcome.error_message or "")
+
+
+async def test_runs_as_an_allowed_user(shell_executor: MakeShell, os_user: OsUser) -> None:
+    output = Output()
+    spec = shell('id -un; id -Gn; echo "$HOME $USER $LOGNAME"', user=os_user.name, cwd="/")
+    outcome = await shell_executor(allow_users=[os_user.name]).run("j1", spec, output)
+    assert outcome.state is JobState.SUCCEEDED, outcome
+    name, groups, env = output.text("stdout").splitlines()
+    assert name == os_user.name
+    assert os_user.group in groups.split()
+    home = Path("/home") / os_user.name
+    assert env == f"{home} {os_user.name} {os_user.name}"
+
+
+async def test_user_not_on_the_allow_list_is_refused(
+    shell_executor: MakeShell, os_user: OsUser
+) -> None:
+    spec = shell("id -un", user=os_user.name)
+    outcome = await shell_executor(allow_users=["someone-else"]).run("j1", spec, Output())
+    assert outcome.state is JobState.FAILED
+    assert outcome.pid is None  # refused before anything ran
+    message = outcome.error_message or ""
+    assert "--allow-users list does not include it" in message
+    assert f"start the worker as root with --allow-users {os_user.name}" in message
+
+
+def test_switching_users_needs_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 4242)  # as if started by an ordinary user
+    with pytest.raises(JobSetupError, match="not root, so it cannot switch users") as raised:
+        resolve_run_as("alice", allow_users=["alice"])
+    assert "start the worker as root with --allow-users alice" in str(raised.value)
