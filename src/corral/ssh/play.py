@@ -59,7 +59,9 @@ class PlayRunner:
         # any host is touched, not halfway through the fleet.
         self.plans = {host.name: self._render(host) for host in inventory.hosts}
         self.run = Run(inventory, options, out_dir, listener)
-        self.totals = {host.name: HostResult(host.name, HostStatus.OK) for host in inventory.hosts}
+        self.totals = {
+            h.name: HostResult(h.name, HostStatus.OK, exit_code=0) for h in inventory.hosts
+        }
         self.sudo_password = options.connect.effective_sudo_password()
         self.check_outputs: dict[tuple[str, int], str] = {}
 
