@@ -80,3 +80,14 @@ def import_counted(counter_file: str) -> int:
     import counted_import  # noqa: F401
 
     return os.getpid()
+
+
+def print_then_wait(go_file: str) -> str:
+    """Print a line, then wait (at most 30 s) until the test creates `go_file`."""
+    print("waiting for go")
+    deadline = time.monotonic() + 30
+    while not Path(go_file).exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{go_file} never appeared")
+        time.sleep(0.01)
+    return "went"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -88,6 +89,17 @@ async def test_output_is_streamed_per_job(python_executor: MakePython) -> None:
     assert (second.text("stdout"), second.text("stderr")) == ("two\n", "dos\n")
 
 
+async def test_output_arrives_while_the_job_runs(
+    python_executor: MakePython, tmp_path: Path
+) -> None:
+    executor = await python_executor()
+    output, go = Output(), tmp_path / "go"
+    run = asyncio.create_task(executor.run("j1", call("jobfuncs:print_then_wait", str(go)), output))
+    await wait_until(lambda: output.text("stdout") == "waiting for go\n", "the first line")
+    go.touch()
+    assert (await run).result == "went"
+
+
 async def test_output_is_capped_and_the_child_is_not_blocked(python_executor: MakePython) -> None:
     executor = await python_executor(max_output_bytes=1000)
     output = Output()
@@ -148,7 +160,7 @@ async def test_a_dying_child_fails_only_its_job_and_is_replaced(
     died = await executor.run("j1", call(f"jobfuncs:{function}", argument), Output())
     assert died.state is JobState.FAILED
     assert died.exit_code == exit_code
-    assert died.error_message == f"the job's process (pid {died.pid}) died: {description}"
+    assert died.error_message == f"the job's process (pid {died.pid}) died ({description})"
     after = await executor.run("j2", call("jobfuncs:add", 1, 1), Output())
     assert (after.state, after.result) == (JobState.SUCCEEDED, 2)
     assert after.pid != died.pid
@@ -247,6 +259,28 @@ async def test_close_ends_every_process(pool_env: dict[str, str], tmp_path: Path
     assert outcome.state is JobState.CANCELLED
     for pid in (zygote, outcome.pid or 0, idle.pid or 0):
         await wait_until(lambda pid=pid: process_gone(pid), f"process {pid} to end")
+
+
+async def test_a_new_zygote_is_started_when_the_old_one_dies(python_executor: MakePython) -> None:
+    executor = await python_executor()
+    first = await executor.run("j1", call("jobfuncs:getpid"), Output())
+    zygote = parent_pid(first.pid or 0)
+    os.kill(zygote, signal.SIGKILL)
+    await wait_until(lambda: process_gone(zygote), "the zygote to die")
+    # The pool child outlives its zygote; when it dies, nobody is left to report how.
+    died = await executor.run("j2", call("jobfuncs:exit_now", 3), Output())
+    assert died.state is JobState.FAILED
+    assert died.error_message == f"the job's process (pid {first.pid}) died (exit status unknown)"
+    after = await executor.run("j3", call("jobfuncs:getpid"), Output())
+    assert after.state is JobState.SUCCEEDED
+    assert parent_pid(after.pid or 0) not in (zygote, os.getpid())
+
+
+async def test_shell_jobs_are_refused(python_executor: MakePython) -> None:
+    executor = await python_executor()
+    outcome = await executor.run("j1", JobSpec(kind="shell", command="true"), Output())
+    assert outcome.state is JobState.FAILED
+    assert outcome.error_message == "PythonExecutor runs python jobs, not shell jobs"
 
 
 def parent_pid(pid: int) -> int:

@@ -97,6 +97,16 @@ async def test_cancel_of_unknown_job_does_nothing(shell_executor: MakeShell) -> 
     await shell_executor().cancel("never-ran")
 
 
+async def test_output_arrives_while_the_job_runs(shell_executor: MakeShell, tmp_path: Path) -> None:
+    output, go = Output(), tmp_path / "go"
+    command = f"echo waiting; while [ ! -e {go} ]; do sleep 0.01; done; echo went"
+    run = asyncio.create_task(shell_executor().run("j1", shell(command, timeout=30), output))
+    await wait_until(lambda: output.text("stdout") == "waiting\n", "the first line")
+    go.touch()
+    assert (await run).state is JobState.SUCCEEDED
+    assert output.text("stdout") == "waiting\nwent\n"
+
+
 async def test_output_is_capped_per_stream_and_drained(shell_executor: MakeShell) -> None:
     output = Output()
     command = "head -c 3000000 /dev/zero; head -c 10 /dev/zero >&2; echo finished >&2"

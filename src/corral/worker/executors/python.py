@@ -40,7 +40,7 @@ import msgpack
 
 from corral.constants import MAX_LOG_BYTES_PER_JOB, MAX_RESULT_BYTES
 from corral.errors import CorralError, SerializationError
-from corral.models import JobSpec, JobState
+from corral.models import JobKind, JobSpec, JobState
 from corral.worker.executors import python_child
 from corral.worker.executors.base import (
     STDERR,
@@ -365,6 +365,9 @@ class PythonExecutor(Executor):
 
     async def run(self, job_id: str, spec: JobSpec, on_output: OutputCallback) -> Outcome:
         started = time.time()
+        if spec.kind is not JobKind.PYTHON:
+            error = JobSetupError(f"PythonExecutor runs python jobs, not {spec.kind} jobs")
+            return Outcome.failure(error, started, time.time())
         try:
             request = self._request(spec)
             options = self._one_off_options(spec)
@@ -466,14 +469,14 @@ class PythonExecutor(Executor):
             exit_code = await child.exit_code()
             if job.killed_as is not None:
                 return _killed(job.killed_as, spec, started, exit_code, child.pid, truncated)
-            how = "with an unknown exit status" if exit_code is None else describe_exit(exit_code)
+            how = "exit status unknown" if exit_code is None else describe_exit(exit_code)
             return Outcome(
                 JobState.FAILED,
                 started,
                 time.time(),
                 exit_code,
                 error_type="ProcessDied",
-                error_message=f"the job's process (pid {child.pid}) died: {how}",
+                error_message=f"the job's process (pid {child.pid}) died ({how})",
                 pid=child.pid,
                 truncated=truncated,
             )

@@ -221,16 +221,22 @@ def _apply_options(options: dict[str, Any] | None) -> str | None:
     """Become the user, enter the cwd and take the env a one-off child needs; the error, if any."""
     if options is None:
         return None
-    try:
-        if "uid" in options:
+    if "uid" in options:
+        try:
             os.setgroups(options["groups"])
             os.setgid(options["gid"])
             os.setuid(options["uid"])
-        os.environ.clear()
-        os.environ.update(options["env"])
+        except OSError as error:
+            return f"cannot switch to uid {options['uid']}: {error}"
+    os.environ.clear()
+    os.environ.update(options["env"])
+    try:
         os.chdir(options["cwd"])
     except OSError as error:
-        return f"cannot set up the job's process: {error}"
+        return (
+            f"cannot enter the working directory {options['cwd']!r}: {error.strerror}; "
+            "give the job a cwd its user can enter"
+        )
     return None
 
 

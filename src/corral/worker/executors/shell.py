@@ -15,7 +15,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from corral.constants import MAX_LOG_BYTES_PER_JOB
-from corral.models import JobSpec, JobState
+from corral.models import JobKind, JobSpec, JobState
 from corral.worker.executors.base import (
     STDERR,
     STDOUT,
@@ -78,8 +78,10 @@ class ShellExecutor(Executor):
 
     async def run(self, job_id: str, spec: JobSpec, on_output: OutputCallback) -> Outcome:
         started = time.time()
-        if not spec.command:
-            error = JobSetupError(f"job {job_id} has no command; shell jobs need one")
+        if spec.kind is not JobKind.SHELL or not spec.command:
+            error = JobSetupError(
+                f"ShellExecutor runs shell jobs with a command, not {spec.kind} jobs"
+            )
             return Outcome.failure(error, started, time.time())
         argv = spec.command if isinstance(spec.command, list) else ["/bin/sh", "-c", spec.command]
         try:
