@@ -7,7 +7,7 @@ frame type is a frozen dataclass; `decode()` raises ProtocolError for anything t
 
 from __future__ import annotations
 
-from dataclasses import astuple, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 import msgpack
@@ -18,9 +18,12 @@ from corral.errors import ProtocolError
 @dataclass(frozen=True, slots=True)
 class Frame:
     TAG: ClassVar[str] = ""
+    FIELDS: ClassVar[tuple[str, ...]] = ()
 
     def encode(self) -> bytes:
-        return msgpack.packb((self.TAG, *astuple(self)), use_bin_type=True)
+        # Not dataclasses.astuple: it deep-copies every list, and frames carry thousands of items.
+        values = [getattr(self, name) for name in self.FIELDS]
+        return msgpack.packb([self.TAG, *values], use_bin_type=True)
 
 
 _FRAMES: dict[str, type[Frame]] = {}
@@ -30,6 +33,7 @@ def frame(cls: type[Frame]) -> type[Frame]:
     """Register a frame class under its tag."""
     if cls.TAG in _FRAMES:
         raise ValueError(f"duplicate frame tag {cls.TAG!r}")
+    cls.FIELDS = tuple(f.name for f in fields(cls))
     _FRAMES[cls.TAG] = cls
     return cls
 
@@ -39,11 +43,33 @@ def decode(data: bytes) -> Frame:
     try:
         tag, *values = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=False)
         cls = _FRAMES[tag]
-        if len(values) != len(fields(cls)):
-            raise TypeError(f"{len(values)} fields, expected {len(fields(cls))}")
+        if len(values) != len(cls.FIELDS):
+            raise TypeError(f"{len(values)} fields, expected {len(cls.FIELDS)}")
         return cls(*values)
     except (ValueError, TypeError, KeyError, msgpack.UnpackException) as exc:
         raise ProtocolError(f"undecodable frame: {exc}") from exc
+
+
+def decode_all(data: bytes) -> list[Frame]:
+    """The frames in one message: a Bundle's contents, or the single frame."""
+    frame = decode(data)
+    if isinstance(frame, Bundle):
+        return [decode(item) for item in frame.frames]
+    return [frame]
+
+
+def bundle(encoded: list[bytes]) -> bytes:
+    """One message carrying frames queued together (one send instead of many)."""
+    return encoded[0] if len(encoded) == 1 else Bundle(encoded).encode()
+
+
+@frame
+@dataclass(frozen=True, slots=True)
+class Bundle(Frame):
+    """Several encoded frames sent as one message, in order."""
+
+    TAG: ClassVar[str] = "bundle"
+    frames: list[bytes]
 
 
 # -- worker <-> server --------------------------------------------------------------------------

@@ -91,7 +91,8 @@ class ClientStream:
     async def _read(self, ws: ClientConnection) -> None:
         try:
             async for data in ws:
-                self._dispatch(p.decode(data))  # type: ignore[arg-type]
+                for frame in p.decode_all(data):  # type: ignore[arg-type]
+                    self._dispatch(frame)
         except ConnectionClosed:
             pass
         error = closed_error(ws.close_code, ws.close_reason)

@@ -283,9 +283,10 @@ def create_app(engine: Engine, tokens: TokenStore) -> FastAPI:
         peer = WorkerPeer(hello)
         sender = asyncio.create_task(_pump(ws, peer))
         try:
-            await engine.worker_joined(peer)
+            engine.worker_joined(peer)
             while True:
-                await engine.worker_frame(peer, p.decode(await ws.receive_bytes()))
+                for frame in p.decode_all(await ws.receive_bytes()):
+                    engine.worker_frame(peer, frame)
         except (WebSocketDisconnect, ProtocolError, InvalidRequest) as exc:
             if not isinstance(exc, WebSocketDisconnect):
                 logger.warning("worker %s sent a bad frame: %s", hello.worker_id, exc)
@@ -352,8 +353,18 @@ def create_app(engine: Engine, tokens: TokenStore) -> FastAPI:
 async def _pump(ws: WebSocket, peer: Peer) -> None:
     """Send the peer's queued frames in order; None closes the socket."""
     with contextlib.suppress(WebSocketDisconnect, RuntimeError):
-        while (data := await peer.outbox.get()) is not None:
-            await ws.send_bytes(data)
+        while True:
+            data = await peer.outbox.get()
+            batch: list[bytes] = []
+            while data is not None:
+                batch.append(data)
+                if peer.outbox.empty():
+                    break
+                data = peer.outbox.get_nowait()
+            if batch:
+                await ws.send_bytes(p.bundle(batch))
+            if data is None:
+                break
         await ws.close()
 
 

@@ -198,7 +198,7 @@ class Engine:
                 await asyncio.wait_for(self._wake.wait(), delay)
             self._wake.clear()
             try:
-                await self._apply(self.scheduler.tick(self.clock()))
+                self._apply(self.scheduler.tick(self.clock()))
             except Exception:  # the clock must keep running whatever one tick hit
                 logger.exception("scheduler tick failed")
 
@@ -242,7 +242,7 @@ class Engine:
             )
         await self.writer.write([InsertJobs(rows)])
         self.stats.submitted += len(rows)
-        await self._apply(self.scheduler.submit(records, self.clock()))
+        self._apply(self.scheduler.submit(records, self.clock()))
         self._wake.set()
         return [row.id for row in rows]
 
@@ -265,6 +265,7 @@ class Engine:
         record.ready_at = 0.0
         await self.writer.write([UpdateJob(job_id, JobState.QUEUED)])
         await self._apply(self.scheduler.submit([record], self.clock()))
+        self._wake.set()
 
     async def declare_queue(self, name: str, ordering: Any) -> None:
         await self.writer.write([SaveQueue(name, ordering)])
@@ -301,7 +302,7 @@ class Engine:
 
     # -- workers -------------------------------------------------------------------------------
 
-    async def worker_joined(self, peer: WorkerPeer) -> None:
+    def worker_joined(self, peer: WorkerPeer) -> None:
         hello = peer.hello
         old = self._workers.get(hello.worker_id)
         if old is not None and old is not peer:
@@ -316,7 +317,7 @@ class Engine:
             held=hello.held,
             now=self.clock(),
         )
-        await self._apply(decisions)
+        self._apply(decisions)
 
     def worker_left(self, peer: WorkerPeer) -> None:
         worker_id = peer.hello.worker_id
@@ -324,14 +325,16 @@ class Engine:
             del self._workers[worker_id]
             self.scheduler.worker_disconnected(worker_id, self.clock())
 
-    async def worker_frame(self, peer: WorkerPeer, frame: p.Frame) -> None:
+    def worker_frame(self, peer: WorkerPeer, frame: p.Frame) -> None:
+        """Handle one frame without waiting for the store: the next frame is read at once and
+        its writes join the same group commit; replies go out once each commit is durable."""
         worker_id = peer.hello.worker_id
         now = self.clock()
         self.scheduler.heartbeat(worker_id, now)
         if isinstance(frame, p.Results):
-            await self._results(peer, frame.items, now)
+            self._results(peer, frame.items, now)
         elif isinstance(frame, p.Started):
-            await self.writer.write(
+            self.writer.submit_nowait(
                 [
                     UpdateJob(job_id, JobState.RUNNING, started=started, worker=worker_id)
                     for job_id, _attempt, _pid, started in frame.items
@@ -341,11 +344,11 @@ class Engine:
         elif isinstance(frame, p.Log):
             self._logs(frame.items)
         elif isinstance(frame, p.Release):
-            await self._apply(self.scheduler.release(worker_id, frame.job_ids, now))
+            self._apply(self.scheduler.release(worker_id, frame.job_ids, now))
         elif not isinstance(frame, p.Heartbeat):
             raise InvalidRequest(f"unexpected {frame.TAG!r} frame from a worker")
 
-    async def _results(self, peer: WorkerPeer, items: list[dict[str, Any]], now: float) -> None:
+    def _results(self, peer: WorkerPeer, items: list[dict[str, Any]], now: float) -> None:
         hello = peer.hello
         outcomes = []
         details: dict[str, dict[str, Any]] = {}
@@ -369,8 +372,8 @@ class Engine:
             )
             attempts.append(SaveAttempt(item["job_id"], attempt))
         decisions = self.scheduler.complete(hello.worker_id, outcomes, now)
-        await self._apply(decisions, details, attempts)
-        peer.send(p.Ack([[item["job_id"], item["attempt"]] for item in items]))
+        ack = p.Ack([[item["job_id"], item["attempt"]] for item in items])
+        self._apply(decisions, details, attempts, then=lambda: peer.send(ack))
 
     def _logs(self, items: list[list[Any]]) -> None:
         mutations: list[Mutation] = []
@@ -439,15 +442,18 @@ class Engine:
 
     # -- decisions -----------------------------------------------------------------------------
 
-    async def _apply(
+    def _apply(
         self,
         decisions: list[Decision],
         details: dict[str, dict[str, Any]] | None = None,
         extra: list[Mutation] | None = None,
-    ) -> None:
-        """Persist what the decisions change, then carry them out."""
-        if not decisions and not extra:
-            return
+        then: Callable[[], None] | None = None,
+    ) -> asyncio.Future[None]:
+        """Persist what the decisions change, and carry them out once that is durable.
+
+        Returns the commit's future; callers that must answer only after it (cancel, retry)
+        await it, the rest go on. Commits complete in order, so actions do too.
+        """
         now = self.clock()
         details = details or {}
         mutations: list[Mutation] = list(extra or ())
@@ -484,8 +490,19 @@ class Engine:
                 update, notice = self._finished(decision, details.get(decision.job.id), now)
                 mutations.append(update)
                 notices.append(notice)
-        if mutations:
-            await self.writer.write(mutations)
+
+        def act(commit: asyncio.Future[None]) -> None:
+            if commit.cancelled() or commit.exception() is not None:
+                return  # the writer logged it; acting on unsaved state would be worse
+            self._act(decisions, notices)
+            if then is not None:
+                then()
+
+        commit = self.writer.submit_nowait(mutations)
+        commit.add_done_callback(act)
+        return commit
+
+    def _act(self, decisions: list[Decision], notices: list[p.Done]) -> None:
         for decision in decisions:
             if isinstance(decision, Dispatch):
                 self._send_jobs(decision)

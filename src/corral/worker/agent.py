@@ -228,7 +228,8 @@ class Worker:
         sender = asyncio.create_task(self._send_forever(ws))
         try:
             async for data in ws:
-                self._handle(p.decode(data))  # type: ignore[arg-type]
+                for frame in p.decode_all(data):  # type: ignore[arg-type]
+                    self._handle(frame)
         finally:
             sender.cancel()
             with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
@@ -272,9 +273,11 @@ class Worker:
                 await asyncio.wait_for(self._wake_sender.wait(), self.heartbeat_interval)
             self._wake_sender.clear()
             frames: list[p.Frame] = []
-            if self._pending_started:
-                frames.append(p.Started(self._pending_started))
-                self._pending_started = []
+            # Jobs that already finished need no "started" notice: their result says it all.
+            started = [item for item in self._pending_started if item[0] in self._running]
+            self._pending_started = []
+            if started:
+                frames.append(p.Started(started))
             if self._pending_logs:
                 frames.append(p.Log(self._pending_logs))
                 self._pending_logs = []
@@ -283,8 +286,7 @@ class Worker:
                 self._pending_results = []
             frames.extend(self._outgoing)
             self._outgoing = []
-            for frame in frames or [p.Heartbeat()]:
-                await ws.send(frame.encode())
+            await ws.send(p.bundle([frame.encode() for frame in frames or [p.Heartbeat()]]))
 
     def _send(self, frame: p.Frame) -> None:
         self._outgoing.append(frame)
