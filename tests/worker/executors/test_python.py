@@ -117,7 +117,7 @@ async def test_timeout_kills_the_process_group_and_replaces_the_child(
 ) -> None:
     executor = await python_executor()
     pidfile = tmp_path / "pid"
-    spec = call("jobfuncs:sleep_with_grandchild", str(pidfile), timeout=1)
+    spec = call("jobfuncs:sleep_with_grandchild", str(pidfile), timeout=2)
     outcome = await executor.run("j1", spec, Output())
     assert outcome.state is JobState.TIMED_OUT
     assert outcome.exit_code == -signal.SIGKILL

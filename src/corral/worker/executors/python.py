@@ -32,7 +32,7 @@ import socket
 import sys
 import time
 from collections import deque
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -196,7 +196,9 @@ class _Forked:
 class _Child:
     """One child process: runs a job at a time over its channel; its output goes to that job."""
 
-    def __init__(self, forked: _Forked, one_off: bool, on_idle_death: Any) -> None:
+    def __init__(
+        self, forked: _Forked, one_off: bool, on_idle_death: Callable[[_Child], None]
+    ) -> None:
         self.pid = forked.pid
         self.one_off = one_off
         self.alive = True
@@ -365,9 +367,9 @@ class PythonExecutor(Executor):
 
     async def run(self, job_id: str, spec: JobSpec, on_output: OutputCallback) -> Outcome:
         started = time.time()
-        if spec.kind is not JobKind.PYTHON:
-            error = JobSetupError(f"PythonExecutor runs python jobs, not {spec.kind} jobs")
-            return Outcome.failure(error, started, time.time())
+        if spec.kind is not JobKind.PYTHON or self._closed:
+            what = "is closed" if self._closed else f"runs python jobs, not {spec.kind} jobs"
+            return Outcome.failure(JobSetupError(f"PythonExecutor {what}"), started, time.time())
         try:
             request = self._request(spec)
             options = self._one_off_options(spec)

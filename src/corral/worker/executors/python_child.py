@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import errno
 import importlib
 import inspect
 import os
@@ -249,9 +248,7 @@ def serve(channel: socket.socket, setup_error: str | None, max_result_bytes: int
     while True:
         try:
             data = channel.recv(_RECV_SIZE)
-        except OSError as error:
-            if error.errno == errno.EINTR:
-                continue
+        except OSError:  # the executor is gone
             return
         if not data:
             return
