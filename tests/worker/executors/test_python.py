@@ -137,10 +137,13 @@ async def test_cancel_running_and_waiting_jobs(python_executor: MakePython, tmp_
     waiting = asyncio.create_task(executor.run("j2", call("jobfuncs:getpid"), Output()))
     await wait_until(ready.exists, "the first job to start")
     await executor.cancel("j2")
-    assert (await waiting).state is JobState.CANCELLED
+    never_started = await waiting
+    assert never_started.state is JobState.CANCELLED
+    assert never_started.error_message == "cancelled before it started"
     await executor.cancel("j1")
     cancelled = await running
     assert cancelled.state is JobState.CANCELLED
+    assert cancelled.error_message == "cancelled; its process group was killed"
     await wait_until(lambda: process_gone(cancelled.pid or 0), "the cancelled child to die")
     after = await executor.run("j3", call("jobfuncs:getpid"), Output())
     assert after.state is JobState.SUCCEEDED

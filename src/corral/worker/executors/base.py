@@ -12,6 +12,7 @@ import contextlib
 import os
 import pwd
 import signal
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
@@ -67,6 +68,33 @@ class Outcome:
             pid=pid,
         )
 
+    @classmethod
+    def killed(
+        cls,
+        state: JobState,
+        timeout: float | None,
+        started: float,
+        exit_code: int | None = None,
+        pid: int | None = None,
+        truncated: tuple[str, ...] = (),
+    ) -> Outcome:
+        """A TIMED_OUT or CANCELLED outcome (pid None: the job was cancelled before it started)."""
+        if state is JobState.TIMED_OUT:
+            error_type, message = "Timeout", f"timed out after {timeout:g}s"
+        else:
+            error_type, message = "Cancelled", "cancelled"
+        message += "; its process group was killed" if pid is not None else " before it started"
+        return cls(
+            state,
+            started,
+            time.time(),
+            exit_code,
+            error_type=error_type,
+            error_message=message,
+            pid=pid,
+            truncated=truncated,
+        )
+
 
 class Executor(ABC):
     """Runs jobs of one kind. Use as `async with` or call start() and close() yourself.
@@ -108,24 +136,24 @@ class Executor(ABC):
 class OutputLimiter:
     """Passes a job's output on until `limit` bytes per stream, then drops (but still drains) it."""
 
-    __slots__ = ("_on_output", "_remaining", "truncated")
+    __slots__ = ("_on_output", "_remaining", "_truncated")
 
     def __init__(self, on_output: OutputCallback, limit: int) -> None:
         self._on_output = on_output
         self._remaining = {STDOUT: limit, STDERR: limit}
-        self.truncated: set[str] = set()
+        self._truncated: set[str] = set()
 
     def feed(self, stream: str, chunk: bytes) -> None:
         remaining = self._remaining[stream]
         if len(chunk) > remaining:
-            self.truncated.add(stream)
+            self._truncated.add(stream)
             chunk = chunk[:remaining]
         if chunk:
             self._remaining[stream] = remaining - len(chunk)
             self._on_output(stream, chunk)
 
     def truncated_streams(self) -> tuple[str, ...]:
-        return tuple(sorted(self.truncated))
+        return tuple(sorted(self._truncated))
 
 
 @dataclass(frozen=True, slots=True)

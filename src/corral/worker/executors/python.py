@@ -382,7 +382,7 @@ class PythonExecutor(Executor):
             if job.killed_as is not None or child is None:
                 if child is not None:
                     self._after_job(child)
-                return _killed(job.killed_as or JobState.CANCELLED, spec, started, None)
+                return Outcome.killed(job.killed_as or JobState.CANCELLED, spec.timeout, started)
             return await self._run_on(child, job, spec, request, on_output, started)
         except JobSetupError as error:
             return Outcome.failure(error, started, time.time())
@@ -470,7 +470,9 @@ class PythonExecutor(Executor):
         if reply is None:
             exit_code = await child.exit_code()
             if job.killed_as is not None:
-                return _killed(job.killed_as, spec, started, exit_code, child.pid, truncated)
+                return Outcome.killed(
+                    job.killed_as, spec.timeout, started, exit_code, child.pid, truncated
+                )
             how = "exit status unknown" if exit_code is None else describe_exit(exit_code)
             return Outcome(
                 JobState.FAILED,
@@ -586,30 +588,3 @@ class PythonExecutor(Executor):
             zygote = self._zygote
         forked = await zygote.fork(options)
         return _Child(forked, one_off=options is not None, on_idle_death=self._on_idle_death)
-
-
-def _killed(
-    state: JobState,
-    spec: JobSpec,
-    started: float,
-    exit_code: int | None,
-    pid: int | None = None,
-    truncated: tuple[str, ...] = (),
-) -> Outcome:
-    if state is JobState.TIMED_OUT:
-        error_type, message = (
-            "Timeout",
-            f"timed out after {spec.timeout:g}s; its process group was killed",
-        )
-    else:
-        error_type, message = "Cancelled", "cancelled; its process group was killed"
-    return Outcome(
-        state,
-        started,
-        time.time(),
-        exit_code,
-        error_type=error_type,
-        error_message=message,
-        pid=pid,
-        truncated=truncated,
-    )

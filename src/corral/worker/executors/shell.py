@@ -159,29 +159,8 @@ def _outcome(
 ) -> Outcome:
     finished = time.time()
     truncated = output.truncated_streams()
-    if job.killed_as is JobState.TIMED_OUT:
-        message = f"timed out after {spec.timeout:g}s; its process group was killed"
-        return Outcome(
-            JobState.TIMED_OUT,
-            started,
-            finished,
-            exit_code,
-            error_type="Timeout",
-            error_message=message,
-            pid=pid,
-            truncated=truncated,
-        )
-    if job.killed_as is JobState.CANCELLED:
-        return Outcome(
-            JobState.CANCELLED,
-            started,
-            finished,
-            exit_code,
-            error_type="Cancelled",
-            error_message="cancelled; its process group was killed",
-            pid=pid,
-            truncated=truncated,
-        )
+    if job.killed_as is not None:
+        return Outcome.killed(job.killed_as, spec.timeout, started, exit_code, pid, truncated)
     if exit_code == 0:
         return Outcome(JobState.SUCCEEDED, started, finished, 0, pid=pid, truncated=truncated)
     return Outcome(
