@@ -1,0 +1,134 @@
+"""Real corral servers and workers as subprocesses, for the integration tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import corral
+
+TASKS_DIR = Path(__file__).parent
+
+
+def wait_for(
+    condition: Callable[[], object], timeout: float = 20.0, what: str = "condition"
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TASKS_DIR), env.get("PYTHONPATH")]))
+    return env
+
+
+@dataclass
+class ServerProcess:
+    data_dir: Path
+    args: list[str]
+    port: int = 0
+    proc: subprocess.Popen[str] | None = None
+    url: str = ""
+    log: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log = self.data_dir / "server.log"
+
+    @property
+    def token(self) -> str:
+        return (self.data_dir / "admin.token").read_text().strip()
+
+    def start(self) -> ServerProcess:
+        command = [
+            sys.executable,
+            "-m",
+            "corral",
+            "server",
+            "--data-dir",
+            str(self.data_dir),
+            "--port",
+            str(self.port),
+            *self.args,
+        ]
+        with open(self.log, "a") as log:
+            self.proc = subprocess.Popen(
+                command, stdout=subprocess.PIPE, stderr=log, text=True, env=_env()
+            )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line.startswith("READY "):
+            self.proc.kill()
+            raise AssertionError(f"server did not start: {line!r}\n{self.log.read_text()}")
+        self.url = line.split()[1]
+        self.port = int(self.url.rsplit(":", 1)[1])  # restarts keep the same address
+        return self
+
+    def kill(self) -> None:
+        """kill -9: no shutdown code runs."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc is not None and self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+    def connect(self, **options: object) -> corral.Client:
+        return corral.connect(self.url, self.token, **options)
+
+
+@dataclass
+class WorkerProcess:
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_worker_process(url: str, token: str | None, log: Path, *args: str) -> WorkerProcess:
+    command = [
+        sys.executable,
+        "-m",
+        "corral",
+        "worker",
+        "--server",
+        url,
+        "--log-level",
+        "debug",
+        *args,
+    ]
+    env = _env()
+    if token:
+        env["CORRAL_TOKEN"] = token
+    with open(log, "w") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+    return WorkerProcess(proc, log)
