@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections import defaultdict
@@ -172,13 +173,20 @@ class Engine:
         for name, ordering in self.store.list_queues().items():
             self.scheduler.declare_queue(name, ordering)
         queued: list[JobRecord] = []
-        for row in self.store.load_active():
-            record = record_from_row(row)
-            if row.state is JobState.RUNNING and row.worker:
-                self.scheduler.restore_running(record, row.worker, now)
-            else:
-                queued.append(record)
-        self.scheduler.submit(queued, now)
+        # A million long-lived records would make every collection scan them: collect nothing
+        # while building them, then move them out of the collector's sight.
+        gc.disable()
+        try:
+            for row in self.store.load_active():
+                record = record_from_row(row)
+                if row.state is JobState.RUNNING and row.worker:
+                    self.scheduler.restore_running(record, row.worker, now)
+                else:
+                    queued.append(record)
+            self.scheduler.submit(queued, now)
+        finally:
+            gc.enable()
+        gc.freeze()
         logger.info("restored %d queued jobs", len(queued))
         self._ticker = asyncio.create_task(self._tick_forever())
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
 
 import uvicorn
 from fastapi import FastAPI
@@ -20,17 +24,41 @@ from corral.server.store import open_store
 
 logger = logging.getLogger("corral.server")
 
+LOCK_FILE_NAME = "server.lock"
+
 
 @dataclass(frozen=True, slots=True)
 class Prepared:
     app: FastAPI
     engine: Engine
     new_admin_token: str | None  # set on first start only, to be shown once
+    lock: TextIO  # the data directory's lock, held while this object lives
+
+
+def lock_data_dir(data_dir: Path) -> TextIO:
+    """Hold an exclusive lock on the data directory for the life of the process: two servers
+    on one database would fight over it. The returned file must stay open."""
+    handle = open(data_dir / LOCK_FILE_NAME, "a+")  # noqa: SIM115 - held until exit
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read().strip() or "another process"
+        handle.close()
+        raise ConfigError(
+            f"another corral server ({owner}) is using {data_dir}; stop it, or give this one "
+            "another --data-dir"
+        ) from None
+    handle.truncate(0)
+    handle.write(f"pid {os.getpid()}\n")
+    handle.flush()
+    return handle
 
 
 def prepare(settings: ServerSettings) -> Prepared:
     """Everything but the socket: data directory, tokens, store, engine and routes."""
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    lock = lock_data_dir(settings.data_dir)
     tokens = TokenStore(settings.data_dir)
     new_token = tokens.load_or_create()
     store = open_store(settings.store_url, settings.data_dir)
@@ -40,7 +68,7 @@ def prepare(settings: ServerSettings) -> Prepared:
     engine = Engine(
         store, lease=lease, heartbeat_interval=heartbeat, allow_pickle=settings.allow_pickle
     )
-    return Prepared(create_app(engine, tokens), engine, new_token)
+    return Prepared(create_app(engine, tokens), engine, new_token, lock)
 
 
 def bind(settings: ServerSettings) -> socket.socket:
