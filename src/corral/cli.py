@@ -524,10 +524,9 @@ def show_job(info: JobInfo) -> None:
     out.print(f"  state:    {_styled(info.state)}")
     out.print(f"  kind:     {spec.kind.value}  {what}", highlight=False)
     out.print(f"  queue:    {spec.queue}  priority {spec.priority}  tags {spec.tags or '-'}")
-    out.print(
-        f"  created:  {_when(info.created)}  started: {_when(info.started)}  "
-        f"finished: {_when(info.finished)}  took: {_duration(info)}"
-    )
+    out.print(f"  created:  {_when(info.created)}")
+    out.print(f"  started:  {_when(info.started)}")
+    out.print(f"  finished: {_when(info.finished)}  (took {_duration(info)})")
     out.print(f"  worker:   {info.worker or '-'}")
     if info.exit_code is not None:
         out.print(f"  exit code: {info.exit_code}")
