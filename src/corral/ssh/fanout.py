@@ -9,6 +9,7 @@ status: the ones in progress `failed`, the ones never started `skipped`.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -29,6 +30,8 @@ from corral.ssh.results import (
     RunDirectory,
     RunSummary,
 )
+
+logger = logging.getLogger(__name__)
 
 #: Hosts in progress at once unless --forks says otherwise.
 DEFAULT_FORKS = 100
@@ -119,6 +122,10 @@ async def fan_out(
                 output = await work(host, conn)
             except (OSError, asyncssh.Error) as exc:
                 reason = f"connection lost: {exc}"
+                output = HostOutput(HostResult(host.name, HostStatus.FAILED, error=reason))
+            except Exception as exc:  # one host's surprise must not end the others' run
+                logger.exception("unexpected error on %s", host.name)
+                reason = f"unexpected error: {type(exc).__name__}: {exc}"
                 output = HostOutput(HostResult(host.name, HostStatus.FAILED, error=reason))
         output.result.duration = time.monotonic() - started
         return output
