@@ -174,3 +174,14 @@ def test_fd_limit_is_raised_to_the_hard_limit_when_forks_need_it() -> None:
         assert resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_ssh_config_aliases_are_honoured(lab: SshLab, hosts: list[Sshd], tmp_path: Path) -> None:
+    config = tmp_path / "ssh_config"
+    config.write_text(
+        f"Host db-primary\n  HostName 127.0.0.1\n  Port {hosts[1].port}\n  User root\n"
+    )
+    options = lab.options(ssh_config=(str(config),))
+    summary = run(lab, "db-primary,", "echo $SSH_CONNECTION", tmp_path / "run", connect=options)
+    assert first_status(summary) == "ok", summary.to_dict()
+    assert (tmp_path / "run" / "db-primary.out").read_text().split()[-1] == str(hosts[1].port)
