@@ -12,6 +12,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 
+import msgpack
 from fastapi import Depends, FastAPI, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
@@ -301,11 +302,15 @@ def create_app(engine: Engine, tokens: TokenStore) -> FastAPI:
             return
         peer = Peer()
         sender = asyncio.create_task(_pump(ws, peer))
+        submissions: set[asyncio.Task[None]] = set()
         try:
             while True:
                 frame = p.decode(await ws.receive_bytes())
                 if isinstance(frame, p.Submit):
-                    peer.send(await _submit_frame(frame, role))
+                    # Concurrently: pipelined submissions share group commits.
+                    task = asyncio.create_task(_submit_frame(peer, frame, role))
+                    submissions.add(task)
+                    task.add_done_callback(submissions.discard)
                 elif isinstance(frame, p.Watch):
                     engine.watch(peer, frame.job_ids)
                 elif isinstance(frame, p.Follow):
@@ -321,7 +326,10 @@ def create_app(engine: Engine, tokens: TokenStore) -> FastAPI:
             engine.forget(peer)
             sender.cancel()
 
-    async def _submit_frame(frame: p.Submit, role: Role) -> p.Frame:
+    async def _submit_frame(peer: Peer, frame: p.Submit, role: Role) -> None:
+        peer.send(await _submission(frame, role))
+
+    async def _submission(frame: p.Submit, role: Role) -> p.Frame:
         if not allows(role, Role.SUBMIT):
             return p.Error(frame.request_id, 403, f"a {role} token cannot submit jobs")
         if len(frame.specs) > MAX_BATCH_JOBS:
@@ -329,7 +337,8 @@ def create_app(engine: Engine, tokens: TokenStore) -> FastAPI:
             return p.Error(frame.request_id, 413, message)
         try:
             specs = _SPECS.validate_python(frame.specs)
-            return p.Submitted(frame.request_id, await engine.submit(specs))
+            payloads = [msgpack.packb(raw, use_bin_type=True) for raw in frame.specs]
+            return p.Submitted(frame.request_id, await engine.submit(specs, payloads))
         except ValidationError as exc:
             return p.Error(frame.request_id, 422, describe_validation_error(exc, "jobs"))
         except CorralError as exc:

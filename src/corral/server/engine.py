@@ -212,8 +212,14 @@ class Engine:
 
     # -- jobs ----------------------------------------------------------------------------------
 
-    async def submit(self, specs: Sequence[JobSpec]) -> list[str]:
-        """Store the jobs, then queue them; returns their ids once the insert has committed."""
+    async def submit(
+        self, specs: Sequence[JobSpec], payloads: Sequence[bytes] | None = None
+    ) -> list[str]:
+        """Store the jobs, then queue them; returns their ids once the insert has committed.
+
+        `payloads` are the specs already msgpack-encoded as received (cheaper than encoding
+        the validated models again); the worker validates what it gets in any case.
+        """
         if not self.allow_pickle and any(spec.pickled for spec in specs):
             raise InvalidRequest(
                 "this server does not accept pickled functions; start it with --allow-pickle "
@@ -222,9 +228,9 @@ class Engine:
         now = self.clock()
         rows: list[JobRow] = []
         records: list[JobRecord] = []
-        for spec in specs:
+        for index, spec in enumerate(specs):
             job_id = self._ids.new()
-            payload = encode_spec(spec)
+            payload = payloads[index] if payloads is not None else encode_spec(spec)
             rows.append(
                 JobRow(
                     job_id,
