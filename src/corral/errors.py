@@ -68,3 +68,25 @@ class JobTimeout(CorralError):
 
 class ProtocolError(CorralError):
     """A peer sent a frame that does not decode, or speaks another protocol version."""
+
+
+# How errors cross HTTP and the client stream; the first match wins, subclasses before bases.
+_BY_STATUS: tuple[tuple[type[CorralError], int], ...] = (
+    (Forbidden, 403),
+    (AuthError, 401),
+    (NotFound, 404),
+    (Conflict, 409),
+    (InvalidRequest, 422),
+)
+
+
+def http_status(error: CorralError) -> int:
+    """The HTTP status the server answers `error` with (400 for any other CorralError)."""
+    return next((status for cls, status in _BY_STATUS if isinstance(error, cls)), 400)
+
+
+def error_for_status(status: int) -> type[CorralError]:
+    """The exception a client raises for an HTTP error status."""
+    if status == 413:
+        return InvalidRequest
+    return next((cls for cls, code in _BY_STATUS if code == status), CorralError)

@@ -22,29 +22,16 @@ from corral.client.stream import ClientStream
 from corral.config import ClientSettings
 from corral.constants import MAX_BATCH_JOBS
 from corral.errors import (
-    AuthError,
-    Conflict,
-    CorralError,
-    Forbidden,
-    InvalidRequest,
     JobFailed,
     JobTimeout,
     NotFound,
     ServerUnreachable,
+    error_for_status,
 )
 from corral.models import JobInfo, JobSpec, JobState, QueueInfo, QueueOrdering, WorkerInfo
 from corral.transport import auth_headers, ssl_context
 
 T = TypeVar("T")
-
-_HTTP_ERRORS: dict[int, type[CorralError]] = {
-    401: AuthError,
-    403: Forbidden,
-    404: NotFound,
-    409: Conflict,
-    413: InvalidRequest,
-    422: InvalidRequest,
-}
 
 
 class AsyncJob:
@@ -299,7 +286,7 @@ class AsyncClient:
                 detail = response.json().get("detail", response.text)
             except ValueError:
                 detail = response.text
-            error = _HTTP_ERRORS.get(response.status_code, CorralError)
+            error = error_for_status(response.status_code)
             raise error(detail if isinstance(detail, str) else _describe(detail))
         return response
 

@@ -20,12 +20,11 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from corral import protocol as p
-from corral.errors import CorralError, InvalidRequest, ServerUnreachable
+from corral.errors import ServerUnreachable, error_for_status
 from corral.transport import closed_error, open_websocket
 
 logger = logging.getLogger("corral.client")
 
-_ERRORS: dict[int, type[CorralError]] = {422: InvalidRequest, 413: InvalidRequest}
 RECONNECT_ATTEMPTS = 50
 
 
@@ -156,8 +155,7 @@ class ClientStream:
             if isinstance(frame, p.Submitted):
                 future.set_result(frame.job_ids)
             else:
-                error = _ERRORS.get(frame.status, CorralError)
-                future.set_exception(error(frame.message))
+                future.set_exception(error_for_status(frame.status)(frame.message))
         elif isinstance(frame, p.Log):
             for item in frame.items:
                 if sink := self._log_sinks.get(item[0]):

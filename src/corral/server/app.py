@@ -22,12 +22,12 @@ from corral import protocol as p
 from corral.constants import MAX_BATCH_JOBS, MAX_LIST_LIMIT, MAX_REQUEST_BYTES, PROTOCOL_VERSION
 from corral.errors import (
     AuthError,
-    Conflict,
     CorralError,
     Forbidden,
     InvalidRequest,
     NotFound,
     ProtocolError,
+    http_status,
 )
 from corral.models import (
     JobInfo,
@@ -46,13 +46,6 @@ from corral.transport import CLOSE_FORBIDDEN, CLOSE_UNAUTHORIZED
 
 logger = logging.getLogger("corral.server")
 
-_STATUS: dict[type[CorralError], int] = {  # first match wins: subclasses before bases
-    Forbidden: 403,
-    NotFound: 404,
-    Conflict: 409,
-    InvalidRequest: 422,
-    AuthError: 401,
-}
 _SPECS = TypeAdapter(list[JobSpec])
 _TOKEN_HINT = (
     "pass a token with --token or CORRAL_TOKEN; the server printed its admin token on first start "
@@ -151,7 +144,7 @@ def create_app(engine: Engine, tokens: TokenStore) -> FastAPI:
 
     @app.exception_handler(CorralError)
     async def corral_error(request: Request, exc: CorralError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=status_of(exc))
+        return JSONResponse({"detail": str(exc)}, status_code=http_status(exc))
 
     def require(role: Role) -> Callable[[Request], Awaitable[Role]]:
         async def check(request: Request) -> Role:
@@ -342,7 +335,7 @@ def create_app(engine: Engine, tokens: TokenStore) -> FastAPI:
         except ValidationError as exc:
             return p.Error(frame.request_id, 422, describe_validation_error(exc, "jobs"))
         except CorralError as exc:
-            return p.Error(frame.request_id, status_of(exc), str(exc))
+            return p.Error(frame.request_id, http_status(exc), str(exc))
 
     async def _accept(ws: WebSocket, needed: Role) -> Role | None:
         """Accept the socket if its token allows `needed`; otherwise close it saying why."""
@@ -375,10 +368,6 @@ async def _pump(ws: WebSocket, peer: Peer) -> None:
             if data is None:
                 break
         await ws.close()
-
-
-def status_of(exc: CorralError) -> int:
-    return next((code for cls, code in _STATUS.items() if isinstance(exc, cls)), 400)
 
 
 def describe_validation_error(exc: ValidationError, root: str) -> str:

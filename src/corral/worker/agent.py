@@ -108,10 +108,14 @@ class Worker:
             await executor.start()
         runners = [asyncio.create_task(self._runner()) for _ in range(self.settings.concurrency)]
         connection = asyncio.create_task(self._connect_forever())
+        stopping = asyncio.ensure_future(self._stopping.wait())
         try:
-            await self._stopping.wait()
-            await self._shutdown()
+            # The connection loop only ends by itself on a fatal error (token refused, ...).
+            await asyncio.wait([stopping, connection], return_when=asyncio.FIRST_COMPLETED)
+            if not connection.done():
+                await self._shutdown()
         finally:
+            stopping.cancel()
             connection.cancel()
             for task in runners:
                 task.cancel()
