@@ -11,7 +11,7 @@ from pathlib import Path
 
 import websockets
 from websockets.asyncio.client import ClientConnection
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import InvalidHandshake, InvalidStatus
 
 from corral.constants import MAX_REQUEST_BYTES
 from corral.errors import AuthError, Forbidden, ServerUnreachable
@@ -59,7 +59,8 @@ async def open_websocket(
         raise ServerUnreachable(
             f"{target} answered HTTP {exc.response.status_code}; is this a corral server?"
         ) from exc
-    except (OSError, TimeoutError) as exc:
+    except (OSError, TimeoutError, InvalidHandshake) as exc:
+        # InvalidHandshake: the connection closed mid-handshake (a server starting or dying).
         raise ServerUnreachable(
             f"cannot reach a corral server at {url} ({exc}); start one with `corral server` "
             "or `corral up`, or point CORRAL_URL / --server at it"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -94,6 +95,12 @@ class ServerProcess:
     def connect(self, **options: object) -> corral.Client:
         return corral.connect(self.url, self.token, **options)
 
+    def restart(self) -> ServerProcess:
+        """Start again on the same data directory and port, after kill() or stop()."""
+        if self.proc is not None and self.proc.stdout is not None:
+            self.proc.stdout.close()
+        return self.start()
+
 
 @dataclass
 class WorkerProcess:
@@ -132,3 +139,40 @@ def start_worker_process(url: str, token: str | None, log: Path, *args: str) -> 
     with open(log, "w") as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
     return WorkerProcess(proc, log)
+
+
+def process_alive(pid: int) -> bool:
+    """True while `pid` runs; a zombie left for its parent to reap counts as gone."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def kill_process_group(pgid: int) -> None:
+    """SIGKILL a job's process group a test left behind (e.g. after kill -9 of its worker)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def run_corral(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run the `corral` command line as a user would, capturing its output."""
+    full_env = _env()
+    for name in ("CORRAL_URL", "CORRAL_TOKEN", "CORRAL_DATA_DIR", "CORRAL_CA"):
+        full_env.pop(name, None)
+    full_env.update(env or {})
+    full_env["COLUMNS"] = "200"  # rich wraps tables at the terminal width
+    return subprocess.run(
+        [sys.executable, "-m", "corral", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+    )

@@ -93,23 +93,31 @@ class BodyLimit:
             await _too_large(self.limit)(scope, receive, send)
             return
         seen = 0
+        refused = False
 
+        # A body without Content-Length is counted as it streams in. FastAPI turns any error
+        # raised while it reads the body into a 400, so answer 413 from here, tell the app the
+        # client left, and drop whatever the app answers after that.
         async def limited_receive() -> Any:
-            nonlocal seen
+            nonlocal seen, refused
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.limit:
-                raise _BodyTooLarge
+                if not refused:
+                    refused = True
+                    await _too_large(self.limit)(scope, receive, send)
+                return {"type": "http.disconnect"}
             return message
 
+        async def unless_refused(message: Any) -> None:
+            if not refused:
+                await send(message)
+
         try:
-            await self.app(scope, limited_receive, send)
-        except _BodyTooLarge:
-            await _too_large(self.limit)(scope, receive, send)
-
-
-class _BodyTooLarge(Exception):
-    pass
+            await self.app(scope, limited_receive, unless_refused)
+        except Exception:
+            if not refused:
+                raise
 
 
 def _too_large(limit: int) -> JSONResponse:

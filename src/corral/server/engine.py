@@ -491,8 +491,8 @@ class Engine:
                         SaveAttempt(
                             job.id,
                             Attempt(
-                                number=job.attempts,
-                                worker=job.worker,
+                                number=decision.attempt,
+                                worker=decision.worker,
                                 finished=now,
                                 state=JobState.LOST,
                                 error_message=decision.reason,
@@ -501,7 +501,23 @@ class Engine:
                     )
                 mutations.append(UpdateJob(job.id, JobState.QUEUED, attempts=job.attempts))
             elif isinstance(decision, Finished):
-                update, notice = self._finished(decision, details.get(decision.job.id), now)
+                job = decision.job
+                if job.id not in details and job.worker is not None:
+                    # Ended on a worker that will never report it (lost, or cancelled as its
+                    # lease ran out): the history still gets the attempt, and why it ended.
+                    mutations.append(
+                        SaveAttempt(
+                            job.id,
+                            Attempt(
+                                number=job.attempts,
+                                worker=job.worker,
+                                finished=now,
+                                state=decision.state,
+                                error_message=decision.reason,
+                            ),
+                        )
+                    )
+                update, notice = self._finished(decision, details.get(job.id), now)
                 mutations.append(update)
                 notices.append(notice)
 

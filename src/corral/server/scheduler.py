@@ -76,10 +76,16 @@ class Dispatch:
 
 @dataclass(frozen=True, slots=True)
 class Requeued:
-    """The job is queued again (a retry after backoff, a lost or departing worker)."""
+    """The job is queued again (a retry after backoff, a lost or departing worker).
+
+    `attempt` and `worker` describe the attempt that ended here: the record itself may already
+    be dispatched again, with a new attempt number, by the time the decision is carried out.
+    """
 
     job: JobRecord
     reason: str
+    attempt: int = 0
+    worker: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -390,10 +396,11 @@ class Scheduler:
             self._queues[job.queue].push(job)
 
     def _requeue(self, job: JobRecord, now: float, reason: str) -> Requeued:
+        requeued = Requeued(job, reason, job.attempts, job.worker)
         job.state = JobState.QUEUED
         job.worker = None
         self._enqueue(job, now)
-        return Requeued(job, reason)
+        return requeued
 
     def _settle(self, job: JobRecord, state: JobState, now: float) -> Decision:
         if job.cancel_requested:

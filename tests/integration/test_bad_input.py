@@ -1,0 +1,335 @@
+"""Bad input gets a clear 4xx (or a clear exit code) and changes nothing; never a 500.
+
+Drives the real server over REST, over raw WebSockets and through the `corral` command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import websockets
+from integration_support import ServerProcess, WorkerProcess, run_corral
+
+import corral
+from corral import protocol as p
+from corral.cli import ExitCode
+from corral.constants import MAX_REQUEST_BYTES, PROTOCOL_VERSION
+
+WAIT = 60.0
+SHELL_JOB = {"kind": "shell", "command": "true"}
+SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
+
+
+@pytest.fixture
+def api(server: ServerProcess) -> Iterator[httpx.Client]:
+    """REST calls with the admin token."""
+    headers = {"Authorization": f"Bearer {server.token}"}
+    with httpx.Client(base_url=server.url, headers=headers, timeout=WAIT, trust_env=False) as http:
+        yield http
+
+
+@pytest.fixture
+def anonymous(server: ServerProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=WAIT, trust_env=False) as http:
+        yield http
+
+
+def _one_line(text: str) -> str:
+    """CLI output with the terminal's line wrapping undone."""
+    return " ".join(text.split())
+
+
+def _stored_jobs(api: httpx.Client) -> list[dict[str, object]]:
+    response = api.get("/api/v1/jobs", params={"limit": 1000})
+    assert response.status_code == 200
+    jobs: list[dict[str, object]] = response.json()
+    return jobs
+
+
+# -- tokens -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("token", [None, "wrong-token", "Basic dXNlcjpwYXNz"])
+def test_missing_or_wrong_token_is_401_saying_how_to_get_one(
+    anonymous: httpx.Client, token: str | None
+) -> None:
+    if token is None:
+        headers = {}
+    elif token.startswith("Basic "):
+        headers = {"Authorization": token}
+    else:
+        headers = {"Authorization": f"Bearer {token}"}
+    for method, path in [
+        ("GET", "/api/v1/jobs"),
+        ("POST", "/api/v1/jobs"),
+        ("GET", "/api/v1/workers"),
+        ("GET", "/metrics"),
+        ("GET", "/api/v1/jobs/x/logs"),
+    ]:
+        response = anonymous.request(method, path, headers=headers, json=SHELL_JOB)
+        assert response.status_code == 401, (method, path)
+        detail = response.json()["detail"]
+        assert "CORRAL_TOKEN" in detail and "corral token create" in detail
+
+
+def test_token_without_the_role_is_403_naming_the_role(
+    api: httpx.Client, anonymous: httpx.Client
+) -> None:
+    reader = api.post("/api/v1/tokens", json={"name": "reader", "role": "read"}).json()["token"]
+    headers = {"Authorization": f"Bearer {reader}"}
+    assert anonymous.get("/api/v1/jobs", headers=headers).status_code == 200
+    response = anonymous.post("/api/v1/jobs", headers=headers, json=SHELL_JOB)
+    assert response.status_code == 403
+    assert "read token" in response.json()["detail"]
+    assert anonymous.post("/api/v1/tokens", headers=headers, json={}).status_code == 403
+    assert _stored_jobs(api) == []
+
+
+def test_cli_with_a_wrong_token_exits_with_the_auth_code(server: ServerProcess) -> None:
+    result = run_corral("jobs", "--server", server.url, "--token", "wrong-token")
+    assert result.returncode == ExitCode.AUTH
+    message = _one_line(result.stderr)
+    assert "CORRAL_TOKEN" in message and "corral token create" in message
+    submit = run_corral("submit", "--server", server.url, "--token", "wrong", "--", "true")
+    assert submit.returncode == ExitCode.AUTH
+    assert "token" in submit.stderr and "Traceback" not in submit.stderr
+
+
+def test_worker_token_cannot_use_the_api_and_read_token_cannot_submit(
+    server: ServerProcess,
+) -> None:
+    with server.connect() as admin:
+        reader = admin.create_token("reader", "read")
+    with corral.connect(server.url, reader) as client:
+        assert client.jobs() == []
+        with pytest.raises(corral.Forbidden, match="read token"):
+            client.submit_shell("true")
+
+
+# -- unknown objects and malformed requests ---------------------------------------------------
+
+
+def test_unknown_job_id_is_404_everywhere(api: httpx.Client) -> None:
+    missing = "01NOSUCHJOB0000000000000000"
+    for method, path in [
+        ("GET", f"/api/v1/jobs/{missing}"),
+        ("POST", f"/api/v1/jobs/{missing}/cancel"),
+        ("POST", f"/api/v1/jobs/{missing}/retry"),
+        ("GET", f"/api/v1/jobs/{missing}/logs"),
+        ("DELETE", "/api/v1/tokens/nobody"),
+    ]:
+        response = api.request(method, path)
+        assert response.status_code == 404, (method, path)
+        assert "no job" in response.json()["detail"] or "no token" in response.json()["detail"]
+
+
+def test_malformed_json_is_422(api: httpx.Client) -> None:
+    response = api.post(
+        "/api/v1/jobs",
+        content=b'{"kind": "shell", "command": ',
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 422
+    response = api.post("/api/v1/jobs", content=b"[1, 2", headers={"content-type": "text/plain"})
+    assert response.status_code == 422
+    # Not even text: refused as unparsable (FastAPI answers 400 before any field exists).
+    response = api.post(
+        "/api/v1/jobs",
+        content=b"\xff\xfe not json",
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 400
+    assert _stored_jobs(api) == []
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({**SHELL_JOB, "timeout": "soon"}, "timeout"),
+        ({**SHELL_JOB, "timeout": -1}, "timeout"),
+        ({**SHELL_JOB, "retries": -2}, "retries"),
+        ({**SHELL_JOB, "priority": "high"}, "priority"),
+        ({**SHELL_JOB, "tags": "gpu"}, "tags"),
+        ({**SHELL_JOB, "env": {"A": 1}}, "env"),
+        ({**SHELL_JOB, "queue": "no spaces allowed"}, "queue"),
+        ({**SHELL_JOB, "unknown_field": 1}, "unknown_field"),
+        ({"kind": "perl", "command": "true"}, "kind"),
+        ({"kind": "python", "target": "not a target"}, "not 'module:function'"),
+        ({"kind": "shell"}, "needs 'command'"),
+    ],
+)
+def test_wrong_types_are_422_naming_the_field(
+    api: httpx.Client, body: dict[str, object], field: str
+) -> None:
+    response = api.post("/api/v1/jobs", json=body)
+    assert response.status_code == 422
+    assert field in json.dumps(response.json()["detail"])
+    assert _stored_jobs(api) == []
+
+
+def test_unknown_queue_ordering_is_422(api: httpx.Client, server: ServerProcess) -> None:
+    response = api.put("/api/v1/queues/work", json={"ordering": "random"})
+    assert response.status_code == 422
+    assert "ordering" in json.dumps(response.json()["detail"])
+    response = api.put("/api/v1/queues/bad%20name", json={"ordering": "fifo"})
+    assert response.status_code == 422
+    assert "bad queue name" in response.json()["detail"]
+    cli = run_corral("queue", "work", "--ordering", "random", "--server", server.url,
+                     "--token", server.token)  # fmt: skip
+    assert cli.returncode == ExitCode.INVALID
+    assert "fifo, lifo or priority" in cli.stderr
+    assert "work" not in [q["name"] for q in api.get("/api/v1/queues").json()]
+
+
+def test_negative_timeout_is_refused_by_client_and_cli(server: ServerProcess) -> None:
+    with server.connect() as client, pytest.raises(corral.SerializationError, match="timeout"):
+        client.submit_shell("true", timeout=-1)
+    cli = run_corral("submit", "--timeout", "-1", "--server", server.url, "--token",
+                     server.token, "--", "true")  # fmt: skip
+    assert cli.returncode == ExitCode.INVALID
+    assert "timeout" in cli.stderr
+
+
+def test_oversized_body_is_413(api: httpx.Client) -> None:
+    big = {**SHELL_JOB, "env": {"BIG": "x" * (MAX_REQUEST_BYTES + 1)}}
+    response = api.post("/api/v1/jobs", json=big)
+    assert response.status_code == 413
+    assert "larger than" in response.json()["detail"]
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the limit must hold while streaming
+        yield b'{"kind": "shell", "command": "true", "name": "'
+        for _ in range(MAX_REQUEST_BYTES // 65536 + 1):
+            yield b"x" * 65536
+        yield b'"}'
+
+    response = api.post(
+        "/api/v1/jobs", content=chunks(), headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 413
+    assert _stored_jobs(api) == []
+
+
+def test_batch_with_one_invalid_job_stores_nothing(
+    api: httpx.Client, server: ServerProcess
+) -> None:
+    batch = {"jobs": [SHELL_JOB, SHELL_JOB, {**SHELL_JOB, "timeout": -5}, SHELL_JOB]}
+    response = api.post("/api/v1/jobs/batch", json=batch)
+    assert response.status_code == 422
+    assert "jobs" in json.dumps(response.json()["detail"])
+    assert _stored_jobs(api) == []
+
+    async def over_the_stream() -> p.Frame:
+        async with websockets.connect(
+            server.url.replace("http://", "ws://") + "/api/v1/ws",
+            additional_headers={"Authorization": f"Bearer {server.token}"},
+            proxy=None,
+        ) as ws:
+            await ws.send(p.Submit(7, [SHELL_JOB, {**SHELL_JOB, "retries": "x"}]).encode())
+            return p.decode(await ws.recv())  # type: ignore[arg-type]
+
+    answer = asyncio.run(over_the_stream())
+    assert isinstance(answer, p.Error)
+    assert (answer.request_id, answer.status) == (7, 422)
+    assert "jobs[1].retries" in answer.message
+    assert _stored_jobs(api) == []
+
+
+# -- workers and jobs -------------------------------------------------------------------------
+
+
+def test_worker_of_another_protocol_version_is_refused(server: ServerProcess) -> None:
+    async def hello(version: int) -> p.Frame:
+        async with websockets.connect(
+            server.url.replace("http://", "ws://") + "/api/v1/workers/ws",
+            additional_headers={"Authorization": f"Bearer {server.token}"},
+            proxy=None,
+        ) as ws:
+            frame = p.Hello(version, "old-worker", "elsewhere", 1, 1, 1, ["default"], [], [])
+            await ws.send(frame.encode())
+            return p.decode(await ws.recv())  # type: ignore[arg-type]
+
+    refusal = asyncio.run(hello(99))
+    assert isinstance(refusal, p.Refuse)
+    assert f"speaks protocol 99, this server speaks {PROTOCOL_VERSION}" in refusal.reason
+    assert "same corral version" in refusal.reason
+    assert isinstance(asyncio.run(hello(PROTOCOL_VERSION)), p.Welcome)
+
+
+def test_unimportable_function_fails_the_job_with_that_message(
+    server: ServerProcess, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    worker = start_worker(server, "--concurrency", "1")
+    env = {"CORRAL_URL": server.url, "CORRAL_TOKEN": server.token}
+    result = run_corral("run", "no_such_module:f", "--wait", env=env)
+    assert result.returncode == ExitCode.JOB_FAILED
+    assert "No module named 'no_such_module'" in result.stdout
+    result = run_corral("run", "corral_test_tasks:square", "5", "--wait", "--json", env=env)
+    assert result.returncode == ExitCode.OK
+    assert json.loads(result.stdout)["result"] == 25
+    assert worker.proc.poll() is None
+
+
+def test_server_unreachable_says_where_it_tried(tmp_path: Path) -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    env = {"CORRAL_DATA_DIR": str(tmp_path)}
+    for args in (["jobs"], ["submit", "true"], ["show", "x"], ["wait", "x"]):
+        result = run_corral(args[0], "--server", url, "--token", "t", *args[1:], env=env)
+        assert result.returncode == ExitCode.UNREACHABLE, args
+        message = _one_line(result.stderr)
+        assert url in message and "start one with `corral server`" in message
+        assert "Traceback" not in result.stderr
+    with pytest.raises(corral.ServerUnreachable, match=url):
+        corral.connect(url, "t").jobs()
+
+
+# -- fuzzing ----------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not SCHEMATHESIS.exists(), reason="schemathesis (a dev extra) is missing")
+def test_no_input_produces_a_server_error(server: ServerProcess, tmp_path: Path) -> None:
+    """Fuzz every operation of the OpenAPI document; any 5xx fails. No worker is connected, so
+    whatever jobs the fuzzer submits stay queued. It uses an admin token of its own, with a
+    name it will not guess, so creating or revoking tokens cannot lock it out."""
+    with server.connect() as admin:
+        token = admin.create_token("fuzzer-admin-7f3c9e", "admin")
+    result = subprocess.run(
+        [
+            str(SCHEMATHESIS),
+            "run",
+            f"{server.url}/openapi.json",
+            "--header",
+            f"Authorization: Bearer {token}",
+            "--checks",
+            "not_a_server_error",
+            "--phases",
+            "examples,coverage,fuzzing",
+            "--max-examples",
+            "25",
+            "--max-time",
+            "40",
+            "--workers",
+            "1",
+            "--seed",
+            "1",
+            "--generation-database",
+            "none",
+            "--no-color",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert "not_a_server_error" in result.stdout
