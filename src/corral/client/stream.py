@@ -56,7 +56,18 @@ class ClientStream:
         request_id = next(self._request_ids)
         future: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
         self._requests[request_id] = future
-        await ws.send(p.Submit(request_id, specs).encode())
+        try:
+            await ws.send(p.Submit(request_id, specs).encode())
+        except ConnectionClosed:
+            # The server hung up first (e.g. it refused the token): the frame never left.
+            self._requests.pop(request_id, None)
+            if future.done():
+                return await future
+            raise _hang_up_error(
+                ws,
+                "the server closed the connection before the submission was sent; nothing "
+                "was stored, submit again",
+            ) from None
         return await future
 
     async def on_done(self, job_ids: list[str], callback: Callable[[p.Done], None]) -> None:
@@ -67,14 +78,23 @@ class ClientStream:
                 fresh.append(job_id)
             self._waiters[job_id].append(callback)
         if fresh:
-            ws = await self._connect()
-            await ws.send(p.Watch(fresh).encode())
+            await self._send(p.Watch(fresh))
 
     async def follow(self, job_id: str, sink: Callable[[p.Frame], None]) -> None:
         """Send `sink` the job's Log frames then its EndOfLog (or a Done 'unknown')."""
         self._log_sinks[job_id] = sink
+        await self._send(p.Follow(job_id))
+
+    async def _send(self, frame: p.Frame) -> None:
+        """Send a request the stream repeats after reconnecting (Watch, Follow): an ordinary
+        hang-up is left to the reconnect; one that refuses us (bad token) is raised."""
         ws = await self._connect()
-        await ws.send(p.Follow(job_id).encode())
+        try:
+            await ws.send(frame.encode())
+        except ConnectionClosed:
+            error = closed_error(ws.close_code, ws.close_reason)
+            if error is not None:
+                raise error from None
 
     async def _connect(self) -> ClientConnection:
         if self._ws is not None:
@@ -162,3 +182,9 @@ class ClientStream:
                     sink(p.Log([item]))
         elif isinstance(frame, p.EndOfLog) and (sink := self._log_sinks.pop(frame.job_id, None)):
             sink(frame)
+
+
+def _hang_up_error(ws: ClientConnection, otherwise: str) -> Exception:
+    """What a closed connection means: the server's reason (a refused token, ...) if it gave
+    one, else ServerUnreachable with `otherwise`."""
+    return closed_error(ws.close_code, ws.close_reason) or ServerUnreachable(otherwise)
