@@ -18,8 +18,8 @@ from typing import Annotated, Any, NoReturn, TypeVar
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
+from corral import display
 from corral.client.client import Client
 from corral.client.jobs import python_job, shell_job
 from corral.config import ClientSettings, ServerSettings, data_dir
@@ -36,7 +36,7 @@ from corral.errors import (
     SerializationError,
     ServerUnreachable,
 )
-from corral.models import JobInfo, JobState, QueueOrdering
+from corral.models import JobState, QueueOrdering
 from corral.ssh.cli import app as ssh_app
 
 T = TypeVar("T")
@@ -422,41 +422,12 @@ def _submit_and_report(client: Client, spec: Any, wait: bool, as_json: bool) -> 
     if as_json:
         print_json(info.model_dump(mode="json"))
     else:
-        show_job(info)
+        display.show_job(out, info)
     if info.state is not JobState.SUCCEEDED:
         raise typer.Exit(int(ExitCode.JOB_FAILED))
 
 
 # -- inspecting and controlling -----------------------------------------------------------
-
-
-_STATE_STYLE = {
-    JobState.QUEUED: "cyan",
-    JobState.RUNNING: "yellow",
-    JobState.SUCCEEDED: "green",
-    JobState.FAILED: "red",
-    JobState.TIMED_OUT: "red",
-    JobState.CANCELLED: "magenta",
-    JobState.LOST: "bold red",
-}
-
-
-def _styled(state: JobState) -> str:
-    return f"[{_STATE_STYLE[state]}]{state.value}[/]"
-
-
-def _when(timestamp: float | None) -> str:
-    import datetime
-
-    if timestamp is None:
-        return "-"
-    return datetime.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _duration(info: JobInfo) -> str:
-    if info.started is None or info.finished is None:
-        return "-"
-    return f"{info.finished - info.started:.3f}s"
 
 
 @app.command()
@@ -484,18 +455,7 @@ def jobs(
     if as_json:
         print_json([info.model_dump(mode="json") for info in found])
         return
-    table = Table("id", "name", "state", "queue", "worker", "created", "took")
-    for info in found:
-        table.add_row(
-            info.id,
-            info.name,
-            _styled(info.state),
-            info.spec.queue,
-            info.worker or "-",
-            _when(info.created),
-            _duration(info),
-        )
-    out.print(table)
+    out.print(display.job_table(found))
 
 
 @app.command()
@@ -512,44 +472,7 @@ def show(
     if as_json:
         print_json(info.model_dump(mode="json"))
     else:
-        show_job(info)
-
-
-def show_job(info: JobInfo) -> None:
-    spec = info.spec
-    what = spec.target or (
-        spec.command if isinstance(spec.command, str) else " ".join(spec.command or [])
-    )
-    out.print(f"[bold]{info.id}[/] {info.name}")
-    out.print(f"  state:    {_styled(info.state)}")
-    out.print(f"  kind:     {spec.kind.value}  {what}", highlight=False)
-    out.print(f"  queue:    {spec.queue}  priority {spec.priority}  tags {spec.tags or '-'}")
-    out.print(f"  created:  {_when(info.created)}")
-    out.print(f"  started:  {_when(info.started)}")
-    out.print(f"  finished: {_when(info.finished)}  (took {_duration(info)})")
-    out.print(f"  worker:   {info.worker or '-'}")
-    if info.exit_code is not None:
-        out.print(f"  exit code: {info.exit_code}")
-    if info.result is not None:
-        out.print(f"  result:   {json.dumps(info.result, default=str)}", highlight=False)
-    if info.error_message:
-        out.print(f"  error:    {info.error_type or ''} {info.error_message}", highlight=False)
-    if info.traceback:
-        out.print(info.traceback, highlight=False, markup=False)
-    if info.attempts:
-        table = Table("attempt", "state", "worker", "host", "pid", "started", "exit", "error")
-        for attempt in info.attempts:
-            table.add_row(
-                str(attempt.number),
-                _styled(attempt.state) if attempt.state else "-",
-                attempt.worker or "-",
-                attempt.host or "-",
-                str(attempt.pid or "-"),
-                _when(attempt.started),
-                str(attempt.exit_code if attempt.exit_code is not None else "-"),
-                (attempt.error_message or "")[:60],
-            )
-        out.print(table)
+        display.show_job(out, info)
 
 
 @app.command()
@@ -630,7 +553,7 @@ def wait(
         print_json({job_id: state.value for job_id, state in states.items()})
     else:
         for job_id in job_ids:
-            out.print(f"{job_id} {_styled(states[job_id])}")
+            out.print(f"{job_id} {display.styled(states[job_id])}")
     if any(state is not JobState.SUCCEEDED for state in states.values()):
         raise typer.Exit(int(ExitCode.JOB_FAILED))
 
@@ -648,19 +571,7 @@ def workers(
     if as_json:
         print_json([w.model_dump(mode="json") for w in found])
         return
-    table = Table("id", "host", "pid", "queues", "tags", "concurrency", "running", "connected")
-    for w in found:
-        table.add_row(
-            w.id,
-            w.host,
-            str(w.pid),
-            ",".join(w.queues),
-            ",".join(w.tags) or "-",
-            str(w.concurrency),
-            str(w.running),
-            "yes" if w.connected else "[red]no[/]",
-        )
-    out.print(table)
+    out.print(display.worker_table(found))
 
 
 @app.command()

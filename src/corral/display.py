@@ -1,0 +1,106 @@
+"""How the CLI shows jobs and workers: rich tables and detail views."""
+
+from __future__ import annotations
+
+import datetime
+import json
+
+from rich.console import Console
+from rich.table import Table
+
+from corral.models import JobInfo, JobState, WorkerInfo
+
+_STATE_STYLE = {
+    JobState.QUEUED: "cyan",
+    JobState.RUNNING: "yellow",
+    JobState.SUCCEEDED: "green",
+    JobState.FAILED: "red",
+    JobState.TIMED_OUT: "red",
+    JobState.CANCELLED: "magenta",
+    JobState.LOST: "bold red",
+}
+
+
+def styled(state: JobState) -> str:
+    return f"[{_STATE_STYLE[state]}]{state.value}[/]"
+
+
+def when(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "-"
+    return datetime.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def duration(info: JobInfo) -> str:
+    if info.started is None or info.finished is None:
+        return "-"
+    return f"{info.finished - info.started:.3f}s"
+
+
+def job_table(infos: list[JobInfo]) -> Table:
+    table = Table("id", "name", "state", "queue", "worker", "created", "took")
+    table.columns[0].no_wrap = True
+    for info in infos:
+        table.add_row(
+            info.id,
+            info.name,
+            styled(info.state),
+            info.spec.queue,
+            info.worker or "-",
+            when(info.created),
+            duration(info),
+        )
+    return table
+
+
+def worker_table(workers: list[WorkerInfo]) -> Table:
+    table = Table("id", "host", "pid", "queues", "tags", "concurrency", "running", "connected")
+    for w in workers:
+        table.add_row(
+            w.id,
+            w.host,
+            str(w.pid),
+            ",".join(w.queues),
+            ",".join(w.tags) or "-",
+            str(w.concurrency),
+            str(w.running),
+            "yes" if w.connected else "[red]no[/]",
+        )
+    return table
+
+
+def show_job(out: Console, info: JobInfo) -> None:
+    spec = info.spec
+    what = spec.target or (
+        spec.command if isinstance(spec.command, str) else " ".join(spec.command or [])
+    )
+    out.print(f"[bold]{info.id}[/] {info.name}")
+    out.print(f"  state:    {styled(info.state)}")
+    out.print(f"  kind:     {spec.kind.value}  {what}", highlight=False)
+    out.print(f"  queue:    {spec.queue}  priority {spec.priority}  tags {spec.tags or '-'}")
+    out.print(f"  created:  {when(info.created)}")
+    out.print(f"  started:  {when(info.started)}")
+    out.print(f"  finished: {when(info.finished)}  (took {duration(info)})")
+    out.print(f"  worker:   {info.worker or '-'}")
+    if info.exit_code is not None:
+        out.print(f"  exit code: {info.exit_code}")
+    if info.result is not None:
+        out.print(f"  result:   {json.dumps(info.result, default=str)}", highlight=False)
+    if info.error_message:
+        out.print(f"  error:    {info.error_type or ''} {info.error_message}", highlight=False)
+    if info.traceback:
+        out.print(info.traceback, highlight=False, markup=False)
+    if info.attempts:
+        table = Table("attempt", "state", "worker", "host", "pid", "started", "exit", "error")
+        for attempt in info.attempts:
+            table.add_row(
+                str(attempt.number),
+                styled(attempt.state) if attempt.state else "-",
+                attempt.worker or "-",
+                attempt.host or "-",
+                str(attempt.pid or "-"),
+                when(attempt.started),
+                str(attempt.exit_code if attempt.exit_code is not None else "-"),
+                (attempt.error_message or "")[:60],
+            )
+        out.print(table)
