@@ -331,10 +331,14 @@ class Scheduler:
             worker.connected = False
 
     def release(self, worker_id: str, job_ids: Iterable[str], now: float) -> list[Decision]:
-        """A departing worker hands back jobs it has not finished: queue them again now."""
+        """A departing worker hands back jobs it has not finished: queue them again now.
+
+        It takes no new jobs from here on, or they would go straight back to it.
+        """
         worker = self._workers.get(worker_id)
         if worker is None:
             return []
+        worker.capacity = 0
         decisions: list[Decision] = []
         for job_id in job_ids:
             job = worker.inflight.pop(job_id, None)

@@ -241,6 +241,9 @@ class Worker:
 
     def _handle(self, frame: p.Frame) -> None:
         if isinstance(frame, p.Jobs):
+            if self._draining:  # sent before the server saw our hand-back: return them too
+                self._send(p.Release([item[0] for item in frame.items]))
+                return
             for job_id, attempt, payload in frame.items:
                 spec = JobSpec.model_validate(msgpack.unpackb(payload, raw=False))
                 assignment = _Assignment(job_id, attempt, spec)
