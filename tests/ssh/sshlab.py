@@ -135,7 +135,8 @@ class SshLab:
             "keys": (str(self.client_key),),
             "agent_path": "",
             "ssh_config": (),
-            "connect_timeout": 10.0,
+            # Generous: other work may load this machine; timeout tests set their own.
+            "connect_timeout": 60.0,
         }
         settings.update(overrides)
         return ConnectOptions(**settings)  # type: ignore[arg-type]
@@ -150,6 +151,8 @@ class SshLab:
             "--no-agent",
             "-F",
             "none",
+            "--connect-timeout",
+            "60",
         ]
 
     def stop_all(self) -> None:

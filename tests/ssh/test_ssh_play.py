@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -297,3 +298,46 @@ def test_undefined_variables_stop_the_play_before_any_host(
     )
     assert result.exit_code == ExitCode.BAD_INPUT
     assert "variable 'nope' is not defined" in result.output
+
+
+def test_cancelling_a_play_closes_up_and_gives_every_host_a_status(
+    lab: SshLab, hosts: list[Sshd], tmp_path: Path
+) -> None:
+    marker = tmp_path / "started"
+    steps = [{"command": "echo first"}, {"command": f"touch {marker}; sleep 30"}]
+    playbook = load_playbook(write_playbook(tmp_path / "slow.yaml", steps))
+    inventory = load_inventory(",".join(h.spec() for h in hosts))
+    options = RunOptions(connect=lab.options(), forks=1)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(run_playbook(inventory, playbook, options, tmp_path / "run"))
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            assert time.monotonic() < deadline and not task.done()
+            await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+    rows = [row.split("\t") for row in (tmp_path / "run" / "summary.tsv").read_text().splitlines()]
+    assert [(row[1], row[4]) for row in rows[1:]] == [
+        ("failed", "interrupted"),
+        ("skipped", "not started: interrupted"),
+        ("skipped", "not started: interrupted"),
+    ]
+
+
+def test_a_check_step_with_expect_any_reports_groups_and_goes_on(
+    lab: SshLab, hosts: list[Sshd], tmp_path: Path
+) -> None:
+    steps = [
+        {"name": "ports", "check": "echo $SSH_CONNECTION | cut -d' ' -f4", "expect": "any"},
+        {"command": "true"},
+    ]
+    playbook = write_playbook(tmp_path / "p.yaml", steps)
+    inventory = load_inventory(",".join(h.spec() for h in hosts[:2]))
+    summary = play(lab, inventory, playbook, tmp_path / "run", check=True)
+    assert [g.output for g in summary.groups["step1"]] == [str(h.port) for h in hosts[:2]]
+    assert not summary.hosts_differ and not summary.stopped
+    assert outcomes(summary, inventory.names()[0]) == ["ran", "would-run"]

@@ -105,17 +105,20 @@ class PlayRunner:
             return await self._host_steps(host, conn, steps)
 
         try:
-            results = await self.run.phase(title, hosts, work)
+            await self.run.phase(title, hosts, work)
         finally:
+            # Also after a cancellation: every host of the phase has a fresh result by then.
+            for host in hosts:
+                result = self.run.results.get(host.name)
+                total = self.totals[host.name]
+                if result is None or result is total:
+                    continue
+                total.steps.extend(result.steps)
+                total.duration += result.duration
+                if result.status is not HostStatus.OK:
+                    total.status, total.error = result.status, result.error
+                    total.exit_code = result.exit_code
             self.run.results.update(self.totals)
-        for name, result in results.items():
-            total = self.totals[name]
-            total.steps.extend(result.steps)
-            total.duration += result.duration
-            if result.status is not HostStatus.OK:
-                total.status, total.error = result.status, result.error
-                total.exit_code = result.exit_code
-        self.run.results.update(self.totals)
 
     async def _host_steps(
         self, host: Host, conn: asyncssh.SSHClientConnection, indexes: Sequence[int]
