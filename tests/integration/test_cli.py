@@ -1,0 +1,168 @@
+"""The `corral` command against a real server and worker, run as a subprocess like a user would."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from integration_support import ServerProcess, WorkerProcess, run_corral, wait_for
+
+from corral.cli import ExitCode
+
+WAIT = 60.0
+
+
+@pytest.fixture
+def env(server: ServerProcess) -> dict[str, str]:
+    """The environment a user exports after starting a server."""
+    return {"CORRAL_URL": server.url, "CORRAL_TOKEN": server.token}
+
+
+@pytest.fixture
+def worker(server: ServerProcess, start_worker: Callable[..., WorkerProcess]) -> WorkerProcess:
+    return start_worker(server, "--concurrency", "2")
+
+
+def corral(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return run_corral(*args, env=env)
+
+
+def as_json(result: subprocess.CompletedProcess[str]) -> Any:
+    assert result.stdout, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_submit_wait_prints_the_outcome_and_exit_code(
+    env: dict[str, str], worker: WorkerProcess
+) -> None:
+    ok = corral(env, "submit", "--wait", "--json", "--name", "hello", "--", "echo", "hi there")
+    assert ok.returncode == ExitCode.OK, ok.stderr
+    info = as_json(ok)
+    assert (info["state"], info["name"], info["exit_code"]) == ("succeeded", "hello", 0)
+    assert corral(env, "logs", info["id"]).stdout == "hi there\n"
+
+    failed = corral(env, "submit", "--wait", "exit 3")
+    assert failed.returncode == ExitCode.JOB_FAILED
+    assert "failed" in failed.stdout and "exit code: 3" in failed.stdout
+
+    plain = corral(env, "submit", "echo queued")
+    assert plain.returncode == ExitCode.OK
+    assert len(plain.stdout.strip()) >= 20  # just the id, for scripts
+
+
+def test_run_python_function_with_json_arguments(
+    env: dict[str, str], worker: WorkerProcess
+) -> None:
+    result = corral(env, "run", "corral_test_tasks:add", "2", "40", "--wait", "--json")
+    assert result.returncode == ExitCode.OK, result.stderr
+    assert as_json(result)["result"] == 42
+    failed = corral(env, "run", "corral_test_tasks:fail", "broken on purpose", "--wait")
+    assert failed.returncode == ExitCode.JOB_FAILED
+    assert "ValueError" in failed.stdout and "broken on purpose" in failed.stdout
+
+
+def test_jobs_filters_show_and_logs(env: dict[str, str], worker: WorkerProcess) -> None:
+    ids = {}
+    for name, command in [("alpha", "echo a"), ("beta", "exit 1"), ("alpha-2", "echo b >&2")]:
+        ids[name] = corral(env, "submit", "--name", name, "--wait", "--", command).stdout
+    job_id = {name: _id_of(env, name) for name in ids}
+
+    failed = as_json(corral(env, "jobs", "--state", "failed", "--json"))
+    assert [j["name"] for j in failed] == ["beta"]
+    alphas = as_json(corral(env, "jobs", "--name", "alpha", "--json"))
+    assert sorted(j["name"] for j in alphas) == ["alpha", "alpha-2"]
+    assert as_json(corral(env, "jobs", "--queue", "elsewhere", "--json")) == []
+    both = as_json(corral(env, "jobs", "--state", "failed", "--state", "succeeded", "--json"))
+    assert len(both) == 3
+    table = corral(env, "jobs")
+    assert table.returncode == ExitCode.OK and "alpha-2" in table.stdout
+
+    shown = as_json(corral(env, "show", job_id["beta"], "--json"))
+    assert shown["state"] == "failed" and shown["attempts"][0]["exit_code"] == 1
+    text = corral(env, "show", job_id["alpha"])
+    assert "succeeded" in text.stdout and "attempt" in text.stdout
+    assert corral(env, "logs", job_id["alpha-2"], "--stderr").stdout == "b\n"
+    assert corral(env, "logs", job_id["alpha-2"]).stdout == ""
+    followed = corral(env, "logs", "-f", job_id["alpha"])
+    assert followed.returncode == ExitCode.OK and followed.stdout == "a\n"
+
+
+def _id_of(env: dict[str, str], name: str) -> str:
+    matches = [j for j in as_json(corral(env, "jobs", "--json")) if j["name"] == name]
+    assert len(matches) == 1
+    return str(matches[0]["id"])
+
+
+def test_cancel_retry_and_wait_for_many(
+    env: dict[str, str], worker: WorkerProcess, tmp_path: Path
+) -> None:
+    started = tmp_path / "started"
+    slow = corral(env, "submit", "--", f"touch {started}; sleep 300").stdout.strip()
+    wait_for(started.exists, WAIT, "the slow job to start")
+    assert corral(env, "cancel", slow).returncode == ExitCode.OK
+    waited = corral(env, "wait", slow, "--json")
+    assert waited.returncode == ExitCode.JOB_FAILED
+    assert as_json(waited) == {slow: "cancelled"}
+    again = corral(env, "cancel", slow)
+    assert again.returncode == ExitCode.CONFLICT and "already cancelled" in again.stderr
+
+    flaky = tmp_path / "flaky"
+    job = corral(env, "submit", "--", f"test -e {flaky} || {{ touch {flaky}; exit 1; }}")
+    job_id = job.stdout.strip()
+    assert corral(env, "wait", job_id).returncode == ExitCode.JOB_FAILED
+    assert corral(env, "retry", job_id).returncode == ExitCode.OK
+    assert corral(env, "wait", job_id).returncode == ExitCode.OK
+    assert len(as_json(corral(env, "show", job_id, "--json"))["attempts"]) == 2
+
+    many = [corral(env, "submit", "--", f"echo {n}").stdout.strip() for n in range(5)]
+    result = corral(env, "wait", *many, "--json")
+    assert result.returncode == ExitCode.OK, result.stderr
+    assert as_json(result) == dict.fromkeys(many, "succeeded")
+
+    running = corral(env, "submit", "--", "sleep 300").stdout.strip()
+    timed_out = corral(env, "wait", running, "--timeout", "0.5")
+    assert timed_out.returncode == ExitCode.TIMEOUT
+    assert corral(env, "cancel", running).returncode == ExitCode.OK
+    missing = corral(env, "retry", "01NOSUCHJOB0000000000000000")
+    assert missing.returncode == ExitCode.NOT_FOUND
+
+
+def test_workers_and_tokens(env: dict[str, str], worker: WorkerProcess) -> None:
+    wait_for(lambda: as_json(corral(env, "workers", "--json")), WAIT, "the worker to connect")
+    (listed,) = as_json(corral(env, "workers", "--json"))
+    assert listed["pid"] == worker.proc.pid and listed["connected"] is True
+    assert listed["concurrency"] == 2
+
+    created = corral(env, "token", "create", "ci-reader", "--role", "read")
+    assert created.returncode == ExitCode.OK, created.stderr
+    reader = {**env, "CORRAL_TOKEN": created.stdout.strip()}
+    assert corral(reader, "jobs", "--json").returncode == ExitCode.OK
+    refused = corral(reader, "submit", "true")
+    assert refused.returncode == ExitCode.AUTH
+    assert "read token" in refused.stderr
+
+    bad_role = corral(env, "token", "create", "x", "--role", "superuser")
+    assert bad_role.returncode == ExitCode.INVALID
+    not_admin = corral(reader, "token", "create", "y")
+    assert not_admin.returncode == ExitCode.AUTH
+
+
+def test_token_show_reads_the_local_data_dir(server: ServerProcess) -> None:
+    shown = run_corral("token", "show", "--data-dir", str(server.data_dir))
+    assert shown.returncode == ExitCode.OK
+    assert shown.stdout.strip() == server.token
+    # With only the data dir, the CLI finds the local server's address and token by itself.
+    local = run_corral("jobs", "--json", env={"CORRAL_DATA_DIR": str(server.data_dir)})
+    assert local.returncode == ExitCode.OK and json.loads(local.stdout) == []
+
+
+def test_usage_errors_exit_with_the_usage_code(env: dict[str, str]) -> None:
+    assert corral(env, "submit").returncode == ExitCode.USAGE
+    assert corral(env, "jobs", "--state", "sleeping").returncode == ExitCode.USAGE
+    lambda_like = corral(env, "run", "not a target")
+    assert lambda_like.returncode == ExitCode.INVALID
+    assert "module:function" in lambda_like.stderr
