@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -298,9 +299,11 @@ def test_server_unreachable_says_where_it_tried(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not SCHEMATHESIS.exists(), reason="schemathesis (a dev extra) is missing")
 def test_no_input_produces_a_server_error(server: ServerProcess, tmp_path: Path) -> None:
-    """Fuzz every operation of the OpenAPI document; any 5xx fails. No worker is connected, so
-    whatever jobs the fuzzer submits stay queued. It uses an admin token of its own, with a
-    name it will not guess, so creating or revoking tokens cannot lock it out."""
+    """Fuzz every operation of the OpenAPI document (well under a minute); any 5xx fails.
+
+    No worker is connected, so whatever jobs the fuzzer submits stay queued. It uses an admin
+    token of its own, with a name it will not guess, so creating or revoking tokens cannot lock
+    it out."""
     with server.connect() as admin:
         token = admin.create_token("fuzzer-admin-7f3c9e", "admin")
     result = subprocess.run(
@@ -313,11 +316,9 @@ def test_no_input_produces_a_server_error(server: ServerProcess, tmp_path: Path)
             "--checks",
             "not_a_server_error",
             "--phases",
-            "examples,coverage,fuzzing",
+            "coverage,fuzzing",
             "--max-examples",
-            "25",
-            "--max-time",
-            "40",
+            "30",
             "--workers",
             "1",
             "--seed",
@@ -332,4 +333,5 @@ def test_no_input_produces_a_server_error(server: ServerProcess, tmp_path: Path)
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert "not_a_server_error" in result.stdout
+    summary = re.search(r"(\d+) generated, (\d+) passed", result.stdout)
+    assert summary and summary[1] == summary[2] and int(summary[1]) > 100, result.stdout[-2000:]
