@@ -351,8 +351,8 @@ class Engine:
             self.writer.submit_nowait(
                 [
                     UpdateJob(job_id, JobState.RUNNING, started=started, worker=worker_id)
-                    for job_id, _attempt, _pid, started in frame.items
-                    if self.scheduler.job(job_id) is not None
+                    for job_id, attempt, _pid, started in frame.items
+                    if self._is_current(job_id, worker_id, attempt)
                 ]
             )
         elif isinstance(frame, p.Log):
@@ -361,6 +361,12 @@ class Engine:
             self._apply(self.scheduler.release(worker_id, frame.job_ids, now))
         elif not isinstance(frame, p.Heartbeat):
             raise InvalidRequest(f"unexpected {frame.TAG!r} frame from a worker")
+
+    def _is_current(self, job_id: str, worker_id: str, attempt: int) -> bool:
+        """Whether the attempt is the one the scheduler has the job running, on that worker
+        (a late message about an attempt since re-queued must not touch the job)."""
+        job = self.scheduler.job(job_id)
+        return job is not None and job.worker == worker_id and job.attempts == attempt
 
     def _results(self, peer: WorkerPeer, items: list[dict[str, Any]], now: float) -> None:
         hello = peer.hello
