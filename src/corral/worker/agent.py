@@ -99,6 +99,7 @@ class Worker:
         self._draining = False
         self._running: dict[str, asyncio.Task[Outcome]] = {}
         self.heartbeat_interval = 1.0
+        self.lease: float | None = None  # the server's, once it has welcomed us
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -186,11 +187,10 @@ class Worker:
             except ServerUnreachable as exc:
                 logger.warning("%s; retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
-                delay = min(RECONNECT_MAX, delay * 2) * (1 + random.random() * 0.2)
+                delay = self._next_delay(delay)
                 continue
             try:
                 await self._session(ws)
-                delay = RECONNECT_MIN
             except ConnectionClosed as exc:
                 error = closed_error(
                     exc.rcvd.code if exc.rcvd else None, exc.rcvd.reason if exc.rcvd else None
@@ -201,9 +201,17 @@ class Worker:
             except OSError as exc:
                 logger.warning("connection to the server failed (%s); reconnecting", exc)
             finally:
+                if self._ws is not None:  # the session was up: the next outage starts afresh
+                    delay = RECONNECT_MIN
                 self._ws = None
                 await ws.close()
             await asyncio.sleep(delay)
+
+    def _next_delay(self, delay: float) -> float:
+        """Exponential backoff with jitter, capped well inside the server's lease: a worker
+        that comes back after its lease finds its jobs given to others (or marked lost)."""
+        cap = RECONNECT_MAX if self.lease is None else min(RECONNECT_MAX, self.lease / 4)
+        return min(cap, delay * 2) * (1 + random.random() * 0.2)
 
     async def _session(self, ws: ClientConnection) -> None:
         held = list(self._assigned) + [job_id for job_id, _ in self._unacked]
@@ -225,6 +233,7 @@ class Worker:
         if not isinstance(answer, p.Welcome):
             raise ProtocolError(f"expected a welcome frame, got {answer.TAG!r}")
         self.heartbeat_interval = answer.heartbeat_interval
+        self.lease = answer.lease
         logger.info("connected to %s as %s", self.settings.server_url, self.settings.worker_id)
         self._ws = ws
         self._pending_results = list(self._unacked.values())
