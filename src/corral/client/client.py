@@ -10,7 +10,14 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
-from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterable, Iterator
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Iterator,
+)
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -37,13 +44,14 @@ T = TypeVar("T")
 class AsyncJob:
     """A submitted job. Await `result()` for its return value (or exit code for shell jobs)."""
 
-    __slots__ = ("_client", "_done", "_finished", "id")
+    __slots__ = ("_client", "_done", "_finished", "_watched", "id")
 
     def __init__(self, client: AsyncClient, job_id: str) -> None:
         self.id = job_id
         self._client = client
         self._done: p.Done | None = None
-        self._finished: asyncio.Event | None = None
+        self._watched = False  # a callback will set _done when the job finishes
+        self._finished: asyncio.Event | None = None  # made only for a wait on this one job
 
     def __repr__(self) -> str:
         state = self._done.state if self._done else "pending"
@@ -51,18 +59,14 @@ class AsyncJob:
 
     async def wait(self, timeout: float | None = None) -> JobState:
         """Wait until the job finishes; its final state. Raises JobTimeout."""
-        done = await self._wait(timeout)
-        return JobState(done.state)
+        await self._wait(timeout)
+        return self._state()
 
     async def result(self, timeout: float | None = None) -> Any:
         """The function's return value (shell jobs: the exit code). Raises JobFailed with the
         remote traceback when the job did not succeed, JobTimeout when waiting took too long."""
-        done = await self._wait(timeout)
-        if done.state != JobState.SUCCEEDED:
-            raise JobFailed(
-                self.id, done.state, done.error_type, done.error_message, done.traceback
-            )
-        return done.exit_code if done.result is None and done.exit_code is not None else done.result
+        await self._wait(timeout)
+        return self._value()
 
     async def info(self) -> JobInfo:
         return await self._client.get(self.id)
@@ -73,18 +77,23 @@ class AsyncJob:
     async def retry(self) -> None:
         await self._client.retry(self.id)
         self._done = None
+        self._watched = False
         self._finished = None
 
-    async def _wait(self, timeout: float | None) -> p.Done:
-        if self._done is None:
-            if self._finished is None:
-                self._finished = asyncio.Event()
-                await self._client._watch([self])
-            try:
-                async with asyncio.timeout(timeout):
-                    await self._finished.wait()
-            except TimeoutError:
-                raise JobTimeout(f"job {self.id} did not finish within {timeout}s") from None
+    async def _wait(self, timeout: float | None) -> None:
+        if self._done is not None:
+            return
+        if self._finished is None:
+            self._finished = asyncio.Event()
+        await self._client._watch([self])
+        try:
+            async with asyncio.timeout(timeout):
+                await self._finished.wait()
+        except TimeoutError:
+            raise JobTimeout(f"job {self.id} did not finish within {timeout}s") from None
+
+    def _outcome(self) -> p.Done:
+        """The finished job's notice; NotFound or ServerUnreachable if it never came."""
         assert self._done is not None
         if self._done.state == "unknown":
             raise NotFound(f"no job {self.id} on the server")
@@ -92,11 +101,21 @@ class AsyncJob:
             raise ServerUnreachable(self._done.error_message or "lost the server")
         return self._done
 
+    def _state(self) -> JobState:
+        return JobState(self._outcome().state)
+
+    def _value(self) -> Any:
+        done = self._outcome()
+        if done.state != JobState.SUCCEEDED:
+            raise JobFailed(
+                self.id, done.state, done.error_type, done.error_message, done.traceback
+            )
+        return done.exit_code if done.result is None and done.exit_code is not None else done.result
+
     def _set_done(self, done: p.Done) -> None:
         self._done = done
-        if self._finished is None:
-            self._finished = asyncio.Event()
-        self._finished.set()
+        if self._finished is not None:
+            self._finished.set()
 
 
 class AsyncClient:
@@ -165,13 +184,26 @@ class AsyncClient:
     async def wait(self, jobs: Iterable[AsyncJob], timeout: float | None = None) -> list[JobState]:
         """Wait for all the jobs; their final states in the same order."""
         jobs = list(jobs)
-        await self._watch(jobs)
-        try:
-            async with asyncio.timeout(timeout):
-                return [await job.wait() for job in jobs]
-        except TimeoutError:
-            pending = sum(job._done is None for job in jobs)
-            raise JobTimeout(f"{pending} of {len(jobs)} jobs unfinished after {timeout}s") from None
+        unfinished = {job.id for job in jobs if job._done is None}
+        if unfinished:
+            # One future for the whole set: waiting on 20,000 jobs costs no task or event each.
+            all_done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+            def arrived(done: p.Done) -> None:
+                unfinished.discard(done.job_id)
+                if not unfinished and not all_done.done():
+                    all_done.set_result(None)
+
+            await self._watch(jobs, then=arrived)
+            try:
+                async with asyncio.timeout(timeout):
+                    await all_done
+            except TimeoutError:
+                pending = sum(job._done is None for job in jobs)
+                raise JobTimeout(
+                    f"{pending} of {len(jobs)} jobs unfinished after {timeout}s"
+                ) from None
+        return [job._state() for job in jobs]
 
     async def as_completed(
         self, jobs: Iterable[AsyncJob], timeout: float | None = None
@@ -179,19 +211,19 @@ class AsyncClient:
         """Yield the jobs as they finish, whatever order that is."""
         jobs = list(jobs)
         finished: asyncio.Queue[AsyncJob] = asyncio.Queue()
+        pending: dict[str, list[AsyncJob]] = {}
         for job in jobs:
             if job._done is not None:
                 finished.put_nowait(job)
-        pending = [job for job in jobs if job._done is None]
-        by_id = {job.id: job for job in pending}
+            else:
+                pending.setdefault(job.id, []).append(job)
 
         def arrived(done: p.Done) -> None:
-            job = by_id[done.job_id]
-            job._set_done(done)
-            finished.put_nowait(job)
+            for job in pending.pop(done.job_id, ()):
+                finished.put_nowait(job)
 
         if pending:
-            await self._stream.on_done(list(by_id), arrived)
+            await self._watch(jobs, then=arrived)
         try:
             async with asyncio.timeout(timeout):
                 for _ in jobs:
@@ -199,13 +231,28 @@ class AsyncClient:
         except TimeoutError:
             raise JobTimeout(f"jobs still unfinished after {timeout}s") from None
 
-    async def _watch(self, jobs: list[AsyncJob]) -> None:
-        fresh = {job.id: job for job in jobs if job._done is None}
-        for job in fresh.values():
-            if job._finished is None:
-                job._finished = asyncio.Event()
-        if fresh:
-            await self._stream.on_done(list(fresh), lambda done: fresh[done.job_id]._set_done(done))
+    async def _watch(
+        self, jobs: list[AsyncJob], then: Callable[[p.Done], None] | None = None
+    ) -> None:
+        """Have each unfinished job's notice recorded when it arrives, then `then(done)` called
+        once per job id. Jobs already watched keep their callback, which runs first."""
+        handles: dict[str, list[AsyncJob]] = {}
+        for job in jobs:
+            if job._done is None and not job._watched:
+                job._watched = True
+                handles.setdefault(job.id, []).append(job)
+            elif job._done is None and then is not None:
+                handles.setdefault(job.id, [])
+        if not handles:
+            return
+
+        def arrived(done: p.Done) -> None:
+            for job in handles.get(done.job_id, ()):
+                job._set_done(done)
+            if then is not None:
+                then(done)
+
+        await self._stream.on_done(list(handles), arrived)
 
     # -- inspecting and controlling ------------------------------------------------------------
 
@@ -317,9 +364,13 @@ class Job:
         return repr(self._async)
 
     def result(self, timeout: float | None = None) -> Any:
+        if self._async._done is not None:  # known already: no trip through the client's loop
+            return self._async._value()
         return self._client._call(self._async.result(timeout))
 
     def wait(self, timeout: float | None = None) -> JobState:
+        if self._async._done is not None:
+            return self._async._state()
         return self._client._call(self._async.wait(timeout))
 
     def info(self) -> JobInfo:
