@@ -161,7 +161,7 @@ def kill_process_group(pgid: int) -> None:
 
 
 def run_corral(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+    *args: str, env: dict[str, str] | None = None, timeout: float = 180
 ) -> subprocess.CompletedProcess[str]:
     """Run the `corral` command line as a user would, capturing its output."""
     full_env = _env()

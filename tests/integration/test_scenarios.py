@@ -35,7 +35,7 @@ def cluster(
 ) -> tuple[ServerProcess, list[WorkerProcess]]:
     """A server and two workers that can import the example's functions."""
     monkeypatch.setenv("PYTHONPATH", str(EXAMPLES))
-    server = start_server("--lease", "1")
+    server = start_server("--lease", "2")
     workers = [start_worker(server, "--concurrency", "2") for _ in range(2)]
     return server, workers
 
