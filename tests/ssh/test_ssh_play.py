@@ -341,3 +341,21 @@ def test_a_check_step_with_expect_any_reports_groups_and_goes_on(
     assert [g.output for g in summary.groups["step1"]] == [str(h.port) for h in hosts[:2]]
     assert not summary.hosts_differ and not summary.stopped
     assert outcomes(summary, inventory.names()[0]) == ["ran", "would-run"]
+
+
+def test_a_failing_run_once_step_stops_the_play_for_every_host(
+    lab: SshLab, hosts: list[Sshd], tmp_path: Path
+) -> None:
+    after = tmp_path / "after"
+    steps = [
+        {"name": "migrate", "command": "exit 4", "run_once": True},
+        {"command": f"touch {after}"},
+    ]
+    playbook = write_playbook(tmp_path / "p.yaml", steps)
+    inventory = load_inventory(",".join(h.spec() for h in hosts[:2]))
+    summary = play(lab, inventory, playbook, tmp_path / "run")
+    first, second = summary.results
+    assert (first.status, first.exit_code) == (HostStatus.FAILED, 4)
+    assert second.status is HostStatus.FAILED
+    assert second.error == f"step 1 (migrate) (run_once) failed on {first.host}"
+    assert summary.stopped == second.error and not after.exists()

@@ -229,10 +229,11 @@ class PlayRunner:
             )
         if self.totals[chosen.name].status is HostStatus.OK:
             return True
+        self.run.stopped = f"{step.label} (run_once) failed on {chosen.name}"
         for host in live[1:]:
             total = self.totals[host.name]
             total.status = HostStatus.FAILED
-            total.error = f"{step.label} (run_once) failed on {chosen.name}"
+            total.error = self.run.stopped
         self.run.results.update(self.totals)
         return False
 
