@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from corral.client import AsyncClient, AsyncJob, Client, Job, connect, python_job, shell_job
+from corral.client import (
+    AsyncClient,
+    AsyncJob,
+    Client,
+    Job,
+    connect,
+    python_job,
+    shell_job,
+    ssh_job,
+)
 from corral.errors import (
     AuthError,
     ConfigError,
@@ -30,6 +39,7 @@ __all__ = [
     "AsyncJob",
     "python_job",
     "shell_job",
+    "ssh_job",
     # errors
     "AuthError",
     "ConfigError",

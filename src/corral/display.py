@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import datetime
 import json
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from corral.models import JobInfo, JobState, WorkerInfo
+from corral.models import JobInfo, JobKind, JobState, WorkerInfo
 
 _STATE_STYLE = {
     JobState.QUEUED: "cyan",
@@ -84,7 +85,9 @@ def show_job(out: Console, info: JobInfo) -> None:
     out.print(f"  worker:   {info.worker or '-'}")
     if info.exit_code is not None:
         out.print(f"  exit code: {info.exit_code}")
-    if info.result is not None:
+    if isinstance(info.result, dict) and info.spec.kind is JobKind.SSH:
+        show_hosts(out, info.result)
+    elif info.result is not None:
         out.print(f"  result:   {json.dumps(info.result, default=str)}", highlight=False)
     if info.error_message:
         out.print(f"  error:    {info.error_type or ''} {info.error_message}", highlight=False)
@@ -104,3 +107,23 @@ def show_job(out: Console, info: JobInfo) -> None:
                 (attempt.error_message or "")[:60],
             )
         out.print(table)
+
+
+def show_hosts(out: Console, result: dict[str, Any]) -> None:
+    """An ssh job's per-host outcome."""
+    counts = ", ".join(f"{n} {status}" for status, n in result.get("counts", {}).items() if n)
+    out.print(f"  hosts:    {counts or '-'}   run directory on the worker: {result.get('out_dir')}")
+    hosts = result.get("results", [])
+    if not hosts:
+        return
+    table = Table("host", "status", "exit", "seconds", "error")
+    for host in hosts:
+        error = (host.get("error") or "").strip().splitlines()
+        table.add_row(
+            str(host.get("host")),
+            str(host.get("status")),
+            str(host.get("exit_code") if host.get("exit_code") is not None else "-"),
+            f"{host.get('duration', 0):.2f}",
+            error[0][:60] if error else "",
+        )
+    out.print(table)

@@ -36,12 +36,49 @@ class JobState(StrEnum):
 class JobKind(StrEnum):
     SHELL = "shell"
     PYTHON = "python"
+    SSH = "ssh"
 
 
 class QueueOrdering(StrEnum):
     FIFO = "fifo"
     LIFO = "lifo"
     PRIORITY = "priority"
+
+
+class SshTask(BaseModel):
+    """What an `ssh` job does: a command or a playbook on a set of hosts, run by a worker.
+
+    Credentials are never part of a job: `credentials` names a set of them in the worker's
+    configuration (`corral worker --ssh-credentials FILE`), and the job only goes to workers
+    that have it (they carry the tag `ssh:<name>`).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    hosts: list[str] = Field(
+        default_factory=list, description="Targets, each '[user@]host[:port]'.", max_length=100_000
+    )
+    inventory: str | None = Field(
+        default=None, description="An inventory's text (host file or YAML with groups and vars)."
+    )
+    limit: str | None = Field(default=None, description="Groups or host globs, e.g. 'web*'.")
+    command: str | None = Field(default=None, description="A shell command run on every host.")
+    playbook: str | None = Field(default=None, description="A playbook's YAML text.")
+    credentials: str | None = Field(default=None, description="A credential set of the worker.")
+    forks: int = Field(default=100, ge=1, le=10_000)
+    command_timeout: float | None = Field(default=None, gt=0)
+    sudo: bool = False
+    check: bool = False
+    force: bool = False
+    variables: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_of_each(self) -> SshTask:
+        if bool(self.hosts) == bool(self.inventory):
+            raise ValueError("an ssh job needs exactly one of 'hosts' or 'inventory'")
+        if bool(self.command) == bool(self.playbook):
+            raise ValueError("an ssh job needs exactly one of 'command' or 'playbook'")
+        return self
 
 
 class JobSpec(BaseModel):
@@ -77,6 +114,22 @@ class JobSpec(BaseModel):
         default=True, description="False: never run twice; a lost worker marks the job 'lost'."
     )
     not_before: float | None = Field(default=None, description="Epoch seconds; delayed start.")
+    ssh: SshTask | None = Field(default=None, description="SSH jobs: hosts and what to run.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _route_ssh_by_credentials(cls, data: Any) -> Any:
+        """An ssh job naming credentials needs a worker that has them: require its tag."""
+        if not isinstance(data, dict):
+            return data
+        ssh = data.get("ssh")
+        credentials = (
+            ssh.get("credentials") if isinstance(ssh, dict) else getattr(ssh, "credentials", None)
+        )
+        tags = list(data.get("tags") or [])
+        if credentials and f"ssh:{credentials}" not in tags:
+            data = {**data, "tags": [*tags, f"ssh:{credentials}"]}
+        return data
 
     @field_validator("queue")
     @classmethod
@@ -87,7 +140,12 @@ class JobSpec(BaseModel):
 
     @model_validator(mode="after")
     def _kind_fields(self) -> JobSpec:
-        if self.kind is JobKind.SHELL:
+        if (self.kind is JobKind.SSH) != (self.ssh is not None):
+            raise ValueError("'ssh' goes with kind 'ssh' and only with it")
+        if self.kind is JobKind.SSH:
+            if self.command or self.target or self.pickled:
+                raise ValueError("an ssh job says what to run in 'ssh', not 'command' or 'target'")
+        elif self.kind is JobKind.SHELL:
             if not self.command:
                 raise ValueError("a shell job needs 'command' (an argv list or a string)")
             if self.target or self.pickled:
@@ -106,6 +164,9 @@ class JobSpec(BaseModel):
     def display_name(self) -> str:
         if self.name:
             return self.name
+        if self.ssh is not None:
+            what = self.ssh.command or "playbook"
+            return f"ssh: {what}"[:MAX_NAME_LENGTH]
         if self.target:
             return self.target
         if isinstance(self.command, list):

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import httpx
 
 from corral import protocol as p
-from corral.client.jobs import JobTarget, python_job, shell_job
+from corral.client.jobs import JobTarget, python_job, shell_job, ssh_job
 from corral.client.stream import ClientStream
 from corral.config import ClientSettings
 from corral.constants import MAX_BATCH_JOBS
@@ -166,6 +166,10 @@ class AsyncClient:
     async def submit_shell(self, command: str | list[str], **options: Any) -> AsyncJob:
         """Run a shell command (argv list, or a string for /bin/sh -c) on a worker."""
         return (await self.submit_many([shell_job(command, **options)]))[0]
+
+    async def submit_ssh(self, **task: Any) -> AsyncJob:
+        """Run a command or playbook on many hosts from a worker; see `corral.ssh_job`."""
+        return (await self.submit_many([ssh_job(**task)]))[0]
 
     async def submit_many(self, specs: Iterable[JobSpec]) -> list[AsyncJob]:
         """Submit many jobs at once; each batch of up to MAX_BATCH_JOBS is one transaction."""
@@ -421,6 +425,9 @@ class Client:
 
     def submit_shell(self, command: str | list[str], **options: Any) -> Job:
         return Job(self, self._call(self._async.submit_shell(command, **options)))
+
+    def submit_ssh(self, **task: Any) -> Job:
+        return Job(self, self._call(self._async.submit_ssh(**task)))
 
     def submit_many(self, specs: Iterable[JobSpec]) -> list[Job]:
         return self._wrap(self._call(self._async.submit_many(list(specs))))

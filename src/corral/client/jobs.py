@@ -16,7 +16,7 @@ import msgpack
 from pydantic import ValidationError
 
 from corral.errors import SerializationError
-from corral.models import JobKind, JobSpec
+from corral.models import JobKind, JobSpec, SshTask
 
 JobTarget = Callable[..., Any] | str
 
@@ -60,11 +60,14 @@ def _spec(**fields: Any) -> JobSpec:
     try:
         return JobSpec(**{k: v for k, v in fields.items() if v is not None})
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in error['loc']) or 'job'}: {error['msg']}"
-            for error in exc.errors()
-        )
-        raise SerializationError(f"invalid job: {problems}") from None
+        raise SerializationError(f"invalid job: {_problems(exc)}") from None
+
+
+def _problems(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(part) for part in error['loc']) or 'job'}: {error['msg']}"
+        for error in exc.errors()
+    )
 
 
 def python_job(
@@ -95,3 +98,41 @@ def shell_job(command: str | Sequence[str], **options: Any) -> JobSpec:
     """A spec running `command` (an argv list, or a string for /bin/sh -c) on a worker."""
     value = command if isinstance(command, str) else list(command)
     return _spec(kind=JobKind.SHELL, command=value, **options)
+
+
+def ssh_job(
+    *,
+    command: str | None = None,
+    playbook: str | None = None,
+    hosts: Sequence[str] = (),
+    inventory: str | None = None,
+    credentials: str | None = None,
+    limit: str | None = None,
+    forks: int = 100,
+    command_timeout: float | None = None,
+    sudo: bool = False,
+    check: bool = False,
+    force: bool = False,
+    variables: Mapping[str, str] | None = None,
+    **options: Any,
+) -> JobSpec:
+    """A spec that runs `command` (or a playbook's YAML text) on `hosts` (or an inventory's
+    text) from a worker, with the credential set the worker knows as `credentials`."""
+    try:
+        task = SshTask(
+            hosts=list(hosts),
+            inventory=inventory,
+            command=command,
+            playbook=playbook,
+            credentials=credentials,
+            limit=limit,
+            forks=forks,
+            command_timeout=command_timeout,
+            sudo=sudo,
+            check=check,
+            force=force,
+            variables=dict(variables or {}),
+        )
+    except ValidationError as exc:
+        raise SerializationError(f"invalid ssh job: {_problems(exc)}") from None
+    return _spec(kind=JobKind.SSH, ssh=task, **options)

@@ -1,0 +1,279 @@
+"""SSH jobs: a command or playbook fanned out to many hosts by the worker, over `corral.ssh`.
+
+The job carries the hosts (or an inventory's text) and what to run; the credentials stay on the
+worker. `corral worker --ssh-credentials FILE` names credential sets in YAML:
+
+    prod:
+      user: deploy
+      keys: [/etc/corral/keys/prod_ed25519]
+      known_hosts: /etc/corral/known_hosts
+      host_key_policy: strict          # or accept-new, insecure
+      password_file: /etc/corral/prod.password   # optional; also sudo_password_file
+      jump: deploy@bastion             # optional
+      agent: false                     # use no ssh-agent (default: $SSH_AUTH_SOCK)
+
+A job names one set (`credentials: prod`) and is routed only to workers that have it (they carry
+the tag `ssh:prod`). A job naming none uses the set called `default` if there is one, else the
+worker user's own ssh setup (~/.ssh keys and config, the agent).
+
+The job succeeds when every host is ok (or skipped); its result is the run's per-host summary,
+which `corral show` prints. Each host's files (stdout, stderr, summary.tsv, failed.txt) stay in the
+worker's run directory, named in the result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from corral.errors import ConfigError, CorralError
+from corral.models import JobKind, JobSpec, JobState, SshTask
+from corral.ssh import (
+    ConnectOptions,
+    HostKeyPolicy,
+    HostResult,
+    HostStatus,
+    Inventory,
+    OutputGroup,
+    Playbook,
+    RunOptions,
+    RunSummary,
+    load_inventory,
+    load_playbook,
+    run_command,
+    run_playbook,
+)
+from corral.worker.executors.base import STDOUT, Executor, JobSetupError, Outcome, OutputCallback
+
+DEFAULT_CREDENTIALS = "default"
+_FAILED = (HostStatus.FAILED, HostStatus.UNREACHABLE)
+_KEYS = {
+    "user", "keys", "known_hosts", "host_key_policy", "password_file", "sudo_password_file",
+    "jump", "agent", "ssh_config", "connect_timeout", "max_handshakes",
+}  # fmt: skip
+
+
+def load_credentials(path: Path) -> dict[str, ConnectOptions]:
+    """Credential sets from a YAML file; ConfigError naming the set and key that are wrong."""
+    try:
+        document = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read ssh credentials {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(document, dict):
+        raise ConfigError(f"{path}: expected a mapping of credential names to settings")
+    return {str(name): _connect_options(path, str(name), entry) for name, entry in document.items()}
+
+
+def _connect_options(path: Path, name: str, entry: Any) -> ConnectOptions:
+    where = f"{path}: credentials {name!r}"
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where}: expected a mapping of settings")
+    unknown = sorted(set(entry) - _KEYS)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(_KEYS))}"
+        )
+
+    def secret(key: str) -> str | None:
+        if key not in entry:
+            return None
+        try:
+            return Path(entry[key]).expanduser().read_text().rstrip("\n")
+        except OSError as exc:
+            raise ConfigError(f"{where}: cannot read {key} {entry[key]}: {exc.strerror}") from exc
+
+    try:
+        policy = HostKeyPolicy(entry.get("host_key_policy", HostKeyPolicy.STRICT.value))
+    except ValueError:
+        allowed = ", ".join(p.value for p in HostKeyPolicy)
+        raise ConfigError(f"{where}: host_key_policy is one of {allowed}") from None
+    keys = entry.get("keys", [])
+    agent = entry.get("agent", True)
+    options: dict[str, Any] = {
+        "user": entry.get("user"),
+        "keys": tuple(
+            str(Path(k).expanduser()) for k in ([keys] if isinstance(keys, str) else keys)
+        ),
+        "known_hosts": Path(entry["known_hosts"]).expanduser() if "known_hosts" in entry else None,
+        "host_key_policy": policy,
+        "password": secret("password_file"),
+        "sudo_password": secret("sudo_password_file"),
+        "jump": entry.get("jump"),
+        "agent_path": None if agent is True else (agent or ""),
+    }
+    if "ssh_config" in entry:
+        configs = entry["ssh_config"]
+        options["ssh_config"] = tuple([configs] if isinstance(configs, str) else configs)
+    for key in ("connect_timeout", "max_handshakes"):
+        if key in entry:
+            options[key] = entry[key]
+    return ConnectOptions(**options)
+
+
+class _Progress:
+    """Forwards each host's end as one line of the job's output, so `corral logs -f` shows it."""
+
+    def __init__(self, on_output: OutputCallback) -> None:
+        self._on_output = on_output
+
+    def phase_started(self, title: str, total: int) -> None:
+        self._on_output(STDOUT, f"== {title}: {total} hosts\n".encode())
+
+    def host_finished(self, result: HostResult) -> None:
+        detail = f" exit {result.exit_code}" if result.exit_code is not None else ""
+        error = f" {result.first_error_line()}" if result.error else ""
+        self._on_output(STDOUT, f"{result.host} {result.status.value}{detail}{error}\n".encode())
+
+    def groups_found(self, name: str, groups: list[OutputGroup]) -> None:
+        for group in groups:
+            self._on_output(
+                STDOUT, f"{name}: {group.count} hosts print {group.output!r}\n".encode()
+            )
+
+    def run_finished(self, summary: RunSummary) -> None:
+        counts = ", ".join(f"{n} {status.value}" for status, n in summary.counts().items() if n)
+        self._on_output(STDOUT, f"== done: {counts}\n".encode())
+
+
+class SshExecutor(Executor):
+    """Runs `ssh` jobs in the worker's event loop (the fan-out is asyncio, no subprocess)."""
+
+    def __init__(
+        self,
+        credentials: Mapping[str, ConnectOptions] | None = None,
+        run_root: Path | None = None,
+    ) -> None:
+        self._credentials = dict(credentials or {})
+        self._run_root = run_root or Path(tempfile.gettempdir()) / "corral-ssh-runs"
+        self._running: dict[str, asyncio.Task[RunSummary]] = {}
+        self._cancelled: set[str] = set()
+
+    def tags(self) -> list[str]:
+        """The routing tags of the credential sets this worker holds."""
+        return [f"ssh:{name}" for name in self._credentials]
+
+    async def start(self) -> None:
+        self._run_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    async def run(self, job_id: str, spec: JobSpec, on_output: OutputCallback) -> Outcome:
+        started = time.time()
+        if spec.kind is not JobKind.SSH or spec.ssh is None:
+            return Outcome.failure(JobSetupError("not an ssh job"), started, time.time())
+        out_dir = self._run_root / job_id
+        task = asyncio.ensure_future(self._fan_out(spec.ssh, out_dir, on_output))
+        self._running[job_id] = task
+        try:
+            async with asyncio.timeout(spec.timeout):
+                summary = await task
+        except CorralError as exc:
+            return Outcome.failure(exc, started, time.time())
+        except TimeoutError:
+            return _stopped(
+                JobState.TIMED_OUT, f"timed out after {spec.timeout:g}s", out_dir, started
+            )
+        except asyncio.CancelledError:
+            if job_id not in self._cancelled:
+                raise  # the worker itself is stopping
+            return _stopped(JobState.CANCELLED, "cancelled", out_dir, started)
+        finally:
+            self._running.pop(job_id, None)
+            self._cancelled.discard(job_id)
+        return _outcome(summary, started)
+
+    async def _fan_out(self, task: SshTask, out_dir: Path, on_output: OutputCallback) -> RunSummary:
+        name = task.credentials or DEFAULT_CREDENTIALS
+        connect = self._credentials.get(name)
+        if connect is None and task.credentials:
+            known = ", ".join(sorted(self._credentials)) or "none"
+            raise JobSetupError(
+                f"this worker has no ssh credentials named {name!r} (it has: {known}); add them "
+                "to its --ssh-credentials file"
+            )
+        inventory, playbook = _prepare(task, out_dir)
+        options = RunOptions(
+            connect=connect or ConnectOptions(),
+            forks=task.forks,
+            command_timeout=task.command_timeout,
+            sudo=task.sudo,
+            check=task.check,
+            force=task.force,
+            variables=task.variables,
+        )
+        listener = _Progress(on_output)
+        if playbook is None:
+            return await run_command(inventory, task.command or "", options, out_dir, listener)
+        return await run_playbook(inventory, playbook, options, out_dir, listener)
+
+    async def cancel(self, job_id: str) -> None:
+        task = self._running.get(job_id)
+        if task is not None:
+            self._cancelled.add(job_id)
+            task.cancel()
+
+    async def close(self) -> None:
+        for task in list(self._running.values()):
+            task.cancel()
+
+
+def _prepare(task: SshTask, out_dir: Path) -> tuple[Inventory, Playbook | None]:
+    """The job's run directory, with its inventory (and playbook) written there and loaded."""
+    out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if task.hosts:
+        inventory_path = out_dir / "hosts.txt"
+        inventory_path.write_text("\n".join(task.hosts) + "\n")
+    else:
+        text = task.inventory or ""
+        try:
+            is_yaml = isinstance(yaml.safe_load(text), dict)
+        except yaml.YAMLError:
+            is_yaml = False
+        inventory_path = out_dir / ("inventory.yaml" if is_yaml else "hosts.txt")
+        inventory_path.write_text(text)
+    inventory = load_inventory(str(inventory_path))
+    if task.limit:
+        inventory = inventory.limit(task.limit)
+    if task.playbook is None:
+        return inventory, None
+    playbook_path = out_dir / "playbook.yaml"
+    playbook_path.write_text(task.playbook)
+    return inventory, load_playbook(playbook_path)
+
+
+def _stopped(state: JobState, reason: str, out_dir: Path, started: float) -> Outcome:
+    """A run cut short: connections are closed; what finished is in the run directory."""
+    return Outcome(
+        state,
+        started,
+        time.time(),
+        result={"out_dir": str(out_dir)},
+        error_type="Timeout" if state is JobState.TIMED_OUT else "Cancelled",
+        error_message=f"{reason}; connections closed, partial results in {out_dir} on the worker",
+    )
+
+
+def _outcome(summary: RunSummary, started: float) -> Outcome:
+    result = summary.to_dict()
+    failed = [r.host for r in summary.results if r.status in _FAILED]
+    if not failed and not summary.stopped:
+        return Outcome(JobState.SUCCEEDED, started, time.time(), result=result)
+    if failed:
+        shown = ", ".join(failed[:5]) + (" ..." if len(failed) > 5 else "")
+        message = f"{len(failed)} of {len(summary.results)} hosts failed: {shown}"
+    else:
+        message = f"the play stopped: {summary.stopped}"
+    return Outcome(
+        JobState.FAILED,
+        started,
+        time.time(),
+        result=result,
+        error_type="HostsFailed",
+        error_message=message,
+    )
