@@ -71,7 +71,9 @@ class ProgressDisplay:
 
 def groups_table(name: str, groups: list[OutputGroup]) -> Table:
     """Hosts grouped by output: the answer to "does the fleet agree?"."""
-    verdict = "all hosts agree" if len(groups) == 1 else f"{len(groups)} different outputs"
+    verdict = f"{len(groups)} different outputs"
+    if len(groups) == 1:
+        verdict = "all answering hosts agree"
     table = Table(title=f"{name}: {verdict}", title_justify="left")
     table.add_column("hosts", justify="right")
     table.add_column("output")
