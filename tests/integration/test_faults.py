@@ -86,8 +86,9 @@ def test_non_idempotent_job_of_a_killed_worker_is_lost_until_retried(
         assert "rerun" not in marker.read_text()  # not run a second time on its own
         env = {"CORRAL_URL": server.url, "CORRAL_TOKEN": server.token}
         assert run_corral("retry", job.id, env=env).returncode == 0
-        assert job.result(timeout=60) == "rerun"
-        assert len(job.info().attempts) == 2
+        retried = client.job(job.id)  # a fresh handle: the old one remembers it was lost
+        assert retried.result(timeout=60) == "rerun"
+        assert [a.state for a in retried.info().attempts] == [JobState.LOST, JobState.SUCCEEDED]
 
 
 @pytest.mark.slow
