@@ -7,6 +7,7 @@ ever lost, and a job submitted with idempotent=False is marked `lost` rather tha
 
 from __future__ import annotations
 
+import signal
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -198,6 +199,7 @@ def test_network_cut_between_worker_and_server(
             assert all("never reached its worker" in (message or "") for message in others), (
                 attempts
             )
+        _cut_and_stop(proxy, worker)
 
 
 def _connected_count(client: corral.Client) -> int:
@@ -232,3 +234,11 @@ def test_network_cut_longer_than_the_lease(
             info = client.get(job.id)
             assert len(info.attempts) >= counts[str(n)]
             assert info.result == str(n)
+        _cut_and_stop(proxy, worker)
+
+
+def _cut_and_stop(proxy: TcpProxy, worker: WorkerProcess) -> None:
+    """SIGTERM as the link drops: the worker must still stop, not go on reconnecting."""
+    proxy.cut()
+    worker.proc.send_signal(signal.SIGTERM)
+    assert worker.proc.wait(timeout=60) == 0

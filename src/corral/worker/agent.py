@@ -245,8 +245,16 @@ class Worker:
                     self._handle(frame)
         finally:
             sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
-                await sender
+            # Not suppress(CancelledError) around `await sender`: that would also swallow a
+            # cancel of this task (a shutdown), and the reconnect loop would never end.
+            await asyncio.wait([sender])
+            if not sender.cancelled():
+                sender.exception()  # a send that failed as the connection dropped: expected
+
+    def _announced_tags(self) -> list[str]:
+        """The worker's own tags and those its executors add (e.g. `ssh:<credentials>`)."""
+        extra = [tag for executor in self.executors.values() for tag in executor.tags()]
+        return list(dict.fromkeys([*self.settings.tags, *extra]))
 
     def _handle(self, frame: p.Frame) -> None:
         if isinstance(frame, p.Jobs):
