@@ -10,64 +10,39 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
-from enum import IntEnum
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from corral import display
+from corral.cli_common import (
+    CaOpt,
+    DataDirOpt,
+    ExitCode,
+    JsonOpt,
+    QueueOpt,
+    ServerOpt,
+    TimeoutOpt,
+    TokenOpt,
+    WaitOpt,
+    err,
+    errors_to_exit_codes,
+    fail,
+    out,
+    print_json,
+    submit_and_report,
+    with_client,
+)
 from corral.client.client import Client
 from corral.client.jobs import python_job, shell_job
 from corral.config import ClientSettings, ServerSettings, data_dir
 from corral.constants import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_PREFETCH
-from corral.errors import (
-    AuthError,
-    ConfigError,
-    Conflict,
-    CorralError,
-    InvalidRequest,
-    JobTimeout,
-    NotFound,
-    ProtocolError,
-    SerializationError,
-    ServerUnreachable,
-)
+from corral.errors import ConfigError, InvalidRequest, NotFound
 from corral.models import JobState, QueueOrdering
 from corral.ssh.cli import app as ssh_app
-
-T = TypeVar("T")
-
-
-class ExitCode(IntEnum):
-    """What `corral` exits with, so scripts can tell failures apart."""
-
-    OK = 0
-    JOB_FAILED = 1  # a waited-on job did not succeed
-    USAGE = 2  # bad flags or arguments (typer's own code too)
-    UNREACHABLE = 3  # no server at the URL
-    AUTH = 4  # token missing, wrong or lacking the role
-    NOT_FOUND = 5  # unknown job, token, ...
-    INVALID = 6  # the server refused the input
-    TIMEOUT = 7  # waiting took longer than --timeout
-    CONFLICT = 8  # e.g. retrying a running job
-    ERROR = 10  # any other corral error
-
-
-_EXIT_FOR: list[tuple[type[CorralError], ExitCode]] = [
-    (ServerUnreachable, ExitCode.UNREACHABLE),
-    (AuthError, ExitCode.AUTH),
-    (NotFound, ExitCode.NOT_FOUND),
-    (InvalidRequest, ExitCode.INVALID),
-    (SerializationError, ExitCode.INVALID),
-    (ConfigError, ExitCode.USAGE),
-    (JobTimeout, ExitCode.TIMEOUT),
-    (Conflict, ExitCode.CONFLICT),
-    (ProtocolError, ExitCode.ERROR),
-]
 
 app = typer.Typer(
     help="corral: a distributed job scheduler for Python.",
@@ -79,61 +54,11 @@ token_app = typer.Typer(help="Show and manage API tokens.", no_args_is_help=True
 app.add_typer(token_app, name="token")
 app.add_typer(ssh_app, name="ssh")
 
-out = Console()
-err = Console(stderr=True)
-
-ServerOpt = Annotated[
-    str | None,
-    typer.Option("--server", envvar="CORRAL_URL", help="Server URL [default: local server]"),
-]
-TokenOpt = Annotated[
-    str | None,
-    typer.Option("--token", envvar="CORRAL_TOKEN", show_envvar=True, help="API token"),
-]
-CaOpt = Annotated[
-    Path | None, typer.Option("--ca", envvar="CORRAL_CA", help="CA certificate (PEM) for TLS")
-]
-DataDirOpt = Annotated[
-    Path | None,
-    typer.Option("--data-dir", envvar="CORRAL_DATA_DIR", help="Server data directory"),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts")]
 LogLevelOpt = Annotated[str, typer.Option("--log-level", help="debug, info, warning, error")]
 
 
 def main() -> None:
     app()
-
-
-def fail(error: CorralError) -> NoReturn:
-    code = next((code for cls, code in _EXIT_FOR if isinstance(error, cls)), ExitCode.ERROR)
-    err.print(f"[bold red]error:[/] {error}", highlight=False)
-    raise typer.Exit(int(code))
-
-
-@contextlib.contextmanager
-def errors_to_exit_codes() -> Iterator[None]:
-    try:
-        yield
-    except CorralError as error:
-        fail(error)
-
-
-def connect(server: str | None, token: str | None, ca: Path | None, data: Path | None) -> Client:
-    settings = ClientSettings.resolve(server, token, ca, data)
-    return Client(settings.url, settings.token, ca=settings.ca)
-
-
-def with_client(
-    server: str | None,
-    token: str | None,
-    ca: Path | None,
-    data: Path | None,
-    action: Callable[[Client], T],
-) -> T:
-    """Run `action` with a client, turning corral errors into exit codes."""
-    with errors_to_exit_codes(), connect(server, token, ca, data) as client:
-        return action(client)
 
 
 def configure_logging(level: str) -> None:
@@ -142,10 +67,6 @@ def configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-
-
-def print_json(data: Any) -> None:
-    out.print_json(json.dumps(data, default=str))
 
 
 # -- server, worker, up -----------------------------------------------------------------------
@@ -214,6 +135,10 @@ def worker(
     on_shutdown: Annotated[
         str, typer.Option(help="finish: let running jobs end; release: hand them back")
     ] = "finish",
+    ssh_credentials: Annotated[
+        Path | None,
+        typer.Option(help="YAML credential sets for ssh jobs (see docs/ssh.md)"),
+    ] = None,
     log_level: LogLevelOpt = "info",
 ) -> None:
     """Run a worker that takes jobs from a corral server."""
@@ -237,6 +162,7 @@ def worker(
             allow_users=_split(allow_users),
             allow_pickle=allow_pickle,
             shutdown_mode=mode,
+            ssh_credentials=ssh_credentials,
         )
 
         async def run() -> None:
@@ -324,9 +250,7 @@ def job_options(
     return {k: v for k, v in options.items() if v is not None}
 
 
-QueueOpt = Annotated[str | None, typer.Option(help="Queue [default: default]")]
 PriorityOpt = Annotated[int | None, typer.Option(help="Higher runs first in priority queues")]
-TimeoutOpt = Annotated[float | None, typer.Option(help="Seconds before the job is killed")]
 RetriesOpt = Annotated[int | None, typer.Option(help="Retries after failure (with backoff)")]
 UserOpt = Annotated[str | None, typer.Option(help="Run as this OS user (worker allow-list)")]
 TagOpt = Annotated[list[str] | None, typer.Option(help="Required worker tag (repeatable)")]
@@ -335,7 +259,6 @@ DelayOpt = Annotated[float | None, typer.Option(help="Start no sooner than this 
 NotIdempotentOpt = Annotated[
     bool, typer.Option("--not-idempotent", help="Never run twice: mark lost instead of re-running")
 ]
-WaitOpt = Annotated[bool, typer.Option("--wait", help="Wait for the job and print its result")]
 
 
 @app.command(context_settings={"allow_interspersed_args": False})
@@ -366,7 +289,7 @@ def submit(
         token,
         ca,
         data_dir_flag,
-        lambda client: _submit_and_report(client, spec, wait, as_json),
+        lambda client: submit_and_report(client, spec, wait, as_json),
     )
 
 
@@ -401,7 +324,7 @@ def run(
         token,
         ca,
         data_dir_flag,
-        lambda client: _submit_and_report(client, spec, wait, as_json),
+        lambda client: submit_and_report(client, spec, wait, as_json),
     )
 
 
@@ -410,21 +333,6 @@ def _parse_arg(text: str) -> Any:
         return json.loads(text)
     except ValueError:
         return text
-
-
-def _submit_and_report(client: Client, spec: Any, wait: bool, as_json: bool) -> None:
-    job = client.submit_many([spec])[0]
-    if not wait:
-        print_json({"id": job.id}) if as_json else print(job.id)
-        return
-    job.wait()
-    info = job.info()
-    if as_json:
-        print_json(info.model_dump(mode="json"))
-    else:
-        display.show_job(out, info)
-    if info.state is not JobState.SUCCEEDED:
-        raise typer.Exit(int(ExitCode.JOB_FAILED))
 
 
 # -- inspecting and controlling -----------------------------------------------------------

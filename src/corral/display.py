@@ -75,6 +75,10 @@ def show_job(out: Console, info: JobInfo) -> None:
     what = spec.target or (
         spec.command if isinstance(spec.command, str) else " ".join(spec.command or [])
     )
+    if spec.ssh is not None:
+        hosts = f"{len(spec.ssh.hosts)} hosts" if spec.ssh.hosts else "an inventory"
+        what = f"{spec.ssh.command or 'a playbook'} on {hosts}"
+        what += f" with credentials {spec.ssh.credentials}" if spec.ssh.credentials else ""
     out.print(f"[bold]{info.id}[/] {info.name}")
     out.print(f"  state:    {styled(info.state)}")
     out.print(f"  kind:     {spec.kind.value}  {what}", highlight=False)

@@ -3,9 +3,11 @@
     corral ssh run   [OPTIONS] INVENTORY -- CMD
     corral ssh play  [OPTIONS] PLAYBOOK.yaml INVENTORY
     corral ssh facts [OPTIONS] INVENTORY -- CMD
+    corral ssh submit [OPTIONS] INVENTORY (--playbook FILE | -- CMD)
 
 INVENTORY is a host file, a YAML inventory, `@file`, or a comma-separated list (`web1,web2`).
-The exit code says how the run went; see ExitCode.
+The exit code of run, play and facts says how the run went; see ExitCode. `submit` hands the run
+to a worker as an `ssh` job and exits as `corral submit` does.
 """
 
 from __future__ import annotations
@@ -21,6 +23,20 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from corral.cli_common import (
+    CaOpt,
+    DataDirOpt,
+    JsonOpt,
+    QueueOpt,
+    ServerOpt,
+    TimeoutOpt,
+    TokenOpt,
+    WaitOpt,
+    errors_to_exit_codes,
+    submit_and_report,
+    with_client,
+)
+from corral.client.jobs import ssh_job
 from corral.errors import ConfigError
 from corral.ssh.connection import (
     DEFAULT_CONNECT_TIMEOUT,
@@ -349,3 +365,90 @@ def _parse_vars(pairs: list[str]) -> dict[str, str]:
             raise ConfigError(f"--var {pair!r}: write NAME=VALUE")
         variables[name] = value
     return variables
+
+
+@app.command("submit")
+def submit_cmd(
+    inventory: Annotated[str, typer.Argument(help="Host file, YAML, @file or a,b,c.")],
+    command: Annotated[
+        list[str] | None, typer.Argument(help="The command, after -- (or --playbook).")
+    ] = None,
+    playbook: Annotated[
+        Path | None, typer.Option(help="A playbook YAML file to run instead of a command.")
+    ] = None,
+    credentials: Annotated[
+        str | None,
+        typer.Option(help="Credential set, by name, from the worker's --ssh-credentials file."),
+    ] = None,
+    limit: Limit = None,
+    forks: Forks = DEFAULT_FORKS,
+    command_timeout: Annotated[
+        float | None, typer.Option(help="Seconds a command may run on one host.")
+    ] = None,
+    sudo: Sudo = False,
+    check: Annotated[
+        bool, typer.Option(help="Show what would run on each host; change nothing.")
+    ] = False,
+    force: Annotated[
+        bool, typer.Option(help="Go on when a check step finds hosts differ.")
+    ] = False,
+    var: Annotated[
+        list[str] | None, typer.Option("--var", "-e", help="Variable NAME=VALUE (repeatable).")
+    ] = None,
+    queue: QueueOpt = None,
+    timeout: TimeoutOpt = None,
+    name: Annotated[str | None, typer.Option(help="A name to find the job by")] = None,
+    wait: WaitOpt = False,
+    server_url: ServerOpt = None,
+    token: TokenOpt = None,
+    ca: CaOpt = None,
+    data_dir_flag: DataDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run a command or playbook on many hosts from a worker, as a job:
+    corral ssh submit hosts.txt --credentials prod --wait -- uptime
+
+    The inventory and playbook are read here and their text travels in the job, so the worker
+    needs neither file; the credentials stay on the worker and are named, never sent."""
+    job_options: dict[str, Any] = {"queue": queue, "timeout": timeout, "name": name}
+    with errors_to_exit_codes():
+        if bool(command) == (playbook is not None):
+            raise ConfigError("give either --playbook FILE or a command after --, not both")
+        spec = ssh_job(
+            **_job_targets(inventory, limit),
+            command=" ".join(command) if command else None,
+            playbook=_read_text(playbook, "playbook") if playbook else None,
+            credentials=credentials,
+            limit=limit,
+            forks=forks,
+            command_timeout=command_timeout,
+            sudo=sudo,
+            check=check,
+            force=force,
+            variables=_parse_vars(var or []),
+            **{key: value for key, value in job_options.items() if value is not None},
+        )
+    with_client(
+        server_url,
+        token,
+        ca,
+        data_dir_flag,
+        lambda client: submit_and_report(client, spec, wait, as_json),
+    )
+
+
+def _job_targets(spec: str, limit: str | None) -> dict[str, Any]:
+    """`hosts` or `inventory` for an ssh job, checked here (file:line errors, --limit matches)
+    so that a mistake is reported before anything is queued."""
+    _inventory(spec, None, limit)
+    path = spec[1:] if spec.startswith("@") else spec
+    if "," in path and not Path(path).exists():
+        return {"hosts": [part.strip() for part in path.split(",") if part.strip()]}
+    return {"inventory": _read_text(Path(path), "inventory")}
+
+
+def _read_text(path: Path, what: str) -> str:
+    try:
+        return path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from exc

@@ -2,7 +2,7 @@
 
 A worker keeps every job it was given until the server acknowledges the result, so nothing is lost
 when the connection drops: on reconnect it says which jobs it still holds (`Hello.held`) and sends
-the unacknowledged results again. Executors (shell, python) know nothing of the server.
+the unacknowledged results again. Executors (shell, python, ssh) know nothing of the server.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from corral.transport import closed_error, open_websocket
 from corral.worker.executors.base import Executor, Outcome
 from corral.worker.executors.python import PythonExecutor
 from corral.worker.executors.shell import ShellExecutor
+from corral.worker.executors.ssh import SshExecutor, load_credentials
 
 logger = logging.getLogger("corral.worker")
 
@@ -58,6 +59,7 @@ class WorkerSettings:
     allow_pickle: bool = False
     shutdown_mode: ShutdownMode = ShutdownMode.FINISH
     shutdown_grace: float = GRACEFUL_SHUTDOWN_TIMEOUT
+    ssh_credentials: Path | None = None  # YAML credential sets for ssh jobs, by name
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}")
 
 
@@ -82,6 +84,9 @@ class Worker:
                 settings.concurrency,
                 allow_users=settings.allow_users,
                 allow_pickle=settings.allow_pickle,
+            ),
+            JobKind.SSH: SshExecutor(
+                load_credentials(settings.ssh_credentials) if settings.ssh_credentials else None
             ),
         }
         self._assigned: dict[str, _Assignment] = {}  # given to us, not yet finished
@@ -223,7 +228,7 @@ class Worker:
             self.settings.concurrency,
             0 if self._draining else self.settings.concurrency + self.settings.prefetch,
             list(self.settings.queues),
-            list(self.settings.tags),
+            self._announced_tags(),
             held,
         )
         await ws.send(hello.encode())

@@ -120,6 +120,11 @@ class Executor(ABC):
     async def close(self) -> None:
         """Kill every job still running (their run() return CANCELLED) and release resources."""
 
+    def tags(self) -> list[str]:
+        """Tags the worker announces for this executor, on top of its own --tags: jobs that
+        require one of them go only to workers whose executor can run them."""
+        return []
+
     async def __aenter__(self) -> Executor:
         await self.start()
         return self

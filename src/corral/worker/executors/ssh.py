@@ -12,13 +12,16 @@ worker. `corral worker --ssh-credentials FILE` names credential sets in YAML:
       jump: deploy@bastion             # optional
       agent: false                     # use no ssh-agent (default: $SSH_AUTH_SOCK)
 
+(docs/ssh.md lists every key; relative paths are relative to the file's folder.)
+
 A job names one set (`credentials: prod`) and is routed only to workers that have it (they carry
 the tag `ssh:prod`). A job naming none uses the set called `default` if there is one, else the
 worker user's own ssh setup (~/.ssh keys and config, the agent).
 
 The job succeeds when every host is ok (or skipped); its result is the run's per-host summary,
-which `corral show` prints. Each host's files (stdout, stderr, summary.tsv, failed.txt) stay in the
-worker's run directory, named in the result.
+which `corral show` prints; a timeout or cancel closes the connections and still reports every
+host. Each host's files (stdout, stderr, summary.tsv, failed.txt) stay in the worker's run
+directory, named in the result.
 """
 
 from __future__ import annotations
@@ -32,10 +35,11 @@ from typing import Any
 
 import yaml
 
-from corral.errors import ConfigError, CorralError
+from corral.errors import CorralError
 from corral.models import JobKind, JobSpec, JobState, SshTask
 from corral.ssh import (
     ConnectOptions,
+    CredentialError,
     HostKeyPolicy,
     HostResult,
     HostStatus,
@@ -60,69 +64,99 @@ _KEYS = {
 
 
 def load_credentials(path: Path) -> dict[str, ConnectOptions]:
-    """Credential sets from a YAML file; ConfigError naming the set and key that are wrong."""
+    """Credential sets from a YAML file; CredentialError naming the set and key that are wrong.
+
+    Relative paths in the file (keys, known_hosts, password files, ssh config) are relative to
+    the file's own folder, so the worker's working directory does not matter.
+    """
     try:
         document = yaml.safe_load(path.read_text()) or {}
     except OSError as exc:
-        raise ConfigError(f"cannot read ssh credentials {path}: {exc.strerror}") from exc
+        raise CredentialError(f"cannot read ssh credentials {path}: {exc.strerror}") from exc
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        raise CredentialError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(document, dict):
-        raise ConfigError(f"{path}: expected a mapping of credential names to settings")
+        raise CredentialError(f"{path}: expected a mapping of credential names to settings")
     return {str(name): _connect_options(path, str(name), entry) for name, entry in document.items()}
 
 
 def _connect_options(path: Path, name: str, entry: Any) -> ConnectOptions:
     where = f"{path}: credentials {name!r}"
     if not isinstance(entry, dict):
-        raise ConfigError(f"{where}: expected a mapping of settings")
+        raise CredentialError(f"{where}: expected a mapping of settings")
     unknown = sorted(set(entry) - _KEYS)
     if unknown:
-        raise ConfigError(
+        raise CredentialError(
             f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(_KEYS))}"
         )
 
+    def text(key: str) -> str | None:
+        value = entry.get(key)
+        if value is not None and not isinstance(value, str):
+            raise CredentialError(f"{where}: {key} must be a string, not {value!r}")
+        return value
+
+    def local(value: str) -> Path:
+        return path.parent / Path(value).expanduser()
+
+    def paths(key: str) -> tuple[str, ...] | None:
+        value = entry.get(key)
+        if value is None:
+            return None
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
+            raise CredentialError(f"{where}: {key} must be a path or a list of paths")
+        return tuple(str(local(item)) for item in items)
+
     def secret(key: str) -> str | None:
-        if key not in entry:
+        file = text(key)
+        if file is None:
             return None
         try:
-            return Path(entry[key]).expanduser().read_text().rstrip("\n")
+            lines = local(file).read_text().splitlines()
         except OSError as exc:
-            raise ConfigError(f"{where}: cannot read {key} {entry[key]}: {exc.strerror}") from exc
+            raise CredentialError(f"{where}: cannot read {key} {file}: {exc.strerror}") from exc
+        return lines[0] if lines else ""
+
+    def number(key: str, kind: type[int] | type[float]) -> dict[str, Any]:
+        value = entry.get(key)
+        if value is None:
+            return {}
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise CredentialError(f"{where}: {key} must be a positive number, not {value!r}")
+        return {key: kind(value)}
 
     try:
         policy = HostKeyPolicy(entry.get("host_key_policy", HostKeyPolicy.STRICT.value))
     except ValueError:
         allowed = ", ".join(p.value for p in HostKeyPolicy)
-        raise ConfigError(f"{where}: host_key_policy is one of {allowed}") from None
-    keys = entry.get("keys", [])
+        raise CredentialError(f"{where}: host_key_policy is one of {allowed}") from None
     agent = entry.get("agent", True)
-    options: dict[str, Any] = {
-        "user": entry.get("user"),
-        "keys": tuple(
-            str(Path(k).expanduser()) for k in ([keys] if isinstance(keys, str) else keys)
-        ),
-        "known_hosts": Path(entry["known_hosts"]).expanduser() if "known_hosts" in entry else None,
-        "host_key_policy": policy,
-        "password": secret("password_file"),
-        "sudo_password": secret("sudo_password_file"),
-        "jump": entry.get("jump"),
-        "agent_path": None if agent is True else (agent or ""),
-    }
-    if "ssh_config" in entry:
-        configs = entry["ssh_config"]
-        options["ssh_config"] = tuple([configs] if isinstance(configs, str) else configs)
-    for key in ("connect_timeout", "max_handshakes"):
-        if key in entry:
-            options[key] = entry[key]
-    return ConnectOptions(**options)
+    if not isinstance(agent, bool | str):
+        raise CredentialError(f"{where}: agent is true, false or the agent socket's path")
+    known_hosts = text("known_hosts")
+    return ConnectOptions(
+        user=text("user"),
+        keys=paths("keys") or (),
+        known_hosts=local(known_hosts) if known_hosts else None,
+        host_key_policy=policy,
+        password=secret("password_file"),
+        sudo_password=secret("sudo_password_file"),
+        jump=text("jump"),
+        agent_path=None if agent is True else (agent or ""),
+        ssh_config=paths("ssh_config"),
+        **number("connect_timeout", float),
+        **number("max_handshakes", int),
+    )
 
 
 class _Progress:
-    """Forwards each host's end as one line of the job's output, so `corral logs -f` shows it."""
+    """Forwards each host's end as one line of the job's output, so `corral logs -f` shows it;
+    keeps the final summary, which a run also reports when it is cut short."""
 
     def __init__(self, on_output: OutputCallback) -> None:
         self._on_output = on_output
+        self.summary: RunSummary | None = None
 
     def phase_started(self, title: str, total: int) -> None:
         self._on_output(STDOUT, f"== {title}: {total} hosts\n".encode())
@@ -139,6 +173,7 @@ class _Progress:
             )
 
     def run_finished(self, summary: RunSummary) -> None:
+        self.summary = summary
         counts = ", ".join(f"{n} {status.value}" for status, n in summary.counts().items() if n)
         self._on_output(STDOUT, f"== done: {counts}\n".encode())
 
@@ -168,7 +203,8 @@ class SshExecutor(Executor):
         if spec.kind is not JobKind.SSH or spec.ssh is None:
             return Outcome.failure(JobSetupError("not an ssh job"), started, time.time())
         out_dir = self._run_root / job_id
-        task = asyncio.ensure_future(self._fan_out(spec.ssh, out_dir, on_output))
+        progress = _Progress(on_output)
+        task = asyncio.ensure_future(self._fan_out(spec.ssh, out_dir, progress))
         self._running[job_id] = task
         try:
             async with asyncio.timeout(spec.timeout):
@@ -176,19 +212,18 @@ class SshExecutor(Executor):
         except CorralError as exc:
             return Outcome.failure(exc, started, time.time())
         except TimeoutError:
-            return _stopped(
-                JobState.TIMED_OUT, f"timed out after {spec.timeout:g}s", out_dir, started
-            )
+            reason = f"timed out after {spec.timeout:g}s"
+            return _stopped(JobState.TIMED_OUT, reason, out_dir, progress.summary, started)
         except asyncio.CancelledError:
             if job_id not in self._cancelled:
                 raise  # the worker itself is stopping
-            return _stopped(JobState.CANCELLED, "cancelled", out_dir, started)
+            return _stopped(JobState.CANCELLED, "cancelled", out_dir, progress.summary, started)
         finally:
             self._running.pop(job_id, None)
             self._cancelled.discard(job_id)
         return _outcome(summary, started)
 
-    async def _fan_out(self, task: SshTask, out_dir: Path, on_output: OutputCallback) -> RunSummary:
+    async def _fan_out(self, task: SshTask, out_dir: Path, listener: _Progress) -> RunSummary:
         name = task.credentials or DEFAULT_CREDENTIALS
         connect = self._credentials.get(name)
         if connect is None and task.credentials:
@@ -207,7 +242,6 @@ class SshExecutor(Executor):
             force=task.force,
             variables=task.variables,
         )
-        listener = _Progress(on_output)
         if playbook is None:
             return await run_command(inventory, task.command or "", options, out_dir, listener)
         return await run_playbook(inventory, playbook, options, out_dir, listener)
@@ -219,8 +253,8 @@ class SshExecutor(Executor):
             task.cancel()
 
     async def close(self) -> None:
-        for task in list(self._running.values()):
-            task.cancel()
+        for job_id in list(self._running):
+            await self.cancel(job_id)
 
 
 def _prepare(task: SshTask, out_dir: Path) -> tuple[Inventory, Playbook | None]:
@@ -247,13 +281,15 @@ def _prepare(task: SshTask, out_dir: Path) -> tuple[Inventory, Playbook | None]:
     return inventory, load_playbook(playbook_path)
 
 
-def _stopped(state: JobState, reason: str, out_dir: Path, started: float) -> Outcome:
-    """A run cut short: connections are closed; what finished is in the run directory."""
+def _stopped(
+    state: JobState, reason: str, out_dir: Path, summary: RunSummary | None, started: float
+) -> Outcome:
+    """A run cut short: connections are closed; hosts in progress failed, the rest skipped."""
     return Outcome(
         state,
         started,
         time.time(),
-        result={"out_dir": str(out_dir)},
+        result=summary.to_dict() if summary is not None else {"out_dir": str(out_dir)},
         error_type="Timeout" if state is JobState.TIMED_OUT else "Cancelled",
         error_message=f"{reason}; connections closed, partial results in {out_dir} on the worker",
     )

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import corral
 
-TASKS_DIR = Path(__file__).parent
+#: Where the task modules workers import live (corral_test_tasks, fault_tasks).
+TASKS_DIR = Path(__file__).parent.parent / "integration"
 
 
 def wait_for(
