@@ -7,8 +7,8 @@
 2. kill -9 the server and start it again on the same data directory. A minimal worker (it speaks
    the worker protocol and only waits for its first job) keeps trying to connect from the moment
    the new process is spawned. Report the time from spawn to the port being bound, to /healthz
-   answering (the queues are rebuilt by then) and to the first job reaching the worker, and the
-   RSS after the restart.
+   answering (the queues are rebuilt by then), to the worker's handshake being answered and to
+   the first job reaching the worker, and the RSS after the restart.
 
 Targets: RSS under 1 GB with 10^6 queued jobs; first job dispatched within 10 s of the restart.
 """
@@ -21,6 +21,7 @@ import socket
 import tempfile
 import threading
 import time
+import uuid
 from pathlib import Path
 
 from websockets.exceptions import InvalidHandshake, InvalidStatus
@@ -51,6 +52,9 @@ class FirstJobProbe(threading.Thread):
         super().__init__(daemon=True)
         self.url = "ws://" + url.removeprefix("http://") + "/api/v1/workers/ws"
         self.token = token
+        # A new id each time: a fresh worker, not the previous probe coming back to claim the
+        # job it was given before the kill.
+        self.worker_id = f"first-job-probe-{uuid.uuid4().hex[:8]}"
         self.connected_at: float | None = None
         self.first_job_at: float | None = None
         self.error: BaseException | None = None
@@ -82,7 +86,7 @@ class FirstJobProbe(threading.Thread):
 
     def _await_first_job(self, websocket: ClientConnection) -> None:
         hello = p.Hello(
-            PROTOCOL_VERSION, "first-job-probe", socket.gethostname(), os.getpid(), 1, 1,
+            PROTOCOL_VERSION, self.worker_id, socket.gethostname(), os.getpid(), 1, 1,
             ["default"], [], [],
         )  # fmt: skip
         websocket.send(hello.encode())
@@ -91,7 +95,12 @@ class FirstJobProbe(threading.Thread):
             raise RuntimeError(f"expected a welcome frame, got {welcome!r}")
         self.connected_at = time.monotonic()
         while self.first_job_at is None:
-            for frame in p.decode_all(websocket.recv()):  # type: ignore[arg-type]
+            try:
+                data = websocket.recv(timeout=welcome.heartbeat_interval)
+            except TimeoutError:
+                websocket.send(p.Heartbeat().encode())  # as a worker does, to keep its lease
+                continue
+            for frame in p.decode_all(data):  # type: ignore[arg-type]
                 if isinstance(frame, p.Jobs) and frame.items:
                     self.first_job_at = time.monotonic()
 
@@ -119,6 +128,7 @@ def restart(server: Server) -> dict[str, float]:
     return {
         "bound": bound,
         "healthy": healthy,
+        "connected": (probe.connected_at or 0.0) - server.started_at,
         "first_job": probe.first_job_at - server.started_at,
         "rss": rss_mib(server.pid),
     }
@@ -139,24 +149,27 @@ def main() -> None:
             load = load_average()
             seconds = fill(server, args.jobs, args.batch)
             time.sleep(1)  # let the last commits and frees settle
-            rows = [["empty server", "", "", "", "", f"{idle_rss:.0f}", load]]
+            rows = [["empty server", "", "", "", "", "", f"{idle_rss:.0f}", load]]
             rate = f"{args.jobs / seconds:,.0f}/s"
-            rows.append(
-                [f"{args.jobs:,} queued", rate, "", "", "", f"{rss_mib(server.pid):.0f}", load]
-            )
+            rss = f"{rss_mib(server.pid):.0f}"
+            rows.append([f"{args.jobs:,} queued", rate, "", "", "", "", rss, load])
             for number in range(args.restarts):
                 load = load_average()
                 figures = restart(server)
                 rows.append(
                     [f"restart {number + 1} (kill -9)", ""]
-                    + [f"{figures[key]:.2f}" for key in ("bound", "healthy", "first_job")]
+                    + [
+                        f"{figures[key]:.2f}"
+                        for key in ("bound", "healthy", "connected", "first_job")
+                    ]
                     + [f"{figures['rss']:.0f}", load]
                 )
         finally:
             server.stop()
         db_mib = sum(f.stat().st_size for f in Path(data_dir).glob("corral.db*")) / 2**20
 
-    header = ["step", "submitted", "bound s", "/healthz s", "1st job s", "RSS MiB", "load"]
+    header = ["step", "submitted", "bound s", "/healthz s", "worker in s", "1st job s"]
+    header += ["RSS MiB", "load"]
     print_table(f"Server with {args.jobs:,} queued jobs (database {db_mib:.0f} MiB)", header, rows)
     print("\ntargets: RSS < 1 GB (1024 MiB); first job within 10 s of the restart")
     print(f"load after: {load_average()}")
