@@ -89,7 +89,7 @@ def server(
     log_level: LogLevelOpt = "info",
 ) -> None:
     """Run the corral server: durable queues, REST API, worker and client streams."""
-    from corral.server.main import serve
+    from corral.server.main import run_server
 
     configure_logging(log_level)
     with errors_to_exit_codes():
@@ -103,7 +103,7 @@ def server(
             lease=lease,
             allow_pickle=allow_pickle,
         )
-        asyncio.run(serve(settings, lambda url, token: announce(url, token, settings)))
+        run_server(settings, lambda url, token: announce(url, token, settings))
 
 
 def announce(url: str, new_token: str | None, settings: ServerSettings) -> None:
@@ -183,7 +183,7 @@ def up(
     log_level: LogLevelOpt = "warning",
 ) -> None:
     """Run a server and local workers in one command; Ctrl-C stops them all."""
-    from corral.server.main import serve
+    from corral.server.main import run_server
 
     configure_logging(log_level)
     settings = ServerSettings(host=host, port=port, data_dir=data_dir(data_dir_flag))
@@ -202,7 +202,7 @@ def up(
 
     with errors_to_exit_codes():
         try:
-            asyncio.run(serve(settings, started))
+            run_server(settings, started)
         except KeyboardInterrupt:
             pass
         finally:

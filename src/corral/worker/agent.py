@@ -97,6 +97,7 @@ class Worker:
         self._pending_logs: list[list[Any]] = []
         self._pending_started: list[list[Any]] = []
         self._wake_sender = asyncio.Event()
+        self._results_in_flight = False
         self._ws: ClientConnection | None = None
         self._stopping = asyncio.Event()
         self._hurry = asyncio.Event()
@@ -242,6 +243,7 @@ class Worker:
         logger.info("connected to %s as %s", self.settings.server_url, self.settings.worker_id)
         self._ws = ws
         self._pending_results = list(self._unacked.values())
+        self._results_in_flight = False
         self._wake_sender.set()
         sender = asyncio.create_task(self._send_forever(ws))
         try:
@@ -272,6 +274,8 @@ class Worker:
                 self._assigned[job_id] = assignment
                 self._ready.put_nowait(assignment)
         elif isinstance(frame, p.Ack):
+            self._results_in_flight = False
+            self._wake_sender.set()
             for job_id, attempt in frame.items:
                 self._unacked.pop((job_id, attempt), None)
             if not self._unacked:
@@ -310,9 +314,13 @@ class Worker:
             if self._pending_logs:
                 frames.append(p.Log(self._pending_logs))
                 self._pending_logs = []
-            if self._pending_results:
+            # One results frame in flight at a time: while the server commits it, later results
+            # gather into the next frame. Idle, a result goes out at once; busy, batches grow to
+            # match the server's commit time instead of costing it one commit each.
+            if self._pending_results and not self._results_in_flight:
                 frames.append(p.Results(self._pending_results))
                 self._pending_results = []
+                self._results_in_flight = True
             frames.extend(self._outgoing)
             self._outgoing = []
             await ws.send(p.bundle([frame.encode() for frame in frames or [p.Heartbeat()]]))
