@@ -169,10 +169,10 @@ class Engine:
 
     async def start(self) -> None:
         """Rebuild the queues from the store, then start the clock."""
-        now = self.clock()
         for name, ordering in self.store.list_queues().items():
             self.scheduler.declare_queue(name, ordering)
         queued: list[JobRecord] = []
+        running: list[tuple[JobRecord, str]] = []
         # A million long-lived records would make every collection scan them: collect nothing
         # while building them, then move them out of the collector's sight.
         gc.disable()
@@ -180,9 +180,13 @@ class Engine:
             for row in self.store.load_active():
                 record = record_from_row(row)
                 if row.state is JobState.RUNNING and row.worker:
-                    self.scheduler.restore_running(record, row.worker, now)
+                    running.append((record, row.worker))
                 else:
                     queued.append(record)
+            # Their workers' leases start now, not when reading a large store began.
+            now = self.clock()
+            for record, worker_id in running:
+                self.scheduler.restore_running(record, worker_id, now)
             self.scheduler.submit(queued, now)
         finally:
             gc.enable()
@@ -544,8 +548,11 @@ class Engine:
                 self._send_jobs(decision)
             elif isinstance(decision, Kill) and (worker := self._workers.get(decision.worker_id)):
                 worker.send(p.KillJobs([decision.job_id]))
-            elif isinstance(decision, WorkerExpired) and (
-                worker := self._workers.pop(decision.worker_id, None)
+            elif (
+                isinstance(decision, WorkerExpired)
+                # It may have come back while this was being committed: keep the new connection.
+                and self.scheduler.worker(decision.worker_id) is None
+                and (worker := self._workers.pop(decision.worker_id, None))
             ):
                 worker.close()
         for notice in notices:

@@ -197,6 +197,9 @@ class Scheduler:
     def job(self, job_id: str) -> JobRecord | None:
         return self._jobs.get(job_id)
 
+    def worker(self, worker_id: str) -> WorkerRecord | None:
+        return self._workers.get(worker_id)
+
     def workers(self) -> list[WorkerRecord]:
         return list(self._workers.values())
 
