@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -17,7 +16,7 @@ from typing import Annotated, Any
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from corral import display
+from corral import aio, display
 from corral.cli_common import (
     CaOpt,
     DataDirOpt,
@@ -170,7 +169,7 @@ def worker(
             agent.install_signal_handlers()
             await agent.run()
 
-        asyncio.run(run())
+        aio.run_worker(run())
 
 
 @app.command()

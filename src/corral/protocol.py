@@ -121,15 +121,6 @@ class Jobs(Frame):
 
 @frame
 @dataclass(frozen=True, slots=True)
-class Started(Frame):
-    """Attempts that began: each item is [job_id, attempt, pid, started]."""
-
-    TAG: ClassVar[str] = "started"
-    items: list[list[Any]]
-
-
-@frame
-@dataclass(frozen=True, slots=True)
 class Results(Frame):
     """Attempts that ended: each item is a dict with job_id, attempt, state and the details
     (exit_code, result, error_type, error_message, traceback, pid, started, finished)."""

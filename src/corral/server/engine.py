@@ -351,26 +351,12 @@ class Engine:
         self.scheduler.heartbeat(worker_id, now)
         if isinstance(frame, p.Results):
             self._results(peer, frame.items, now)
-        elif isinstance(frame, p.Started):
-            self.writer.submit_nowait(
-                [
-                    UpdateJob(job_id, JobState.RUNNING, started=started, worker=worker_id)
-                    for job_id, attempt, _pid, started in frame.items
-                    if self._is_current(job_id, worker_id, attempt)
-                ]
-            )
         elif isinstance(frame, p.Log):
             self._logs(frame.items)
         elif isinstance(frame, p.Release):
             self._apply(self.scheduler.release(worker_id, frame.job_ids, now))
         elif not isinstance(frame, p.Heartbeat):
             raise InvalidRequest(f"unexpected {frame.TAG!r} frame from a worker")
-
-    def _is_current(self, job_id: str, worker_id: str, attempt: int) -> bool:
-        """Whether the attempt is the one the scheduler has the job running, on that worker
-        (a late message about an attempt since re-queued must not touch the job)."""
-        job = self.scheduler.job(job_id)
-        return job is not None and job.worker == worker_id and job.attempts == attempt
 
     def _results(self, peer: WorkerPeer, items: list[dict[str, Any]], now: float) -> None:
         hello = peer.hello
@@ -573,6 +559,9 @@ class Engine:
         update = UpdateJob(
             job.id,
             state,
+            # While it ran, the job showed when it was dispatched; now the worker says when it
+            # really started (it may have waited in the worker's prefetch queue).
+            started=detail.get("started"),
             finished=detail.get("finished") or now,
             result=msgpack.packb(result, use_bin_type=True) if result is not None else None,
             error_type=detail.get("error_type"),

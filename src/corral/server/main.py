@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import fcntl
 import logging
 import os
@@ -15,6 +14,7 @@ from typing import TextIO
 import uvicorn
 from fastapi import FastAPI
 
+from corral import aio
 from corral.config import SERVER_URL_FILE_NAME, ServerSettings
 from corral.constants import HEARTBEAT_INTERVAL, MAX_REQUEST_BYTES, WORKER_LEASE
 from corral.errors import ConfigError
@@ -120,11 +120,5 @@ async def serve(
 def run_server(
     settings: ServerSettings, on_ready: Callable[[str, str | None], None] | None = None
 ) -> None:
-    """Serve on uvloop where it is installed (it comes with uvicorn[standard]): the server's
-    cost is mostly per message sent and received, which uvloop roughly halves."""
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(serve(settings, on_ready))
-    else:
-        uvloop.run(serve(settings, on_ready))
+    """Serve until interrupted, on the fastest event loop available."""
+    aio.run(serve(settings, on_ready))

@@ -95,7 +95,6 @@ class Worker:
         self._outgoing: list[p.Frame] = []
         self._pending_results: list[dict[str, Any]] = []
         self._pending_logs: list[list[Any]] = []
-        self._pending_started: list[list[Any]] = []
         self._wake_sender = asyncio.Event()
         self._results_in_flight = False
         self._ws: ClientConnection | None = None
@@ -306,11 +305,6 @@ class Worker:
                 await asyncio.wait_for(self._wake_sender.wait(), self.heartbeat_interval)
             self._wake_sender.clear()
             frames: list[p.Frame] = []
-            # Jobs that already finished need no "started" notice: their result says it all.
-            started = [item for item in self._pending_started if item[0] in self._running]
-            self._pending_started = []
-            if started:
-                frames.append(p.Started(started))
             if self._pending_logs:
                 frames.append(p.Log(self._pending_logs))
                 self._pending_logs = []
@@ -340,9 +334,6 @@ class Worker:
             if self._assigned.get(assignment.job_id) is not assignment or self._draining:
                 continue  # killed or handed back before it started
             assignment.started = True
-            now = time.time()
-            self._pending_started.append([assignment.job_id, assignment.attempt, None, now])
-            self._wake_sender.set()
             task = asyncio.ensure_future(self._execute(assignment))
             self._running[assignment.job_id] = task
             try:

@@ -1,0 +1,34 @@
+"""Running corral's long-lived processes on the fastest event loop available."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import warnings
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def run_worker(main: Coroutine[Any, Any, T]) -> T:
+    """Run a worker on asyncio's loop (its subprocess handling is what the shell executor is
+    written and tested against), waiting for children through pidfds where the platform has
+    them rather than with one thread per child process."""
+    if sys.version_info < (3, 12) and hasattr(os, "pidfd_open"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            asyncio.set_child_watcher(asyncio.PidfdChildWatcher())
+    return asyncio.run(main)
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """Run `main` on uvloop where it is installed (it comes with uvicorn[standard]), else on
+    asyncio's own loop. Servers and workers spend most of their time per message sent and per
+    subprocess started; uvloop does both natively, without a thread per child process."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
