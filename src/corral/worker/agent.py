@@ -38,6 +38,7 @@ from corral.worker.executors.ssh import SshExecutor, load_credentials
 logger = logging.getLogger("corral.worker")
 
 RECONNECT_MIN = 0.05
+SENDER_STOP_TIMEOUT = 1.0
 RECONNECT_MAX = 5.0
 
 
@@ -252,9 +253,11 @@ class Worker:
         finally:
             sender.cancel()
             # Not suppress(CancelledError) around `await sender`: that would also swallow a
-            # cancel of this task (a shutdown), and the reconnect loop would never end.
-            await asyncio.wait([sender])
-            if not sender.cancelled():
+            # cancel of this task (a shutdown), and the reconnect loop would never end. Bounded:
+            # a send stuck on a peer that stopped reading must not hold the shutdown; closing
+            # the socket next ends it.
+            await asyncio.wait([sender], timeout=SENDER_STOP_TIMEOUT)
+            if sender.done() and not sender.cancelled():
                 sender.exception()  # a send that failed as the connection dropped: expected
 
     def _announced_tags(self) -> list[str]:
