@@ -128,6 +128,18 @@ def _secret(env: str | None, file: Path | None, ask: bool, what: str) -> str | N
     return None
 
 
+def _run_options(flags: Mapping[str, Any], **play: Any) -> RunOptions:
+    """RunOptions from the flags run, facts and play share (by name), plus play's own."""
+    return RunOptions(
+        connect=_connect_options(flags),
+        forks=flags["forks"],
+        command_timeout=flags["timeout"],
+        overall_timeout=flags["overall_timeout"],
+        sudo=flags["sudo"],
+        **play,
+    )
+
+
 def _connect_options(flags: Mapping[str, Any]) -> ConnectOptions:
     """ConnectOptions from the connection flags, which every command shares (by name)."""
     accept_new, insecure, ssh_config = flags["accept_new"], flags["insecure"], flags["ssh_config"]
@@ -236,13 +248,7 @@ def run_cmd(
     """Run one command on every host: corral ssh run hosts.txt -- uptime"""
     try:
         selected = _inventory(inventory, hosts, limit)
-        options = RunOptions(
-            connect=_connect_options(locals()),
-            forks=forks,
-            command_timeout=timeout,
-            overall_timeout=overall_timeout,
-            sudo=sudo,
-        )
+        options = _run_options(locals())
         out_dir = out or default_run_dir("run")
         text = " ".join(command)
         summary = _execute(lambda ui: run_command(selected, text, options, out_dir, ui))
@@ -282,13 +288,7 @@ def facts_cmd(
     """Group hosts by a command's output: corral ssh facts hosts.txt -- lsblk -ndo NAME,SIZE"""
     try:
         selected = _inventory(inventory, hosts, limit)
-        options = RunOptions(
-            connect=_connect_options(locals()),
-            forks=forks,
-            command_timeout=timeout,
-            overall_timeout=overall_timeout,
-            sudo=sudo,
-        )
+        options = _run_options(locals())
         out_dir = out or default_run_dir("facts")
         text = " ".join(command)
         summary = _execute(lambda ui: collect_facts(selected, text, options, out_dir, ui))
@@ -338,16 +338,7 @@ def play_cmd(
     try:
         loaded = load_playbook(playbook)
         selected = _inventory(inventory, hosts, limit)
-        options = RunOptions(
-            connect=_connect_options(locals()),
-            forks=forks,
-            command_timeout=timeout,
-            overall_timeout=overall_timeout,
-            sudo=sudo,
-            check=check,
-            force=force,
-            variables=_parse_vars(var or []),
-        )
+        options = _run_options(locals(), check=check, force=force, variables=_parse_vars(var or []))
         out_dir = out or default_run_dir("play")
         summary = _execute(
             lambda ui: run_playbook(selected, loaded, options, out_dir, ui), check_plan=check
