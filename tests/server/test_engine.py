@@ -1,0 +1,79 @@
+"""The engine around the scheduler: decisions are carried out only once committed, and against
+the right connection."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+
+from corral import protocol as p
+from corral.constants import PROTOCOL_VERSION
+from corral.models import JobSpec, JobState
+from corral.server.engine import Engine, WorkerPeer
+from corral.server.store import MemoryStore, Mutation
+
+DEADLINE = 30.0
+
+
+class PausableStore(MemoryStore):
+    """A store whose writes wait while the test holds `open` cleared."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.open = threading.Event()
+        self.open.set()
+
+    def write(self, batch: Sequence[Mutation]) -> None:
+        assert self.open.wait(DEADLINE), "the test never reopened the store"
+        super().write(batch)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def hello(worker_id: str, held: list[str] | None = None) -> p.Hello:
+    return p.Hello(PROTOCOL_VERSION, worker_id, "host", 1, 1, 1, ["default"], [], held or [])
+
+
+def sent(peer: WorkerPeer) -> list[p.Frame | None]:
+    frames: list[p.Frame | None] = []
+    while not peer.outbox.empty():
+        data = peer.outbox.get_nowait()
+        frames.append(None if data is None else p.decode(data))
+    return frames
+
+
+def test_an_expiry_committed_after_the_worker_came_back_spares_its_new_connection() -> None:
+    async def scenario() -> None:
+        store, clock = PausableStore(), Clock()
+        engine = Engine(store, lease=5.0, clock=clock)
+        await engine.start()
+        try:
+            first = WorkerPeer(hello("w1"))
+            engine.worker_joined(first)
+            [job_id] = await engine.submit([JobSpec(kind="shell", command="sleep 60")])  # type: ignore[arg-type]
+            await engine.writer.flush()
+
+            store.open.clear()  # the expiry's commit is held back...
+            clock.now += 6
+            expiry = engine._apply(engine.scheduler.tick(clock.now))
+            second = WorkerPeer(hello("w1", held=[]))  # ...while the worker reconnects
+            engine.worker_left(first)
+            engine.worker_joined(second)
+            store.open.set()
+            await expiry
+            await engine.writer.flush()
+
+            assert None not in sent(second), "the new connection must stay open"
+            assert engine.scheduler.worker("w1") is not None
+            assert engine.scheduler.job(job_id).state is JobState.RUNNING  # type: ignore[union-attr]
+        finally:
+            await engine.stop()
+
+    asyncio.run(asyncio.wait_for(scenario(), DEADLINE))
