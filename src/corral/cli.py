@@ -32,7 +32,7 @@ from corral.cli_common import (
     fail,
     out,
     print_json,
-    submit_and_report,
+    submit_spec,
     with_client,
 )
 from corral.client.client import Client
@@ -281,14 +281,14 @@ def submit(
 ) -> None:
     """Submit a shell job: corral submit [OPTIONS] -- CMD [ARGS...]"""
     options = job_options(queue, priority, timeout, retries, user, tag, name, delay, not_idempotent)
-    with errors_to_exit_codes():
-        spec = shell_job(command[0] if len(command) == 1 else command, **options)
-    with_client(
-        server_url,
-        token,
-        ca,
-        data_dir_flag,
-        lambda client: submit_and_report(client, spec, wait, as_json),
+    submit_spec(
+        lambda: shell_job(command[0] if len(command) == 1 else command, **options),
+        wait=wait,
+        as_json=as_json,
+        server=server_url,
+        token=token,
+        ca=ca,
+        data=data_dir_flag,
     )
 
 
@@ -316,14 +316,14 @@ def run(
 ) -> None:
     """Submit a Python job: corral run mypkg.tasks:square 7 --wait"""
     options = job_options(queue, priority, timeout, retries, user, tag, name, delay, not_idempotent)
-    with errors_to_exit_codes():
-        spec = python_job(target, *[_parse_arg(a) for a in args or []], **options)
-    with_client(
-        server_url,
-        token,
-        ca,
-        data_dir_flag,
-        lambda client: submit_and_report(client, spec, wait, as_json),
+    submit_spec(
+        lambda: python_job(target, *[_parse_arg(a) for a in args or []], **options),
+        wait=wait,
+        as_json=as_json,
+        server=server_url,
+        token=token,
+        ca=ca,
+        data=data_dir_flag,
     )
 
 

@@ -123,7 +123,26 @@ def print_json(data: Any) -> None:
     out.print_json(json.dumps(data, default=str))
 
 
-def submit_and_report(client: Client, spec: JobSpec, wait: bool, as_json: bool) -> None:
+def submit_spec(
+    build: Callable[[], JobSpec],
+    *,
+    wait: bool,
+    as_json: bool,
+    server: str | None,
+    token: str | None,
+    ca: Path | None,
+    data: Path | None,
+) -> None:
+    """What `submit`, `run` and `ssh submit` share: build the spec (a mistake exits with its
+    code before anything is sent), submit it, print its id, or with `wait` how it ended."""
+    with errors_to_exit_codes():
+        spec = build()
+    with_client(
+        server, token, ca, data, lambda client: _submit_and_report(client, spec, wait, as_json)
+    )
+
+
+def _submit_and_report(client: Client, spec: JobSpec, wait: bool, as_json: bool) -> None:
     """Submit one job and print its id; with `wait`, print how it ended (exit 1 unless it
     succeeded)."""
     job = client.submit_many([spec])[0]

@@ -32,12 +32,11 @@ from corral.cli_common import (
     TimeoutOpt,
     TokenOpt,
     WaitOpt,
-    errors_to_exit_codes,
-    submit_and_report,
-    with_client,
+    submit_spec,
 )
 from corral.client.jobs import ssh_job
 from corral.errors import ConfigError
+from corral.models import JobSpec
 from corral.ssh.connection import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_MAX_HANDSHAKES,
@@ -402,10 +401,11 @@ def submit_cmd(
     The inventory and playbook are read here and their text travels in the job, so the worker
     needs neither file; the credentials stay on the worker and are named, never sent."""
     job_options: dict[str, Any] = {"queue": queue, "timeout": timeout, "name": name}
-    with errors_to_exit_codes():
+
+    def build() -> JobSpec:
         if bool(command) == (playbook is not None):
             raise ConfigError("give either --playbook FILE or a command after --, not both")
-        spec = ssh_job(
+        return ssh_job(
             **_job_targets(inventory, limit),
             command=" ".join(command) if command else None,
             playbook=_read_text(playbook, "playbook") if playbook else None,
@@ -419,12 +419,9 @@ def submit_cmd(
             variables=_parse_vars(var or []),
             **{key: value for key, value in job_options.items() if value is not None},
         )
-    with_client(
-        server_url,
-        token,
-        ca,
-        data_dir_flag,
-        lambda client: submit_and_report(client, spec, wait, as_json),
+
+    submit_spec(
+        build, wait=wait, as_json=as_json, server=server_url, token=token, ca=ca, data=data_dir_flag
     )
 
 
