@@ -103,7 +103,8 @@ class Worker:
         self._hurry = asyncio.Event()
         self._all_acked = asyncio.Event()
         self._draining = False
-        self._running: dict[str, asyncio.Task[Outcome]] = {}
+        self._running: dict[str, asyncio.Task[None]] = {}  # given to an executor, not finished
+        self._job_ended = asyncio.Event()
         self.heartbeat_interval = 1.0
         self.lease: float | None = None  # the server's, once it has welcomed us
 
@@ -113,7 +114,7 @@ class Worker:
         """Connect (and reconnect) until stopped; then shut down gracefully."""
         for executor in self.executors.values():
             await executor.start()
-        runners = [asyncio.create_task(self._runner()) for _ in range(self.settings.concurrency)]
+        starter = asyncio.create_task(self._start_jobs_forever())
         connection = asyncio.create_task(self._connect_forever())
         stopping = asyncio.ensure_future(self._stopping.wait())
         try:
@@ -123,10 +124,10 @@ class Worker:
                 await self._shutdown()
         finally:
             stopping.cancel()
-            connection.cancel()
-            for task in runners:
+            tasks = [connection, starter, *self._running.values()]
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(connection, *runners, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
             for executor in self.executors.values():
                 await executor.close()
         if connection.done() and not connection.cancelled() and connection.exception():
@@ -331,20 +332,37 @@ class Worker:
     def _executor_for(self, spec: JobSpec) -> Executor:
         return self.executors[spec.kind]
 
-    async def _runner(self) -> None:
+    async def _start_jobs_forever(self) -> None:
+        """Hand assignments to executors in order, while fewer than `concurrency` jobs run.
+
+        A job an executor can queue behind a running one (PythonExecutor's quick jobs) goes in
+        without a free slot: it takes up its slot only when the job ahead of it ends.
+        """
         while True:
             assignment = await self._ready.get()
+            executor = self._executor_for(assignment.spec)
+            while self._busy_slots() >= self.settings.concurrency and not executor.can_queue(
+                assignment.spec
+            ):
+                self._job_ended.clear()
+                await self._job_ended.wait()
             if self._assigned.get(assignment.job_id) is not assignment or self._draining:
                 continue  # killed or handed back before it started
             assignment.started = True
-            task = asyncio.ensure_future(self._execute(assignment))
+            task = asyncio.ensure_future(self._run_job(assignment))
             self._running[assignment.job_id] = task
-            try:
-                outcome = await task
-            finally:
-                self._running.pop(assignment.job_id, None)
-            self._assigned.pop(assignment.job_id, None)
-            self._finished(assignment, outcome)
+
+    def _busy_slots(self) -> int:
+        return len(self._running) - sum(e.queued() for e in self.executors.values())
+
+    async def _run_job(self, assignment: _Assignment) -> None:
+        try:
+            outcome = await self._execute(assignment)
+        finally:
+            self._running.pop(assignment.job_id, None)
+            self._job_ended.set()
+        self._assigned.pop(assignment.job_id, None)
+        self._finished(assignment, outcome)
 
     async def _execute(self, assignment: _Assignment) -> Outcome:
         def on_output(stream: str, chunk: bytes) -> None:

@@ -91,3 +91,19 @@ def print_then_wait(go_file: str) -> str:
             raise TimeoutError(f"{go_file} never appeared")
         time.sleep(0.01)
     return "went"
+
+
+def die_once(flag: str) -> int:
+    """Exit the process if `flag` exists (removing it first); else return the pid."""
+    try:
+        os.remove(flag)
+    except FileNotFoundError:
+        return os.getpid()
+    os._exit(3)
+
+
+def wait_for_file(path: str) -> str:
+    """Return at once if `path` exists, else as soon as it does."""
+    while not os.path.exists(path):
+        time.sleep(0.01)
+    return "found"

@@ -247,6 +247,91 @@ async def test_jobs_beyond_the_pool_size_wait_their_turn(python_executor: MakePy
     assert len({o.pid for o in outcomes}) == 2
 
 
+async def make_quick(executor: PythonExecutor, *calls: JobSpec) -> None:
+    """Run each call a few times, so that the executor knows its function to be quick."""
+    for number in range(3):
+        for spec in calls:
+            await executor.run(f"warm-{number}", spec, Output())
+
+
+async def test_quick_jobs_queue_on_a_busy_child_and_each_keeps_its_output(
+    python_executor: MakePython,
+) -> None:
+    executor = await python_executor()
+    await make_quick(executor, call("jobfuncs:write_output", "warm", "warm"))
+    # Some outputs are longer than one read of the pipe, so markers fall across reads too.
+    texts = [(f"out{i}-" + "x" * (i * 40_000), f"err{i}") for i in range(12)]
+    outputs = [Output() for _ in texts]
+    runs = [
+        asyncio.create_task(executor.run(f"j{i}", call("jobfuncs:write_output", *text), output))
+        for i, (text, output) in enumerate(zip(texts, outputs, strict=True))
+    ]
+    await asyncio.sleep(0)
+    assert executor.queued() > 0  # one process: the rest wait behind the running job
+    outcomes = await asyncio.gather(*runs)
+    assert {o.state for o in outcomes} == {JobState.SUCCEEDED}
+    for (out, err), output in zip(texts, outputs, strict=True):
+        assert (output.text("stdout"), output.text("stderr")) == (out + "\n", err + "\n")
+
+
+async def test_jobs_queued_on_a_child_that_dies_run_on_its_replacement(
+    python_executor: MakePython, tmp_path: Path
+) -> None:
+    executor = await python_executor()
+    flag = tmp_path / "die"
+    await make_quick(executor, call("jobfuncs:die_once", str(flag)))
+    flag.touch()
+    outcomes = await asyncio.gather(
+        *(executor.run(f"j{i}", call("jobfuncs:die_once", str(flag)), Output()) for i in range(10))
+    )
+    died, *rest = outcomes
+    assert died.state is JobState.FAILED
+    assert died.error_message == f"the job's process (pid {died.pid}) died (exited with code 3)"
+    assert {o.state for o in rest} == {JobState.SUCCEEDED}
+    assert {o.result for o in rest} == {rest[0].pid} != {died.pid}
+
+
+async def test_a_queued_job_keeps_its_place_under_cancel_and_timeout(
+    python_executor: MakePython, tmp_path: Path
+) -> None:
+    executor = await python_executor()
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.touch()
+    second.touch()
+    await make_quick(
+        executor,
+        call("jobfuncs:wait_for_file", str(first)),
+        call("jobfuncs:wait_for_file", str(second)),
+        call("jobfuncs:getpid"),
+    )
+    first.unlink()
+    second.unlink()
+    blocking = asyncio.create_task(
+        executor.run("a", call("jobfuncs:wait_for_file", str(first)), Output())
+    )
+    await asyncio.sleep(0)
+    # Queued behind "a": a timeout counts from the start of the job, not from the queueing.
+    timed = asyncio.create_task(executor.run("b", call("jobfuncs:getpid", timeout=0.5), Output()))
+    cancelled = asyncio.create_task(
+        executor.run("c", call("jobfuncs:wait_for_file", str(second)), Output())
+    )
+    after = asyncio.create_task(executor.run("d", call("jobfuncs:getpid"), Output()))
+    await asyncio.sleep(0)
+    assert executor.queued() == 3
+    await executor.cancel("c")
+    await asyncio.sleep(1)
+    first.touch()
+    assert (await blocking).result == "found"
+    assert (await timed).state is JobState.SUCCEEDED
+    killed = await cancelled
+    assert killed.state is JobState.CANCELLED
+    assert killed.error_message == "cancelled; its process group was killed"
+    # "d" was queued behind the killed job: it runs on the replacement process.
+    survivor = await after
+    assert survivor.state is JobState.SUCCEEDED
+    assert survivor.pid != killed.pid
+
+
 async def test_close_ends_every_process(pool_env: dict[str, str], tmp_path: Path) -> None:
     executor = PythonExecutor(2, env=pool_env)
     await executor.start()

@@ -120,6 +120,15 @@ class Executor(ABC):
     async def close(self) -> None:
         """Kill every job still running (their run() return CANCELLED) and release resources."""
 
+    def queued(self) -> int:
+        """How many of the jobs given to run() wait inside the executor rather than run."""
+        return 0
+
+    def can_queue(self, spec: JobSpec) -> bool:
+        """Whether run() would take `spec` now to wait behind a running job, so that it needs no
+        free slot of the worker's concurrency (see PythonExecutor)."""
+        return False
+
     def tags(self) -> list[str]:
         """Tags the worker announces for this executor, on top of its own --tags: jobs that
         require one of them go only to workers whose executor can run them."""

@@ -12,10 +12,11 @@ setsid(), so a timeout or cancel SIGKILLs the child's whole process group, grand
 
 What a job costs. A pool child runs one job at a time and keeps its imports between jobs. The
 executor sends one length-prefixed msgpack frame over a socket pair and reads one back; there are no
-per-job processes, threads or file descriptors. A child's stdout and stderr are pipes the executor
-reads all the time and hands to the job the child is running; because the child flushes and writes
-its output before it sends its reply, reading what is left in the pipes when the reply arrives
-collects all of the job's output, and nothing of the next job's.
+per-job processes, threads or file descriptors. When every child is busy, a job whose function has
+been quick here (QUICK_JOB_SECONDS) is sent to a child running only quick jobs, to start the moment
+the job ahead of it ends: the child never waits for the executor between such jobs, and each side
+handles several frames per wake-up instead of one round trip per job. How each job's output is told
+apart, and what happens to the jobs queued on a child that dies, is in python_pool.py.
 
 Jobs that need a different user, environment or working directory than the pool's cannot share
 warm children: they run in a one-off child the zygote forks with those applied, killed at the end.
@@ -25,26 +26,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import os
-import socket
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping
 from typing import Any
-
-import msgpack
 
 from corral.constants import MAX_LOG_BYTES_PER_JOB, MAX_RESULT_BYTES
 from corral.errors import CorralError, SerializationError
 from corral.models import JobKind, JobSpec, JobState
 from corral.worker.executors import python_child
 from corral.worker.executors.base import (
-    STDERR,
-    STDOUT,
     Executor,
     JobSetupError,
     Outcome,
@@ -53,269 +47,22 @@ from corral.worker.executors.base import (
     check_cwd,
     describe_exit,
     job_environment,
-    kill_process_group,
     resolve_run_as,
 )
+from corral.worker.executors.python_pool import Answer, Child, Died, NotStarted, PoolJob, Zygote
 
 logger = logging.getLogger(__name__)
 
-#: How long to wait for the zygote to report a dead child's exit status (normally milliseconds).
-EXIT_STATUS_TIMEOUT = 5.0
-#: How long close() waits for the zygote to exit after hanging up on it, before killing it.
-ZYGOTE_EXIT_TIMEOUT = 5.0
+#: A child may be sent a job while it runs another only when every job on it is *quick*: its
+#: function's recent runs on this worker took under QUICK_JOB_SECONDS each. Then it costs the job
+#: a moment's wait, and saves both processes a round trip. At most PIPELINE_DEPTH jobs per child.
+QUICK_JOB_SECONDS = 0.001
+PIPELINE_DEPTH = 8
+#: Functions whose recent run time is remembered; past this, the memory starts afresh.
+MAX_TIMED_FUNCTIONS = 4096
 #: Back-off between attempts to fork a replacement child when forking fails.
 REFORK_DELAY_MIN = 0.1
 REFORK_DELAY_MAX = 10.0
-
-_READ_SIZE = 256 * 1024
-
-
-class _Zygote:
-    """The process that forks the children, seen from the executor."""
-
-    def __init__(self, process: asyncio.subprocess.Process, control: socket.socket) -> None:
-        self.process = process
-        self.alive = True
-        self._control = control
-        self._loop = asyncio.get_running_loop()
-        self._request_ids = itertools.count()
-        self._forks: dict[int, asyncio.Future[_Forked]] = {}
-        self._exits: dict[int, asyncio.Future[int | None]] = {}
-        self._loop.add_reader(control.fileno(), self._on_control)
-
-    @classmethod
-    async def start(
-        cls, python: str, env: Mapping[str, str], cwd: str, max_result_bytes: int
-    ) -> _Zygote:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        try:
-            process = await asyncio.create_subprocess_exec(
-                *python_child.zygote_command(python, theirs.fileno(), max_result_bytes),
-                stdin=asyncio.subprocess.DEVNULL,
-                pass_fds=(theirs.fileno(),),
-                env=dict(env),
-                cwd=cwd,
-                start_new_session=True,  # the terminal's Ctrl-C is for the worker, not for it
-            )
-        except BaseException:
-            ours.close()
-            raise
-        finally:
-            theirs.close()
-        ours.setblocking(False)
-        return cls(process, ours)
-
-    async def fork(self, options: dict[str, Any] | None) -> _Forked:
-        """A new child (a one-off with `options` applied, or a pool child for None)."""
-        if not self.alive:
-            raise JobSetupError("the python executor's zygote process has exited")
-        request_id = next(self._request_ids)
-        future = self._forks[request_id] = self._loop.create_future()
-        try:
-            await self._loop.sock_sendall(self._control, msgpack.packb([request_id, options]))
-            return await future
-        finally:
-            self._forks.pop(request_id, None)
-
-    def _on_control(self) -> None:
-        try:
-            packet, fds, _, _ = socket.recv_fds(self._control, 65536, python_child.CHILD_FDS)
-        except BlockingIOError:
-            return
-        except OSError:
-            packet, fds = b"", []
-        if not packet:
-            self._hang_up()
-            return
-        kind, *fields = msgpack.unpackb(packet)
-        if kind == python_child.FORKED:
-            request_id, pid = fields
-            exit_status = self._exits[pid] = self._loop.create_future()
-            forked = _Forked(pid, fds, exit_status)
-            future = self._forks.get(request_id)
-            if future is None or future.done():
-                forked.close_fds()  # nobody waits any more: the child exits when these close
-            else:
-                future.set_result(forked)
-        elif kind == python_child.FORK_FAILED:
-            request_id, message = fields
-            self._fail(request_id, JobSetupError(f"cannot start a python process: {message}"))
-        elif kind == python_child.EXITED:
-            pid, status = fields
-            if pid in self._exits:
-                self._exits.pop(pid).set_result(os.waitstatus_to_exitcode(status))
-
-    def _fail(self, request_id: int, error: Exception) -> None:
-        future = self._forks.get(request_id)
-        if future is not None and not future.done():
-            future.set_exception(error)
-
-    def _hang_up(self) -> None:
-        """The zygote is gone: nothing more will be forked, no more exit statuses will come."""
-        if not self.alive:
-            return
-        self.alive = False
-        self._loop.remove_reader(self._control.fileno())
-        self._control.close()
-        for future in self._forks.values():
-            if not future.done():
-                future.set_exception(
-                    JobSetupError("the python executor's zygote process exited while forking")
-                )
-        for exit_status in self._exits.values():
-            if not exit_status.done():
-                exit_status.set_result(None)
-        self._exits.clear()
-
-    async def close(self) -> None:
-        """Hang up; the zygote then kills its children and exits."""
-        self._hang_up()
-        try:
-            await asyncio.wait_for(self.process.wait(), ZYGOTE_EXIT_TIMEOUT)
-        except TimeoutError:
-            logger.warning(
-                "python executor's zygote (pid %d) did not exit; killing it", self.process.pid
-            )
-            kill_process_group(self.process.pid)
-            await self.process.wait()
-
-
-@dataclass(frozen=True, slots=True)
-class _Forked:
-    """A child as the zygote hands it over: its pid, [channel, stdout, stderr] fds, exit status."""
-
-    pid: int
-    fds: list[int]
-    exit_status: asyncio.Future[int | None]
-
-    def close_fds(self) -> None:
-        for fd in self.fds:
-            os.close(fd)
-
-
-class _Child:
-    """One child process: runs a job at a time over its channel; its output goes to that job."""
-
-    def __init__(
-        self, forked: _Forked, one_off: bool, on_idle_death: Callable[[_Child], None]
-    ) -> None:
-        self.pid = forked.pid
-        self.one_off = one_off
-        self.alive = True
-        self._exit_status = forked.exit_status
-        self._on_idle_death = on_idle_death
-        self._loop = asyncio.get_running_loop()
-        channel_fd, stdout_fd, stderr_fd = forked.fds
-        self._channel = socket.socket(fileno=channel_fd)
-        self._channel.setblocking(False)
-        self._frames = python_child.FrameReader()
-        self._reply: asyncio.Future[list[Any] | None] | None = None
-        self._output: OutputLimiter | None = None
-        self._outputs = {STDOUT: stdout_fd, STDERR: stderr_fd}
-        self._loop.add_reader(channel_fd, self._on_channel)
-        for stream, fd in self._outputs.items():
-            os.set_blocking(fd, False)
-            self._loop.add_reader(fd, self._read_output, stream, fd)
-
-    async def run(self, request: bytes, output: OutputLimiter) -> list[Any] | None:
-        """Send one job and return the child's reply, or None if the child died first."""
-        if not self.alive:
-            return None
-        self._output = output
-        reply = self._reply = self._loop.create_future()
-        try:
-            with contextlib.suppress(OSError):  # a dead child is noticed by _on_channel
-                await self._loop.sock_sendall(self._channel, request)
-            return await reply
-        finally:
-            self._reply = None
-            for stream, fd in list(self._outputs.items()):
-                while self._read_output(stream, fd):
-                    pass
-            self._output = None
-
-    def kill_running_job(self) -> bool:
-        """SIGKILL the child's process group if a job is running on it; whether it was."""
-        if self._reply is None or self._reply.done():
-            return False
-        kill_process_group(self.pid)
-        return True
-
-    def kill(self) -> None:
-        kill_process_group(self.pid)
-
-    async def exit_code(self) -> int | None:
-        """The dead child's exit code as subprocess reports it (negative: signal), if known."""
-        try:
-            return await asyncio.wait_for(asyncio.shield(self._exit_status), EXIT_STATUS_TIMEOUT)
-        except TimeoutError:
-            return None
-
-    def close(self) -> None:
-        """Stop reading and close our ends; an idle child exits when its channel closes."""
-        if self._channel.fileno() >= 0:
-            self._loop.remove_reader(self._channel.fileno())
-            self._channel.close()
-        for fd in self._outputs.values():
-            self._loop.remove_reader(fd)
-            os.close(fd)
-        self._outputs.clear()
-        self.alive = False
-
-    def _on_channel(self) -> None:
-        try:
-            data = self._channel.recv(_READ_SIZE)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self._loop.remove_reader(self._channel.fileno())
-            self.alive = False
-            if self._reply is not None:
-                if not self._reply.done():
-                    self._reply.set_result(None)
-            else:
-                self._on_idle_death(self)
-            return
-        for message in self._frames.feed(data):
-            if self._reply is not None and not self._reply.done():
-                self._reply.set_result(message)
-
-    def _read_output(self, stream: str, fd: int) -> bool:
-        """Read one chunk of the child's output; False when there is nothing (more) to read."""
-        try:
-            chunk = os.read(fd, _READ_SIZE)
-        except BlockingIOError:
-            return False
-        if not chunk:
-            self._loop.remove_reader(fd)
-            os.close(fd)
-            del self._outputs[stream]
-            return False
-        if self._output is not None:
-            self._output.feed(stream, chunk)
-        return True
-
-
-@dataclass(slots=True)
-class _RunningJob:
-    """A job between run() and its outcome, so that cancel() and timeouts can reach it."""
-
-    child: _Child | None = None
-    waiter: asyncio.Future[_Child | None] | None = None
-    killed_as: JobState | None = None
-
-    def kill(self, state: JobState) -> None:
-        if self.killed_as is not None:
-            return
-        if self.child is not None:
-            if self.child.kill_running_job():
-                self.killed_as = state
-            return
-        self.killed_as = state  # not started yet: waiting for a pool child, or being forked
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(None)
 
 
 class PythonExecutor(Executor):
@@ -350,11 +97,12 @@ class PythonExecutor(Executor):
         self._python = python
         self._max_output_bytes = max_output_bytes
         self._max_result_bytes = max_result_bytes
-        self._zygote: _Zygote | None = None
+        self._zygote: Zygote | None = None
         self._zygote_lock = asyncio.Lock()
-        self._idle: list[_Child] = []
-        self._waiters: deque[asyncio.Future[_Child | None]] = deque()
-        self._jobs: dict[str, _RunningJob] = {}
+        self._pool: list[Child] = []
+        self._waiting: deque[PoolJob] = deque()  # given to run(), no child free to take them
+        self._jobs: dict[str, PoolJob] = {}
+        self._run_times: dict[str, float] = {}  # function -> its recent run time, in seconds
         self._no_jobs = asyncio.Event()
         self._no_jobs.set()
         self._refork_tasks: set[asyncio.Task[None]] = set()
@@ -362,8 +110,7 @@ class PythonExecutor(Executor):
 
     async def start(self) -> None:
         children = await asyncio.gather(*(self._fork(None) for _ in range(self._processes)))
-        for child in children:
-            self._release(child)
+        self._pool.extend(children)
 
     async def run(self, job_id: str, spec: JobSpec, on_output: OutputCallback) -> Outcome:
         started = time.time()
@@ -375,18 +122,29 @@ class PythonExecutor(Executor):
             options = self._one_off_options(spec)
         except CorralError as error:
             return Outcome.failure(error, started, time.time())
-        job = self._jobs[job_id] = _RunningJob()
+        output = OutputLimiter(on_output, self._max_output_bytes)
+        job = self._jobs[job_id] = PoolJob(request, output, spec.timeout, self._is_quick(spec))
         self._no_jobs.clear()
+        one_off = None
         try:
-            child = await (self._acquire(job) if options is None else self._fork(options))
-            if job.killed_as is not None or child is None:
-                if child is not None:
-                    self._after_job(child)
-                return Outcome.killed(job.killed_as or JobState.CANCELLED, spec.timeout, started)
-            return await self._run_on(child, job, spec, request, on_output, started)
+            if options is None:
+                self._place(job)
+            else:
+                one_off = await self._fork(options)
+                if not job.answer.done():  # not cancelled while it was being forked
+                    one_off.send(job)
+            try:
+                answer = await job.answer
+            except BaseException:
+                self._kill(job, JobState.CANCELLED)  # our caller was cancelled: stop the job
+                raise
+            return await self._outcome(job, spec, answer, started)
         except JobSetupError as error:
             return Outcome.failure(error, started, time.time())
         finally:
+            if one_off is not None:
+                one_off.kill()  # whatever the job left running goes with it
+                one_off.close()
             del self._jobs[job_id]
             if not self._jobs:
                 self._no_jobs.set()
@@ -394,20 +152,28 @@ class PythonExecutor(Executor):
     async def cancel(self, job_id: str) -> None:
         job = self._jobs.get(job_id)
         if job is not None:
-            job.kill(JobState.CANCELLED)
+            self._kill(job, JobState.CANCELLED)
+
+    def queued(self) -> int:
+        behind = sum(len(child.jobs) - 1 for child in self._pool if child.jobs)
+        return len(self._waiting) + behind
+
+    def can_queue(self, spec: JobSpec) -> bool:
+        pool_job = spec.user is None and spec.cwd is None and not spec.env
+        return pool_job and self._child_for(self._is_quick(spec)) is not None
 
     async def close(self) -> None:
         self._closed = True
         for job in list(self._jobs.values()):
-            job.kill(JobState.CANCELLED)
+            self._kill(job, JobState.CANCELLED)
         await self._no_jobs.wait()
         for task in self._refork_tasks:
             task.cancel()
         await asyncio.gather(*self._refork_tasks, return_exceptions=True)
-        for child in self._idle:
+        for child in self._pool:
             child.kill()
             child.close()
-        self._idle.clear()
+        self._pool.clear()
         if self._zygote is not None:
             await self._zygote.close()
 
@@ -440,38 +206,20 @@ class PythonExecutor(Executor):
             options.update(uid=run_as.uid, gid=run_as.gid, groups=run_as.groups)
         return options
 
-    async def _run_on(
-        self,
-        child: _Child,
-        job: _RunningJob,
-        spec: JobSpec,
-        request: bytes,
-        on_output: OutputCallback,
-        started: float,
+    async def _outcome(
+        self, job: PoolJob, spec: JobSpec, answer: Answer, started: float
     ) -> Outcome:
-        output = OutputLimiter(on_output, self._max_output_bytes)
-        job.child = child
-        timer = None
-        if spec.timeout is not None:
-            timer = asyncio.get_running_loop().call_later(
-                spec.timeout, job.kill, JobState.TIMED_OUT
-            )
-        try:
-            reply = await child.run(request, output)
-        except BaseException:
-            child.kill_running_job()  # our caller was cancelled: the job must not run on
-            raise
-        finally:
-            if timer is not None:
-                timer.cancel()
-            job.child = None
-            self._after_job(child)
-        truncated = output.truncated_streams()
-        if reply is None:
-            exit_code = await child.exit_code()
+        started = job.started or started
+        truncated = job.output.truncated_streams()
+        if answer is NotStarted:
+            return Outcome.killed(job.killed_as or JobState.CANCELLED, spec.timeout, started)
+        assert job.child is not None
+        pid = job.child.pid
+        if answer is Died:
+            exit_code = await job.child.exit_code()
             if job.killed_as is not None:
                 return Outcome.killed(
-                    job.killed_as, spec.timeout, started, exit_code, child.pid, truncated
+                    job.killed_as, spec.timeout, started, exit_code, pid, truncated
                 )
             how = "exit status unknown" if exit_code is None else describe_exit(exit_code)
             return Outcome(
@@ -480,17 +228,20 @@ class PythonExecutor(Executor):
                 time.time(),
                 exit_code,
                 error_type="ProcessDied",
-                error_message=f"the job's process (pid {child.pid}) died ({how})",
-                pid=child.pid,
+                error_message=f"the job's process (pid {pid}) died ({how})",
+                pid=pid,
                 truncated=truncated,
             )
+        assert isinstance(answer, list)
+        *reply, seconds = answer
+        self._remember_run_time(spec, seconds)
         if reply[0] is True:
             return Outcome(
                 JobState.SUCCEEDED,
                 started,
                 time.time(),
                 result=reply[1],
-                pid=child.pid,
+                pid=pid,
                 truncated=truncated,
             )
         _, error_type, message, traceback = reply
@@ -501,52 +252,96 @@ class PythonExecutor(Executor):
             error_type=error_type,
             error_message=message,
             traceback=traceback,
-            pid=child.pid,
+            pid=pid,
             truncated=truncated,
         )
 
-    async def _acquire(self, job: _RunningJob) -> _Child | None:
-        """An idle pool child, waiting for one if needed; None if the job is cancelled first."""
-        while self._idle:
-            child = self._idle.pop()
-            if child.alive:
+    # -- which child runs what ---------------------------------------------------------------
+
+    def _is_quick(self, spec: JobSpec) -> bool:
+        if spec.target is None:
+            return False
+        return self._run_times.get(spec.target, QUICK_JOB_SECONDS) < QUICK_JOB_SECONDS
+
+    def _remember_run_time(self, spec: JobSpec, seconds: float) -> None:
+        if spec.target is None:
+            return
+        if len(self._run_times) >= MAX_TIMED_FUNCTIONS and spec.target not in self._run_times:
+            self._run_times.clear()
+        previous = self._run_times.get(spec.target, seconds)
+        self._run_times[spec.target] = (previous + seconds) / 2
+
+    def _child_for(self, quick: bool) -> Child | None:
+        """An idle pool child; else, for a quick job, the least loaded child running only quick
+        jobs, if it has room; else None."""
+        behind: Child | None = None
+        for child in self._pool:
+            if child.idle:
                 return child
-        waiter = job.waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        try:
-            return await waiter
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled() and waiter.result() is not None:
-                self._release(waiter.result())  # handed over just as we were cancelled
-            raise
-        finally:
-            job.waiter = None
+            if (
+                quick
+                and child.alive
+                and len(child.jobs) < PIPELINE_DEPTH
+                and (behind is None or len(child.jobs) < len(behind.jobs))
+                and all(job.quick and job.killed_as is None for job in child.jobs)
+            ):
+                behind = child
+        return behind
 
-    def _release(self, child: _Child) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(child)
-                return
-        self._idle.append(child)
-
-    def _after_job(self, child: _Child) -> None:
-        if child.one_off:
-            child.kill()  # whatever the job left running goes with it
-            child.close()
-        elif child.alive and not self._closed:
-            self._release(child)
+    def _place(self, job: PoolJob) -> None:
+        child = None if self._waiting else self._child_for(job.quick)
+        if child is None:
+            self._waiting.append(job)
         else:
+            child.send(job)
+
+    def _place_waiting(self) -> None:
+        while self._waiting and not self._closed:
+            child = self._child_for(self._waiting[0].quick)
+            if child is None:
+                return
+            child.send(self._waiting.popleft())
+
+    def _on_begin(self, child: Child, job: PoolJob) -> None:
+        """`job` is the one `child` runs now: start its clock and its timeout, or end it at once
+        if it was cancelled while it waited behind another job."""
+        job.started = time.time()
+        if job.killed_as is not None:
+            child.kill_for(job)
+        elif job.timeout is not None:
+            job.timer = asyncio.get_running_loop().call_later(
+                job.timeout, self._kill, job, JobState.TIMED_OUT
+            )
+
+    def _on_change(self, child: Child, unstarted: list[PoolJob]) -> None:
+        """Answers arrived from `child`, or it died: jobs it never started go to another."""
+        if not child.alive and not child.one_off:
+            if child in self._pool:
+                self._pool.remove(child)
             child.kill()
             child.close()
             self._refork()
+        for job in unstarted:
+            if job.timer is not None:
+                job.timer.cancel()
+            job.child = job.started = job.timer = None
+        self._waiting.extendleft(reversed(unstarted))
+        self._place_waiting()
 
-    def _on_idle_death(self, child: _Child) -> None:
-        logger.warning("python pool process %d died while idle; forking a replacement", child.pid)
-        with contextlib.suppress(ValueError):
-            self._idle.remove(child)
-        child.close()
-        self._refork()
+    def _kill(self, job: PoolJob, state: JobState) -> None:
+        if job.killed_as is not None or job.answer.done():
+            return
+        job.killed_as = state
+        child = job.child
+        if child is None:  # waiting for a child, or for its one-off child to be forked
+            with contextlib.suppress(ValueError):
+                self._waiting.remove(job)
+            job.settle(NotStarted)
+        elif child.jobs and child.jobs[0] is job:
+            child.kill_for(job)
+        # else it waits behind another job in its child: _on_begin ends it when its turn comes
+
+    # -- processes -----------------------------------------------------------------------------
 
     def _refork(self) -> None:
         if self._closed:
@@ -571,10 +366,11 @@ class PythonExecutor(Executor):
                 child.kill()
                 child.close()
             else:
-                self._release(child)
+                self._pool.append(child)
+                self._place_waiting()
             return
 
-    async def _fork(self, options: dict[str, Any] | None) -> _Child:
+    async def _fork(self, options: dict[str, Any] | None) -> Child:
         if self._closed:
             raise JobSetupError("the python executor is closed")
         async with self._zygote_lock:
@@ -582,9 +378,9 @@ class PythonExecutor(Executor):
                 if self._zygote is not None:
                     logger.warning("python executor's zygote exited; starting a new one")
                     await self._zygote.close()
-                self._zygote = await _Zygote.start(
+                self._zygote = await Zygote.start(
                     self._python, self._env, self._cwd, self._max_result_bytes
                 )
             zygote = self._zygote
         forked = await zygote.fork(options)
-        return _Child(forked, one_off=options is not None, on_idle_death=self._on_idle_death)
+        return Child(forked, options is not None, self._on_begin, self._on_change)

@@ -7,13 +7,15 @@ The executor imports it too, for the frame format both sides share.
 Zygote control channel (a SOCK_SEQPACKET socket pair, one msgpack message per packet):
   executor -> zygote  [request_id, options]     options: None for a pool child, else a dict with
                                                 "env", "cwd" and optionally "uid", "gid", "groups"
-  zygote -> executor  ["forked", request_id, pid] with three fds attached: the child's job
-                                                channel, its stdout pipe and its stderr pipe
+  zygote -> executor  ["forked", request_id, pid, marker] with three fds attached: the child's
+                                                job channel, its stdout pipe and its stderr pipe;
+                                                marker: the child's job-end marker (random bytes)
                       ["fork_failed", request_id, message]
                       ["exited", pid, wait_status]
 Job channel (a SOCK_STREAM socket pair, frames of a 4-byte big-endian length + msgpack body):
   executor -> child   [target, args, kwargs, pickled]
-  child -> executor   [True, result] or [False, error_type, message, traceback]
+  child -> executor   [True, result, seconds] or [False, error_type, message, traceback, seconds]
+                      (seconds: how long the job ran), one per job, in the order sent
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import signal
 import socket
 import struct
 import sys
+import time
 import traceback
 from typing import Any
 
@@ -153,6 +156,7 @@ def _fork_child(
     close_in_child: Any,
 ) -> int | None:
     parent_end, child_end = socket.socketpair()
+    marker = b"\0corral-job-end-" + os.urandom(16).hex().encode() + b"\0"
     out_read, out_write = os.pipe()
     err_read, err_write = os.pipe()
     try:
@@ -174,7 +178,7 @@ def _fork_child(
                 os.close(fd)
             parent_end.close()
             close_in_child()
-            serve(child_end, _apply_options(options), max_result_bytes)
+            serve(child_end, _apply_options(options), max_result_bytes, marker)
             status = 0
         finally:
             os._exit(status)
@@ -182,7 +186,7 @@ def _fork_child(
     os.close(err_write)
     child_end.close()
     try:
-        message = msgpack.packb([FORKED, request_id, pid])
+        message = msgpack.packb([FORKED, request_id, pid, marker])
         socket.send_fds(control, [message], [parent_end.fileno(), out_read, err_read])
     finally:
         parent_end.close()
@@ -239,8 +243,15 @@ def _apply_options(options: dict[str, Any] | None) -> str | None:
     return None
 
 
-def serve(channel: socket.socket, setup_error: str | None, max_result_bytes: int) -> None:
-    """Run the jobs sent over `channel`, one at a time, until the executor closes it."""
+def serve(
+    channel: socket.socket, setup_error: str | None, max_result_bytes: int, marker: bytes
+) -> None:
+    """Run the jobs sent over `channel` in order, one at a time, until the executor closes it.
+
+    After each job its output is flushed and `marker` written to stdout and stderr, then the
+    reply is sent: the executor splits the output streams into jobs at the markers. A job that
+    closed or broke either stream ends the child after its reply, as markers could not follow.
+    """
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(AttributeError, ValueError):
             stream.reconfigure(line_buffering=True)  # type: ignore[union-attr]
@@ -254,15 +265,26 @@ def serve(channel: socket.socket, setup_error: str | None, max_result_bytes: int
             return
         for request in reader.feed(data):
             if setup_error is not None:
-                reply = encode_frame([False, "JobSetupError", setup_error, None])
+                reply = encode_frame([False, "JobSetupError", setup_error, None, 0.0])
             else:
                 reply = run_request(request, max_result_bytes)
             _flush_std_streams()
+            try:
+                os.write(1, marker)
+                os.write(2, marker)
+            except OSError:
+                channel.sendall(reply)
+                return
             channel.sendall(reply)
 
 
 def run_request(request: list[Any], max_result_bytes: int) -> bytes:
-    """Run one job and return its encoded reply frame."""
+    """Run one job and return its encoded reply frame, which ends with the job's run time."""
+    started = time.perf_counter()
+
+    def reply(*fields: Any) -> bytes:
+        return encode_frame([*fields, time.perf_counter() - started])
+
     target, args, kwargs, pickled = request
     what = repr(target) if pickled is None else "the pickled function"
     try:
@@ -272,7 +294,7 @@ def run_request(request: list[Any], max_result_bytes: int) -> bytes:
             function, args, kwargs = pickle.loads(base64.b64decode(pickled))
     except BaseException as error:  # the job fails, the child lives on
         verb = "import" if pickled is None else "load"
-        return _error_frame(error, f"cannot {verb} {what}: {error}")
+        return reply(*_error_fields(error, f"cannot {verb} {what}: {error}"))
     try:
         result = function(*args, **kwargs)
         if inspect.iscoroutine(result):
@@ -280,25 +302,25 @@ def run_request(request: list[Any], max_result_bytes: int) -> bytes:
 
             result = asyncio.run(result)
     except BaseException as error:  # reported to the executor
-        return _error_frame(error, str(error))
+        return reply(*_error_fields(error, str(error)))
     try:
-        frame = encode_frame([True, result])
+        frame = reply(True, result)
     except UnserialisableResult as error:
         message = (
             f"the result of {what} cannot be sent back: objects of type '{error}' are not "
             "JSON/msgpack-serialisable; return plain data (dict, list, str, int, float, bool, "
             "None, bytes)"
         )
-        return encode_frame([False, "SerializationError", message, None])
+        return reply(False, "SerializationError", message, None)
     except (TypeError, ValueError, OverflowError) as error:
         message = f"the result of {what} cannot be sent back ({error}); return plain data"
-        return encode_frame([False, "SerializationError", message, None])
+        return reply(False, "SerializationError", message, None)
     if len(frame) > max_result_bytes:
         message = (
             f"the result of {what} is {len(frame)} bytes, over the {max_result_bytes}-byte "
             "limit; store large results elsewhere and return where to find them"
         )
-        return encode_frame([False, "SerializationError", message, None])
+        return reply(False, "SerializationError", message, None)
     return frame
 
 
@@ -311,13 +333,13 @@ def import_target(target: str) -> Any:
     return value
 
 
-def _error_frame(error: BaseException, message: str) -> bytes:
+def _error_fields(error: BaseException, message: str) -> list[Any]:
     report = traceback.TracebackException.from_exception(error)
     report.stack = traceback.StackSummary.from_list(
         [frame for frame in report.stack if _is_job_frame(frame.filename)]
     )
     text = "".join(report.format())
-    return encode_frame([False, type_name(type(error)), message, text])
+    return [False, type_name(type(error)), message, text]
 
 
 def _is_job_frame(filename: str) -> bool:

@@ -1,0 +1,371 @@
+"""The python executor's processes as its event loop sees them: the zygote and the pool children.
+
+A child runs the jobs sent to it one after another, in order, and answers each with one frame. The
+executor may send a child a job while it still runs another (see PythonExecutor on when), so a
+child holds a queue: `jobs[0]` runs, the rest wait their turn in the child's channel. Its stdout
+and stderr are pipes read all the time. After each job the child writes its *job-end marker* (a
+random byte string the zygote drew for it) to both pipes, before it answers; everything read from a
+pipe up to the n-th marker is the n-th job's output, however the reads fall, and by the time an
+answer arrives its job's markers are already in the pipes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import socket
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from corral.models import JobState
+from corral.worker.executors import python_child
+from corral.worker.executors.base import (
+    STDERR,
+    STDOUT,
+    JobSetupError,
+    OutputLimiter,
+    kill_process_group,
+)
+
+logger = logging.getLogger(__name__)
+
+#: How long to wait for the zygote to report a dead child's exit status (normally milliseconds).
+EXIT_STATUS_TIMEOUT = 5.0
+#: How long close() waits for the zygote to exit after hanging up on it, before killing it.
+ZYGOTE_EXIT_TIMEOUT = 5.0
+
+_READ_SIZE = 256 * 1024
+
+
+class Died:
+    """The answer of a job whose child died while running it (or was killed for it)."""
+
+
+class NotStarted:
+    """The answer of a job cancelled before any child started it."""
+
+
+#: What a job's `answer` future resolves to: the child's reply frame, or one of the above.
+Answer = list[Any] | type[Died] | type[NotStarted]
+
+
+@dataclass(slots=True, eq=False)
+class PoolJob:
+    """One python job inside the executor, from run() until its answer."""
+
+    request: bytes
+    output: OutputLimiter
+    timeout: float | None
+    quick: bool  # its function recently ran quickly here: it may wait behind another job
+    answer: asyncio.Future[Answer] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+    child: Child | None = None
+    started: float | None = None  # epoch seconds at which its child began it
+    killed_as: JobState | None = None
+    timer: asyncio.TimerHandle | None = None
+
+    def settle(self, answer: Answer) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        if not self.answer.done():
+            self.answer.set_result(answer)
+
+
+class Zygote:
+    """The process that forks the children, seen from the executor."""
+
+    def __init__(self, process: asyncio.subprocess.Process, control: socket.socket) -> None:
+        self.process = process
+        self.alive = True
+        self._control = control
+        self._loop = asyncio.get_running_loop()
+        self._request_ids = itertools.count()
+        self._forks: dict[int, asyncio.Future[Forked]] = {}
+        self._exits: dict[int, asyncio.Future[int | None]] = {}
+        self._loop.add_reader(control.fileno(), self._on_control)
+
+    @classmethod
+    async def start(
+        cls, python: str, env: Mapping[str, str], cwd: str, max_result_bytes: int
+    ) -> Zygote:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *python_child.zygote_command(python, theirs.fileno(), max_result_bytes),
+                stdin=asyncio.subprocess.DEVNULL,
+                pass_fds=(theirs.fileno(),),
+                env=dict(env),
+                cwd=cwd,
+                start_new_session=True,  # the terminal's Ctrl-C is for the worker, not for it
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        return cls(process, ours)
+
+    async def fork(self, options: dict[str, Any] | None) -> Forked:
+        """A new child (a one-off with `options` applied, or a pool child for None)."""
+        if not self.alive:
+            raise JobSetupError("the python executor's zygote process has exited")
+        request_id = next(self._request_ids)
+        future = self._forks[request_id] = self._loop.create_future()
+        try:
+            await self._loop.sock_sendall(self._control, msgpack.packb([request_id, options]))
+            return await future
+        finally:
+            self._forks.pop(request_id, None)
+
+    def _on_control(self) -> None:
+        try:
+            packet, fds, _, _ = socket.recv_fds(self._control, 65536, python_child.CHILD_FDS)
+        except BlockingIOError:
+            return
+        except OSError:
+            packet, fds = b"", []
+        if not packet:
+            self._hang_up()
+            return
+        kind, *fields = msgpack.unpackb(packet)
+        if kind == python_child.FORKED:
+            request_id, pid, marker = fields
+            exit_status = self._exits[pid] = self._loop.create_future()
+            forked = Forked(pid, fds, marker, exit_status)
+            future = self._forks.get(request_id)
+            if future is None or future.done():
+                forked.close_fds()  # nobody waits any more: the child exits when these close
+            else:
+                future.set_result(forked)
+        elif kind == python_child.FORK_FAILED:
+            request_id, message = fields
+            future = self._forks.get(request_id)
+            if future is not None and not future.done():
+                future.set_exception(JobSetupError(f"cannot start a python process: {message}"))
+        elif kind == python_child.EXITED:
+            pid, status = fields
+            if pid in self._exits:
+                self._exits.pop(pid).set_result(os.waitstatus_to_exitcode(status))
+
+    def _hang_up(self) -> None:
+        """The zygote is gone: nothing more will be forked, no more exit statuses will come."""
+        if not self.alive:
+            return
+        self.alive = False
+        self._loop.remove_reader(self._control.fileno())
+        self._control.close()
+        for future in self._forks.values():
+            if not future.done():
+                future.set_exception(
+                    JobSetupError("the python executor's zygote process exited while forking")
+                )
+        for exit_status in self._exits.values():
+            if not exit_status.done():
+                exit_status.set_result(None)
+        self._exits.clear()
+
+    async def close(self) -> None:
+        """Hang up; the zygote then kills its children and exits."""
+        self._hang_up()
+        try:
+            await asyncio.wait_for(self.process.wait(), ZYGOTE_EXIT_TIMEOUT)
+        except TimeoutError:
+            logger.warning(
+                "python executor's zygote (pid %d) did not exit; killing it", self.process.pid
+            )
+            kill_process_group(self.process.pid)
+            await self.process.wait()
+
+
+@dataclass(frozen=True, slots=True)
+class Forked:
+    """A child as the zygote hands it over: pid, [channel, stdout, stderr] fds, job-end marker."""
+
+    pid: int
+    fds: list[int]
+    marker: bytes
+    exit_status: asyncio.Future[int | None]
+
+    def close_fds(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+
+
+class Child:
+    """One child process and the jobs sent to it, in the order it runs them.
+
+    `on_begin(child, job)` is called when a job becomes the one the child runs; `on_change(child,
+    unstarted)` after answers arrive or the child dies, with the jobs it will now never start.
+    """
+
+    def __init__(
+        self,
+        forked: Forked,
+        one_off: bool,
+        on_begin: Callable[[Child, PoolJob], None],
+        on_change: Callable[[Child, list[PoolJob]], None],
+    ) -> None:
+        self.pid = forked.pid
+        self.one_off = one_off
+        self.alive = True
+        self.jobs: deque[PoolJob] = deque()
+        self._exit_status = forked.exit_status
+        self._on_begin = on_begin
+        self._on_change = on_change
+        self._loop = asyncio.get_running_loop()
+        channel_fd, stdout_fd, stderr_fd = forked.fds
+        self._channel = socket.socket(fileno=channel_fd)
+        self._channel.setblocking(False)
+        self._unsent = bytearray()
+        self._frames = python_child.FrameReader()
+        self._killed_for: PoolJob | None = None
+        self._marker = forked.marker
+        self._answered = 0  # jobs answered so far: the sequence number of jobs[0]
+        self._outputs = {STDOUT: stdout_fd, STDERR: stderr_fd}
+        self._ended = {STDOUT: 0, STDERR: 0}  # job-end markers read from each stream
+        self._partial = {STDOUT: b"", STDERR: b""}  # a stream's tail that may start a marker
+        self._loop.add_reader(channel_fd, self._on_channel)
+        for stream, fd in self._outputs.items():
+            os.set_blocking(fd, False)
+            self._loop.add_reader(fd, self._read_output, stream, fd)
+
+    @property
+    def idle(self) -> bool:
+        return self.alive and not self.jobs
+
+    def send(self, job: PoolJob) -> None:
+        """Queue `job` on this child; it runs once every job sent before it has been answered."""
+        job.child = self
+        self.jobs.append(job)
+        if len(self.jobs) == 1:
+            self._on_begin(self, job)
+        if self._unsent:
+            self._unsent += job.request
+            return
+        try:
+            sent = self._channel.send(job.request)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            return  # the child is gone; _on_channel sees the hang-up
+        if sent < len(job.request):
+            self._unsent += job.request[sent:]
+            self._loop.add_writer(self._channel.fileno(), self._send_unsent)
+
+    def kill_for(self, job: PoolJob) -> None:
+        """SIGKILL the child's process group to end `job`, which it is running."""
+        self._killed_for = job
+        kill_process_group(self.pid)
+
+    def kill(self) -> None:
+        kill_process_group(self.pid)
+
+    async def exit_code(self) -> int | None:
+        """The dead child's exit code as subprocess reports it (negative: signal), if known."""
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._exit_status), EXIT_STATUS_TIMEOUT)
+        except TimeoutError:
+            return None
+
+    def close(self) -> None:
+        """Stop reading and close our ends; an idle child exits when its channel closes."""
+        if self._channel.fileno() >= 0:
+            self._loop.remove_reader(self._channel.fileno())
+            if self._unsent:
+                self._loop.remove_writer(self._channel.fileno())
+            self._channel.close()
+        for fd in self._outputs.values():
+            self._loop.remove_reader(fd)
+            os.close(fd)
+        self._outputs.clear()
+        self.alive = False
+
+    def _send_unsent(self) -> None:
+        try:
+            sent = self._channel.send(self._unsent)
+        except BlockingIOError:
+            return
+        except OSError:
+            sent = len(self._unsent)  # gone: _on_channel sees the hang-up
+        del self._unsent[:sent]
+        if not self._unsent:
+            self._loop.remove_writer(self._channel.fileno())
+
+    def _on_channel(self) -> None:
+        try:
+            data = self._channel.recv(_READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        self._drain_outputs()  # the answered jobs' markers are in the pipes: read up to them
+        if data:
+            for reply in self._frames.feed(data):
+                self._answered += 1
+                self.jobs.popleft().settle(reply)
+                if self.jobs:
+                    self._on_begin(self, self.jobs[0])
+            self._on_change(self, [])
+            return
+        self._loop.remove_reader(self._channel.fileno())
+        self.alive = False
+        unstarted = list(self.jobs)
+        self.jobs.clear()
+        if unstarted and (self._killed_for is None or unstarted[0] is self._killed_for):
+            unstarted.pop(0).settle(Died)
+        self._on_change(self, unstarted)
+
+    def _drain_outputs(self) -> None:
+        for stream, fd in list(self._outputs.items()):
+            while self._read_output(stream, fd):
+                pass
+
+    def _read_output(self, stream: str, fd: int) -> bool:
+        """Read one chunk of the child's output; False when there is nothing (more) to read."""
+        try:
+            chunk = os.read(fd, _READ_SIZE)
+        except BlockingIOError:
+            return False
+        if not chunk:
+            self._loop.remove_reader(fd)
+            os.close(fd)
+            del self._outputs[stream]
+            return False
+        self._split_output(stream, self._partial[stream] + chunk)
+        return True
+
+    def _split_output(self, stream: str, data: bytes) -> None:
+        """Hand each job its part of `data`, cutting at job-end markers."""
+        marker = self._marker
+        start = 0
+        while (end := data.find(marker, start)) >= 0:
+            self._feed(stream, data[start:end])
+            self._ended[stream] += 1
+            start = end + len(marker)
+        # Hold back a tail that could be the start of a marker split across two reads.
+        keep = len(data)
+        search = max(start, len(data) - len(marker) + 1)
+        while (at := data.find(marker[:1], search)) >= 0:
+            if marker.startswith(data[at:]):
+                keep = at
+                break
+            search = at + 1
+        self._feed(stream, data[start:keep])
+        self._partial[stream] = data[keep:]
+
+    def _feed(self, stream: str, part: bytes) -> None:
+        """Output of the job that has `_ended[stream]` markers before it, if it is still here."""
+        position = self._ended[stream] - self._answered
+        if part and 0 <= position < len(self.jobs):
+            self.jobs[position].output.feed(stream, part)
+
+
+__all__ = ["Answer", "Child", "Died", "Forked", "NotStarted", "PoolJob", "Zygote"]
