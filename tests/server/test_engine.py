@@ -1,5 +1,5 @@
-"""The engine around the scheduler: decisions are carried out only once committed, and against
-the right connection."""
+"""The engine around the scheduler: decisions are carried out once committed (dispatches of
+idempotent jobs at once), and against the right connection."""
 
 from __future__ import annotations
 
@@ -73,6 +73,34 @@ def test_an_expiry_committed_after_the_worker_came_back_spares_its_new_connectio
             assert None not in sent(second), "the new connection must stay open"
             assert engine.scheduler.worker("w1") is not None
             assert engine.scheduler.job(job_id).state is JobState.RUNNING  # type: ignore[union-attr]
+        finally:
+            await engine.stop()
+
+    asyncio.run(asyncio.wait_for(scenario(), DEADLINE))
+
+
+def test_idempotent_jobs_leave_before_their_dispatch_commits_and_the_others_after() -> None:
+    async def scenario() -> None:
+        store = PausableStore()
+        engine = Engine(store, lease=5.0, clock=Clock())
+        await engine.start()
+        try:
+            specs = [
+                JobSpec(kind="shell", command="true", name="may run twice"),  # type: ignore[arg-type]
+                JobSpec(kind="shell", command="true", name="must not", idempotent=False),  # type: ignore[arg-type]
+            ]
+            at_least_once, at_most_once = await engine.submit(specs)
+            store.open.clear()  # the dispatch's commit is held back
+            worker = WorkerPeer(p.Hello(PROTOCOL_VERSION, "w1", "host", 1, 2, 2, ["default"], []))
+            engine.worker_joined(worker)
+            _welcome, early = sent(worker)
+            assert isinstance(early, p.Jobs)
+            assert [item[0] for item in early.items] == [at_least_once]
+            store.open.set()
+            await engine.writer.flush()
+            [late] = sent(worker)
+            assert isinstance(late, p.Jobs)
+            assert [item[0] for item in late.items] == [at_most_once]
         finally:
             await engine.stop()
 

@@ -517,16 +517,41 @@ class Engine:
                 mutations.append(update)
                 notices.append(notice)
 
+        commit = self.writer.submit_nowait(mutations)
+        after_commit = self._dispatch_at_once(decisions)
+
         def act(commit: asyncio.Future[None]) -> None:
             if commit.cancelled() or commit.exception() is not None:
                 return  # the writer logged it; acting on unsaved state would be worse
-            self._act(decisions, notices)
+            self._act(after_commit, notices)
             if then is not None:
                 then()
 
-        commit = self.writer.submit_nowait(mutations)
         commit.add_done_callback(act)
         return commit
+
+    def _dispatch_at_once(self, decisions: list[Decision]) -> list[Decision]:
+        """Send idempotent jobs now, without waiting for their dispatch to commit; return the
+        decisions that must wait for it.
+
+        A job that may run twice (idempotent, the default) loses nothing if the server dies
+        before its dispatch is durable: a restart finds it queued and runs it again, as
+        at-least-once delivery allows. Not waiting keeps the commit's latency out of every
+        worker's refill. A job that must not run twice leaves only once its dispatch is durable,
+        so that a restart marks it lost instead.
+        """
+        later: list[Decision] = []
+        for decision in decisions:
+            if not isinstance(decision, Dispatch):
+                later.append(decision)
+                continue
+            now = tuple(job for job in decision.jobs if job.idempotent)
+            if now:
+                self._send_jobs(Dispatch(decision.worker_id, now))
+            if len(now) < len(decision.jobs):
+                unsafe = tuple(job for job in decision.jobs if not job.idempotent)
+                later.append(Dispatch(decision.worker_id, unsafe))
+        return later
 
     def _act(self, decisions: list[Decision], notices: list[p.Done]) -> None:
         for decision in decisions:
