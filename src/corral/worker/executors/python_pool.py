@@ -224,7 +224,8 @@ class Child:
         channel_fd, stdout_fd, stderr_fd = forked.fds
         self._channel = socket.socket(fileno=channel_fd)
         self._channel.setblocking(False)
-        self._unsent = bytearray()
+        self._unsent = bytearray()  # requests not yet written to the channel
+        self._writing = False  # waiting for the channel to take more of them
         self._frames = python_child.FrameReader()
         self._killed_for: PoolJob | None = None
         self._marker = forked.marker
@@ -242,23 +243,17 @@ class Child:
         return self.alive and not self.jobs
 
     def send(self, job: PoolJob) -> None:
-        """Queue `job` on this child; it runs once every job sent before it has been answered."""
+        """Queue `job` on this child; it runs once every job sent before it has been answered.
+
+        Jobs sent in one turn of the event loop go out in one write.
+        """
         job.child = self
         self.jobs.append(job)
         if len(self.jobs) == 1:
             self._on_begin(self, job)
-        if self._unsent:
-            self._unsent += job.request
-            return
-        try:
-            sent = self._channel.send(job.request)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            return  # the child is gone; _on_channel sees the hang-up
-        if sent < len(job.request):
-            self._unsent += job.request[sent:]
-            self._loop.add_writer(self._channel.fileno(), self._send_unsent)
+        if not self._unsent:
+            self._loop.call_soon(self._send_unsent)
+        self._unsent += job.request
 
     def kill_for(self, job: PoolJob) -> None:
         """SIGKILL the child's process group to end `job`, which it is running."""
@@ -279,7 +274,7 @@ class Child:
         """Stop reading and close our ends; an idle child exits when its channel closes."""
         if self._channel.fileno() >= 0:
             self._loop.remove_reader(self._channel.fileno())
-            if self._unsent:
+            if self._writing:
                 self._loop.remove_writer(self._channel.fileno())
             self._channel.close()
         for fd in self._outputs.values():
@@ -289,14 +284,20 @@ class Child:
         self.alive = False
 
     def _send_unsent(self) -> None:
+        if not self._unsent or self._channel.fileno() < 0:
+            return
         try:
             sent = self._channel.send(self._unsent)
         except BlockingIOError:
-            return
+            sent = 0
         except OSError:
             sent = len(self._unsent)  # gone: _on_channel sees the hang-up
         del self._unsent[:sent]
-        if not self._unsent:
+        if self._unsent and not self._writing:
+            self._writing = True
+            self._loop.add_writer(self._channel.fileno(), self._send_unsent)
+        elif not self._unsent and self._writing:
+            self._writing = False
             self._loop.remove_writer(self._channel.fileno())
 
     def _on_channel(self) -> None:
