@@ -13,7 +13,7 @@ TOKEN_FILE_NAME = "tokens.json"
 DATABASE_FILE_NAME = "corral.db"
 
 #: Wire protocol between worker and server; a worker speaking another version is refused.
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 #: Queue every job goes to unless it names another.
 DEFAULT_QUEUE = "default"
@@ -24,6 +24,10 @@ WORKER_LEASE = 5.0
 
 #: Jobs a worker may hold beyond its concurrency, so that it never waits for the next one.
 DEFAULT_PREFETCH = 64
+
+#: The server stores that an idempotent job runs this long after sending it to a worker, unless
+#: the job has ended by then (its final update then says where and when it ran).
+DISPATCH_RECORD_DELAY = 0.05
 
 #: Retry backoff: base * 2**(attempt-1), capped, with up to JITTER of it added at random.
 RETRY_BACKOFF_BASE = 1.0

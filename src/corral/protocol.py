@@ -78,7 +78,8 @@ class Bundle(Frame):
 @frame
 @dataclass(frozen=True, slots=True)
 class Hello(Frame):
-    """Worker's first frame. `held` lists every job it still has, so a reconnect loses none."""
+    """Worker's first frame. `held` lists every job it still has as [job_id, attempt], so a
+    reconnect loses none."""
 
     TAG: ClassVar[str] = "hello"
     protocol: int
@@ -89,7 +90,14 @@ class Hello(Frame):
     capacity: int
     queues: list[str]
     tags: list[str]
-    held: list[str] = field(default_factory=list)
+    held: list[list[Any]] = field(default_factory=list)
+
+    def held_attempts(self) -> dict[str, int]:
+        """`held` as {job_id: attempt}; ProtocolError if it is not a list of such pairs."""
+        try:
+            return {str(job_id): int(attempt) for job_id, attempt in self.held}
+        except (TypeError, ValueError) as exc:
+            raise ProtocolError(f"malformed 'held' in hello: {exc}") from None
 
 
 @frame

@@ -7,11 +7,13 @@ import asyncio
 import threading
 from collections.abc import Sequence
 
+import msgpack
+
 from corral import protocol as p
-from corral.constants import PROTOCOL_VERSION
+from corral.constants import DISPATCH_RECORD_DELAY, PROTOCOL_VERSION
 from corral.models import JobSpec, JobState
 from corral.server.engine import Engine, WorkerPeer
-from corral.server.store import MemoryStore, Mutation
+from corral.server.store import MemoryStore, Mutation, UpdateJob
 
 DEADLINE = 30.0
 
@@ -37,7 +39,7 @@ class Clock:
         return self.now
 
 
-def hello(worker_id: str, held: list[str] | None = None) -> p.Hello:
+def hello(worker_id: str, held: list[list[object]] | None = None) -> p.Hello:
     return p.Hello(PROTOCOL_VERSION, worker_id, "host", 1, 1, 1, ["default"], [], held or [])
 
 
@@ -101,6 +103,75 @@ def test_idempotent_jobs_leave_before_their_dispatch_commits_and_the_others_afte
             [late] = sent(worker)
             assert isinstance(late, p.Jobs)
             assert [item[0] for item in late.items] == [at_most_once]
+        finally:
+            await engine.stop()
+
+    asyncio.run(asyncio.wait_for(scenario(), DEADLINE))
+
+
+class RecordingStore(MemoryStore):
+    """A store that keeps every batch it was asked to write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[Sequence[Mutation]] = []
+
+    def write(self, batch: Sequence[Mutation]) -> None:
+        self.batches.append(batch)
+        super().write(batch)
+
+    def job_updates(self, job_id: str) -> list[UpdateJob]:
+        return [m for b in self.batches for m in b if isinstance(m, UpdateJob) and m.id == job_id]
+
+
+def test_a_job_that_ends_quickly_is_written_once_and_a_longer_one_reads_as_running() -> None:
+    async def scenario() -> None:
+        store = RecordingStore()
+        engine = Engine(store, lease=5.0)
+        await engine.start()
+        try:
+            quick, slow = await engine.submit(
+                [JobSpec(kind="shell", command="true"), JobSpec(kind="shell", command="sleep 1")]  # type: ignore[arg-type]
+            )
+            worker = WorkerPeer(p.Hello(PROTOCOL_VERSION, "w1", "host", 1, 2, 2, ["default"], []))
+            engine.worker_joined(worker)
+            result = {"job_id": quick, "attempt": 1, "state": "succeeded", "started": 1.0}
+            engine.worker_frame(worker, p.Results([result]))
+            await engine.writer.flush()
+            [update] = store.job_updates(quick)
+            assert (update.state, update.worker, update.attempts) == (JobState.SUCCEEDED, "w1", 1)
+            assert store.get_job(slow).state is JobState.QUEUED  # type: ignore[union-attr]
+            await asyncio.sleep(DISPATCH_RECORD_DELAY * 2)
+            await engine.writer.flush()
+            row = store.get_job(slow)
+            assert row is not None
+            assert (row.state, row.worker, row.attempts) == (JobState.RUNNING, "w1", 1)
+        finally:
+            await engine.stop()
+
+    asyncio.run(asyncio.wait_for(scenario(), DEADLINE))
+
+
+def test_a_stale_result_beside_the_real_one_does_not_overwrite_it() -> None:
+    async def scenario() -> None:
+        store = RecordingStore()
+        engine = Engine(store, lease=5.0)
+        await engine.start()
+        try:
+            [job_id] = await engine.submit([JobSpec(kind="python", target="m:f")])  # type: ignore[arg-type]
+            worker = WorkerPeer(hello("w1"))
+            engine.worker_joined(worker)
+            fresh = {"job_id": job_id, "attempt": 1, "state": "succeeded", "result": 42}
+            stale = {"job_id": job_id, "attempt": 0, "state": "cancelled", "error_message": "x"}
+            engine.worker_frame(worker, p.Results([fresh, stale]))
+            await engine.writer.flush()
+            row = store.get_job(job_id)
+            assert row is not None
+            assert (row.state, row.result, row.error_message) == (
+                JobState.SUCCEEDED,
+                msgpack.packb(42),
+                None,
+            )
         finally:
             await engine.stop()
 

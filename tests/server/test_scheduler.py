@@ -36,11 +36,11 @@ def join(
     capacity: int = 1,
     queues: tuple[str, ...] = ("default",),
     tags: tuple[str, ...] = (),
-    held: tuple[str, ...] = (),
+    held: dict[str, int] | None = None,
     now: float = 0.0,
 ) -> list:
     return scheduler.worker_joined(
-        worker_id, queues=queues, tags=tags, capacity=capacity, held=held, now=now
+        worker_id, queues=queues, tags=tags, capacity=capacity, held=held or {}, now=now
     )
 
 
@@ -182,7 +182,7 @@ def test_reconnecting_worker_keeps_held_jobs_and_loses_undelivered_ones() -> Non
     scheduler.submit([make_job("got"), make_job("never-got")], now=0)
     scheduler.worker_disconnected("w1", now=1)
     assert dispatched(scheduler.submit([make_job("other")], now=1)) == []
-    decisions = join(scheduler, capacity=2, held=("got",), now=2)
+    decisions = join(scheduler, capacity=2, held={"got": 1}, now=2)
     assert [d.job.id for d in decisions if isinstance(d, Requeued)] == ["never-got"]
     assert dispatched(decisions) == ["never-got"]
     assert scheduler.job("got").worker == "w1"
@@ -193,7 +193,7 @@ def test_worker_returning_after_expiry_is_told_to_drop_reassigned_jobs() -> None
     join(scheduler)
     scheduler.submit([make_job("j")], now=0)
     scheduler.tick(now=5)
-    decisions = join(scheduler, held=("j",), now=6)
+    decisions = join(scheduler, held={"j": 1}, now=6)
     assert Kill("w1", "j") in decisions
 
 
@@ -211,11 +211,26 @@ def test_restored_running_job_is_claimed_by_its_worker_or_requeued() -> None:
     scheduler = Scheduler(lease=5)
     scheduler.restore_running(make_job("claimed", attempts=1), "w1", now=0)
     scheduler.restore_running(make_job("orphan", attempts=1), "w2", now=0)
-    join(scheduler, "w1", held=("claimed",), now=1)
+    join(scheduler, "w1", held={"claimed": 1}, now=1)
     decisions = scheduler.tick(now=5)
     assert WorkerExpired("w2") in decisions
     assert [d.job.id for d in decisions if isinstance(d, Requeued)] == ["orphan"]
     assert scheduler.job("claimed").worker == "w1"
+
+
+def test_a_job_sent_before_its_dispatch_was_stored_stays_with_the_worker_that_has_it() -> None:
+    # After a restart the store had it queued (attempt 1 never recorded); its worker holds
+    # attempt 2 of it, having had attempt 1 fail earlier: it keeps it, nobody else gets it.
+    scheduler = Scheduler(lease=5)
+    scheduler.submit([make_job("sent", attempts=1)], now=0)
+    decisions = join(scheduler, "w1", held={"sent": 2}, now=1)
+    assert decisions == []
+    assert (scheduler.job("sent").state, scheduler.job("sent").worker) == (JobState.RUNNING, "w1")
+    assert dispatched(join(scheduler, "w2", now=1)) == []
+    finished = scheduler.complete("w1", [Outcome("sent", 2, JobState.SUCCEEDED)], now=2)
+    assert [(d.job.id, d.state) for d in finished if isinstance(d, Finished)] == [
+        ("sent", JobState.SUCCEEDED)
+    ]
 
 
 def test_changing_queue_ordering_keeps_queued_jobs() -> None:

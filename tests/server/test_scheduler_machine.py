@@ -98,7 +98,7 @@ class SchedulerMachine(RuleBasedStateMachine):
             queues=["default"],
             tags=["gpu"] if gpu else [],
             capacity=capacity,
-            held=list(self.held[worker]),
+            held=dict(self.held[worker]),
             now=self.now,
         )
         self.apply(decisions)

@@ -21,7 +21,12 @@ from typing import Any
 import msgpack
 
 from corral import protocol as p
-from corral.constants import HEARTBEAT_INTERVAL, MAX_LOG_BYTES_PER_JOB, WORKER_LEASE
+from corral.constants import (
+    DISPATCH_RECORD_DELAY,
+    HEARTBEAT_INTERVAL,
+    MAX_LOG_BYTES_PER_JOB,
+    WORKER_LEASE,
+)
 from corral.errors import Conflict, InvalidRequest, NotFound
 from corral.ids import IdGenerator
 from corral.models import Attempt, JobInfo, JobSpec, JobState, WorkerInfo
@@ -162,6 +167,7 @@ class Engine:
         self._watchers: dict[str, set[Peer]] = defaultdict(set)
         self._followers: dict[str, set[Peer]] = defaultdict(set)
         self._log_sizes: dict[tuple[str, str], int] = {}
+        self._unsaved_dispatches: dict[str, UpdateJob] = {}  # see _record_dispatch
         self._ticker: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
 
@@ -197,6 +203,7 @@ class Engine:
     async def stop(self) -> None:
         if self._ticker:
             self._ticker.cancel()
+        self._save_dispatches()
         for peer in list(self._workers.values()):
             peer.close()
         await self.writer.close()
@@ -332,7 +339,7 @@ class Engine:
             queues=hello.queues,
             tags=hello.tags,
             capacity=hello.capacity,
-            held=hello.held,
+            held=hello.held_attempts(),
             now=self.clock(),
         )
         self._apply(decisions)
@@ -361,12 +368,12 @@ class Engine:
     def _results(self, peer: WorkerPeer, items: list[dict[str, Any]], now: float) -> None:
         hello = peer.hello
         outcomes = []
-        details: dict[str, dict[str, Any]] = {}
+        details: dict[tuple[str, int], dict[str, Any]] = {}
         attempts: list[Mutation] = []
         for item in items:
             state = JobState(item["state"])
             outcomes.append(Outcome(item["job_id"], item["attempt"], state))
-            details[item["job_id"]] = item
+            details[item["job_id"], item["attempt"]] = item
             attempt = Attempt(
                 number=item["attempt"],
                 worker=hello.worker_id,
@@ -455,7 +462,7 @@ class Engine:
     def _apply(
         self,
         decisions: list[Decision],
-        details: dict[str, dict[str, Any]] | None = None,
+        details: dict[tuple[str, int], dict[str, Any]] | None = None,
         extra: list[Mutation] | None = None,
         then: Callable[[], None] | None = None,
     ) -> asyncio.Future[None]:
@@ -471,18 +478,20 @@ class Engine:
         for decision in decisions:
             if isinstance(decision, Dispatch):
                 for job in decision.jobs:
-                    mutations.append(
-                        UpdateJob(
-                            job.id,
-                            JobState.RUNNING,
-                            worker=decision.worker_id,
-                            attempts=job.attempts,
-                            started=now,
-                        )
+                    dispatched = UpdateJob(
+                        job.id,
+                        JobState.RUNNING,
+                        worker=decision.worker_id,
+                        attempts=job.attempts,
+                        started=now,
                     )
+                    if job.idempotent:
+                        self._record_dispatch(dispatched)
+                    else:
+                        mutations.append(dispatched)
             elif isinstance(decision, Requeued):
                 job = decision.job
-                if job.id not in details:  # lost worker or hand-back: record why
+                if (job.id, decision.attempt) not in details:  # lost worker or hand-back
                     mutations.append(
                         SaveAttempt(
                             job.id,
@@ -495,10 +504,11 @@ class Engine:
                             ),
                         )
                     )
+                self._unsaved_dispatches.pop(job.id, None)
                 mutations.append(UpdateJob(job.id, JobState.QUEUED, attempts=job.attempts))
             elif isinstance(decision, Finished):
                 job = decision.job
-                if job.id not in details and job.worker is not None:
+                if (job.id, job.attempts) not in details and job.worker is not None:
                     # Ended on a worker that will never report it (lost, or cancelled as its
                     # lease ran out): the history still gets the attempt, and why it ended.
                     mutations.append(
@@ -513,12 +523,12 @@ class Engine:
                             ),
                         )
                     )
-                update, notice = self._finished(decision, details.get(job.id), now)
+                update, notice = self._finished(decision, details.get((job.id, job.attempts)), now)
                 mutations.append(update)
                 notices.append(notice)
 
         commit = self.writer.submit_nowait(mutations)
-        after_commit = self._dispatch_at_once(decisions)
+        after_commit = self._send_at_once(decisions)
 
         def act(commit: asyncio.Future[None]) -> None:
             if commit.cancelled() or commit.exception() is not None:
@@ -530,35 +540,54 @@ class Engine:
         commit.add_done_callback(act)
         return commit
 
-    def _dispatch_at_once(self, decisions: list[Decision]) -> list[Decision]:
-        """Send idempotent jobs now, without waiting for their dispatch to commit; return the
-        decisions that must wait for it.
+    def _record_dispatch(self, dispatched: UpdateJob) -> None:
+        """Store that an idempotent job runs, DISPATCH_RECORD_DELAY from now, unless it ends
+        first: then its final update, which says where and when it ran, is the only write.
+
+        Most jobs in a busy queue take milliseconds, so this halves the writes per job. Until the
+        record is stored the job reads as queued, and a server that dies meanwhile queues it
+        again on restart, as at-least-once delivery allows. Jobs that must not run twice are
+        recorded before they leave (see _send_at_once).
+        """
+        if not self._unsaved_dispatches:
+            asyncio.get_running_loop().call_later(DISPATCH_RECORD_DELAY, self._save_dispatches)
+        self._unsaved_dispatches[dispatched.id] = dispatched
+
+    def _save_dispatches(self) -> None:
+        if self._unsaved_dispatches:
+            self.writer.submit_nowait(list(self._unsaved_dispatches.values()))
+            self._unsaved_dispatches.clear()
+
+    def _send_at_once(self, decisions: list[Decision]) -> list[Decision]:
+        """Send kills and idempotent jobs now, in order, without waiting for the commit; return
+        the decisions that must wait for it.
 
         A job that may run twice (idempotent, the default) loses nothing if the server dies
         before its dispatch is durable: a restart finds it queued and runs it again, as
         at-least-once delivery allows. Not waiting keeps the commit's latency out of every
         worker's refill. A job that must not run twice leaves only once its dispatch is durable,
-        so that a restart marks it lost instead.
+        so that a restart marks it lost instead. Kills go with the jobs, so that a worker told to
+        drop a job it holds hears so before it is given the job again.
         """
         later: list[Decision] = []
         for decision in decisions:
-            if not isinstance(decision, Dispatch):
+            if isinstance(decision, Kill):
+                self._send_kill(decision)
+            elif isinstance(decision, Dispatch):
+                now = tuple(job for job in decision.jobs if job.idempotent)
+                if now:
+                    self._send_jobs(Dispatch(decision.worker_id, now))
+                if len(now) < len(decision.jobs):
+                    unsafe = tuple(job for job in decision.jobs if not job.idempotent)
+                    later.append(Dispatch(decision.worker_id, unsafe))
+            else:
                 later.append(decision)
-                continue
-            now = tuple(job for job in decision.jobs if job.idempotent)
-            if now:
-                self._send_jobs(Dispatch(decision.worker_id, now))
-            if len(now) < len(decision.jobs):
-                unsafe = tuple(job for job in decision.jobs if not job.idempotent)
-                later.append(Dispatch(decision.worker_id, unsafe))
         return later
 
     def _act(self, decisions: list[Decision], notices: list[p.Done]) -> None:
         for decision in decisions:
             if isinstance(decision, Dispatch):
                 self._send_jobs(decision)
-            elif isinstance(decision, Kill) and (worker := self._workers.get(decision.worker_id)):
-                worker.send(p.KillJobs([decision.job_id]))
             elif (
                 isinstance(decision, WorkerExpired)
                 # It may have come back while this was being committed: keep the new connection.
@@ -579,6 +608,7 @@ class Engine:
     ) -> tuple[UpdateJob, p.Done]:
         job, state = decision.job, decision.state
         detail = detail or {}
+        dispatched = self._unsaved_dispatches.pop(job.id, None)
         result = detail.get("result")
         error_message = detail.get("error_message") or decision.reason
         update = UpdateJob(
@@ -586,8 +616,10 @@ class Engine:
             state,
             # While it ran, the job showed when it was dispatched; now the worker says when it
             # really started (it may have waited in the worker's prefetch queue).
-            started=detail.get("started"),
+            started=detail.get("started") or (dispatched.started if dispatched else None),
             finished=detail.get("finished") or now,
+            worker=job.worker,
+            attempts=job.attempts,
             result=msgpack.packb(result, use_bin_type=True) if result is not None else None,
             error_type=detail.get("error_type"),
             error_message=error_message,
@@ -604,6 +636,11 @@ class Engine:
             detail.get("exit_code"),
         )
         return update, notice
+
+    def _send_kill(self, kill: Kill) -> None:
+        worker = self._workers.get(kill.worker_id)
+        if worker is not None:
+            worker.send(p.KillJobs([kill.job_id]))
 
     def _send_jobs(self, dispatch: Dispatch) -> None:
         peer = self._workers.get(dispatch.worker_id)

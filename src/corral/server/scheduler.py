@@ -19,7 +19,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from corral.constants import (
@@ -292,17 +292,16 @@ class Scheduler:
         queues: Sequence[str],
         tags: Iterable[str],
         capacity: int,
-        held: Iterable[str],
+        held: Mapping[str, int],
         now: float,
     ) -> list[Decision]:
-        """A worker (re)connected. `held` lists every job it still has (running, waiting locally,
-        or finished with the result not yet acknowledged)."""
+        """A worker (re)connected. `held` maps every job it still has (running, waiting locally,
+        or finished with the result not yet acknowledged) to the attempt it has."""
         for name in queues:
             if name not in self._queues:
                 self.declare_queue(name, QueueOrdering.FIFO)
         worker = self._workers.get(worker_id)
         decisions: list[Decision] = []
-        held_ids = set(held)
         if worker is None:
             worker = WorkerRecord(worker_id, tuple(queues), frozenset(tags), capacity, now)
             self._workers[worker_id] = worker
@@ -310,17 +309,36 @@ class Scheduler:
             worker.queues, worker.tags, worker.capacity = tuple(queues), frozenset(tags), capacity
             worker.last_seen, worker.connected = now, True
             # Dispatched but never received (the connection dropped): safe to run elsewhere.
-            for job_id in [j for j in worker.inflight if j not in held_ids]:
+            for job_id in [j for j in worker.inflight if j not in held]:
                 undelivered = worker.inflight.pop(job_id)
                 decisions.append(self._requeue(undelivered, now, "never reached its worker"))
         # Jobs the worker holds that are no longer its own (re-queued while it was away), and
         # cancels asked for while it was unreachable.
-        for job_id in held_ids:
+        for job_id, attempt in held.items():
             held_job = worker.inflight.get(job_id)
+            if held_job is None and self._adopt(worker, job_id, attempt):
+                continue
             reassigned = held_job is None and job_id not in self._lost
             if reassigned or (held_job is not None and held_job.cancel_requested):
                 decisions.append(Kill(worker_id, job_id))
         return decisions + self._fill_all(now)
+
+    def _adopt(self, worker: WorkerRecord, job_id: str, attempt: int) -> bool:
+        """Let `worker` keep a job it holds that is queued here under an older attempt.
+
+        That is a job sent just before the server died, whose dispatch was not yet stored: the
+        restart queued it again, but it was never sent anywhere else, so the worker's attempt is
+        the job's latest. (A job re-queued while its worker was away keeps its attempt number,
+        and goes to the worker only as a new attempt.)
+        """
+        job = self._jobs.get(job_id)
+        if job is None or job.state is not JobState.QUEUED or attempt <= job.attempts:
+            return False
+        job.state = JobState.RUNNING  # its place in the queue is skipped from now on
+        job.worker = worker.id
+        job.attempts = attempt
+        worker.inflight[job_id] = job
+        return True
 
     def heartbeat(self, worker_id: str, now: float) -> None:
         worker = self._workers.get(worker_id)

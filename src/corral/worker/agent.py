@@ -221,7 +221,8 @@ class Worker:
         return min(cap, delay * 2) * (1 + random.random() * 0.2)
 
     async def _session(self, ws: ClientConnection) -> None:
-        held = list(self._assigned) + [job_id for job_id, _ in self._unacked]
+        held = [[a.job_id, a.attempt] for a in self._assigned.values()]
+        held += [[job_id, attempt] for job_id, attempt in self._unacked]
         hello = p.Hello(
             PROTOCOL_VERSION,
             self.settings.worker_id,
@@ -234,11 +235,14 @@ class Worker:
             held,
         )
         await ws.send(hello.encode())
-        answer = p.decode(await ws.recv())  # type: ignore[arg-type]
+        # The welcome may share a message with the first jobs, sent the moment we joined.
+        frames = p.decode_all(await ws.recv())  # type: ignore[arg-type]
+        answer = frames[0] if frames else None
         if isinstance(answer, p.Refuse):
             raise ProtocolError(f"the server refused this worker: {answer.reason}")
         if not isinstance(answer, p.Welcome):
-            raise ProtocolError(f"expected a welcome frame, got {answer.TAG!r}")
+            got = repr(answer.TAG) if answer else "an empty message"
+            raise ProtocolError(f"expected a welcome frame, got {got}")
         self.heartbeat_interval = answer.heartbeat_interval
         self.lease = answer.lease
         logger.info("connected to %s as %s", self.settings.server_url, self.settings.worker_id)
@@ -248,6 +252,8 @@ class Worker:
         self._wake_sender.set()
         sender = asyncio.create_task(self._send_forever(ws))
         try:
+            for frame in frames[1:]:
+                self._handle(frame)
             async for data in ws:
                 for frame in p.decode_all(data):  # type: ignore[arg-type]
                     self._handle(frame)
