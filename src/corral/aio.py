@@ -1,13 +1,16 @@
-"""Running corral's long-lived processes on the fastest event loop available."""
+"""Running corral's long-lived processes: the fastest event loop available, the collector tuned."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import sys
 import warnings
 from collections.abc import Coroutine
 from typing import Any, TypeVar
+
+from corral.constants import GC_THRESHOLDS
 
 T = TypeVar("T")
 
@@ -20,6 +23,7 @@ def run_worker(main: Coroutine[Any, Any, T]) -> T:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             asyncio.set_child_watcher(asyncio.PidfdChildWatcher())
+    gc.set_threshold(*GC_THRESHOLDS)
     return asyncio.run(main)
 
 
@@ -27,6 +31,7 @@ def run(main: Coroutine[Any, Any, T]) -> T:
     """Run `main` on uvloop where it is installed (it comes with uvicorn[standard]), else on
     asyncio's own loop. Servers and workers spend most of their time per message sent and per
     subprocess started; uvloop does both natively, without a thread per child process."""
+    gc.set_threshold(*GC_THRESHOLDS)
     try:
         import uvloop
     except ImportError:

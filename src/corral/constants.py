@@ -34,6 +34,12 @@ RETRY_BACKOFF_BASE = 1.0
 RETRY_BACKOFF_MAX = 300.0
 RETRY_BACKOFF_JITTER = 0.25
 
+#: Garbage collector thresholds for the server and workers (Python's default: 700, 10, 10). They
+#: build and drop tens of thousands of small objects per second (frames, records, futures), few
+#: of them in cycles; collecting the youngest generation every 700 allocations cost them 10-15%
+#: of their CPU time.
+GC_THRESHOLDS = (50_000, 20, 100)
+
 #: Limits that keep one client from exhausting the server.
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
 MAX_BATCH_JOBS = 10_000

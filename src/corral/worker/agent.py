@@ -39,6 +39,8 @@ logger = logging.getLogger("corral.worker")
 
 RECONNECT_MIN = 0.05
 SENDER_STOP_TIMEOUT = 1.0
+#: Longest a finished job's result waits for the results frame before it to be acknowledged.
+RESULTS_HOLD = 0.005
 RECONNECT_MAX = 5.0
 
 
@@ -97,7 +99,8 @@ class Worker:
         self._pending_results: list[dict[str, Any]] = []
         self._pending_logs: list[list[Any]] = []
         self._wake_sender = asyncio.Event()
-        self._results_in_flight = False
+        self._results_in_flight = 0  # results frames sent, not yet acknowledged
+        self._results_waiting_since = 0.0  # loop time the oldest unsent result arrived
         self._ws: ClientConnection | None = None
         self._stopping = asyncio.Event()
         self._hurry = asyncio.Event()
@@ -248,7 +251,8 @@ class Worker:
         logger.info("connected to %s as %s", self.settings.server_url, self.settings.worker_id)
         self._ws = ws
         self._pending_results = list(self._unacked.values())
-        self._results_in_flight = False
+        self._results_waiting_since = asyncio.get_running_loop().time()
+        self._results_in_flight = 0
         self._wake_sender.set()
         sender = asyncio.create_task(self._send_forever(ws))
         try:
@@ -283,7 +287,7 @@ class Worker:
                 self._assigned[job_id] = assignment
                 self._ready.put_nowait(assignment)
         elif isinstance(frame, p.Ack):
-            self._results_in_flight = False
+            self._results_in_flight = max(0, self._results_in_flight - 1)
             self._wake_sender.set()
             for job_id, attempt in frame.items:
                 self._unacked.pop((job_id, attempt), None)
@@ -309,25 +313,38 @@ class Worker:
             self._finished(assignment, _cancelled(now))
 
     async def _send_forever(self, ws: ClientConnection) -> None:
-        """Send what is pending as few frames as possible; heartbeat when idle."""
+        """Send what is pending in as few messages as possible; heartbeat when idle.
+
+        While a results frame waits for the server's commit, later results gather into the next
+        one, so that busy workers' results share commits; but no result waits longer than
+        RESULTS_HOLD, because a result is also how the server learns that the worker can take
+        another job, and a worker whose results wait runs out of work.
+        """
+        loop = asyncio.get_running_loop()
+        last_sent = loop.time()
         while True:
+            timeout = last_sent + self.heartbeat_interval - loop.time()
+            if self._pending_results and self._results_in_flight:
+                timeout = min(timeout, self._results_waiting_since + RESULTS_HOLD - loop.time())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake_sender.wait(), self.heartbeat_interval)
+                await asyncio.wait_for(self._wake_sender.wait(), max(0.0, timeout))
             self._wake_sender.clear()
+            now = loop.time()
             frames: list[p.Frame] = []
             if self._pending_logs:
                 frames.append(p.Log(self._pending_logs))
                 self._pending_logs = []
-            # One results frame in flight at a time: while the server commits it, later results
-            # gather into the next frame. Idle, a result goes out at once; busy, batches grow to
-            # match the server's commit time instead of costing it one commit each.
-            if self._pending_results and not self._results_in_flight:
+            if self._pending_results and (
+                not self._results_in_flight or now - self._results_waiting_since >= RESULTS_HOLD
+            ):
                 frames.append(p.Results(self._pending_results))
                 self._pending_results = []
-                self._results_in_flight = True
+                self._results_in_flight += 1
             frames.extend(self._outgoing)
             self._outgoing = []
-            await ws.send(p.bundle([frame.encode() for frame in frames or [p.Heartbeat()]]))
+            if frames or now - last_sent >= self.heartbeat_interval:
+                await ws.send(p.bundle([frame.encode() for frame in frames or [p.Heartbeat()]]))
+                last_sent = loop.time()
 
     def _send(self, frame: p.Frame) -> None:
         self._outgoing.append(frame)
@@ -405,6 +422,8 @@ class Worker:
         }
         self._unacked[(assignment.job_id, assignment.attempt)] = item
         self._all_acked.clear()
+        if not self._pending_results:
+            self._results_waiting_since = asyncio.get_running_loop().time()
         self._pending_results.append(item)
         self._wake_sender.set()
 
