@@ -9,11 +9,11 @@ Zygote control channel (a SOCK_SEQPACKET socket pair, one msgpack message per pa
                                                 "env", "cwd" and optionally "uid", "gid", "groups"
   zygote -> executor  ["forked", request_id, pid, marker] with three fds attached: the child's
                                                 job channel, its stdout pipe and its stderr pipe;
-                                                marker: the child's job-end marker (random bytes)
+                                                marker: random bytes, see MARK_NEXT
                       ["fork_failed", request_id, message]
                       ["exited", pid, wait_status]
 Job channel (a SOCK_STREAM socket pair, frames of a 4-byte big-endian length + msgpack body):
-  executor -> child   [target, args, kwargs, pickled]
+  executor -> child   [target, args, kwargs, pickled], each possibly after a MARK_NEXT (nil)
   child -> executor   [True, result, seconds] or [False, error_type, message, traceback, seconds]
                       (seconds: how long the job ran), one per job, in the order sent
 """
@@ -51,6 +51,10 @@ def encode_frame(message: Any) -> bytes:
     """One job-channel frame. TypeError/ValueError/OverflowError if `message` is not msgpack."""
     body = msgpack.packb(message, use_bin_type=True, default=_refuse_type)
     return _HEADER.pack(len(body)) + body
+
+
+#: Sent before a job to ask for the child's marker in its output streams when that job starts.
+MARK_NEXT = _HEADER.pack(1) + msgpack.packb(None)
 
 
 class FrameReader:
@@ -156,7 +160,7 @@ def _fork_child(
     close_in_child: Any,
 ) -> int | None:
     parent_end, child_end = socket.socketpair()
-    marker = b"\0corral-job-end-" + os.urandom(16).hex().encode() + b"\0"
+    marker = b"\0corral-next-job-" + os.urandom(16).hex().encode() + b"\0"
     out_read, out_write = os.pipe()
     err_read, err_write = os.pipe()
     try:
@@ -248,14 +252,16 @@ def serve(
 ) -> None:
     """Run the jobs sent over `channel` in order, one at a time, until the executor closes it.
 
-    After each job its output is flushed and `marker` written to stdout and stderr, then the
-    reply is sent: the executor splits the output streams into jobs at the markers. A job that
-    closed or broke either stream ends the child after its reply, as markers could not follow.
+    Each job's output is flushed before its reply is sent. A MARK_NEXT frame asks for `marker`
+    to be written to stdout and stderr just before the next job starts: the executor splits the
+    output streams between jobs it sent together there. If a job closed or broke either stream,
+    the child ends instead, and the executor gives the jobs it did not start to another.
     """
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(AttributeError, ValueError):
             stream.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     reader = FrameReader()
+    mark_next = False
     while True:
         try:
             data = channel.recv(_RECV_SIZE)
@@ -264,17 +270,21 @@ def serve(
         if not data:
             return
         for request in reader.feed(data):
+            if request is None:
+                mark_next = True
+                continue
+            if mark_next:
+                mark_next = False
+                try:
+                    os.write(1, marker)
+                    os.write(2, marker)
+                except OSError:
+                    return
             if setup_error is not None:
                 reply = encode_frame([False, "JobSetupError", setup_error, None, 0.0])
             else:
                 reply = run_request(request, max_result_bytes)
             _flush_std_streams()
-            try:
-                os.write(1, marker)
-                os.write(2, marker)
-            except OSError:
-                channel.sendall(reply)
-                return
             channel.sendall(reply)
 
 

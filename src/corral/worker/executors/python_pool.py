@@ -2,11 +2,15 @@
 
 A child runs the jobs sent to it one after another, in order, and answers each with one frame. The
 executor may send a child a job while it still runs another (see PythonExecutor on when), so a
-child holds a queue: `jobs[0]` runs, the rest wait their turn in the child's channel. Its stdout
-and stderr are pipes read all the time. After each job the child writes its *job-end marker* (a
-random byte string the zygote drew for it) to both pipes, before it answers; everything read from a
-pipe up to the n-th marker is the n-th job's output, however the reads fall, and by the time an
-answer arrives its job's markers are already in the pipes.
+child holds a queue: `jobs[0]` runs, the rest wait their turn in the child's channel.
+
+Its stdout and stderr are pipes read all the time, and what comes out of them belongs to one job
+at a time. A job sent to an idle child is alone: its output is whatever the pipes hold until its
+answer arrives (the child flushes before it answers, and the executor reads the pipes dry first).
+A job sent *behind* another is preceded by a request to mark it, and the child then writes its
+*marker* (a random byte string the zygote drew for it) to both pipes just before it starts that
+job: output before the marker is the earlier job's, after it the later one's, however the reads
+fall.
 """
 
 from __future__ import annotations
@@ -70,6 +74,7 @@ class PoolJob:
     started: float | None = None  # epoch seconds at which its child began it
     killed_as: JobState | None = None
     timer: asyncio.TimerHandle | None = None
+    behind: bool = False  # sent while its child had another job: a marker precedes its output
 
     def settle(self, answer: Answer) -> None:
         if self.timer is not None:
@@ -231,7 +236,7 @@ class Child:
         self._marker = forked.marker
         self._answered = 0  # jobs answered so far: the sequence number of jobs[0]
         self._outputs = {STDOUT: stdout_fd, STDERR: stderr_fd}
-        self._ended = {STDOUT: 0, STDERR: 0}  # job-end markers read from each stream
+        self._owner = {STDOUT: 0, STDERR: 0}  # the sequence number of the job each stream is for
         self._partial = {STDOUT: b"", STDERR: b""}  # a stream's tail that may start a marker
         self._loop.add_reader(channel_fd, self._on_channel)
         for stream, fd in self._outputs.items():
@@ -245,15 +250,21 @@ class Child:
     def send(self, job: PoolJob) -> None:
         """Queue `job` on this child; it runs once every job sent before it has been answered.
 
-        Jobs sent in one turn of the event loop go out in one write.
+        Jobs queued behind another in one turn of the event loop go out in one write.
         """
         job.child = self
+        job.behind = bool(self.jobs)
         self.jobs.append(job)
-        if len(self.jobs) == 1:
+        if not job.behind:
             self._on_begin(self, job)
-        if not self._unsent:
-            self._loop.call_soon(self._send_unsent)
+        scheduled = bool(self._unsent)
+        if job.behind:
+            self._unsent += python_child.MARK_NEXT
         self._unsent += job.request
+        if not job.behind:
+            self._send_unsent()  # alone on the child: it goes at once
+        elif not scheduled:
+            self._loop.call_soon(self._send_unsent)
 
     def kill_for(self, job: PoolJob) -> None:
         """SIGKILL the child's process group to end `job`, which it is running."""
@@ -307,13 +318,19 @@ class Child:
             return
         except OSError:
             data = b""
-        self._drain_outputs()  # the answered jobs' markers are in the pipes: read up to them
+        self._drain_outputs()  # all output of the jobs answered in `data` is in the pipes
         if data:
             for reply in self._frames.feed(data):
+                answered = self._answered
                 self._answered += 1
                 self.jobs.popleft().settle(reply)
                 if self.jobs:
                     self._on_begin(self, self.jobs[0])
+                if not (self.jobs and self.jobs[0].behind):
+                    # No marker will announce the next job: what comes now is its output.
+                    for stream, owner in self._owner.items():
+                        if owner == answered:
+                            self._owner[stream] = answered + 1
             self._on_change(self, [])
             return
         self._loop.remove_reader(self._channel.fileno())
@@ -344,12 +361,12 @@ class Child:
         return True
 
     def _split_output(self, stream: str, data: bytes) -> None:
-        """Hand each job its part of `data`, cutting at job-end markers."""
+        """Hand each job its part of `data`, cutting at markers."""
         marker = self._marker
         start = 0
         while (end := data.find(marker, start)) >= 0:
             self._feed(stream, data[start:end])
-            self._ended[stream] += 1
+            self._owner[stream] += 1
             start = end + len(marker)
         # Hold back a tail that could be the start of a marker split across two reads.
         keep = len(data)
@@ -363,8 +380,8 @@ class Child:
         self._partial[stream] = data[keep:]
 
     def _feed(self, stream: str, part: bytes) -> None:
-        """Output of the job that has `_ended[stream]` markers before it, if it is still here."""
-        position = self._ended[stream] - self._answered
+        """Output of the stream's current job, if it is still here."""
+        position = self._owner[stream] - self._answered
         if part and 0 <= position < len(self.jobs):
             self.jobs[position].output.feed(stream, part)
 
