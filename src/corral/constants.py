@@ -50,6 +50,9 @@ MAX_LIST_LIMIT = 10_000
 
 #: Group commit: the store writer takes at most this many mutations per transaction.
 MAX_COMMIT_BATCH = 20_000
+#: A write of at most this many rows that finds the store writer idle is committed at once on the
+#: event loop rather than handed to the writer's thread (see GroupCommitWriter).
+INLINE_COMMIT_ROWS = 64
 
 #: On SIGTERM a worker waits this long for running jobs before handing them back.
 GRACEFUL_SHUTDOWN_TIMEOUT = 30.0

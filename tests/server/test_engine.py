@@ -21,6 +21,8 @@ DEADLINE = 30.0
 class PausableStore(MemoryStore):
     """A store whose writes wait while the test holds `open` cleared."""
 
+    commits_quickly = False  # its writes may block: never on the event loop
+
     def __init__(self) -> None:
         super().__init__()
         self.open = threading.Event()

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from corral.constants import INLINE_COMMIT_ROWS
 from corral.models import JobState
 from corral.server.store import DuplicateJob, InsertJobs, JobRow, MemoryStore, Mutation
 from corral.server.writer import GroupCommitWriter, WriterClosed
@@ -20,6 +21,8 @@ DEADLINE = 30.0
 class GatedStore(MemoryStore):
     """Records every write() batch size; the first write waits until the test opens the gate, so
     the test can queue requests while a transaction is in progress."""
+
+    commits_quickly = False  # its writes may block: never on the event loop
 
     def __init__(self) -> None:
         super().__init__()
@@ -185,5 +188,33 @@ def test_a_cancelled_write_is_still_committed() -> None:
             await first
             assert impatient.cancelled()
         assert store.get_job("given-up") is not None
+
+    run(scenario())
+
+
+class ThreadRecordingStore(MemoryStore):
+    """Records which thread made each write."""
+
+    commits_quickly = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writers: list[int] = []
+
+    def write(self, batch: Sequence[Mutation]) -> None:
+        self.writers.append(threading.get_ident())
+        super().write(batch)
+
+
+def test_an_idle_writer_commits_a_small_write_at_once_and_a_large_one_in_its_thread() -> None:
+    async def scenario() -> None:
+        store = ThreadRecordingStore()
+        async with GroupCommitWriter(store) as writer:
+            future = writer.submit_nowait(insert("small"))
+            assert future.done()  # committed before the call returned, on this thread
+            await writer.write(insert(*(f"job{n}" for n in range(INLINE_COMMIT_ROWS + 1))))
+        assert store.writers[0] == threading.get_ident()
+        assert store.writers[1] != threading.get_ident()
+        assert store.get_job("small") is not None
 
     run(scenario())

@@ -126,6 +126,11 @@ class LogChunk:
     truncated: bool
 
 
+def rows_written(mutations: Sequence[Mutation]) -> int:
+    """How many rows `mutations` write (an InsertJobs writes one per job)."""
+    return sum(len(m.jobs) if isinstance(m, InsertJobs) else 1 for m in mutations)
+
+
 def fit_log(stored: int, data: bytes) -> tuple[bytes, bool]:
     """The part of `data` that fits after `stored` bytes under the per-stream cap, and whether
     anything was dropped. Every implementation applies this same rule."""
@@ -137,6 +142,10 @@ def fit_log(stored: int, data: bytes) -> tuple[bytes, bool]:
 
 class Store(ABC):
     """Durable job storage. See the module docstring for the contract."""
+
+    #: Whether a write of a few rows takes well under a millisecond, so that the server may make
+    #: it on its event loop when nothing else is being written (see GroupCommitWriter).
+    commits_quickly = False
 
     @abstractmethod
     def write(self, batch: Sequence[Mutation]) -> None:

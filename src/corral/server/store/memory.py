@@ -43,6 +43,8 @@ class MemoryStore(Store):
     Rows are copied in and out, as a database would, so callers never share its records.
     """
 
+    commits_quickly = True
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._jobs: dict[str, JobRow] = {}

@@ -152,6 +152,7 @@ class SQLiteStore(Store):
             raise ConfigError(f"SQLite durability must be 'normal' or 'full', not {durability!r}")
         self.path = Path(path)
         self._synchronous = "FULL" if durability == "full" else "NORMAL"
+        self.commits_quickly = durability == "normal"  # no disk flush per transaction
         if not self.path.parent.is_dir():
             raise ConfigError(
                 f"cannot create the database {self.path}: directory {self.path.parent} does not"
