@@ -365,6 +365,7 @@ async def _pump(ws: WebSocket, peer: Peer) -> None:
     with contextlib.suppress(WebSocketDisconnect, RuntimeError):
         while True:
             data = await peer.outbox.get()
+            await asyncio.sleep(0)  # let callbacks ready now add to this message (jobs + ack)
             batch: list[bytes] = []
             while data is not None:
                 batch.append(data)

@@ -39,8 +39,8 @@ logger = logging.getLogger("corral.worker")
 
 RECONNECT_MIN = 0.05
 SENDER_STOP_TIMEOUT = 1.0
-#: Longest a finished job's result waits for the results frame before it to be acknowledged.
-RESULTS_HOLD = 0.005
+#: Longest a finished job's result waits to share a frame with others while other jobs run.
+RESULTS_HOLD = 0.002
 RECONNECT_MAX = 5.0
 
 
@@ -99,7 +99,6 @@ class Worker:
         self._pending_results: list[dict[str, Any]] = []
         self._pending_logs: list[list[Any]] = []
         self._wake_sender = asyncio.Event()
-        self._results_in_flight = 0  # results frames sent, not yet acknowledged
         self._results_waiting_since = 0.0  # loop time the oldest unsent result arrived
         self._ws: ClientConnection | None = None
         self._stopping = asyncio.Event()
@@ -252,7 +251,6 @@ class Worker:
         self._ws = ws
         self._pending_results = list(self._unacked.values())
         self._results_waiting_since = asyncio.get_running_loop().time()
-        self._results_in_flight = 0
         self._wake_sender.set()
         sender = asyncio.create_task(self._send_forever(ws))
         try:
@@ -287,7 +285,6 @@ class Worker:
                 self._assigned[job_id] = assignment
                 self._ready.put_nowait(assignment)
         elif isinstance(frame, p.Ack):
-            self._results_in_flight = max(0, self._results_in_flight - 1)
             self._wake_sender.set()
             for job_id, attempt in frame.items:
                 self._unacked.pop((job_id, attempt), None)
@@ -315,16 +312,17 @@ class Worker:
     async def _send_forever(self, ws: ClientConnection) -> None:
         """Send what is pending in as few messages as possible; heartbeat when idle.
 
-        While a results frame waits for the server's commit, later results gather into the next
-        one, so that busy workers' results share commits; but no result waits longer than
-        RESULTS_HOLD, because a result is also how the server learns that the worker can take
-        another job, and a worker whose results wait runs out of work.
+        A result goes out at once from a worker that runs nothing else. While other jobs run,
+        results gather for up to RESULTS_HOLD, so that a busy worker sends one frame (and costs
+        the server one commit, one ack and one refill) per several jobs rather than per job; not
+        longer, because a result is also how the server learns that the worker can take another
+        job, and a worker whose results wait runs out of work.
         """
         loop = asyncio.get_running_loop()
         last_sent = loop.time()
         while True:
             timeout = last_sent + self.heartbeat_interval - loop.time()
-            if self._pending_results and self._results_in_flight:
+            if self._pending_results:
                 timeout = min(timeout, self._results_waiting_since + RESULTS_HOLD - loop.time())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake_sender.wait(), max(0.0, timeout))
@@ -335,11 +333,10 @@ class Worker:
                 frames.append(p.Log(self._pending_logs))
                 self._pending_logs = []
             if self._pending_results and (
-                not self._results_in_flight or now - self._results_waiting_since >= RESULTS_HOLD
+                not self._running or now - self._results_waiting_since >= RESULTS_HOLD
             ):
                 frames.append(p.Results(self._pending_results))
                 self._pending_results = []
-                self._results_in_flight += 1
             frames.extend(self._outgoing)
             self._outgoing = []
             if frames or now - last_sent >= self.heartbeat_interval:
