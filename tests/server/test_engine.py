@@ -4,8 +4,11 @@ idempotent jobs at once), and against the right connection."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from typing import Any
 
 import msgpack
 
@@ -41,8 +44,26 @@ class Clock:
         return self.now
 
 
-def hello(worker_id: str, held: list[list[object]] | None = None) -> p.Hello:
-    return p.Hello(PROTOCOL_VERSION, worker_id, "host", 1, 1, 1, ["default"], [], held or [])
+def hello(worker_id: str, held: list[list[object]] | None = None, capacity: int = 1) -> p.Hello:
+    return p.Hello(
+        PROTOCOL_VERSION, worker_id, "host", 1, capacity, capacity, ["default"], [], held or []
+    )
+
+
+@contextlib.asynccontextmanager
+async def running(
+    store: MemoryStore, clock: Callable[[], float] = time.time
+) -> AsyncIterator[Engine]:
+    engine = Engine(store, lease=5.0, clock=clock)
+    await engine.start()
+    try:
+        yield engine
+    finally:
+        await engine.stop()
+
+
+def run(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    asyncio.run(asyncio.wait_for(scenario(), DEADLINE))
 
 
 def sent(peer: WorkerPeer) -> list[p.Frame | None]:
@@ -56,9 +77,7 @@ def sent(peer: WorkerPeer) -> list[p.Frame | None]:
 def test_an_expiry_committed_after_the_worker_came_back_spares_its_new_connection() -> None:
     async def scenario() -> None:
         store, clock = PausableStore(), Clock()
-        engine = Engine(store, lease=5.0, clock=clock)
-        await engine.start()
-        try:
+        async with running(store, clock) as engine:
             first = WorkerPeer(hello("w1"))
             engine.worker_joined(first)
             [job_id] = await engine.submit([JobSpec(kind="shell", command="sleep 60")])  # type: ignore[arg-type]
@@ -77,25 +96,21 @@ def test_an_expiry_committed_after_the_worker_came_back_spares_its_new_connectio
             assert None not in sent(second), "the new connection must stay open"
             assert engine.scheduler.worker("w1") is not None
             assert engine.scheduler.job(job_id).state is JobState.RUNNING  # type: ignore[union-attr]
-        finally:
-            await engine.stop()
 
-    asyncio.run(asyncio.wait_for(scenario(), DEADLINE))
+    run(scenario)
 
 
 def test_idempotent_jobs_leave_before_their_dispatch_commits_and_the_others_after() -> None:
     async def scenario() -> None:
         store = PausableStore()
-        engine = Engine(store, lease=5.0, clock=Clock())
-        await engine.start()
-        try:
+        async with running(store, Clock()) as engine:
             specs = [
                 JobSpec(kind="shell", command="true", name="may run twice"),  # type: ignore[arg-type]
                 JobSpec(kind="shell", command="true", name="must not", idempotent=False),  # type: ignore[arg-type]
             ]
             at_least_once, at_most_once = await engine.submit(specs)
             store.open.clear()  # the dispatch's commit is held back
-            worker = WorkerPeer(p.Hello(PROTOCOL_VERSION, "w1", "host", 1, 2, 2, ["default"], []))
+            worker = WorkerPeer(hello("w1", capacity=2))
             engine.worker_joined(worker)
             _welcome, early = sent(worker)
             assert isinstance(early, p.Jobs)
@@ -105,10 +120,8 @@ def test_idempotent_jobs_leave_before_their_dispatch_commits_and_the_others_afte
             [late] = sent(worker)
             assert isinstance(late, p.Jobs)
             assert [item[0] for item in late.items] == [at_most_once]
-        finally:
-            await engine.stop()
 
-    asyncio.run(asyncio.wait_for(scenario(), DEADLINE))
+    run(scenario)
 
 
 class RecordingStore(MemoryStore):
@@ -129,13 +142,11 @@ class RecordingStore(MemoryStore):
 def test_a_job_that_ends_quickly_is_written_once_and_a_longer_one_reads_as_running() -> None:
     async def scenario() -> None:
         store = RecordingStore()
-        engine = Engine(store, lease=5.0)
-        await engine.start()
-        try:
+        async with running(store) as engine:
             quick, slow = await engine.submit(
                 [JobSpec(kind="shell", command="true"), JobSpec(kind="shell", command="sleep 1")]  # type: ignore[arg-type]
             )
-            worker = WorkerPeer(p.Hello(PROTOCOL_VERSION, "w1", "host", 1, 2, 2, ["default"], []))
+            worker = WorkerPeer(hello("w1", capacity=2))
             engine.worker_joined(worker)
             result = {"job_id": quick, "attempt": 1, "state": "succeeded", "started": 1.0}
             engine.worker_frame(worker, p.Results([result]))
@@ -148,18 +159,14 @@ def test_a_job_that_ends_quickly_is_written_once_and_a_longer_one_reads_as_runni
             row = store.get_job(slow)
             assert row is not None
             assert (row.state, row.worker, row.attempts) == (JobState.RUNNING, "w1", 1)
-        finally:
-            await engine.stop()
 
-    asyncio.run(asyncio.wait_for(scenario(), DEADLINE))
+    run(scenario)
 
 
 def test_a_stale_result_beside_the_real_one_does_not_overwrite_it() -> None:
     async def scenario() -> None:
         store = RecordingStore()
-        engine = Engine(store, lease=5.0)
-        await engine.start()
-        try:
+        async with running(store) as engine:
             [job_id] = await engine.submit([JobSpec(kind="python", target="m:f")])  # type: ignore[arg-type]
             worker = WorkerPeer(hello("w1"))
             engine.worker_joined(worker)
@@ -174,7 +181,5 @@ def test_a_stale_result_beside_the_real_one_does_not_overwrite_it() -> None:
                 msgpack.packb(42),
                 None,
             )
-        finally:
-            await engine.stop()
 
-    asyncio.run(asyncio.wait_for(scenario(), DEADLINE))
+    run(scenario)
