@@ -90,10 +90,12 @@ class FirstJobProbe(threading.Thread):
             ["default"], [], [],
         )  # fmt: skip
         websocket.send(hello.encode())
-        welcome = p.decode(websocket.recv())  # type: ignore[arg-type]
+        welcome, *first = p.decode_all(websocket.recv())  # type: ignore[arg-type]
         if not isinstance(welcome, p.Welcome):
             raise RuntimeError(f"expected a welcome frame, got {welcome!r}")
         self.connected_at = time.monotonic()
+        if any(isinstance(frame, p.Jobs) and frame.items for frame in first):
+            self.first_job_at = self.connected_at  # the welcome came with the first jobs
         while self.first_job_at is None:
             try:
                 data = websocket.recv(timeout=welcome.heartbeat_interval)
