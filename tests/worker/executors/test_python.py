@@ -248,8 +248,8 @@ async def test_jobs_beyond_the_pool_size_wait_their_turn(python_executor: MakePy
 
 
 async def make_quick(executor: PythonExecutor, *calls: JobSpec) -> None:
-    """Run each call a few times, so that the executor knows its function to be quick."""
-    for number in range(3):
+    """Run each call until the executor's memory of its run time has forgotten the import."""
+    for number in range(10):
         for spec in calls:
             await executor.run(f"warm-{number}", spec, Output())
 
@@ -330,6 +330,26 @@ async def test_a_queued_job_keeps_its_place_under_cancel_and_timeout(
     survivor = await after
     assert survivor.state is JobState.SUCCEEDED
     assert survivor.pid != killed.pid
+
+
+async def test_a_quick_job_queues_without_a_slot_only_behind_a_running_one(
+    python_executor: MakePython, tmp_path: Path
+) -> None:
+    executor = await python_executor(processes=2)
+    go = tmp_path / "go"
+    go.touch()
+    quick = call("jobfuncs:wait_for_file", str(go))
+    await make_quick(executor, quick)
+    go.unlink()
+    first = asyncio.create_task(executor.run("a", quick, Output()))
+    await asyncio.sleep(0)
+    assert not executor.can_queue(quick)  # a process is idle: the job would run, not wait
+    second = asyncio.create_task(executor.run("b", quick, Output()))
+    await asyncio.sleep(0)
+    assert executor.can_queue(quick)
+    assert not executor.can_queue(call("jobfuncs:getpid", cwd=str(tmp_path)))  # one-off process
+    go.touch()
+    assert [(await run).result for run in (first, second)] == ["found", "found"]
 
 
 async def test_close_ends_every_process(pool_env: dict[str, str], tmp_path: Path) -> None:
