@@ -31,12 +31,13 @@ class IdGenerator:
         return _encode(value)
 
 
+# Every pair of digits, indexed by the 10 bits they encode: 13 lookups make an id.
+_PAIRS = [first + second for first in _ALPHABET for second in _ALPHABET]
+_PAIR_SHIFTS = tuple(range(120, -1, -10))
+
+
 def _encode(value: int) -> str:
-    chars = []
-    for _ in range(26):
-        chars.append(_ALPHABET[value & 31])
-        value >>= 5
-    return "".join(reversed(chars))
+    return "".join([_PAIRS[(value >> shift) & 1023] for shift in _PAIR_SHIFTS])
 
 
 def id_timestamp(job_id: str) -> float:
