@@ -361,9 +361,12 @@ class Worker:
         while True:
             assignment = await self._ready.get()
             executor = self._executor_for(assignment.spec)
-            while self._busy_slots() >= self.settings.concurrency and not executor.can_queue(
-                assignment.spec
+            while assignment.job_id in self._running or (
+                self._busy_slots() >= self.settings.concurrency
+                and not executor.can_queue(assignment.spec)
             ):
+                # (A job given again as a new attempt waits for its old attempt, which the
+                # server told us to kill, to end: executors know a run by its job id.)
                 self._job_ended.clear()
                 await self._job_ended.wait()
             if self._assigned.get(assignment.job_id) is not assignment or self._draining:
@@ -379,9 +382,10 @@ class Worker:
         try:
             outcome = await self._execute(assignment)
         finally:
-            self._running.pop(assignment.job_id, None)
+            del self._running[assignment.job_id]
             self._job_ended.set()
-        self._assigned.pop(assignment.job_id, None)
+        if self._assigned.get(assignment.job_id) is assignment:  # not replaced by a new attempt
+            del self._assigned[assignment.job_id]
         self._finished(assignment, outcome)
 
     async def _execute(self, assignment: _Assignment) -> Outcome:

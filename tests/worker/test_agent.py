@@ -1,0 +1,79 @@
+"""The worker's connection loop, fed frames directly (no server): what it runs, and when."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import msgpack
+
+from corral import protocol as p
+from corral.models import JobKind, JobSpec, JobState
+from corral.worker.agent import Worker, WorkerSettings
+from corral.worker.executors.base import Executor, Outcome, OutputCallback
+
+DEADLINE = 10.0
+
+
+class HoldingExecutor(Executor):
+    """Runs every job until it is cancelled; refuses to run one job id twice at once."""
+
+    def __init__(self) -> None:
+        self.started: list[str] = []
+        self.running: dict[str, asyncio.Future[Outcome]] = {}
+
+    async def start(self) -> None:
+        pass
+
+    async def run(self, job_id: str, spec: JobSpec, on_output: OutputCallback) -> Outcome:
+        assert job_id not in self.running, f"{job_id} started while it still runs"
+        self.started.append(job_id)
+        outcome = self.running[job_id] = asyncio.get_running_loop().create_future()
+        try:
+            return await outcome
+        finally:
+            del self.running[job_id]
+
+    async def cancel(self, job_id: str) -> None:
+        if job_id in self.running:
+            self.running[job_id].set_result(
+                Outcome.killed(JobState.CANCELLED, None, time.time(), pid=1)
+            )
+
+    async def close(self) -> None:
+        pass
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+def jobs(job_id: str, attempt: int) -> p.Jobs:
+    payload = msgpack.packb({"kind": "shell", "command": ["sleep", "60"]})
+    return p.Jobs([[job_id, attempt, payload]])
+
+
+def test_a_job_given_again_while_its_old_attempt_is_killed_runs_once_that_has_ended() -> None:
+    async def scenario() -> None:
+        executor = HoldingExecutor()
+        settings = WorkerSettings(server_url="http://127.0.0.1:1", token=None, concurrency=2)
+        worker = Worker(settings, executors={JobKind.SHELL: executor})
+        starter = asyncio.create_task(worker._start_jobs_forever())
+        try:
+            worker._handle(jobs("j", 1))
+            await until(lambda: "j" in executor.running, "attempt 1 to start")
+            # The server re-queued it (say the worker's lease ran out) and gives it back:
+            worker._handle(p.KillJobs(["j"]))
+            worker._handle(jobs("j", 2))
+            await until(lambda: executor.started == ["j", "j"], "attempt 2 to start")
+            assert worker._unacked[("j", 1)]["state"] == JobState.CANCELLED.value
+            assert worker._assigned["j"].attempt == 2
+            assert "j" in executor.running
+        finally:
+            starter.cancel()
+
+    asyncio.run(asyncio.wait_for(scenario(), DEADLINE))
