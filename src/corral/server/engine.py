@@ -1,9 +1,12 @@
 """The server's engine: feeds events to the scheduler, persists its decisions, then acts on them.
 
 Every change follows the same path: ask the pure scheduler what to do, write the resulting
-mutations through the group-commit writer, and only once they are durable send jobs to workers,
-acknowledge results and tell waiting clients. A crash at any point therefore leaves the store
-describing something that did happen, never something that is only about to.
+mutations through the group-commit writer, and only once they are durable acknowledge submissions
+and results and tell waiting clients. A crash at any point therefore leaves the store describing
+something that did happen, never something that is only about to. Two things go ahead of the
+commit because a crash before it costs at most a second run, which at-least-once delivery allows:
+idempotent jobs (and kills) are sent at once (`_send_at_once`), and the record that such a job
+runs is written a little later, or not at all if it ends first (`_record_dispatch`).
 """
 
 from __future__ import annotations
