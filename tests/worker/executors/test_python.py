@@ -352,6 +352,24 @@ async def test_a_quick_job_queues_without_a_slot_only_behind_a_running_one(
     assert [(await run).result for run in (first, second)] == ["found", "found"]
 
 
+async def test_close_ends_jobs_queued_behind_a_running_one(
+    python_executor: MakePython, tmp_path: Path
+) -> None:
+    executor = await python_executor()
+    go = tmp_path / "go"
+    go.touch()
+    quick = call("jobfuncs:wait_for_file", str(go))
+    await make_quick(executor, quick)
+    go.unlink()
+    runs = [asyncio.create_task(executor.run(f"j{n}", quick, Output())) for n in range(3)]
+    await asyncio.sleep(0)
+    assert executor.queued() == 2
+    await asyncio.wait_for(executor.close(), 10)
+    outcomes = [await run for run in runs]
+    assert [o.state for o in outcomes] == [JobState.CANCELLED] * 3
+    assert [o.error_message for o in outcomes[1:]] == ["cancelled before it started"] * 2
+
+
 async def test_close_ends_every_process(pool_env: dict[str, str], tmp_path: Path) -> None:
     executor = PythonExecutor(2, env=pool_env)
     await executor.start()

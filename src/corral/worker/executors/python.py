@@ -317,18 +317,24 @@ class PythonExecutor(Executor):
             )
 
     def _on_change(self, child: Child, unstarted: list[PoolJob]) -> None:
-        """Answers arrived from `child`, or it died: jobs it never started go to another."""
+        """Answers arrived from `child`, or it died: jobs it never started go to another, unless
+        they were cancelled meanwhile (by close(), say), which ends them here."""
         if not child.alive and not child.one_off:
             if child in self._pool:
                 self._pool.remove(child)
             child.kill()
             child.close()
             self._refork()
+        requeued = []
         for job in unstarted:
             if job.timer is not None:
                 job.timer.cancel()
             job.child = job.started = job.timer = None
-        self._waiting.extendleft(reversed(unstarted))
+            if job.killed_as is None:
+                requeued.append(job)
+            else:
+                job.settle(NotStarted)
+        self._waiting.extendleft(reversed(requeued))
         self._place_waiting()
 
     def _kill(self, job: PoolJob, state: JobState) -> None:
