@@ -17,9 +17,11 @@ DEADLINE = 10.0
 
 
 class HoldingExecutor(Executor):
-    """Runs every job until it is cancelled; refuses to run one job id twice at once."""
+    """Runs every job until it is cancelled; refuses to run one job id twice at once.
+    `queues`: whether it claims to take jobs without a free slot (as quick python jobs)."""
 
-    def __init__(self) -> None:
+    def __init__(self, queues: bool = False) -> None:
+        self.queues = queues
         self.started: list[str] = []
         self.running: dict[str, asyncio.Future[Outcome]] = {}
 
@@ -44,6 +46,9 @@ class HoldingExecutor(Executor):
     async def close(self) -> None:
         pass
 
+    def can_queue(self, spec: JobSpec) -> bool:
+        return self.queues
+
 
 async def until(condition: Callable[[], bool], what: str) -> None:
     deadline = time.monotonic() + DEADLINE
@@ -52,8 +57,9 @@ async def until(condition: Callable[[], bool], what: str) -> None:
         await asyncio.sleep(0.01)
 
 
-def jobs(job_id: str, attempt: int) -> p.Jobs:
-    payload = msgpack.packb({"kind": "shell", "command": ["sleep", "60"]})
+def jobs(job_id: str, attempt: int, kind: str = "shell") -> p.Jobs:
+    spec = {"kind": kind, "command": ["sleep", "60"]} if kind == "shell" else {"kind": kind}
+    payload = msgpack.packb({**spec, "target": "m:f"} if kind == "python" else spec)
     return p.Jobs([[job_id, attempt, payload]])
 
 
@@ -73,6 +79,28 @@ def test_a_job_given_again_while_its_old_attempt_is_killed_runs_once_that_has_en
             assert worker._unacked[("j", 1)]["state"] == JobState.CANCELLED.value
             assert worker._assigned["j"].attempt == 2
             assert "j" in executor.running
+        finally:
+            starter.cancel()
+
+    asyncio.run(asyncio.wait_for(scenario(), DEADLINE))
+
+
+def test_jobs_that_queue_without_a_slot_wait_for_one_while_other_kinds_run() -> None:
+    async def scenario() -> None:
+        shell, python = HoldingExecutor(), HoldingExecutor(queues=True)
+        settings = WorkerSettings(server_url="http://127.0.0.1:1", token=None, concurrency=1)
+        worker = Worker(settings, executors={JobKind.SHELL: shell, JobKind.PYTHON: python})
+        starter = asyncio.create_task(worker._start_jobs_forever())
+        try:
+            worker._handle(jobs("s", 1))
+            await until(lambda: "s" in shell.running, "the shell job to start")
+            worker._handle(jobs("p", 1, kind="python"))
+            await asyncio.sleep(0.1)
+            assert python.started == []  # the one slot is the shell job's
+            await shell.cancel("s")
+            await until(lambda: python.started == ["p"], "the python job to start")
+            worker._handle(jobs("q", 1, kind="python"))
+            await until(lambda: python.started == ["p", "q"], "the second to queue behind it")
         finally:
             starter.cancel()
 

@@ -16,6 +16,7 @@ import signal
 import socket
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -106,6 +107,7 @@ class Worker:
         self._all_acked = asyncio.Event()
         self._draining = False
         self._running: dict[str, asyncio.Task[None]] = {}  # given to an executor, not finished
+        self._running_kinds: Counter[JobKind] = Counter()  # of _running, by kind
         self._job_ended = asyncio.Event()
         self.heartbeat_interval = 1.0
         self.lease: float | None = None  # the server's, once it has welcomed us
@@ -356,14 +358,19 @@ class Worker:
         """Hand assignments to executors in order, while fewer than `concurrency` jobs run.
 
         A job an executor can queue behind a running one (PythonExecutor's quick jobs) goes in
-        without a free slot: it takes up its slot only when the job ahead of it ends.
+        without a free slot, as long as only that executor's jobs run: it takes up its slot
+        only when the job ahead of it ends.
         """
         while True:
             assignment = await self._ready.get()
+            kind = assignment.spec.kind
             executor = self._executor_for(assignment.spec)
             while assignment.job_id in self._running or (
                 self._busy_slots() >= self.settings.concurrency
-                and not executor.can_queue(assignment.spec)
+                and not (
+                    self._running_kinds[kind] == len(self._running)
+                    and executor.can_queue(assignment.spec)
+                )
             ):
                 # (A job given again as a new attempt waits for its old attempt, which the
                 # server told us to kill, to end: executors know a run by its job id.)
@@ -374,6 +381,7 @@ class Worker:
             assignment.started = True
             task = asyncio.ensure_future(self._run_job(assignment))
             self._running[assignment.job_id] = task
+            self._running_kinds[kind] += 1
 
     def _busy_slots(self) -> int:
         return len(self._running) - sum(e.queued() for e in self.executors.values())
@@ -383,6 +391,7 @@ class Worker:
             outcome = await self._execute(assignment)
         finally:
             del self._running[assignment.job_id]
+            self._running_kinds[assignment.spec.kind] -= 1
             self._job_ended.set()
         if self._assigned.get(assignment.job_id) is assignment:  # not replaced by a new attempt
             del self._assigned[assignment.job_id]

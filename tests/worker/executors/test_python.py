@@ -332,24 +332,23 @@ async def test_a_queued_job_keeps_its_place_under_cancel_and_timeout(
     assert survivor.pid != killed.pid
 
 
-async def test_a_quick_job_queues_without_a_slot_only_behind_a_running_one(
+async def test_only_quick_pool_jobs_can_queue_and_only_while_a_process_has_room(
     python_executor: MakePython, tmp_path: Path
 ) -> None:
-    executor = await python_executor(processes=2)
+    executor = await python_executor()
     go = tmp_path / "go"
     go.touch()
     quick = call("jobfuncs:wait_for_file", str(go))
+    assert not executor.can_queue(quick)  # never ran here: not known to be quick
     await make_quick(executor, quick)
-    go.unlink()
-    first = asyncio.create_task(executor.run("a", quick, Output()))
-    await asyncio.sleep(0)
-    assert not executor.can_queue(quick)  # a process is idle: the job would run, not wait
-    second = asyncio.create_task(executor.run("b", quick, Output()))
-    await asyncio.sleep(0)
     assert executor.can_queue(quick)
-    assert not executor.can_queue(call("jobfuncs:getpid", cwd=str(tmp_path)))  # one-off process
+    assert not executor.can_queue(call("jobfuncs:wait_for_file", str(go), cwd=str(tmp_path)))
+    go.unlink()
+    runs = [asyncio.create_task(executor.run(f"j{n}", quick, Output())) for n in range(8)]
+    await asyncio.sleep(0)
+    assert not executor.can_queue(quick)  # its one process holds as many as it may
     go.touch()
-    assert [(await run).result for run in (first, second)] == ["found", "found"]
+    assert [(await run).result for run in runs] == ["found"] * 8
 
 
 async def test_close_ends_jobs_queued_behind_a_running_one(

@@ -159,11 +159,10 @@ class PythonExecutor(Executor):
         return len(self._waiting) + behind
 
     def can_queue(self, spec: JobSpec) -> bool:
-        # Only behind a running job: on an idle child it would run, and need a free slot.
+        # A pool process may also be idle here while the worker still counts the jobs it just
+        # answered as running: the job then starts at once, in the place of one of them.
         pool_job = spec.user is None and spec.cwd is None and not spec.env
-        if not pool_job or not self._is_quick(spec) or any(c.idle for c in self._pool):
-            return False
-        return self._child_for(quick=True) is not None
+        return pool_job and self._is_quick(spec) and self._child_for(quick=True) is not None
 
     async def close(self) -> None:
         self._closed = True
