@@ -401,7 +401,7 @@ class Engine:
             key = (job_id, stream)
             offset = self._log_sizes.get(key)
             if offset is None:
-                offset = len(self.store.read_log(job_id, stream).data)
+                offset = self.store.log_size(job_id, stream)
             if offset >= MAX_LOG_BYTES_PER_JOB:
                 continue
             self._log_sizes[key] = offset + len(data)

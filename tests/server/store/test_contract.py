@@ -197,6 +197,8 @@ def test_logs_append_per_stream_and_read_from_an_offset(store: Store) -> None:
     assert store.read_log(job_id, "stdout", offset=3).data == b"lo world!"
     assert store.read_log(job_id, "stdout", offset=6).data == b"world!"
     assert store.read_log(job_id, "stdout", offset=12).data == b""
+    assert (store.log_size(job_id, "stdout"), store.log_size(job_id, "stderr")) == (12, 4)
+    assert store.log_size(job_id, "never written") == 0
     assert store.read_log(job_id, "stderr") == store.read_log(job_id, "stderr", 0)
     assert store.read_log(job_id, "stderr").data == b"oops"
     assert not store.read_log(job_id, "stdout").truncated

@@ -173,6 +173,10 @@ class Store(ABC):
         `truncated` says output beyond MAX_LOG_BYTES_PER_JOB was dropped."""
 
     @abstractmethod
+    def log_size(self, job_id: str, stream: str) -> int:
+        """How many bytes of the job's output on one stream are stored (0 if none)."""
+
+    @abstractmethod
     def list_queues(self) -> dict[str, QueueOrdering]:
         """Declared queues and their ordering."""
 

@@ -143,6 +143,11 @@ class MemoryStore(Store):
                 return LogChunk(b"", False)
             return LogChunk(bytes(log.data[offset:]), log.truncated)
 
+    def log_size(self, job_id: str, stream: str) -> int:
+        with self._lock:
+            log = self._logs.get((job_id, stream))
+            return 0 if log is None else len(log.data)
+
     def list_queues(self) -> dict[str, QueueOrdering]:
         with self._lock:
             return dict(self._queues)

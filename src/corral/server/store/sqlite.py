@@ -344,6 +344,16 @@ class SQLiteStore(Store):
         skip = offset - chunks[0][0] if chunks else 0
         return LogChunk(data[max(skip, 0) :], bool(row[0]))
 
+    def log_size(self, job_id: str, stream: str) -> int:
+        row = (
+            self._reader()
+            .execute(
+                "SELECT size FROM log_streams WHERE job_id = ? AND stream = ?", (job_id, stream)
+            )
+            .fetchone()
+        )
+        return 0 if row is None else int(row[0])
+
     def list_queues(self) -> dict[str, QueueOrdering]:
         rows = self._reader().execute("SELECT name, ordering FROM queues ORDER BY name")
         return {name: QueueOrdering(ordering) for name, ordering in rows}
