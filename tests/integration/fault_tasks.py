@@ -6,10 +6,12 @@ import os
 import time
 
 
-def record_run(path: str, label: str) -> str:
-    """Append `label` to `path`: one line per run, so a test can tell how often a job ran."""
+def record_run(path: str, label: str, seconds: float = 0.0) -> str:
+    """Append `label` to `path`: one line per run, so a test can tell how often a job ran; then
+    take `seconds`."""
     with open(path, "a") as runs:
         runs.write(f"{label}\n")
+    time.sleep(seconds)
     return label
 
 

@@ -175,8 +175,9 @@ def test_network_cut_between_worker_and_server(
     runs = tmp_path / "runs"
     with TcpProxy("127.0.0.1", server.port) as proxy, server.connect() as client:
         worker = start_worker(proxy.url, "--concurrency", "2", token=server.token)
+        # 20 ms each, so that the cut comes while most of them are still to run.
         jobs = client.submit_many(
-            corral.python_job("fault_tasks:record_run", str(runs), str(n)) for n in range(200)
+            corral.python_job("fault_tasks:record_run", str(runs), str(n), 0.02) for n in range(200)
         )
         wait_for(lambda: sum(_runs(runs).values()) >= 20, 60, what="some jobs to finish")
         proxy.cut()
@@ -215,8 +216,9 @@ def test_network_cut_longer_than_the_lease(
     runs = tmp_path / "runs"
     with TcpProxy("127.0.0.1", server.port) as proxy, server.connect() as client:
         worker = start_worker(proxy.url, "--concurrency", "2", token=server.token)
+        # 20 ms each, so that the cut comes while most of them are still to run.
         jobs = client.submit_many(
-            corral.python_job("fault_tasks:record_run", str(runs), str(n)) for n in range(200)
+            corral.python_job("fault_tasks:record_run", str(runs), str(n), 0.02) for n in range(200)
         )
         wait_for(lambda: sum(_runs(runs).values()) >= 20, 60, what="some jobs to finish")
         proxy.cut()
