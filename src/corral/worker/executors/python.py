@@ -319,6 +319,7 @@ class PythonExecutor(Executor):
         """Answers arrived from `child`, or it died: jobs it never started go to another, unless
         they were cancelled meanwhile (by close(), say), which ends them here."""
         if not child.alive and not child.one_off:
+            logger.info("python pool process %d exited; forking a replacement", child.pid)
             if child in self._pool:
                 self._pool.remove(child)
             child.kill()
