@@ -262,6 +262,15 @@ async def make_quick(executor: PythonExecutor, *calls: JobSpec) -> None:
             await executor.run(f"warm-{number}", spec, Output())
 
 
+async def quick_until(executor: PythonExecutor, gate: Path) -> JobSpec:
+    """A call the executor knows to be quick that, from now on, runs until `gate` exists."""
+    spec = call("jobfuncs:wait_for_file", str(gate))
+    await asyncio.to_thread(gate.touch)
+    await make_quick(executor, spec)
+    await asyncio.to_thread(gate.unlink)
+    return spec
+
+
 @pytest.mark.usefixtures("quick_under_a_second")
 async def test_quick_jobs_queue_on_a_busy_child_and_each_keeps_its_output(
     python_executor: MakePython,
@@ -307,25 +316,14 @@ async def test_a_queued_job_keeps_its_place_under_cancel_and_timeout(
 ) -> None:
     executor = await python_executor()
     first, second = tmp_path / "first", tmp_path / "second"
-    first.touch()
-    second.touch()
-    await make_quick(
-        executor,
-        call("jobfuncs:wait_for_file", str(first)),
-        call("jobfuncs:wait_for_file", str(second)),
-        call("jobfuncs:getpid"),
-    )
-    first.unlink()
-    second.unlink()
-    blocking = asyncio.create_task(
-        executor.run("a", call("jobfuncs:wait_for_file", str(first)), Output())
-    )
+    until_first = await quick_until(executor, first)
+    until_second = await quick_until(executor, second)
+    await make_quick(executor, call("jobfuncs:getpid"))
+    blocking = asyncio.create_task(executor.run("a", until_first, Output()))
     await asyncio.sleep(0)
     # Queued behind "a": a timeout counts from the start of the job, not from the queueing.
     timed = asyncio.create_task(executor.run("b", call("jobfuncs:getpid", timeout=0.5), Output()))
-    cancelled = asyncio.create_task(
-        executor.run("c", call("jobfuncs:wait_for_file", str(second)), Output())
-    )
+    cancelled = asyncio.create_task(executor.run("c", until_second, Output()))
     after = asyncio.create_task(executor.run("d", call("jobfuncs:getpid"), Output()))
     await asyncio.sleep(0)
     assert executor.queued() == 3
@@ -349,13 +347,10 @@ async def test_only_quick_pool_jobs_can_queue_and_only_while_a_process_has_room(
 ) -> None:
     executor = await python_executor()
     go = tmp_path / "go"
-    go.touch()
-    quick = call("jobfuncs:wait_for_file", str(go))
-    assert not executor.can_queue(quick)  # never ran here: not known to be quick
-    await make_quick(executor, quick)
+    assert not executor.can_queue(call("jobfuncs:wait_for_file", str(go)))  # never ran here
+    quick = await quick_until(executor, go)
     assert executor.can_queue(quick)
     assert not executor.can_queue(call("jobfuncs:wait_for_file", str(go), cwd=str(tmp_path)))
-    go.unlink()
     runs = [asyncio.create_task(executor.run(f"j{n}", quick, Output())) for n in range(8)]
     await asyncio.sleep(0)
     assert not executor.can_queue(quick)  # its one process holds as many as it may
@@ -368,11 +363,7 @@ async def test_close_ends_jobs_queued_behind_a_running_one(
     python_executor: MakePython, tmp_path: Path
 ) -> None:
     executor = await python_executor()
-    go = tmp_path / "go"
-    go.touch()
-    quick = call("jobfuncs:wait_for_file", str(go))
-    await make_quick(executor, quick)
-    go.unlink()
+    quick = await quick_until(executor, tmp_path / "go")
     runs = [asyncio.create_task(executor.run(f"j{n}", quick, Output())) for n in range(3)]
     await asyncio.sleep(0)
     assert executor.queued() == 2
