@@ -130,7 +130,8 @@ class GroupCommitWriter:
     def _run(self) -> None:
         while True:
             with self._condition:
-                while (not self._pending or self._committing) and not self._closing:
+                # Never while a caller commits on the event loop: one transaction at a time.
+                while self._committing or (not self._pending and not self._closing):
                     self._condition.wait()
                 if not self._pending:
                     return  # closing, and everything queued is committed
