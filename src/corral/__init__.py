@@ -25,6 +25,7 @@ from corral.errors import (
     ProtocolError,
     SerializationError,
     ServerUnreachable,
+    StoreUnavailable,
 )
 from corral.models import JobInfo, JobKind, JobSpec, JobState, QueueOrdering
 
@@ -53,6 +54,7 @@ __all__ = [
     "ProtocolError",
     "SerializationError",
     "ServerUnreachable",
+    "StoreUnavailable",
     # models
     "JobInfo",
     "JobKind",

@@ -50,6 +50,9 @@ MAX_LIST_LIMIT = 10_000
 
 #: Group commit: the store writer takes at most this many mutations per transaction.
 MAX_COMMIT_BATCH = 20_000
+#: While the store cannot take writes (disk full, ...), the server retries the writes that record
+#: what it already did this often: from the first delay, doubling up to the second.
+STORE_RETRY_DELAYS = (0.05, 1.0)
 #: A write of at most this many rows that finds the store writer idle is committed at once on the
 #: event loop rather than handed to the writer's thread (see GroupCommitWriter).
 INLINE_COMMIT_ROWS = 64

@@ -35,6 +35,15 @@ class Conflict(CorralError):
     """The request does not fit the object's state (e.g. retrying a job that is still running)."""
 
 
+class StoreUnavailable(CorralError):
+    """The server cannot write to its store for now (disk full, disk I/O error, database locked).
+
+    The message says where and what to do. Nothing of the refused request was stored: send it
+    again once the cause is fixed. What the server had already accepted is kept and stored as
+    soon as writes succeed again.
+    """
+
+
 class SerializationError(CorralError):
     """Arguments or a function cannot be sent to a worker; the message says what to send instead."""
 
@@ -77,6 +86,7 @@ _BY_STATUS: tuple[tuple[type[CorralError], int], ...] = (
     (NotFound, 404),
     (Conflict, 409),
     (InvalidRequest, 422),
+    (StoreUnavailable, 503),
 )
 
 

@@ -9,10 +9,19 @@ from collections.abc import Coroutine, Sequence
 from typing import Any
 
 import pytest
+from integration_support import wait_for
 
 from corral.constants import INLINE_COMMIT_ROWS
+from corral.errors import StoreUnavailable
 from corral.models import JobState
-from corral.server.store import DuplicateJob, InsertJobs, JobRow, MemoryStore, Mutation
+from corral.server.store import (
+    DuplicateJob,
+    InsertJobs,
+    JobRow,
+    MemoryStore,
+    Mutation,
+    UpdateJob,
+)
 from corral.server.writer import GroupCommitWriter, WriterClosed
 
 DEADLINE = 30.0
@@ -218,3 +227,78 @@ def test_an_idle_writer_commits_a_small_write_at_once_and_a_large_one_in_its_thr
         assert store.get_job("small") is not None
 
     run(scenario())
+
+
+class FullStore(MemoryStore):
+    """Refuses every write with StoreUnavailable, as a full disk would, while `full` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.full = threading.Event()
+        self.refusals = 0
+
+    def write(self, batch: Sequence[Mutation]) -> None:
+        if self.full.is_set():
+            self.refusals += 1
+            raise StoreUnavailable("the disk holding /data is full; free space there")
+        super().write(batch)
+
+
+def update(name: str, state: JobState) -> list[Mutation]:
+    return [UpdateJob(name, state)]
+
+
+def test_what_the_server_did_waits_for_the_store_and_commits_in_order() -> None:
+    async def scenario() -> None:
+        store = FullStore()
+        store.full.set()
+        async with GroupCommitWriter(store) as writer:
+            inserted = writer.submit_nowait(insert("a"))
+            running = writer.submit_nowait(update("a", JobState.RUNNING))
+            finished = writer.submit_nowait(update("a", JobState.SUCCEEDED))
+            with pytest.raises(StoreUnavailable, match="full"):
+                await writer.write(insert("refused"))
+            with pytest.raises(StoreUnavailable, match="full"):
+                writer.check_available()
+            await asyncio.to_thread(wait_for, lambda: store.refusals >= 3, DEADLINE, "retries")
+            assert not (inserted.done() or running.done() or finished.done())
+            store.full.clear()
+            await asyncio.gather(inserted, running, finished)
+            writer.check_available()
+            await writer.write(insert("b"))
+        job = store.get_job("a")
+        assert job is not None and job.state is JobState.SUCCEEDED
+        assert store.get_job("refused") is None
+        assert store.get_job("b") is not None
+
+    run(scenario())
+
+
+def test_a_caller_that_waits_is_refused_once_and_not_retried() -> None:
+    async def scenario() -> None:
+        store = FullStore()
+        store.full.set()
+        async with GroupCommitWriter(store) as writer:
+            with pytest.raises(StoreUnavailable):
+                await writer.write(insert("a"))
+            writer.check_available()  # nothing waits to be retried
+            store.full.clear()
+            await writer.flush()
+        assert (store.refusals, store.get_job("a")) == (1, None)
+
+    run(scenario())
+
+
+def test_closing_gives_up_on_writes_the_store_never_takes(caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario() -> None:
+        store = FullStore()
+        store.full.set()
+        writer = GroupCommitWriter(store)
+        futures = [writer.submit_nowait(insert(f"job-{n}")) for n in range(3)]
+        await writer.close()
+        assert all(isinstance(future.exception(), StoreUnavailable) for future in futures)
+
+    with caplog.at_level(logging.ERROR, logger="corral.server.writer"):
+        run(scenario())
+    assert "writes are lost as the server stops" in caplog.text
+    assert "nobody waited" not in caplog.text  # said once, not once per write

@@ -8,9 +8,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import pytest
 
 import corral
 
@@ -177,3 +179,31 @@ def run_corral(
         env=full_env,
         timeout=timeout,
     )
+
+
+@contextlib.contextmanager
+def small_tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` (e.g. "3m") mounted at `path` while the block runs, to fill up for
+    real. The tests run as root; where mounting is not permitted, the test is skipped."""
+    path.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs to fill (needs root): {mounted.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "--lazy", str(path)], check=True)
+
+
+def fill_disk(directory: Path, name: str, leave: int = 0) -> Path:
+    """A file `name` in `directory` taking all the free space of its filesystem but `leave`
+    bytes."""
+    filler = directory / name
+    free = os.statvfs(directory)
+    with open(filler, "wb") as out:
+        out.write(bytes(max(free.f_bavail * free.f_frsize - leave, 0)))
+    return filler

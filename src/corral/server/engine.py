@@ -280,6 +280,7 @@ class Engine:
             if row is None:
                 raise NotFound(f"no job {job_id}")
             raise Conflict(f"job {job_id} already {row.state}; nothing to cancel")
+        self.writer.check_available()  # refuse now rather than cancel and wait for the disk
         await self._apply(self.scheduler.cancel(job_id, self.clock()))
 
     async def retry(self, job_id: str) -> None:

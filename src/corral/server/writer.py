@@ -10,6 +10,12 @@ When the thread is idle and the store commits quickly (`Store.commits_quickly`),
 most INLINE_COMMIT_ROWS rows is committed at once by the caller, on the event loop: such a lone
 transaction is over in a fraction of a millisecond, less than handing it to the thread and back
 costs. Anything that arrives meanwhile waits for the thread as usual.
+
+When the store cannot take writes for now (it raises StoreUnavailable: disk full, ...), the writes
+queued with `submit_nowait` cannot be refused, since they record what the server has already done
+(dispatches, results, requeues): they go back to the head of the queue, in order, and are retried
+with backoff until they commit. Meanwhile `write()` callers are refused at once with the error,
+so that nothing they ask for is half done. None of this costs anything while writes succeed.
 """
 
 from __future__ import annotations
@@ -22,8 +28,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
-from corral.constants import INLINE_COMMIT_ROWS, MAX_COMMIT_BATCH
-from corral.errors import CorralError
+from corral.constants import INLINE_COMMIT_ROWS, MAX_COMMIT_BATCH, STORE_RETRY_DELAYS
+from corral.errors import CorralError, StoreUnavailable
 from corral.server.store.base import Mutation, Store, rows_written
 
 logger = logging.getLogger(__name__)
@@ -33,11 +39,12 @@ class WriterClosed(CorralError):
     """The store writer was closed; nothing more can be written (the server is shutting down)."""
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # compared by identity
 class _Request:
     mutations: tuple[Mutation, ...]
     future: asyncio.Future[None]
     loop: asyncio.AbstractEventLoop
+    until_stored: bool  # retried while the store is unavailable, rather than refused
 
 
 class GroupCommitWriter:
@@ -56,26 +63,35 @@ class GroupCommitWriter:
         self._condition = threading.Condition()
         self._closing = False
         self._committing = False  # a transaction is being written, by the thread or a caller
+        self._unavailable: StoreUnavailable | None = None  # set while writes wait to be retried
+        self._retry_delay = 0.0
         self._thread = threading.Thread(target=self._run, name="corral-store-writer", daemon=True)
         self._thread.start()
 
     async def write(self, mutations: Iterable[Mutation]) -> None:
-        """Return once `mutations` are committed; raise what the store raised if they failed."""
-        await self._enqueue(mutations)
+        """Return once `mutations` are committed; raise what the store raised if they failed
+        (StoreUnavailable at once while earlier writes wait for the store to come back)."""
+        await self._enqueue(mutations, until_stored=False)
 
     def submit_nowait(self, mutations: Iterable[Mutation]) -> asyncio.Future[None]:
         """Queue `mutations` without waiting; the future resolves when they are committed.
 
-        For callers that need not wait (log chunks, say). Failures are logged, since nobody may
-        be looking at the future.
+        For what the server has already done and cannot take back: while the store is
+        unavailable these are retried, in order, until they commit. Other failures are logged,
+        since nobody may be looking at the future.
         """
-        future = self._enqueue(mutations)
+        future = self._enqueue(mutations, until_stored=True)
         future.add_done_callback(_log_failure)
         return future
 
     async def flush(self) -> None:
         """Return once everything queued before this call is committed (or has failed)."""
-        await self._enqueue(())
+        await self._enqueue((), until_stored=False)
+
+    def check_available(self) -> None:
+        """Raise StoreUnavailable while writes wait for the store to come back."""
+        if (unavailable := self._unavailable) is not None:
+            raise StoreUnavailable(str(unavailable))
 
     async def close(self) -> None:
         """Commit everything already queued, then stop the thread; later writes raise."""
@@ -95,37 +111,82 @@ class GroupCommitWriter:
     ) -> None:
         await self.close()
 
-    def _enqueue(self, mutations: Iterable[Mutation]) -> asyncio.Future[None]:
+    def _enqueue(self, mutations: Iterable[Mutation], until_stored: bool) -> asyncio.Future[None]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
-        request = _Request(tuple(mutations), future, loop)
+        request = _Request(tuple(mutations), future, loop, until_stored)
         with self._condition:
             if self._closing:
                 raise WriterClosed("the store writer is closed; the server is shutting down")
+            unavailable = None if until_stored else self._unavailable
             at_once = (
-                self._store.commits_quickly
+                unavailable is None
+                and self._store.commits_quickly
                 and not self._pending
                 and not self._committing
                 and rows_written(request.mutations) <= INLINE_COMMIT_ROWS
             )
             if at_once:
                 self._committing = True
-            else:
+            elif unavailable is None:
                 self._pending.append(request)
                 self._condition.notify()
-        if at_once:
+        if unavailable is not None:  # it would have to wait behind writes that cannot commit
+            future.set_exception(StoreUnavailable(str(unavailable)))
+        elif at_once:
             try:
-                [error] = self._commit([request])
-            finally:
-                self._done_committing()
-            _settle([(future, error)])
+                errors = self._commit([request])
+            except BaseException:
+                self._end_commit([], [])  # let the thread write again
+                raise
+            settled, outcomes = self._end_commit([request], errors)
+            _settle([(r.future, error) for r, error in zip(settled, outcomes, strict=True)])
         return future
 
-    def _done_committing(self) -> None:
+    def _end_commit(
+        self, requests: Sequence[_Request], errors: Sequence[BaseException | None]
+    ) -> tuple[Sequence[_Request], Sequence[BaseException | None]]:
+        """Close a transaction; the requests to settle now, with the error each ends with.
+
+        If the store was unavailable, the requests to retry go back to the head of the queue,
+        in order, and are not among those returned.
+        """
+        unavailable = None
+        if any(errors):
+            unavailable = next((e for e in errors if isinstance(e, StoreUnavailable)), None)
+        held: list[_Request] = []
+        if unavailable is not None:
+            held = [
+                request
+                for request, error in zip(requests, errors, strict=True)
+                if request.until_stored and isinstance(error, StoreUnavailable)
+            ]
         with self._condition:
             self._committing = False
+            if held and self._closing:
+                logger.error("%s; %d writes are lost as the server stops", unavailable, len(held))
+                held = []
+            elif held:
+                self._pending.extendleft(reversed(held))
+                if self._unavailable is None:
+                    logger.error("%s; retrying the writes until they succeed", unavailable)
+                self._unavailable = unavailable
+                low, high = STORE_RETRY_DELAYS
+                self._retry_delay = min(max(self._retry_delay * 2, low), high)
+            elif (
+                self._unavailable is not None
+                and unavailable is None
+                and any(request.mutations for request in requests)
+            ):
+                logger.warning("the store takes writes again; the delayed ones are stored")
+                self._unavailable, self._retry_delay = None, 0.0
             if self._pending:
                 self._condition.notify()
+        if not held:
+            return requests, errors
+        kept = {id(request) for request in held}
+        settled = [(r, e) for r, e in zip(requests, errors, strict=True) if id(r) not in kept]
+        return [r for r, _ in settled], [e for _, e in settled]
 
     def _run(self) -> None:
         while True:
@@ -135,13 +196,12 @@ class GroupCommitWriter:
                     self._condition.wait()
                 if not self._pending:
                     return  # closing, and everything queued is committed
+                if self._unavailable is not None:  # back off before a retry; closing ends it
+                    self._condition.wait_for(lambda: self._closing, self._retry_delay)
                 self._committing = True
                 requests = self._take_pending()
-            try:
-                errors = self._commit(requests)
-            finally:
-                self._done_committing()
-            _resolve_all(requests, errors)
+            errors = self._commit(requests)
+            _resolve_all(*self._end_commit(requests, errors))
 
     def _take_pending(self) -> list[_Request]:
         """The oldest pending requests that fit in one transaction (always at least one)."""
@@ -160,12 +220,25 @@ class GroupCommitWriter:
             return [None] * len(requests)
         try:
             self._store.write(batch)
+        except StoreUnavailable as error:
+            return [error] * len(requests)  # nobody's fault: all wait, or fail, alike
         except Exception as error:
             if sum(1 for request in requests if request.mutations) == 1:
                 return [error if request.mutations else None for request in requests]
-            # Someone's mutations broke the shared transaction: find whose, one by one.
-            return [self._commit_alone(request) for request in requests]
+            return self._commit_each(requests)
         return [None] * len(requests)
+
+    def _commit_each(self, requests: Sequence[_Request]) -> list[BaseException | None]:
+        """Someone's mutations broke the shared transaction: find whose, one by one. Once the
+        store is unavailable the rest are not tried, so that none overtakes one that waits."""
+        errors: list[BaseException | None] = []
+        unavailable: StoreUnavailable | None = None
+        for request in requests:
+            error = unavailable or self._commit_alone(request)
+            if isinstance(error, StoreUnavailable):
+                unavailable = error
+            errors.append(error)
+        return errors
 
     def _commit_alone(self, request: _Request) -> BaseException | None:
         if not request.mutations:
@@ -203,5 +276,6 @@ def _settle(outcomes: list[tuple[asyncio.Future[None], BaseException | None]]) -
 
 
 def _log_failure(future: asyncio.Future[None]) -> None:
-    if not future.cancelled() and (error := future.exception()) is not None:
+    error = None if future.cancelled() else future.exception()
+    if error is not None and not isinstance(error, StoreUnavailable):  # that one is logged once
         logger.error("a store write that nobody waited for failed: %s", error, exc_info=error)

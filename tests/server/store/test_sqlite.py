@@ -1,4 +1,5 @@
-"""SQLiteStore beyond the contract: surviving kill -9, concurrent readers, refusing bad files."""
+"""SQLiteStore beyond the contract: surviving kill -9 and a full disk, concurrent readers,
+refusing bad files."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import threading
 from pathlib import Path
 
 import pytest
+from integration_support import fill_disk, small_tmpfs
 
-from corral.errors import ConfigError
+from corral.errors import ConfigError, StoreUnavailable
 from corral.models import JobState
 from corral.server.store import InsertJobs, JobFilter, JobRow, SQLiteStore, UpdateJob
 
@@ -189,3 +191,31 @@ def test_bad_files_and_options_are_refused_clearly(tmp_path: Path) -> None:
         SQLiteStore(tmp_path / "missing" / "corral.db")
     with pytest.raises(ConfigError, match="durability"):
         SQLiteStore(tmp_path / "x.db", durability="sometimes")  # type: ignore[arg-type]
+
+
+def test_a_full_disk_refuses_a_batch_whole_and_takes_it_once_there_is_room(
+    tmp_path: Path,
+) -> None:
+    with small_tmpfs(tmp_path / "disk", "1m") as disk:
+        store = SQLiteStore(disk / "corral.db")
+        try:
+            filler = fill_disk(disk, "filler", leave=64 * 1024)
+            for number in range(10_000):
+                rows = [
+                    JobRow(f"J{number:05d}-{i}", "n", "q", 0, JobState.QUEUED, 1.0, b"s" * 1000)
+                    for i in range(10)
+                ]
+                try:
+                    store.write([InsertJobs(rows)])
+                except StoreUnavailable as error:
+                    refused, message = rows, str(error)
+                    break
+            else:
+                pytest.fail("the disk never filled up")
+            assert f"the disk holding {disk} is full; free space there" in message
+            assert store.get_job(refused[0].id) is None  # none of the batch was applied
+            filler.unlink()
+            store.write([InsertJobs(refused)])
+            assert store.get_job(refused[-1].id) is not None
+        finally:
+            store.close()

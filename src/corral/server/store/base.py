@@ -9,6 +9,9 @@ thread); reads may come from other threads, so implementations must allow concur
 
 Contract every implementation meets (tests/server/store/test_contract.py runs it against each):
 - `write(batch)` applies all of the batch or none of it; when it returns, the batch is durable.
+- `write` raises `StoreUnavailable` (corral.errors) when the storage cannot take writes for now
+  (disk full or failing, database locked): nothing of the batch is applied, and writing the same
+  batch again later is safe. Any other error is about the batch itself.
 - `InsertJobs` of an id that exists raises `DuplicateJob` and leaves the batch unapplied.
 - `InsertJobs` of an id that appears twice in one batch raises `DuplicateJob` the same way.
 - `UpdateJob` of an unknown id is ignored (the job may have been purged).

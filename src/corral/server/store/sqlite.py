@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
-from corral.errors import ConfigError
+from corral.errors import ConfigError, StoreUnavailable
 from corral.models import Attempt, JobState, QueueOrdering
 from corral.server.store.base import (
     AppendLog,
@@ -242,6 +242,28 @@ class SQLiteStore(Store):
                 raise DuplicateJob(
                     f"job {duplicate} already exists; submit it with a new id"
                 ) from error
+            except sqlite3.OperationalError as error:
+                unavailable = self._unavailable(error)
+                if unavailable is None:
+                    raise
+                raise unavailable from error
+
+    def _unavailable(self, error: sqlite3.OperationalError) -> StoreUnavailable | None:
+        """The StoreUnavailable for an error about the disk or the file's lock, else None."""
+        code = error.sqlite_errorcode & 0xFF  # the primary code of an extended one
+        where = self.path.parent
+        if code == sqlite3.SQLITE_FULL:
+            cause = f"the disk holding {where} is full; free space there"
+        elif code == sqlite3.SQLITE_IOERR:
+            cause = f"writing {self.path} failed; check the disk holding {where} (full? failing?)"
+        elif code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            cause = f"another process holds the lock on {self.path}; stop it"
+        else:
+            return None
+        return StoreUnavailable(
+            f"the server cannot store anything ({error}): {cause}, then try again;"
+            " what it has already accepted is kept and stored once writes succeed"
+        )
 
     def _find_duplicate(self, batch: Sequence[Mutation]) -> str | None:
         """After a failed batch was rolled back: the id that made it fail, if it was one."""
