@@ -397,13 +397,20 @@ def logs(
     """Print a job's captured output (stdout, or --stderr); -f follows it live."""
 
     def action(client: Client) -> None:
+        streams = ["stderr" if stderr else "stdout"]
         if not follow:
-            sys.stdout.buffer.write(client.logs(job_id, "stderr" if stderr else "stdout"))
-            return
-        for stream, chunk in client.follow_logs(job_id):
-            target = sys.stderr if stream == "stderr" else sys.stdout
-            target.buffer.write(chunk)
-            target.flush()
+            sys.stdout.buffer.write(client.logs(job_id, streams[0]))
+        else:
+            streams = ["stdout", "stderr"]
+            for stream, chunk in client.follow_logs(job_id):
+                target = sys.stderr if stream == "stderr" else sys.stdout
+                target.buffer.write(chunk)
+                target.flush()
+        sys.stdout.flush()
+        info = client.get(job_id)
+        for stream in streams:
+            if note := display.output_cut_note(info, stream):
+                err.print(f"corral: job {job_id} {stream}: {note}", highlight=False)
 
     with_client(server_url, token, ca, data_dir_flag, action)
 

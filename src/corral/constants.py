@@ -43,7 +43,12 @@ GC_THRESHOLDS = (50_000, 20, 100)
 #: Limits that keep one client from exhausting the server.
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
 MAX_BATCH_JOBS = 10_000
+#: Output a worker keeps per job and stream: the first half as it comes, the last half when the
+#: job ends, with a line between them saying how many bytes were cut.
 MAX_LOG_BYTES_PER_JOB = 1024 * 1024
+#: Output the server stores per job and stream: the above, the line marking the cut, and some
+#: room to spare; what comes beyond it is dropped and the log reads as truncated.
+MAX_STORED_LOG_BYTES = MAX_LOG_BYTES_PER_JOB + 4096
 MAX_RESULT_BYTES = 4 * 1024 * 1024
 MAX_NAME_LENGTH = 256
 MAX_LIST_LIMIT = 10_000

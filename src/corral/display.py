@@ -89,6 +89,9 @@ def show_job(out: Console, info: JobInfo) -> None:
     out.print(f"  worker:   {info.worker or '-'}")
     if info.exit_code is not None:
         out.print(f"  exit code: {info.exit_code}")
+    for stream in ("stdout", "stderr"):
+        if note := output_cut_note(info, stream):
+            out.print(f"  {stream}:   {note}", highlight=False)
     if isinstance(info.result, dict) and info.spec.kind is JobKind.SSH:
         show_hosts(out, info.result)
     elif info.result is not None:
@@ -111,6 +114,17 @@ def show_job(out: Console, info: JobInfo) -> None:
                 (attempt.error_message or "")[:60],
             )
         out.print(table)
+
+
+def output_cut_note(info: JobInfo, stream: str) -> str | None:
+    """What to tell about the stream's output if some of it was cut, else None."""
+    cut = info.output_cut(stream)
+    if not cut:
+        return None
+    return (
+        f"output too long, {cut:,} bytes cut from the middle; the log keeps its start and its"
+        " end, with a line where the cut is"
+    )
 
 
 def show_hosts(out: Console, result: dict[str, Any]) -> None:

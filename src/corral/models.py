@@ -175,7 +175,12 @@ class JobSpec(BaseModel):
 
 
 class Attempt(BaseModel):
-    """One try at running a job on one worker."""
+    """One try at running a job on one worker.
+
+    `truncated` gives, for each stream (stdout, stderr) whose output went over the worker's cap,
+    how many bytes were cut from its middle: the log keeps the start and the end, with a line
+    where the cut is.
+    """
 
     number: int
     worker: str | None = None
@@ -188,6 +193,7 @@ class Attempt(BaseModel):
     error_type: str | None = None
     error_message: str | None = None
     traceback: str | None = None
+    truncated: dict[str, int] = Field(default_factory=dict)
 
 
 class JobInfo(BaseModel):
@@ -207,6 +213,10 @@ class JobInfo(BaseModel):
     error_message: str | None = None
     traceback: str | None = None
     exit_code: int | None = None
+
+    def output_cut(self, stream: str) -> int:
+        """How many bytes of the stream's output were cut, over the attempts listed."""
+        return sum(attempt.truncated.get(stream, 0) for attempt in self.attempts)
 
 
 class QueueSpec(BaseModel):

@@ -8,10 +8,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from integration_support import ServerProcess, WorkerProcess, run_corral, wait_for
 
 from corral.cli import ExitCode
+from corral.constants import MAX_LOG_BYTES_PER_JOB
 
 WAIT = 60.0
 
@@ -166,3 +168,49 @@ def test_usage_errors_exit_with_the_usage_code(env: dict[str, str]) -> None:
     lambda_like = corral(env, "run", "not a target")
     assert lambda_like.returncode == ExitCode.INVALID
     assert "module:function" in lambda_like.stderr
+
+
+def test_output_over_the_cap_keeps_its_end_and_says_it_was_cut(
+    server: ServerProcess, env: dict[str, str], worker: WorkerProcess
+) -> None:
+    # 3,000,000 bytes of lines, then the line that says what went wrong.
+    command = "yes 'all is well' | head -c 3000000; echo 'the last line: it broke'; exit 4"
+    submitted = corral(env, "submit", "--wait", "--json", command)
+    assert submitted.returncode == ExitCode.JOB_FAILED, submitted.stderr
+    job_id = as_json(submitted)["id"]
+    total = 3_000_000 + len("the last line: it broke\n")
+    cut = total - MAX_LOG_BYTES_PER_JOB
+    marker = f"\n[corral: {cut:,} bytes cut here]\n"
+
+    response = httpx.get(
+        f"{server.url}/api/v1/jobs/{job_id}/logs",
+        headers={"Authorization": f"Bearer {server.token}"},
+    )
+    assert response.status_code == 200
+    assert response.headers["X-Corral-Truncated"] == "1"
+    assert response.headers["X-Corral-Cut-Bytes"] == str(cut)
+    log = response.content.decode()
+    assert log.startswith("all is well\n")
+    assert log.endswith("all is well\nthe last line: it broke\n")
+    assert log.count(marker) == 1
+    assert len(log) == MAX_LOG_BYTES_PER_JOB + len(marker)
+    clean = httpx.get(
+        f"{server.url}/api/v1/jobs/{job_id}/logs",
+        params={"stream": "stderr"},
+        headers={"Authorization": f"Bearer {server.token}"},
+    )
+    assert clean.headers["X-Corral-Truncated"] == "0"
+
+    logs = corral(env, "logs", job_id)
+    assert logs.returncode == ExitCode.OK, logs.stderr
+    assert logs.stdout == log
+    assert f"stdout: output too long, {cut:,} bytes cut" in logs.stderr
+    followed = corral(env, "logs", "-f", job_id)
+    assert followed.stdout == log
+    assert f"{cut:,} bytes cut" in followed.stderr
+
+    shown = corral(env, "show", job_id)
+    assert f"stdout:   output too long, {cut:,} bytes cut from the middle" in shown.stdout
+    assert as_json(corral(env, "show", "--json", job_id))["attempts"][0]["truncated"] == {
+        "stdout": cut
+    }

@@ -221,9 +221,12 @@ def create_app(engine: Engine, tokens: TokenStore) -> FastAPI:
         stream: Annotated[str, Query(pattern="^(stdout|stderr)$")] = "stdout",
         offset: Annotated[int, Query(ge=0)] = 0,
     ) -> Response:
-        engine.get_job(job_id)  # 404 for an unknown job
+        cut = engine.get_job(job_id).output_cut(stream)  # 404 for an unknown job
         chunk = engine.store.read_log(job_id, stream, offset)
-        headers = {"X-Corral-Truncated": "1" if chunk.truncated else "0"}
+        headers = {
+            "X-Corral-Truncated": "1" if cut or chunk.truncated else "0",
+            "X-Corral-Cut-Bytes": str(cut),
+        }
         return Response(chunk.data, media_type="text/plain; charset=utf-8", headers=headers)
 
     @app.get("/api/v1/workers", dependencies=[read])

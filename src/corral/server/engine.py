@@ -27,7 +27,7 @@ from corral import protocol as p
 from corral.constants import (
     DISPATCH_RECORD_DELAY,
     HEARTBEAT_INTERVAL,
-    MAX_LOG_BYTES_PER_JOB,
+    MAX_STORED_LOG_BYTES,
     WORKER_LEASE,
 )
 from corral.errors import Conflict, InvalidRequest, NotFound
@@ -390,6 +390,7 @@ class Engine:
                 error_type=item.get("error_type"),
                 error_message=item.get("error_message"),
                 traceback=item.get("traceback"),
+                truncated=item.get("truncated") or {},
             )
             attempts.append(SaveAttempt(item["job_id"], attempt))
         decisions = self.scheduler.complete(hello.worker_id, outcomes, now)
@@ -403,7 +404,7 @@ class Engine:
             offset = self._log_sizes.get(key)
             if offset is None:
                 offset = self.store.log_size(job_id, stream)
-            if offset >= MAX_LOG_BYTES_PER_JOB:
+            if offset >= MAX_STORED_LOG_BYTES:
                 continue
             self._log_sizes[key] = offset + len(data)
             mutations.append(AppendLog(job_id, stream, data))

@@ -429,6 +429,7 @@ class Worker:
             "pid": outcome.pid,
             "started": outcome.started,
             "finished": outcome.finished,
+            "truncated": outcome.truncated,
         }
         self._unacked[(assignment.job_id, assignment.attempt)] = item
         self._all_acked.clear()

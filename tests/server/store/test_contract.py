@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from corral.constants import MAX_LOG_BYTES_PER_JOB
+from corral.constants import MAX_LOG_BYTES_PER_JOB, MAX_STORED_LOG_BYTES
 from corral.models import Attempt, JobState, QueueOrdering
 from corral.server.store import (
     AppendLog,
@@ -183,6 +183,7 @@ def test_attempts_are_upserted_by_number(store: Store) -> None:
         error_type="E",
         error_message="m",
         traceback="t",
+        truncated={"stdout": 12_345_678, "stderr": 1},
     )
     store.write([SaveAttempt(job_id, finished)])
     assert store.get_attempts(job_id) == [Attempt(number=1, worker="w1", started=1.0), finished]
@@ -208,7 +209,7 @@ def test_logs_append_per_stream_and_read_from_an_offset(store: Store) -> None:
 
 def test_logs_are_capped_per_job_and_stream(store: Store) -> None:
     job_id = job(1).id
-    almost = MAX_LOG_BYTES_PER_JOB - 10
+    almost = MAX_STORED_LOG_BYTES - 10
     store.write([AppendLog(job_id, "stdout", b"a" * almost)])
     assert not store.read_log(job_id, "stdout").truncated
     store.write([AppendLog(job_id, "stdout", b"b" * 25), AppendLog(job_id, "stderr", b"e" * 5)])
@@ -223,9 +224,19 @@ def test_logs_are_capped_per_job_and_stream(store: Store) -> None:
 
 
 def test_one_oversized_chunk_is_cut_at_the_cap(store: Store) -> None:
-    store.write([AppendLog("j", "stdout", b"x" * (MAX_LOG_BYTES_PER_JOB + 1))])
+    store.write([AppendLog("j", "stdout", b"x" * (MAX_STORED_LOG_BYTES + 1))])
     chunk = store.read_log("j", "stdout")
-    assert (len(chunk.data), chunk.truncated) == (MAX_LOG_BYTES_PER_JOB, True)
+    assert (len(chunk.data), chunk.truncated) == (MAX_STORED_LOG_BYTES, True)
+
+
+def test_a_workers_capped_output_is_stored_whole_with_its_tail(store: Store) -> None:
+    half = MAX_LOG_BYTES_PER_JOB // 2
+    marker = b"\n[corral: 18,446,744,073,709,551,615 bytes cut here]\n"
+    store.write([AppendLog("j", "stdout", b"h" * half), AppendLog("j", "stdout", marker)])
+    store.write([AppendLog("j", "stdout", b"t" * (half - 4) + b"end\n")])
+    chunk = store.read_log("j", "stdout")
+    assert not chunk.truncated
+    assert chunk.data == b"h" * half + marker + b"t" * (half - 4) + b"end\n"
 
 
 def test_queues_are_saved_and_replaced(store: Store) -> None:

@@ -14,8 +14,15 @@ import pytest
 from integration_support import fill_disk, small_tmpfs
 
 from corral.errors import ConfigError, StoreUnavailable
-from corral.models import JobState
-from corral.server.store import InsertJobs, JobFilter, JobRow, SQLiteStore, UpdateJob
+from corral.models import Attempt, JobState
+from corral.server.store import (
+    InsertJobs,
+    JobFilter,
+    JobRow,
+    SaveAttempt,
+    SQLiteStore,
+    UpdateJob,
+)
 
 JOBS_PER_BATCH = 100
 
@@ -162,6 +169,25 @@ def test_reopening_keeps_everything(tmp_path: Path) -> None:
     reopened = SQLiteStore(path)
     try:
         assert reopened.get_job("a") == JobRow("a", "n", "q", 3, JobState.QUEUED, 1.0, b"spec")
+    finally:
+        reopened.close()
+
+
+def test_a_database_of_schema_1_gains_the_attempts_truncation_on_open(tmp_path: Path) -> None:
+    path = tmp_path / "corral.db"
+    store = SQLiteStore(path)
+    store.write([SaveAttempt("a", Attempt(number=1, worker="w"))])
+    store.close()
+    with sqlite3.connect(path) as connection:  # as the first corral wrote it
+        connection.execute("ALTER TABLE attempts DROP COLUMN truncated")
+        connection.execute("PRAGMA user_version = 1")
+    connection.close()
+    reopened = SQLiteStore(path)
+    try:
+        assert reopened.get_attempts("a") == [Attempt(number=1, worker="w")]
+        cut = Attempt(number=2, truncated={"stderr": 7})
+        reopened.write([SaveAttempt("a", cut)])
+        assert reopened.get_attempts("a")[1] == cut
     finally:
         reopened.close()
 

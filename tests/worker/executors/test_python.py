@@ -106,8 +106,10 @@ async def test_output_is_capped_and_the_child_is_not_blocked(python_executor: Ma
     output = Output()
     outcome = await executor.run("j1", call("jobfuncs:write_bytes", 2_000_000), output)
     assert outcome.state is JobState.SUCCEEDED
-    assert output.size("stdout") == 1000
-    assert outcome.truncated == ("stdout",)
+    marker = "\n[corral: 1,999,000 bytes cut here]\n"
+    assert output.size("stdout") == 1000 + len(marker)
+    assert marker in output.text("stdout")
+    assert outcome.truncated == {"stdout": 1_999_000}
     after = Output()
     await executor.run("j2", call("jobfuncs:write_output", "next", "job"), after)
     assert after.text("stdout") == "next\n"  # none of the previous job's output leaks in

@@ -112,16 +112,19 @@ async def test_output_is_capped_per_stream_and_drained(shell_executor: MakeShell
     command = "head -c 3000000 /dev/zero; head -c 10 /dev/zero >&2; echo finished >&2"
     outcome = await shell_executor().run("j1", shell(command), output)
     assert outcome.state is JobState.SUCCEEDED  # never blocked on a full pipe
-    assert output.size("stdout") == MAX_LOG_BYTES_PER_JOB
+    cut = 3_000_000 - MAX_LOG_BYTES_PER_JOB
+    marker = f"\n[corral: {cut:,} bytes cut here]\n"
+    assert output.size("stdout") == MAX_LOG_BYTES_PER_JOB + len(marker)
+    assert marker in output.text("stdout")
     assert output.text("stderr").endswith("finished\n")
-    assert outcome.truncated == ("stdout",)
+    assert outcome.truncated == {"stdout": cut}
 
 
 async def test_small_output_cap(shell_executor: MakeShell) -> None:
     output = Output()
     outcome = await shell_executor(max_output_bytes=5).run("j1", shell("echo 123456789"), output)
-    assert output.text("stdout") == "12345"
-    assert outcome.truncated == ("stdout",)
+    assert output.text("stdout") == "12\n[corral: 5 bytes cut here]\n89\n"  # head and tail
+    assert outcome.truncated == {"stdout": 5}
 
 
 async def test_env_is_merged_over_the_worker_environment_and_cwd_applies(

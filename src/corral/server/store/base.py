@@ -16,8 +16,10 @@ Contract every implementation meets (tests/server/store/test_contract.py runs it
 - `InsertJobs` of an id that appears twice in one batch raises `DuplicateJob` the same way.
 - `UpdateJob` of an unknown id is ignored (the job may have been purged).
 - `SaveAttempt` inserts or replaces the attempt with the same (job_id, number).
-- `AppendLog` keeps at most `MAX_LOG_BYTES_PER_JOB` bytes per job and stream; the rest is dropped
-  and `read_log` reports it as truncated.
+- `AppendLog` keeps at most `MAX_STORED_LOG_BYTES` bytes per job and stream (a worker's whole
+  capped output, head, cut marker and tail); the rest is dropped and `read_log` reports it as
+  truncated.
+- `SaveAttempt` keeps every field of the Attempt, `truncated` included.
 - `load_active()` yields every job in state queued or running, in id order, with its spec blob.
   It may leave `finished`, `result`, `error_*`, `traceback` and `exit_code` as None: an active job
   has none (they are cleared on the way back to queued), and restart reads 10^6 rows of these.
@@ -29,7 +31,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from corral.constants import MAX_LOG_BYTES_PER_JOB
+from corral.constants import MAX_STORED_LOG_BYTES
 from corral.errors import CorralError
 from corral.models import Attempt, JobState, QueueOrdering
 
@@ -137,7 +139,7 @@ def rows_written(mutations: Sequence[Mutation]) -> int:
 def fit_log(stored: int, data: bytes) -> tuple[bytes, bool]:
     """The part of `data` that fits after `stored` bytes under the per-stream cap, and whether
     anything was dropped. Every implementation applies this same rule."""
-    room = max(MAX_LOG_BYTES_PER_JOB - stored, 0)
+    room = max(MAX_STORED_LOG_BYTES - stored, 0)
     if len(data) <= room:
         return data, False
     return data[:room], True
@@ -173,7 +175,7 @@ class Store(ABC):
     @abstractmethod
     def read_log(self, job_id: str, stream: str, offset: int = 0) -> LogChunk:
         """The job's captured output on one stream from byte `offset` (empty if none was captured);
-        `truncated` says output beyond MAX_LOG_BYTES_PER_JOB was dropped."""
+        `truncated` says the store dropped output beyond MAX_STORED_LOG_BYTES."""
 
     @abstractmethod
     def log_size(self, job_id: str, stream: str) -> int:

@@ -83,7 +83,7 @@ class MemoryStore(Store):
                 self._jobs[mutation.id] = _updated(current, mutation)
         elif isinstance(mutation, SaveAttempt):
             attempts = self._attempts.setdefault(mutation.job_id, {})
-            attempts[mutation.attempt.number] = mutation.attempt.model_copy()
+            attempts[mutation.attempt.number] = _copy(mutation.attempt)
         elif isinstance(mutation, AppendLog):
             log = self._logs.setdefault((mutation.job_id, mutation.stream), _Log(bytearray()))
             kept, dropped = fit_log(len(log.data), mutation.data)
@@ -102,7 +102,7 @@ class MemoryStore(Store):
     def get_attempts(self, job_id: str) -> list[Attempt]:
         with self._lock:
             attempts = self._attempts.get(job_id, {})
-            return [attempts[number].model_copy() for number in sorted(attempts)]
+            return [_copy(attempts[number]) for number in sorted(attempts)]
 
     def list_jobs(self, filter: JobFilter) -> list[JobRow]:
         states = set(filter.states) if filter.states is not None else None
@@ -179,3 +179,8 @@ def _updated(job: JobRow, update: UpdateJob) -> JobRow:
     if update.attempts is not None:
         changes["attempts"] = update.attempts
     return dataclasses.replace(job, state=JobState(update.state), **changes)
+
+
+def _copy(attempt: Attempt) -> Attempt:
+    """A copy that shares nothing mutable (only `truncated` is; most attempts leave it empty)."""
+    return attempt.model_copy(deep=bool(attempt.truncated))

@@ -14,6 +14,7 @@ flush per group commit.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from collections import Counter
@@ -42,7 +43,7 @@ from corral.server.store.base import (
 Durability = Literal["normal", "full"]
 
 #: Stored in PRAGMA user_version; bump it with a migration when the schema changes.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = (
     """CREATE TABLE jobs (
@@ -82,6 +83,7 @@ _SCHEMA = (
         error_type TEXT,
         error_message TEXT,
         traceback TEXT,
+        truncated TEXT,
         PRIMARY KEY (job_id, number)
     ) WITHOUT ROWID""",
     # Output is stored as appended chunks, so an append never rewrites what came before;
@@ -102,6 +104,11 @@ _SCHEMA = (
     ) WITHOUT ROWID""",
     "CREATE TABLE queues (name TEXT PRIMARY KEY, ordering TEXT NOT NULL) WITHOUT ROWID",
 )
+# _MIGRATIONS[n - 1] takes a database of schema version n to n + 1.
+_MIGRATIONS = (
+    # Bytes cut from the output per stream, as JSON; NULL when nothing was cut.
+    "ALTER TABLE attempts ADD COLUMN truncated TEXT",
+)
 
 _JOB_COLUMNS = (
     "id, name, queue, priority, state, created, spec, started, finished, worker, attempts,"
@@ -121,7 +128,7 @@ _UPDATE_JOB = """UPDATE jobs SET
     traceback = CASE WHEN ?3 THEN ?10 ELSE coalesce(?10, traceback) END,
     exit_code = CASE WHEN ?3 THEN ?11 ELSE coalesce(?11, exit_code) END
 WHERE id = ?12"""
-_SAVE_ATTEMPT = "INSERT OR REPLACE INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_SAVE_ATTEMPT = "INSERT OR REPLACE INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _ATTEMPT_FIELDS = (
     "number",
     "worker",
@@ -134,6 +141,7 @@ _ATTEMPT_FIELDS = (
     "error_type",
     "error_message",
     "traceback",
+    "truncated",
 )
 _ACTIVE_COLUMNS = "id, name, queue, priority, state, created, spec, started, worker, attempts"
 _LOAD_ACTIVE = (
@@ -207,6 +215,10 @@ class SQLiteStore(Store):
                     f"{self.path} was written by a newer corral (schema {version}, this one reads"
                     f" {SCHEMA_VERSION}); upgrade corral"
                 )
+            elif version < SCHEMA_VERSION:
+                for statement in _MIGRATIONS[version - 1 :]:
+                    connection.execute(statement)
+                connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -293,7 +305,7 @@ class SQLiteStore(Store):
             f"SELECT {', '.join(_ATTEMPT_FIELDS)} FROM attempts WHERE job_id = ? ORDER BY number",
             (job_id,),
         )
-        return [Attempt(**dict(zip(_ATTEMPT_FIELDS, row, strict=True))) for row in rows]
+        return [_attempt_from_row(row) for row in rows]
 
     def list_jobs(self, filter: JobFilter) -> list[JobRow]:
         clauses: list[str] = []
@@ -436,6 +448,7 @@ def _apply(connection: sqlite3.Connection, batch: Sequence[Mutation]) -> None:
                     mutation.job_id, attempt.number, attempt.worker, attempt.host, attempt.pid,
                     attempt.started, attempt.finished, attempt.state, attempt.exit_code,
                     attempt.error_type, attempt.error_message, attempt.traceback,
+                    json.dumps(attempt.truncated) if attempt.truncated else None,
                 )
             )  # fmt: skip
         elif isinstance(mutation, AppendLog):
@@ -478,6 +491,13 @@ def _append_log(connection: sqlite3.Connection, job_id: str, stream: str, data: 
             "INSERT OR REPLACE INTO log_streams VALUES (?, ?, ?, ?)",
             (job_id, stream, size + len(kept), truncated or dropped),
         )
+
+
+def _attempt_from_row(row: tuple[Any, ...]) -> Attempt:
+    """An Attempt from the columns of _ATTEMPT_FIELDS, in that order."""
+    fields = dict(zip(_ATTEMPT_FIELDS, row, strict=True))
+    fields["truncated"] = json.loads(fields["truncated"]) if fields["truncated"] else {}
+    return Attempt(**fields)
 
 
 def _job_from_row(row: tuple[Any, ...]) -> JobRow:

@@ -40,7 +40,8 @@ class Outcome:
     `state` is SUCCEEDED, FAILED, TIMED_OUT or CANCELLED. `exit_code` is the process's exit code
     (negative: killed by that signal) for shell jobs and for python jobs whose process died.
     `result` is a python job's return value (plain msgpack/JSON data). Times are epoch seconds.
-    `truncated` names the streams whose output went over the executor's limit and was cut.
+    `truncated` gives, for each stream whose output went over the executor's limit, how many
+    bytes were cut from its middle (see OutputLimiter); it is empty when nothing was cut.
     """
 
     state: JobState
@@ -52,7 +53,7 @@ class Outcome:
     error_message: str | None = None
     traceback: str | None = None
     pid: int | None = None
-    truncated: tuple[str, ...] = ()
+    truncated: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def failure(
@@ -76,7 +77,7 @@ class Outcome:
         started: float,
         exit_code: int | None = None,
         pid: int | None = None,
-        truncated: tuple[str, ...] = (),
+        truncated: dict[str, int] | None = None,
     ) -> Outcome:
         """A TIMED_OUT or CANCELLED outcome (pid None: the job was cancelled before it started)."""
         if state is JobState.TIMED_OUT:
@@ -92,7 +93,7 @@ class Outcome:
             error_type=error_type,
             error_message=message,
             pid=pid,
-            truncated=truncated,
+            truncated=truncated or {},
         )
 
 
@@ -147,27 +148,55 @@ class Executor(ABC):
         await self.close()
 
 
-class OutputLimiter:
-    """Passes a job's output on until `limit` bytes per stream, then drops (but still drains) it."""
+def cut_marker(cut: int) -> bytes:
+    """The line that stands in a job's log for the `cut` bytes left out there."""
+    return f"\n[corral: {cut:,} bytes cut here]\n".encode()
 
-    __slots__ = ("_on_output", "_remaining", "_truncated")
+
+class OutputLimiter:
+    """Keeps at most `limit` bytes of a job's output per stream: the head and the tail.
+
+    The first half of the limit is passed on as it comes; after it, only the latest output is
+    kept (up to the other half), to be passed on when the job ends (`finish`), after a line that
+    says how many bytes were cut. The end is where errors usually are. What is cut is still
+    drained, so the job never blocks on a full pipe.
+    """
+
+    __slots__ = ("_cut", "_head_room", "_on_output", "_tail_size", "_tails")
 
     def __init__(self, on_output: OutputCallback, limit: int) -> None:
         self._on_output = on_output
-        self._remaining = {STDOUT: limit, STDERR: limit}
-        self._truncated: set[str] = set()
+        self._head_room = {STDOUT: limit // 2, STDERR: limit // 2}
+        self._tail_size = limit - limit // 2
+        self._tails: dict[str, bytearray] = {}
+        self._cut: dict[str, int] = {}
 
     def feed(self, stream: str, chunk: bytes) -> None:
-        remaining = self._remaining[stream]
-        if len(chunk) > remaining:
-            self._truncated.add(stream)
-            chunk = chunk[:remaining]
-        if chunk:
-            self._remaining[stream] = remaining - len(chunk)
-            self._on_output(stream, chunk)
+        room = self._head_room[stream]
+        if room:
+            head = chunk[:room]
+            self._head_room[stream] = room - len(head)
+            self._on_output(stream, head)
+            chunk = chunk[room:]
+            if not chunk:
+                return
+        tail = self._tails.setdefault(stream, bytearray())
+        tail += chunk
+        excess = len(tail) - self._tail_size
+        if excess > 0:
+            del tail[:excess]  # cheap: a bytearray drops its start without moving the rest
+            self._cut[stream] = self._cut.get(stream, 0) + excess
 
-    def truncated_streams(self) -> tuple[str, ...]:
-        return tuple(sorted(self._truncated))
+    def finish(self) -> dict[str, int]:
+        """Pass on what was kept of each stream's end, after the line marking the cut if there
+        was one; the bytes cut per stream (only streams that were cut)."""
+        for stream, tail in self._tails.items():
+            if cut := self._cut.get(stream):
+                self._on_output(stream, cut_marker(cut))
+            if tail:
+                self._on_output(stream, bytes(tail))
+        self._tails.clear()
+        return dict(self._cut)
 
 
 @dataclass(frozen=True, slots=True)

@@ -212,7 +212,7 @@ class PythonExecutor(Executor):
         self, job: PoolJob, spec: JobSpec, answer: Answer, started: float
     ) -> Outcome:
         started = job.started or started
-        truncated = job.output.truncated_streams()
+        truncated = job.output.finish()
         if answer is NotStarted:
             return Outcome.killed(job.killed_as or JobState.CANCELLED, spec.timeout, started)
         assert job.child is not None

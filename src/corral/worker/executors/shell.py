@@ -132,7 +132,7 @@ def _outcome(
     started: float,
 ) -> Outcome:
     finished = time.time()
-    truncated = output.truncated_streams()
+    truncated = output.finish()
     if job.killed_as is not None:
         return Outcome.killed(job.killed_as, spec.timeout, started, exit_code, pid, truncated)
     if exit_code == 0:
