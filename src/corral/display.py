@@ -121,10 +121,7 @@ def output_cut_note(info: JobInfo, stream: str) -> str | None:
     cut = info.output_cut(stream)
     if not cut:
         return None
-    return (
-        f"output too long, {cut:,} bytes cut from the middle; the log keeps its start and its"
-        " end, with a line where the cut is"
-    )
+    return f"{cut:,} bytes cut from the middle; the log keeps the start and the end"
 
 
 def show_hosts(out: Console, result: dict[str, Any]) -> None:

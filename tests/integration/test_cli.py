@@ -204,13 +204,13 @@ def test_output_over_the_cap_keeps_its_end_and_says_it_was_cut(
     logs = corral(env, "logs", job_id)
     assert logs.returncode == ExitCode.OK, logs.stderr
     assert logs.stdout == log
-    assert f"stdout: output too long, {cut:,} bytes cut" in logs.stderr
+    assert f"stdout: {cut:,} bytes cut from the middle" in logs.stderr
     followed = corral(env, "logs", "-f", job_id)
     assert followed.stdout == log
     assert f"{cut:,} bytes cut" in followed.stderr
 
     shown = corral(env, "show", job_id)
-    assert f"stdout:   output too long, {cut:,} bytes cut from the middle" in shown.stdout
+    assert f"stdout:   {cut:,} bytes cut from the middle" in shown.stdout
     assert as_json(corral(env, "show", "--json", job_id))["attempts"][0]["truncated"] == {
         "stdout": cut
     }
