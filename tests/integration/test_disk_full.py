@@ -46,8 +46,10 @@ def server_on_small_disk(small_disk: Path, tmp_path: Path) -> Iterator[ServerPro
     server.stop()
 
 
-def batch(size: int) -> list[corral.JobSpec]:
-    return [shell_job(["echo", "x" * 300], name="y" * 200) for _ in range(size)]
+def batch(size: int, go: Path) -> list[corral.JobSpec]:
+    """Jobs that end once `go` exists."""
+    command = f"while [ ! -e {go} ]; do sleep 0.02; done; echo {'x' * 300}"
+    return [shell_job(command, name="y" * 200) for _ in range(size)]
 
 
 async def all_dispatched_and_reported(client: corral.AsyncClient) -> None:
@@ -59,29 +61,33 @@ async def all_dispatched_and_reported(client: corral.AsyncClient) -> None:
             await asyncio.sleep(0.05)
 
 
-async def fill_then_free(server: ServerProcess, disk: Path) -> list[str]:
-    """Submit until the disk is full, then free it; the ids of the jobs accepted."""
+async def fill_then_free(server: ServerProcess, disk: Path, go: Path) -> list[str]:
+    """Submit until the disk is full, let the jobs end, then free the disk; the ids of the jobs
+    accepted."""
     async with corral.AsyncClient(server.url, server.token) as client:
         fillers = [fill_disk(disk, "filler", leave=256 * 1024)]
         accepted: list[corral.AsyncJob] = []
         with pytest.raises(StoreUnavailable) as refused:
             for _ in range(1000):
-                accepted += await client.submit_many(batch(20))
+                accepted += await client.submit_many(batch(20, go))
         assert accepted, "the disk filled before any job was accepted; leave more room"
         assert "full" in str(refused.value)
         assert str(server.data_dir) in str(refused.value)
-        # Not a byte left, for the writes about the accepted jobs as they run and end.
+        # Not a byte left for what happens to the accepted jobs from now on: they all end.
         fillers.append(fill_disk(disk, "last-bytes"))
+        await asyncio.to_thread(go.touch)
         await all_dispatched_and_reported(client)
 
         waiting = asyncio.create_task(client.wait(accepted, timeout=DEADLINE))
         await asyncio.sleep(0)  # its watch goes out first, on the same stream as what follows
-        with pytest.raises(StoreUnavailable):
-            await client.submit_many(batch(1))
+        with pytest.raises(StoreUnavailable, match="full"):
+            await client.submit_many(batch(1, go))
+        with pytest.raises(StoreUnavailable, match="full"):  # not 409: the job is not over yet
+            await client.cancel(accepted[0].id)
         async with httpx.AsyncClient() as http:  # the REST route too
             rest = await http.post(
                 f"{server.url}/api/v1/jobs",
-                json=batch(1)[0].model_dump(mode="json"),
+                json=batch(1, go)[0].model_dump(mode="json"),
                 headers={"Authorization": f"Bearer {server.token}"},
             )
         assert rest.status_code == 503 and "full" in rest.json()["detail"], rest.text
@@ -94,7 +100,7 @@ async def fill_then_free(server: ServerProcess, disk: Path) -> list[str]:
         assert not await client.jobs(state=[JobState.QUEUED, JobState.RUNNING])
         assert [queue.depth for queue in await client.queues()] == [0]
 
-        again = await client.submit_many(batch(1))
+        again = await client.submit_many(batch(1, go))
         assert await client.wait(again, timeout=DEADLINE) == [JobState.SUCCEEDED]
         return [job.id for job in accepted]
 
@@ -103,10 +109,11 @@ def test_a_full_disk_refuses_submissions_and_loses_none_of_the_accepted_jobs(
     server_on_small_disk: ServerProcess,
     start_worker: Callable[..., WorkerProcess],
     small_disk: Path,
+    tmp_path: Path,
 ) -> None:
     server = server_on_small_disk
     start_worker(server, "--concurrency", "4")
-    accepted = asyncio.run(fill_then_free(server, small_disk))
+    accepted = asyncio.run(fill_then_free(server, small_disk, tmp_path / "go"))
 
     shown = run_corral("show", accepted[-1], "--server", server.url, "--token", server.token)
     assert shown.returncode == 0, shown.stderr

@@ -275,12 +275,14 @@ class Engine:
         return [row.id for row in rows]
 
     async def cancel(self, job_id: str) -> None:
+        # Refuse now rather than cancel and wait for the disk; and while writes wait, the store
+        # may not yet say that the job has ended.
+        self.writer.check_available()
         if self.scheduler.job(job_id) is None:
             row = self.store.get_job(job_id)
             if row is None:
                 raise NotFound(f"no job {job_id}")
             raise Conflict(f"job {job_id} already {row.state}; nothing to cancel")
-        self.writer.check_available()  # refuse now rather than cancel and wait for the disk
         await self._apply(self.scheduler.cancel(job_id, self.clock()))
 
     async def retry(self, job_id: str) -> None:
