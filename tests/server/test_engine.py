@@ -11,11 +11,13 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any
 
 import msgpack
+from integration_support import wait_for
+from store_doubles import FullStore
 
 from corral import protocol as p
 from corral.constants import DISPATCH_RECORD_DELAY, PROTOCOL_VERSION
 from corral.models import JobSpec, JobState
-from corral.server.engine import Engine, WorkerPeer
+from corral.server.engine import Engine, Peer, WorkerPeer
 from corral.server.store import MemoryStore, Mutation, UpdateJob
 
 DEADLINE = 30.0
@@ -66,7 +68,7 @@ def run(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
     asyncio.run(asyncio.wait_for(scenario(), DEADLINE))
 
 
-def sent(peer: WorkerPeer) -> list[p.Frame | None]:
+def sent(peer: Peer) -> list[p.Frame | None]:
     frames: list[p.Frame | None] = []
     while not peer.outbox.empty():
         data = peer.outbox.get_nowait()
@@ -181,5 +183,30 @@ def test_a_stale_result_beside_the_real_one_does_not_overwrite_it() -> None:
                 msgpack.packb(42),
                 None,
             )
+
+    run(scenario)
+
+
+def test_a_result_is_acknowledged_and_announced_only_once_stored_however_long_that_takes() -> None:
+    async def scenario() -> None:
+        store = FullStore()
+        async with running(store) as engine:
+            [job_id] = await engine.submit([JobSpec(kind="shell", command="true")])  # type: ignore[arg-type]
+            worker, watcher = WorkerPeer(hello("w1")), Peer()
+            engine.worker_joined(worker)
+            engine.watch(watcher, [job_id])
+            sent(worker)  # welcome and the job
+            store.full.set()
+            result = {"job_id": job_id, "attempt": 1, "state": "succeeded"}
+            engine.worker_frame(worker, p.Results([result]))
+            await asyncio.to_thread(wait_for, lambda: store.refusals >= 3, DEADLINE, "retries")
+            assert (sent(worker), sent(watcher)) == ([], [])
+            assert engine.scheduler.job(job_id) is None  # the scheduler has moved on...
+            store.full.clear()  # ...and the store catches up
+            ack = p.decode(await worker.outbox.get())
+            assert isinstance(ack, p.Ack) and ack.items == [[job_id, 1]]
+            done = p.decode(await watcher.outbox.get())
+            assert isinstance(done, p.Done) and done.state == "succeeded"
+            assert store.get_job(job_id).state is JobState.SUCCEEDED  # type: ignore[union-attr]
 
     run(scenario)

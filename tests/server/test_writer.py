@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from integration_support import wait_for
+from store_doubles import FullStore
 
 from corral.constants import INLINE_COMMIT_ROWS
 from corral.errors import StoreUnavailable
@@ -227,21 +228,6 @@ def test_an_idle_writer_commits_a_small_write_at_once_and_a_large_one_in_its_thr
         assert store.get_job("small") is not None
 
     run(scenario())
-
-
-class FullStore(MemoryStore):
-    """Refuses every write with StoreUnavailable, as a full disk would, while `full` is set."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.full = threading.Event()
-        self.refusals = 0
-
-    def write(self, batch: Sequence[Mutation]) -> None:
-        if self.full.is_set():
-            self.refusals += 1
-            raise StoreUnavailable("the disk holding /data is full; free space there")
-        super().write(batch)
 
 
 def update(name: str, state: JobState) -> list[Mutation]:
