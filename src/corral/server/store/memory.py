@@ -182,5 +182,6 @@ def _updated(job: JobRow, update: UpdateJob) -> JobRow:
 
 
 def _copy(attempt: Attempt) -> Attempt:
-    """A copy that shares nothing mutable (only `truncated` is; most attempts leave it empty)."""
+    """A copy sharing nothing mutable with `attempt`: `truncated` is its one mutable field, and
+    mostly empty, so that the cheap shallow copy usually does."""
     return attempt.model_copy(deep=bool(attempt.truncated))
