@@ -560,6 +560,18 @@ def token_create(
     print(created)
 
 
+@token_app.command("revoke")
+def token_revoke(
+    name: str,
+    server_url: ServerOpt = None,
+    token: TokenOpt = None,
+    ca: CaOpt = None,
+    data_dir_flag: DataDirOpt = None,
+) -> None:
+    """Revoke a named token (needs an admin token); the streams opened with it close."""
+    with_client(server_url, token, ca, data_dir_flag, lambda c: c.revoke_token(name))
+
+
 def _each(action: Callable[[str], None], job_ids: list[str]) -> None:
     for job_id in job_ids:
         action(job_id)

@@ -31,11 +31,9 @@ def _one_line(text: str) -> str:
 
 
 def _revoke(server: ServerProcess, name: str) -> None:
-    headers = {"Authorization": f"Bearer {server.token}"}
-    response = httpx.delete(
-        f"{server.url}/api/v1/tokens/{name}", headers=headers, timeout=WAIT, trust_env=False
-    )
-    assert response.status_code == 200, response.text
+    env = {"CORRAL_URL": server.url, "CORRAL_TOKEN": server.token}
+    result = run_corral("token", "revoke", name, env=env)
+    assert result.returncode == ExitCode.OK, result.stderr
 
 
 # -- jobs' environment ------------------------------------------------------------------------
@@ -71,10 +69,11 @@ def test_jobs_see_neither_corral_variables_nor_scrubbed_ones(
 
 def test_corral_up_gives_its_workers_a_worker_token(tmp_path: Path) -> None:
     data_dir = tmp_path / "up"
-    env = {**os.environ, "COLUMNS": "200"}
+    env = {**os.environ, "COLUMNS": "200", "UP_SECRET": "scrubbed"}
     env.pop("CORRAL_TOKEN", None)
+    options = ["--workers", "1", "--concurrency", "1", "--scrub-env", "UP_SECRET"]
     up = subprocess.Popen(
-        [*UP, "--workers", "1", "--port", "0", "--data-dir", str(data_dir), "--concurrency", "1"],
+        [*UP, *options, "--port", "0", "--data-dir", str(data_dir)],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -92,12 +91,12 @@ def test_corral_up_gives_its_workers_a_worker_token(tmp_path: Path) -> None:
             # What a job submitted with a submit token finds: in its own environment, and in
             # its worker's (readable, as the job runs as the same OS user).
             job = client.submit_shell(
-                'echo "own=$CORRAL_TOKEN"; '
+                'echo "own=$CORRAL_TOKEN secret=$UP_SECRET"; '
                 'tr "\\0" "\\n" < /proc/$PPID/environ | grep ^CORRAL_TOKEN'
             )
             assert job.result(timeout=WAIT) == 0
             output = client.logs(job.id).decode().splitlines()
-        assert output[0] == "own="
+        assert output[0] == "own= secret="
         worker_token = output[1].removeprefix("CORRAL_TOKEN=")
         assert worker_token and worker_token != admin_token
         with corral.connect(url, worker_token) as stolen, pytest.raises(AuthError):

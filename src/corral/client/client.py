@@ -323,6 +323,10 @@ class AsyncClient:
         body = {"name": name, "role": role, "replace": replace}
         return str((await self._request("POST", "/tokens", json=body))["token"])
 
+    async def revoke_token(self, name: str) -> None:
+        """Revoke a token (admin only); the streams opened with it close. NotFound if none."""
+        await self._request("DELETE", f"/tokens/{name}")
+
     async def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         return (await self._send(method, path, **kwargs)).json()
 
@@ -500,6 +504,9 @@ class Client:
 
     def create_token(self, name: str, role: str, *, replace: bool = False) -> str:
         return self._call(self._async.create_token(name, role, replace=replace))
+
+    def revoke_token(self, name: str) -> None:
+        self._call(self._async.revoke_token(name))
 
 
 async def _make_async_client(url: str | None, token: str | None, options: Any) -> AsyncClient:
