@@ -161,6 +161,7 @@ def test_a_second_server_on_the_same_database_is_refused(
         message = _one_line(result.stderr)
         assert f"pid {server.proc.pid}" in message and str(server.data_dir) in message, message
         assert "Traceback" not in result.stderr
+    assert not (other / "admin.token").exists()
 
 
 # -- tokens -----------------------------------------------------------------------------------

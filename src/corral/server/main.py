@@ -62,9 +62,10 @@ def prepare(settings: ServerSettings) -> Prepared:
     """Everything but the socket: data directory, tokens, store, engine and routes."""
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     lock = lock_data_dir(settings.data_dir)
+    # The store first: a server refused its database makes no admin token it would not show.
+    store = open_store(settings.store_url, settings.data_dir)
     tokens = TokenStore(settings.data_dir)
     new_token = tokens.load_or_create()
-    store = open_store(settings.store_url, settings.data_dir)
     lease = settings.lease or WORKER_LEASE
     # Several heartbeats per lease, so one delayed frame does not cost a worker its jobs.
     heartbeat = settings.heartbeat_interval or min(HEARTBEAT_INTERVAL, lease / 4)
