@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from click.core import ParameterSource
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from corral import aio, display
@@ -37,10 +38,11 @@ from corral.cli_common import (
 )
 from corral.client.client import Client
 from corral.client.jobs import python_job, shell_job
-from corral.config import ClientSettings, ServerSettings, data_dir
+from corral.config import ClientSettings, ServerSettings, data_dir, read_token_file
 from corral.constants import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_PREFETCH
 from corral.errors import ConfigError, InvalidRequest, NotFound
 from corral.models import JobState, QueueOrdering
+from corral.server.auth import Role
 from corral.ssh.cli import app as ssh_app
 
 app = typer.Typer(
@@ -54,6 +56,20 @@ app.add_typer(token_app, name="token")
 app.add_typer(ssh_app, name="ssh")
 
 LogLevelOpt = Annotated[str, typer.Option("--log-level", help="debug, info, warning, error")]
+TokenFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        envvar="CORRAL_TOKEN_FILE", help="Read the token from this file (keeps it out of ps)"
+    ),
+]
+ScrubEnvOpt = Annotated[
+    str,
+    typer.Option(
+        help="More variables to keep from jobs, e.g. AWS_*,DB_PASSWORD (CORRAL_* always are)"
+    ),
+]
+#: The worker token `corral up` makes for its local workers, anew on each start.
+UP_WORKER_TOKEN_NAME = "up-worker"
 
 
 def main() -> None:
@@ -102,7 +118,7 @@ def server(
             lease=lease,
             allow_pickle=allow_pickle,
         )
-        run_server(settings, lambda url, token: announce(url, token, settings))
+        run_server(settings, lambda ready: announce(ready.url, ready.new_admin_token, settings))
 
 
 def announce(url: str, new_token: str | None, settings: ServerSettings) -> None:
@@ -119,8 +135,10 @@ def announce(url: str, new_token: str | None, settings: ServerSettings) -> None:
 
 @app.command()
 def worker(
+    ctx: typer.Context,
     server_url: ServerOpt = None,
     token: TokenOpt = None,
+    token_file: TokenFileOpt = None,
     ca: CaOpt = None,
     data_dir_flag: DataDirOpt = None,
     concurrency: Annotated[int, typer.Option(help="Jobs at once [default: CPU count]")] = 0,
@@ -130,6 +148,7 @@ def worker(
     ),
     tags: Annotated[str, typer.Option(help="Capabilities, e.g. gpu,big-mem")] = "",
     allow_users: Annotated[str, typer.Option(help="Users jobs may run as (needs root)")] = "",
+    scrub_env: ScrubEnvOpt = "",
     allow_pickle: Annotated[bool, typer.Option(help="Run cloudpickled functions")] = False,
     on_shutdown: Annotated[
         str, typer.Option(help="finish: let running jobs end; release: hand them back")
@@ -145,6 +164,10 @@ def worker(
 
     configure_logging(log_level)
     with errors_to_exit_codes():
+        if token_file is not None:
+            if ctx.get_parameter_source("token") is ParameterSource.COMMANDLINE:
+                raise ConfigError("give --token or --token-file, not both")
+            token = read_token_file(token_file)
         client = ClientSettings.resolve(server_url, token, ca, data_dir_flag)
         try:
             mode = ShutdownMode(on_shutdown)
@@ -159,6 +182,7 @@ def worker(
             queues=_split(queues) or ("default",),
             tags=_split(tags),
             allow_users=_split(allow_users),
+            scrub_env=_split(scrub_env),
             allow_pickle=allow_pickle,
             shutdown_mode=mode,
             ssh_credentials=ssh_credentials,
@@ -179,22 +203,26 @@ def up(
     host: Annotated[str, typer.Option(help="Address to bind")] = DEFAULT_HOST,
     port: Annotated[int, typer.Option(help="Port (0: any free port)")] = DEFAULT_PORT,
     data_dir_flag: DataDirOpt = None,
+    scrub_env: ScrubEnvOpt = "",
     log_level: LogLevelOpt = "warning",
 ) -> None:
     """Run a server and local workers in one command; Ctrl-C stops them all."""
-    from corral.server.main import run_server
+    from corral.server.main import Ready, run_server
 
     configure_logging(log_level)
     settings = ServerSettings(host=host, port=port, data_dir=data_dir(data_dir_flag))
     children: list[subprocess.Popen[bytes]] = []
 
-    def started(url: str, new_token: str | None) -> None:
-        announce(url, new_token, settings)
-        admin_token = (settings.data_dir / "admin.token").read_text().strip()
-        env = {**os.environ, "CORRAL_URL": url, "CORRAL_TOKEN": admin_token}
+    def started(ready: Ready) -> None:
+        announce(ready.url, ready.new_admin_token, settings)
+        # A worker token, not the admin one: a job that got hold of it could do little.
+        worker_token = ready.tokens.create(UP_WORKER_TOKEN_NAME, Role.WORKER, replace=True)
+        env = {**os.environ, "CORRAL_URL": ready.url, "CORRAL_TOKEN": worker_token}
         command = [sys.executable, "-m", "corral", "worker", "--log-level", log_level]
         if concurrency:
             command += ["--concurrency", str(concurrency)]
+        if scrub_env:
+            command += ["--scrub-env", scrub_env]
         for _ in range(workers):
             children.append(subprocess.Popen(command, env=env))
         err.print(f"  started {workers} local workers; Ctrl-C stops everything")
@@ -524,13 +552,31 @@ def token_show(data_dir_flag: DataDirOpt = None) -> None:
 def token_create(
     name: str,
     role: Annotated[str, typer.Option(help="admin, submit, read or worker")] = "submit",
+    replace: Annotated[
+        bool, typer.Option("--replace", help="Replace the token of that name; the old one stops")
+    ] = False,
     server_url: ServerOpt = None,
     token: TokenOpt = None,
     ca: CaOpt = None,
     data_dir_flag: DataDirOpt = None,
 ) -> None:
     """Create a named token with a role (needs an admin token); prints it once."""
-    print(with_client(server_url, token, ca, data_dir_flag, lambda c: c.create_token(name, role)))
+    created = with_client(
+        server_url, token, ca, data_dir_flag, lambda c: c.create_token(name, role, replace=replace)
+    )
+    print(created)
+
+
+@token_app.command("revoke")
+def token_revoke(
+    name: str,
+    server_url: ServerOpt = None,
+    token: TokenOpt = None,
+    ca: CaOpt = None,
+    data_dir_flag: DataDirOpt = None,
+) -> None:
+    """Revoke a named token (needs an admin token); the streams opened with it close."""
+    with_client(server_url, token, ca, data_dir_flag, lambda c: c.revoke_token(name))
 
 
 def _each(action: Callable[[str], None], job_ids: list[str]) -> None:

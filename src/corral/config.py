@@ -73,6 +73,19 @@ class ClientSettings:
         return cls(url=url.rstrip("/"), token=token, ca=Path(ca_value) if ca_value else None)
 
 
+def read_token_file(path: Path) -> str:
+    """The token in a file (`--token-file`); ConfigError if it cannot be read or is empty."""
+    try:
+        token = path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(
+            f"--token-file {path}: {exc.strerror or exc}; give a readable file"
+        ) from None
+    if not token:
+        raise ConfigError(f"--token-file {path} is empty; write the token into it")
+    return token
+
+
 def _read(path: Path) -> str | None:
     try:
         return path.read_text().strip() or None
@@ -80,4 +93,11 @@ def _read(path: Path) -> str | None:
         return None
 
 
-__all__ = ["ClientSettings", "ServerSettings", "data_dir", "DEFAULT_PORT", "DEFAULT_HOST"]
+__all__ = [
+    "ClientSettings",
+    "ServerSettings",
+    "data_dir",
+    "read_token_file",
+    "DEFAULT_PORT",
+    "DEFAULT_HOST",
+]

@@ -43,3 +43,8 @@ def touch_and_wait(path: str, seconds: float) -> str:
 
 def not_serialisable() -> object:
     return object()
+
+
+def environment() -> dict[str, str]:
+    """The environment the job runs with."""
+    return dict(os.environ)

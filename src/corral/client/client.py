@@ -29,6 +29,7 @@ from corral.client.stream import ClientStream
 from corral.config import ClientSettings
 from corral.constants import MAX_BATCH_JOBS
 from corral.errors import (
+    ConfigError,
     JobFailed,
     JobTimeout,
     NotFound,
@@ -36,7 +37,7 @@ from corral.errors import (
     error_for_status,
 )
 from corral.models import JobInfo, JobSpec, JobState, QueueInfo, QueueOrdering, WorkerInfo
-from corral.transport import auth_headers, ssl_context
+from corral.transport import auth_headers, ssl_context, unreachable
 
 T = TypeVar("T")
 
@@ -317,9 +318,14 @@ class AsyncClient:
     async def declare_queue(self, name: str, ordering: QueueOrdering | str) -> None:
         await self._request("PUT", f"/queues/{name}", json={"ordering": str(ordering)})
 
-    async def create_token(self, name: str, role: str) -> str:
-        data = await self._request("POST", "/tokens", json={"name": name, "role": role})
-        return str(data["token"])
+    async def create_token(self, name: str, role: str, *, replace: bool = False) -> str:
+        """A new token (admin only); Conflict if the name exists, unless `replace`."""
+        body = {"name": name, "role": role, "replace": replace}
+        return str((await self._request("POST", "/tokens", json=body))["token"])
+
+    async def revoke_token(self, name: str) -> None:
+        """Revoke a token (admin only); the streams opened with it close. NotFound if none."""
+        await self._request("DELETE", f"/tokens/{name}")
 
     async def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         return (await self._send(method, path, **kwargs)).json()
@@ -327,11 +333,12 @@ class AsyncClient:
     async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             response = await self._http.request(method, path, **kwargs)
+        except httpx.UnsupportedProtocol:
+            raise ConfigError(
+                f"server URL {self.url!r} is not an http:// or https:// URL"
+            ) from None
         except httpx.TransportError as exc:
-            raise ServerUnreachable(
-                f"cannot reach a corral server at {self.url} ({exc}); start one with "
-                "`corral server` or `corral up`, or point CORRAL_URL / --server at it"
-            ) from exc
+            raise await unreachable(self.url, exc) from exc
         if response.status_code >= 400:
             try:
                 detail = response.json().get("detail", response.text)
@@ -495,8 +502,11 @@ class Client:
     def declare_queue(self, name: str, ordering: QueueOrdering | str) -> None:
         self._call(self._async.declare_queue(name, ordering))
 
-    def create_token(self, name: str, role: str) -> str:
-        return self._call(self._async.create_token(name, role))
+    def create_token(self, name: str, role: str, *, replace: bool = False) -> str:
+        return self._call(self._async.create_token(name, role, replace=replace))
+
+    def revoke_token(self, name: str) -> None:
+        self._call(self._async.revoke_token(name))
 
 
 async def _make_async_client(url: str | None, token: str | None, options: Any) -> AsyncClient:

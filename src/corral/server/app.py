@@ -41,6 +41,7 @@ from corral.models import (
 from corral.server.auth import Role, TokenStore, allows
 from corral.server.engine import Engine, Peer, WorkerPeer
 from corral.server.metrics import metrics_text
+from corral.server.sockets import SocketsByToken
 from corral.server.store.base import JobFilter
 from corral.transport import CLOSE_FORBIDDEN, CLOSE_UNAUTHORIZED
 
@@ -64,6 +65,9 @@ class Submitted(BaseModel):
 class TokenRequest(BaseModel):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[\w.\-]+$")
     role: Role
+    replace: bool = Field(
+        default=False, description="Replace a token of that name; the old one stops working"
+    )
 
 
 class TokenCreated(BaseModel):
@@ -149,6 +153,7 @@ def create_app(engine: Engine, tokens: TokenStore) -> FastAPI:
         lifespan=lifespan,
     )
     app.add_middleware(BodyLimit)
+    open_sockets = SocketsByToken()
 
     @app.exception_handler(CorralError)
     async def corral_error(request: Request, exc: CorralError) -> JSONResponse:
@@ -253,8 +258,10 @@ def create_app(engine: Engine, tokens: TokenStore) -> FastAPI:
         return QueueInfo(name=name, ordering=QueueOrdering(spec.ordering))
 
     @app.post("/api/v1/tokens", dependencies=[admin], status_code=201)
-    def create_token(request: TokenRequest) -> TokenCreated:
-        token = tokens.create(request.name, request.role)
+    async def create_token(request: TokenRequest) -> TokenCreated:
+        """A new token, shown once; 409 if the name exists, unless `replace`."""
+        token = tokens.create(request.name, request.role, replace=request.replace)
+        await open_sockets.close(request.name, f"token {request.name!r} was replaced")
         return TokenCreated(name=request.name, role=request.role, token=token)
 
     @app.get("/api/v1/tokens", dependencies=[admin])
@@ -262,9 +269,11 @@ def create_app(engine: Engine, tokens: TokenStore) -> FastAPI:
         return [TokenName(name=name, role=role) for name, role in tokens.names()]
 
     @app.delete("/api/v1/tokens/{name}", dependencies=[admin])
-    def revoke_token(name: str) -> dict[str, str]:
+    async def revoke_token(name: str) -> dict[str, str]:
+        """Revoke a token; the streams opened with it close (code 4401)."""
         if not tokens.revoke(name):
             raise NotFound(f"no token named {name!r}")
+        await open_sockets.close(name, f"token {name!r} was revoked")
         return {"name": name, "status": "revoked"}
 
     @app.websocket("/api/v1/workers/ws")
@@ -349,16 +358,21 @@ def create_app(engine: Engine, tokens: TokenStore) -> FastAPI:
             return p.Error(frame.request_id, http_status(exc), str(exc))
 
     async def _accept(ws: WebSocket, needed: Role) -> Role | None:
-        """Accept the socket if its token allows `needed`; otherwise close it saying why."""
-        found = tokens.role_of(_bearer(ws.headers.get("authorization")))
+        """Accept the socket if its token allows `needed`; otherwise close it saying why. An
+        accepted socket is closed when its token is revoked or replaced."""
         await ws.accept()
+        # Looked up after the accept, with no await before add(): a revocation cannot fall
+        # between the check and the registration.
+        found = tokens.lookup(_bearer(ws.headers.get("authorization")))
         if found is None:
             await ws.close(code=CLOSE_UNAUTHORIZED, reason="missing or unknown token")
             return None
-        if not allows(found, needed):
-            await ws.close(code=CLOSE_FORBIDDEN, reason=f"a {found} token cannot open this stream")
+        if not allows(found.role, needed):
+            reason = f"a {found.role} token cannot open this stream"
+            await ws.close(code=CLOSE_FORBIDDEN, reason=reason)
             return None
-        return found
+        open_sockets.add(found.name, ws)
+        return found.role
 
     return app
 

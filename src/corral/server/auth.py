@@ -18,9 +18,11 @@ from enum import StrEnum
 from pathlib import Path
 
 from corral.constants import TOKEN_FILE_NAME
-from corral.errors import ConfigError
+from corral.errors import ConfigError, Conflict
 
 ADMIN_TOKEN_FILE_NAME = "admin.token"
+#: The token the server creates on first start.
+ADMIN_TOKEN_NAME = "admin"
 
 
 class Role(StrEnum):
@@ -83,37 +85,66 @@ class TokenStore:
                     "create a new admin token"
                 ) from exc
             return None
-        token = self.create("admin", Role.ADMIN)
+        token = self.create(ADMIN_TOKEN_NAME, Role.ADMIN)
         _write_private(self.admin_token_path, token + "\n")
         return token
 
-    def create(self, name: str, role: Role) -> str:
-        """Add a token with this role and return it; only its hash is kept."""
+    def create(self, name: str, role: Role, *, replace: bool = False) -> str:
+        """Add a token with this role and return it; only its hash is kept. A name that exists
+        is refused (Conflict) unless `replace`, which makes the old token stop working."""
+        if self._find(name) is not None and not replace:
+            raise Conflict(
+                f"a token named {name!r} already exists; pick another name, or replace it "
+                f"(the old one stops working) with `corral token create {name} --replace` "
+                '(API: "replace": true)'
+            )
+        if role is not Role.ADMIN:
+            self._keep_an_admin(name, "give it the admin role")
         token = secrets.token_urlsafe(32)
         self._entries = [e for e in self._entries if e.name != name]
         self._entries.append(TokenEntry(name, role, _digest(token)))
         self._save()
+        if name == ADMIN_TOKEN_NAME and self.admin_token_path.exists():
+            # Local tools read the admin token from this file: keep it the one that works.
+            _write_private(self.admin_token_path, token + "\n")
         return token
 
     def revoke(self, name: str) -> bool:
-        before = len(self._entries)
+        """Remove the named token (False if there is none); the last admin token stays."""
+        if self._find(name) is None:
+            return False
+        self._keep_an_admin(name, "create another admin token first")
         self._entries = [e for e in self._entries if e.name != name]
         self._save()
-        return len(self._entries) < before
+        return True
+
+    def _find(self, name: str) -> TokenEntry | None:
+        return next((e for e in self._entries if e.name == name), None)
+
+    def _keep_an_admin(self, name: str, fix: str) -> None:
+        """Conflict if `name` holds the only admin token, which nobody could then replace."""
+        admins = [e.name for e in self._entries if e.role is Role.ADMIN]
+        if admins == [name]:
+            raise Conflict(f"{name!r} is the only admin token and would leave none; {fix}")
 
     def names(self) -> list[tuple[str, Role]]:
         return [(e.name, e.role) for e in self._entries]
 
-    def role_of(self, token: str | None) -> Role | None:
-        """The token's role, or None when it is unknown. Constant time per stored token."""
+    def lookup(self, token: str | None) -> TokenEntry | None:
+        """The token's entry, or None when it is unknown. Constant time per stored token."""
         if not token:
             return None
         digest = _digest(token)
-        found: Role | None = None
+        found: TokenEntry | None = None
         for entry in self._entries:
             if hmac.compare_digest(entry.digest, digest):
-                found = entry.role
+                found = entry
         return found
+
+    def role_of(self, token: str | None) -> Role | None:
+        """The token's role, or None when it is unknown."""
+        entry = self.lookup(token)
+        return entry.role if entry is not None else None
 
     def _save(self) -> None:
         items = [{"name": e.name, "role": e.role.value, "sha256": e.digest} for e in self._entries]

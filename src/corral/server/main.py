@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import socket
@@ -21,6 +20,7 @@ from corral.errors import ConfigError
 from corral.server.app import create_app
 from corral.server.auth import TokenStore
 from corral.server.engine import Engine
+from corral.server.lockfile import LockHeld, hold_lock
 from corral.server.store import open_store
 
 logger = logging.getLogger("corral.server")
@@ -32,44 +32,47 @@ LOCK_FILE_NAME = "server.lock"
 class Prepared:
     app: FastAPI
     engine: Engine
+    tokens: TokenStore
     new_admin_token: str | None  # set on first start only, to be shown once
     lock: TextIO  # the data directory's lock, held while this object lives
 
 
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """What a server that is about to serve tells its caller."""
+
+    url: str
+    new_admin_token: str | None  # set on first start only, to be shown once
+    tokens: TokenStore  # the server's own, to make tokens it will accept (e.g. for its workers)
+
+
 def lock_data_dir(data_dir: Path) -> TextIO:
     """Hold an exclusive lock on the data directory for the life of the process: two servers
-    on one database would fight over it. The returned file must stay open."""
-    handle = open(data_dir / LOCK_FILE_NAME, "a+")  # noqa: SIM115 - held until exit
+    would fight over its tokens. The returned file must stay open."""
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        owner = handle.read().strip() or "another process"
-        handle.close()
+        return hold_lock(data_dir / LOCK_FILE_NAME, f"pid {os.getpid()}")
+    except LockHeld as held:
         raise ConfigError(
-            f"another corral server ({owner}) is using {data_dir}; stop it, or give this one "
-            "another --data-dir"
+            f"another corral server ({held.owner}) is using {data_dir}; stop it, or give this "
+            "one another --data-dir"
         ) from None
-    handle.truncate(0)
-    handle.write(f"pid {os.getpid()}\n")
-    handle.flush()
-    return handle
 
 
 def prepare(settings: ServerSettings) -> Prepared:
     """Everything but the socket: data directory, tokens, store, engine and routes."""
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     lock = lock_data_dir(settings.data_dir)
+    # The store first: a server refused its database makes no admin token it would not show.
+    store = open_store(settings.store_url, settings.data_dir)
     tokens = TokenStore(settings.data_dir)
     new_token = tokens.load_or_create()
-    store = open_store(settings.store_url, settings.data_dir)
     lease = settings.lease or WORKER_LEASE
     # Several heartbeats per lease, so one delayed frame does not cost a worker its jobs.
     heartbeat = settings.heartbeat_interval or min(HEARTBEAT_INTERVAL, lease / 4)
     engine = Engine(
         store, lease=lease, heartbeat_interval=heartbeat, allow_pickle=settings.allow_pickle
     )
-    return Prepared(create_app(engine, tokens), engine, new_token, lock)
+    return Prepared(create_app(engine, tokens), engine, tokens, new_token, lock)
 
 
 def bind(settings: ServerSettings) -> socket.socket:
@@ -93,9 +96,9 @@ def bind(settings: ServerSettings) -> socket.socket:
 
 async def serve(
     settings: ServerSettings,
-    on_ready: Callable[[str, str | None], None] | None = None,
+    on_ready: Callable[[Ready], None] | None = None,
 ) -> None:
-    """Serve until cancelled or signalled. `on_ready(url, new_admin_token)` runs once bound."""
+    """Serve until cancelled or signalled; `on_ready` runs once bound."""
     prepared = prepare(settings)
     sock = bind(settings)
     port = sock.getsockname()[1]
@@ -113,12 +116,10 @@ async def serve(
     )
     server = uvicorn.Server(config)
     if on_ready is not None:
-        on_ready(url, prepared.new_admin_token)
+        on_ready(Ready(url, prepared.new_admin_token, prepared.tokens))
     await server.serve(sockets=[sock])
 
 
-def run_server(
-    settings: ServerSettings, on_ready: Callable[[str, str | None], None] | None = None
-) -> None:
+def run_server(settings: ServerSettings, on_ready: Callable[[Ready], None] | None = None) -> None:
     """Serve until interrupted, on the fastest event loop available."""
     aio.run(serve(settings, on_ready))

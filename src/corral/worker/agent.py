@@ -31,7 +31,7 @@ from corral.constants import DEFAULT_PREFETCH, GRACEFUL_SHUTDOWN_TIMEOUT, PROTOC
 from corral.errors import AuthError, CorralError, ProtocolError, ServerUnreachable
 from corral.models import JobKind, JobSpec, JobState
 from corral.transport import closed_error, open_websocket
-from corral.worker.executors.base import Executor, Outcome
+from corral.worker.executors.base import Executor, Outcome, clean_environment
 from corral.worker.executors.python import PythonExecutor
 from corral.worker.executors.shell import ShellExecutor
 from corral.worker.executors.ssh import SshExecutor, load_credentials
@@ -60,6 +60,7 @@ class WorkerSettings:
     queues: tuple[str, ...] = ("default",)
     tags: tuple[str, ...] = ()
     allow_users: tuple[str, ...] = ()
+    scrub_env: tuple[str, ...] = ()  # variables (or patterns) kept from jobs, besides CORRAL_*
     allow_pickle: bool = False
     shutdown_mode: ShutdownMode = ShutdownMode.FINISH
     shutdown_grace: float = GRACEFUL_SHUTDOWN_TIMEOUT
@@ -82,12 +83,14 @@ class Worker:
         self, settings: WorkerSettings, executors: dict[JobKind, Executor] | None = None
     ) -> None:
         self.settings = settings
+        job_env = clean_environment(scrub=settings.scrub_env)
         self.executors = executors or {
-            JobKind.SHELL: ShellExecutor(allow_users=settings.allow_users),
+            JobKind.SHELL: ShellExecutor(allow_users=settings.allow_users, env=job_env),
             JobKind.PYTHON: PythonExecutor(
                 settings.concurrency,
                 allow_users=settings.allow_users,
                 allow_pickle=settings.allow_pickle,
+                env=job_env,
             ),
             JobKind.SSH: SshExecutor(
                 load_credentials(settings.ssh_credentials) if settings.ssh_credentials else None

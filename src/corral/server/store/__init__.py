@@ -51,11 +51,11 @@ def open_store(url: str | None, data_dir: Path) -> Store:
     """The store a `--store` URL names; None means the SQLite file corral.db in `data_dir`."""
     if url is None:
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        return SQLiteStore(data_dir / DATABASE_FILE_NAME)
+        return SQLiteStore(data_dir / DATABASE_FILE_NAME, holder=_holder(data_dir))
     if url == "memory://":
         return MemoryStore()
     if url.startswith("sqlite://"):
-        return _open_sqlite(url)
+        return _open_sqlite(url, _holder(data_dir))
     if url.startswith(("postgresql://", "postgres://")):
         raise ConfigError(
             f"store {url!r}: PostgreSQL stores are not supported yet; use {_STORE_URL_FORMS}"
@@ -63,7 +63,11 @@ def open_store(url: str | None, data_dir: Path) -> Store:
     raise ConfigError(f"store {url!r} is not a store URL corral knows; use {_STORE_URL_FORMS}")
 
 
-def _open_sqlite(url: str) -> SQLiteStore:
+def _holder(data_dir: Path) -> str:
+    return f"the corral server with data dir {data_dir}"
+
+
+def _open_sqlite(url: str, holder: str) -> SQLiteStore:
     location, _, query = url.removeprefix("sqlite://").partition("?")
     if not location.startswith("/") or location == "/":
         raise ConfigError(
@@ -80,4 +84,6 @@ def _open_sqlite(url: str) -> SQLiteStore:
     durability = options.get("durability", ["normal"])[-1]
     if durability not in ("normal", "full"):
         raise ConfigError(f"store {url!r}: durability must be 'normal' or 'full'")
-    return SQLiteStore(Path(location), durability="full" if durability == "full" else "normal")
+    return SQLiteStore(
+        Path(location), durability="full" if durability == "full" else "normal", holder=holder
+    )

@@ -15,16 +15,18 @@ flush per group commit.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TextIO
 
 from corral.errors import ConfigError, StoreUnavailable
 from corral.models import Attempt, JobState, QueueOrdering
+from corral.server.lockfile import LockHeld, hold_lock
 from corral.server.store.base import (
     AppendLog,
     DuplicateJob,
@@ -155,7 +157,11 @@ _QUEUED = JobState.QUEUED.value
 class SQLiteStore(Store):
     """The Store in one SQLite database file; see the module docstring for durability."""
 
-    def __init__(self, path: Path | str, durability: Durability = "normal") -> None:
+    def __init__(
+        self, path: Path | str, durability: Durability = "normal", *, holder: str = ""
+    ) -> None:
+        """`holder` says who has the database open (written into its lock file, so that a second
+        process that tries to open it is told who has it)."""
         if durability not in ("normal", "full"):
             raise ConfigError(f"SQLite durability must be 'normal' or 'full', not {durability!r}")
         self.path = Path(path)
@@ -166,15 +172,22 @@ class SQLiteStore(Store):
                 f"cannot create the database {self.path}: directory {self.path.parent} does not"
                 " exist; create it or choose another path"
             )
+        self._lock = _lock_database(self.path, holder)
         self._write_lock = threading.Lock()
         self._readers_lock = threading.Lock()
         self._readers: list[sqlite3.Connection] = []
         self._local = threading.local()
-        self._writer = self._connect()
+        try:
+            _make_private(self.path)
+            self._writer = self._connect()
+        except BaseException:
+            self._lock.close()
+            raise
         try:
             self._set_up_writer()
         except BaseException:
             self._writer.close()
+            self._lock.close()
             raise
 
     def _connect(self) -> sqlite3.Connection:
@@ -403,6 +416,38 @@ class SQLiteStore(Store):
             connection.close()
         with self._write_lock:
             self._writer.close()
+        self._lock.close()
+
+
+def _lock_database(path: Path, holder: str) -> TextIO:
+    """Hold `<database>.lock` exclusively while the store is open: two servers on one database
+    would both run every job. Named after the resolved path, so every way of naming the
+    database (symbolic links, `..`) finds the same lock."""
+    lock_path = path.resolve().with_name(path.resolve().name + ".lock")
+    try:
+        return hold_lock(lock_path, ", ".join(filter(None, [f"pid {os.getpid()}", holder])))
+    except LockHeld as held:
+        raise ConfigError(
+            f"the database {path} is in use by another process ({held.owner}); stop it, or "
+            "point this one at another database"
+        ) from None
+
+
+def _make_private(path: Path) -> None:
+    """Create the database mode 0600 and make an existing one, its -wal and -shm 0600, whatever
+    the directory's mode and the umask: SQLite gives the -wal and -shm files the database's mode,
+    and jobs' specs (their env included) are in them."""
+    os.close(os.open(path, os.O_RDONLY | os.O_CREAT, 0o600))
+    for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            os.chmod(name, 0o600)
+        except FileNotFoundError:
+            pass
+        except PermissionError:
+            raise ConfigError(
+                f"cannot make {name} readable by its owner only: it belongs to another user; "
+                "chown it to the user corral runs as"
+            ) from None
 
 
 def _apply(connection: sqlite3.Connection, batch: Sequence[Mutation]) -> None:

@@ -9,6 +9,7 @@ outcome whose message says what to fix, so one bad job never takes the worker do
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import os
 import pwd
 import signal
@@ -240,10 +241,30 @@ def resolve_run_as(user: str | None, allow_users: Collection[str]) -> RunAs | No
     return RunAs(user, entry.pw_uid, entry.pw_gid, groups, entry.pw_dir or "/")
 
 
+#: corral's own variables (CORRAL_TOKEN, CORRAL_URL, ...) never reach a job: they hold the
+#: worker's token.
+CORRAL_ENV_PREFIX = "CORRAL_"
+
+
+def clean_environment(
+    base: Mapping[str, str] | None = None, scrub: Collection[str] = ()
+) -> dict[str, str]:
+    """The environment jobs start from: `base` (default: this process's) without corral's own
+    variables and without those `scrub` names (exact names, or patterns such as `AWS_*`)."""
+    source = os.environ if base is None else base
+    patterns = [*scrub, CORRAL_ENV_PREFIX + "*"]
+    return {
+        name: value
+        for name, value in source.items()
+        if not any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+    }
+
+
 def job_environment(
     base: Mapping[str, str], overrides: Mapping[str, str], run_as: RunAs | None
 ) -> dict[str, str]:
-    """The environment a job sees: the worker's, then the run-as user's identity, then the job's."""
+    """The environment a job sees: the executor's clean one (see clean_environment), then the
+    run-as user's identity, then the job's own."""
     env = dict(base)
     if run_as is not None:
         env.update(run_as.environment())

@@ -45,6 +45,7 @@ from corral.worker.executors.base import (
     OutputCallback,
     OutputLimiter,
     check_cwd,
+    clean_environment,
     describe_exit,
     job_environment,
     resolve_run_as,
@@ -70,8 +71,9 @@ class PythonExecutor(Executor):
 
     `allow_users`: OS users jobs may run as (honoured only when the worker runs as root).
     `allow_pickle`: run jobs given as a cloudpickled function (off by default: unpickling runs
-    arbitrary code). `env`, `cwd`: the pool children's environment and working directory (default:
-    this process's); jobs asking for others run in one-off children. `python`: the interpreter.
+    arbitrary code). `env`, `cwd`: the pool children's environment (less corral's own variables,
+    see clean_environment) and working directory (default: this process's); jobs asking for
+    others run in one-off children. `python`: the interpreter.
     `max_output_bytes`: output per stream passed to on_output. `max_result_bytes`: largest result.
     """
 
@@ -92,7 +94,7 @@ class PythonExecutor(Executor):
         self._processes = processes
         self._allow_users = frozenset(allow_users)
         self._allow_pickle = allow_pickle
-        self._env = dict(os.environ if env is None else env)
+        self._env = clean_environment(env)
         self._cwd = os.path.abspath(cwd or os.getcwd())
         self._python = python
         self._max_output_bytes = max_output_bytes

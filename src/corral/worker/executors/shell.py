@@ -31,6 +31,7 @@ from corral.worker.executors.base import (
     OutputLimiter,
     RunAs,
     check_cwd,
+    clean_environment,
     describe_exit,
     job_environment,
     kill_process_group,
@@ -61,7 +62,8 @@ class ShellExecutor(Executor):
     """Runs shell jobs as subprocesses.
 
     `allow_users`: OS users jobs may run as (honoured only when the worker runs as root).
-    `env`: the environment jobs start from (default: this process's environment).
+    `env`: the environment jobs start from (default: this process's), less corral's own variables
+    (see clean_environment).
     `max_output_bytes`: output per stream passed to on_output; the rest is read and dropped.
     """
 
@@ -73,7 +75,7 @@ class ShellExecutor(Executor):
         max_output_bytes: int = MAX_LOG_BYTES_PER_JOB,
     ) -> None:
         self._allow_users = frozenset(allow_users)
-        self._env = dict(os.environ if env is None else env)
+        self._env = clean_environment(env)
         self._max_output_bytes = max_output_bytes
         self._running: dict[str, _RunningJob] = {}
 
