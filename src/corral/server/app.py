@@ -13,7 +13,6 @@ import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 
-import msgpack
 from fastapi import Depends, FastAPI, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -372,8 +371,7 @@ def create_app(engine: Engine, tokens: TokenStore) -> FastAPI:
             return p.Error(frame.request_id, 413, message)
         try:
             specs = _SPECS.validate_python(frame.specs)
-            payloads = [msgpack.packb(raw, use_bin_type=True) for raw in frame.specs]
-            return p.Submitted(frame.request_id, await engine.submit(specs, payloads))
+            return p.Submitted(frame.request_id, await engine.submit(specs))
         except ValidationError as exc:
             return p.Error(frame.request_id, 422, describe_validation_error(exc, "jobs"))
         except CorralError as exc:
