@@ -9,12 +9,15 @@ import asyncio
 import json
 import re
 import socket
+import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+import msgpack
 import pytest
 import websockets
 from integration_support import ServerProcess, WorkerProcess, run_corral
@@ -23,6 +26,7 @@ import corral
 from corral import protocol as p
 from corral.cli import ExitCode
 from corral.constants import (
+    DATABASE_FILE_NAME,
     MAX_ARGS_BYTES,
     MAX_COMMAND_BYTES,
     MAX_ENV_BYTES,
@@ -35,6 +39,7 @@ from corral.constants import (
     MAX_USER_LENGTH,
     PROTOCOL_VERSION,
 )
+from corral.ids import IdGenerator
 
 WAIT = 60.0
 SHELL_JOB = {"kind": "shell", "command": "true"}
@@ -446,6 +451,35 @@ def test_unimportable_function_fails_the_job_with_that_message(
     result = run_corral("run", "corral_test_tasks:square", "5", "--wait", "--json", env=env)
     assert result.returncode == ExitCode.OK
     assert json.loads(result.stdout)["result"] == 25
+    assert worker.proc.poll() is None
+
+
+def test_a_job_the_worker_cannot_decode_fails_and_the_worker_goes_on(
+    start_server: Callable[..., ServerProcess], start_worker: Callable[..., WorkerProcess]
+) -> None:
+    """A stored spec the worker cannot validate (a bug, a tampered database, another version)."""
+    server = start_server("--lease", "2")
+    server.stop()
+    bad = IdGenerator().new()
+    spec = msgpack.packb({"kind": "shell", "command": "true", "timeout": "soon"})
+    with sqlite3.connect(server.data_dir / DATABASE_FILE_NAME) as db:
+        db.execute(
+            "INSERT INTO jobs (id, name, queue, priority, state, created, spec)"
+            " VALUES (?, 'bad', 'default', 0, 'queued', ?, ?)",
+            (bad, time.time(), spec),
+        )
+    db.close()
+    server.restart()
+    worker = start_worker(server, "--concurrency", "1")
+    with server.connect() as client:
+        job = client.job(bad)
+        with pytest.raises(corral.JobFailed) as failed:
+            job.result(timeout=WAIT)
+        assert failed.value.error_type == "JobDecodeError"
+        assert "cannot read the job's spec (timeout: Input should be a valid number" in str(
+            failed.value
+        )
+        assert client.submit("corral_test_tasks:square", 6).result(timeout=WAIT) == 36
     assert worker.proc.poll() is None
 
 
