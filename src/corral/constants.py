@@ -47,6 +47,9 @@ MAX_LOG_BYTES_PER_JOB = 1024 * 1024
 MAX_RESULT_BYTES = 4 * 1024 * 1024
 MAX_NAME_LENGTH = 256
 MAX_LIST_LIMIT = 10_000
+#: Job ids one client `watch` frame may carry (the client library splits larger watches), so that
+#: one frame cannot hold the server's event loop for long; as many as one batch of submissions.
+MAX_WATCH_IDS = MAX_BATCH_JOBS
 
 #: Limits on one job spec, checked at submit. Together they keep a job's spec far below the
 #: 16 MiB frame limit (MAX_REQUEST_BYTES), so that many fit in one frame to a worker.

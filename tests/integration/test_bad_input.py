@@ -6,6 +6,7 @@ Drives the real server over REST, over raw WebSockets and through the `corral` c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import socket
@@ -23,6 +24,7 @@ import websockets
 from integration_support import ServerProcess, WorkerProcess, run_corral
 
 import corral
+from corral import JobState
 from corral import protocol as p
 from corral.cli import ExitCode
 from corral.constants import (
@@ -37,6 +39,7 @@ from corral.constants import (
     MAX_TAGS,
     MAX_TARGET_LENGTH,
     MAX_USER_LENGTH,
+    MAX_WATCH_IDS,
     PROTOCOL_VERSION,
 )
 from corral.ids import IdGenerator
@@ -481,6 +484,43 @@ def test_a_job_the_worker_cannot_decode_fails_and_the_worker_goes_on(
         )
         assert client.submit("corral_test_tasks:square", 6).result(timeout=WAIT) == 36
     assert worker.proc.poll() is None
+
+
+def test_watch_frames_are_bounded_and_the_client_splits_its_watches(
+    api: httpx.Client, server: ServerProcess, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    async def watch(job_ids: list[str]) -> tuple[int | None, str | None, int]:
+        async with websockets.connect(
+            server.url.replace("http://", "ws://") + "/api/v1/ws",
+            additional_headers={"Authorization": f"Bearer {server.token}"},
+            proxy=None,
+            max_size=MAX_REQUEST_BYTES,
+        ) as ws:
+            await ws.send(p.Watch(job_ids).encode())
+            answered = 0
+            with contextlib.suppress(websockets.ConnectionClosed):
+                while answered < len(job_ids):
+                    answered += len(p.decode_all(await ws.recv()))  # type: ignore[arg-type]
+            return ws.close_code, ws.close_reason, answered
+
+    unknown = [f"01NOSUCHJOB{n:015d}" for n in range(MAX_WATCH_IDS + 1)]
+    code, reason, answered = asyncio.run(watch(unknown))
+    assert (code, answered) == (4400, 0)
+    assert f"at most {MAX_WATCH_IDS} job ids" in (reason or "")
+    # At the limit, every id is answered (one store read for all the unknown ones).
+    assert asyncio.run(watch(unknown[:MAX_WATCH_IDS]))[2] == MAX_WATCH_IDS
+
+    start_worker(server, "--concurrency", "2")
+    with server.connect() as client:
+        finished = client.submit_many([corral.shell_job("true") for _ in range(3)])
+        assert client.wait(finished, timeout=WAIT) == [JobState.SUCCEEDED] * 3
+        # Over twice the limit: finished jobs, and ids the server never had.
+        handles = [client.job(job.id) for job in finished] + [
+            client.job(job_id) for job_id in unknown * 2
+        ]
+        with pytest.raises(corral.NotFound):
+            client.wait(handles, timeout=WAIT)
+        assert [handle.wait() for handle in handles[:3]] == [JobState.SUCCEEDED] * 3
 
 
 def test_server_unreachable_says_where_it_tried(tmp_path: Path) -> None:

@@ -411,18 +411,31 @@ class Engine:
     # -- clients -------------------------------------------------------------------------------
 
     def watch(self, peer: Peer, job_ids: Iterable[str]) -> None:
-        """Send `peer` one Done per job when it finishes (now, for jobs already finished)."""
-        for job_id in job_ids:
+        """Send `peer` one Done per job when it finishes (now, for jobs already finished).
+
+        Jobs the scheduler no longer holds (finished, or unknown) are read in one store query,
+        not one per id: a watch carries up to MAX_WATCH_IDS of them.
+        """
+        unscheduled = []
+        for job_id in dict.fromkeys(job_ids):
             self._watchers[job_id].add(peer)
             if self.scheduler.job(job_id) is None:
-                row = self.store.get_job(job_id)
-                if row is None:
-                    peer.send(p.Done(job_id, "unknown"))
-                elif row.state.finished:
-                    peer.send(done_frame(row))
-                else:
-                    continue  # finishing right now; the notification is on its way
-                self._unwatch_one(job_id, peer)
+                unscheduled.append(job_id)
+        if not unscheduled:
+            return
+        stored = {
+            row.id: row
+            for row in self.store.list_jobs(JobFilter(ids=unscheduled, limit=len(unscheduled)))
+        }
+        for job_id in unscheduled:
+            row = stored.get(job_id)
+            if row is None:
+                peer.send(p.Done(job_id, "unknown"))
+            elif row.state.finished:
+                peer.send(done_frame(row))
+            else:
+                continue  # finishing right now; the notification is on its way
+            self._unwatch_one(job_id, peer)
 
     def follow(self, peer: Peer, job_id: str) -> None:
         """Stream the job's output so far, then live, then an EndOfLog once it finishes."""
