@@ -364,7 +364,10 @@ class JobInfo(BaseModel):
     id: str
     name: str
     state: JobState
-    spec: JobSpec
+    spec: JobSpec | None = Field(
+        description="None if the stored spec does not validate (stored by another corral "
+        "version, or altered); such a job fails on the worker with JobDecodeError."
+    )
     created: float
     started: float | None = None
     finished: float | None = None

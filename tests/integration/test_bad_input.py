@@ -483,7 +483,14 @@ def test_a_job_the_worker_cannot_decode_fails_and_the_worker_goes_on(
             failed.value
         )
         assert client.submit("corral_test_tasks:square", 6).result(timeout=WAIT) == 36
+        # The API still shows it, and every listing still works, without the unreadable spec.
+        info = client.get(bad)
+        assert (info.state, info.spec, info.error_type) == (JobState.FAILED, None, "JobDecodeError")
+        assert bad in [listed.id for listed in client.jobs()]
     assert worker.proc.poll() is None
+    shown = run_corral("show", bad, "--server", server.url, "--token", server.token)
+    assert shown.returncode == ExitCode.OK, shown.stderr
+    assert "unreadable" in shown.stdout and "JobDecodeError" in _one_line(shown.stdout)
 
 
 def test_watch_frames_are_bounded_and_the_client_splits_its_watches(

@@ -128,11 +128,15 @@ def record_from_row(row: JobRow) -> JobRecord:
 
 
 def job_info(row: JobRow, attempts: list[Attempt]) -> JobInfo:
+    try:
+        spec: JobSpec | None = decode_spec(row.spec)
+    except (ValueError, msgpack.UnpackException):  # ValidationError is a ValueError
+        spec = None  # one such job must not make every listing fail
     return JobInfo(
         id=row.id,
         name=row.name,
         state=row.state,
-        spec=decode_spec(row.spec),
+        spec=spec,
         created=row.created,
         started=row.started,
         finished=row.finished,
