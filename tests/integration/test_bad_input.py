@@ -463,25 +463,28 @@ def test_a_job_the_worker_cannot_decode_fails_and_the_worker_goes_on(
     """A stored spec the worker cannot validate (a bug, a tampered database, another version)."""
     server = start_server("--lease", "2")
     server.stop()
-    bad = IdGenerator().new()
+    ids = IdGenerator()
+    bad, garbage = ids.new(), ids.new()
     spec = msgpack.packb({"kind": "shell", "command": "true", "timeout": "soon"})
     with sqlite3.connect(server.data_dir / DATABASE_FILE_NAME) as db:
-        db.execute(
-            "INSERT INTO jobs (id, name, queue, priority, state, created, spec)"
-            " VALUES (?, 'bad', 'default', 0, 'queued', ?, ?)",
-            (bad, time.time(), spec),
-        )
+        for job_id, blob in ((bad, spec), (garbage, b"\xc1 not msgpack")):
+            db.execute(
+                "INSERT INTO jobs (id, name, queue, priority, state, created, spec)"
+                " VALUES (?, 'bad', 'default', 0, 'queued', ?, ?)",
+                (job_id, time.time(), blob),
+            )
     db.close()
-    server.restart()
+    server.restart()  # starts whatever it finds
     worker = start_worker(server, "--concurrency", "1")
     with server.connect() as client:
-        job = client.job(bad)
         with pytest.raises(corral.JobFailed) as failed:
-            job.result(timeout=WAIT)
+            client.job(bad).result(timeout=WAIT)
         assert failed.value.error_type == "JobDecodeError"
         assert "cannot read the job's spec (timeout: Input should be a valid number" in str(
             failed.value
         )
+        with pytest.raises(corral.JobFailed, match="cannot decode the job's spec"):
+            client.job(garbage).result(timeout=WAIT)
         assert client.submit("corral_test_tasks:square", 6).result(timeout=WAIT) == 36
         # The API still shows it, and every listing still works, without the unreadable spec.
         info = client.get(bad)

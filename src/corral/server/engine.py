@@ -124,7 +124,15 @@ def job_record(job_id: str, fields: dict[str, Any], payload: bytes, attempts: in
 
 def record_from_row(row: JobRow) -> JobRecord:
     """The scheduler's view of a stored job (used on restart and on retry)."""
-    return job_record(row.id, msgpack.unpackb(row.spec, raw=False), row.spec, row.attempts)
+    try:
+        fields = msgpack.unpackb(row.spec, raw=False)
+    except (ValueError, msgpack.UnpackException):
+        fields = None
+    if not isinstance(fields, dict):
+        # Not a spec at all (an altered database): queue it anyway, so that one bad row cannot
+        # stop the server from starting; the worker given it fails it, saying why.
+        fields = {"queue": row.queue}
+    return job_record(row.id, fields, row.spec, row.attempts)
 
 
 def job_info(row: JobRow, attempts: list[Attempt]) -> JobInfo:
