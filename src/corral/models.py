@@ -39,7 +39,7 @@ _TARGET = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 _QUEUE_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
 
 
-def text_size(value: str) -> int:
+def _text_size(value: str) -> int:
     """The UTF-8 size of `value`; ValueError if no program could be given it as an argument,
     path or environment variable: a NUL character, or a lone surrogate (not Unicode text)."""
     if "\x00" in value:
@@ -57,9 +57,9 @@ def text_size(value: str) -> int:
 
 
 def _plain_text(value: str | None) -> str | None:
-    """A field validator: `value` if a program could be given it (see text_size)."""
+    """A field validator: `value` if a program could be given it (see _text_size)."""
     if value is not None:
-        text_size(value)
+        _text_size(value)
     return value
 
 
@@ -67,7 +67,7 @@ def _plain_texts(values: list[str]) -> list[str]:
     """A field validator: `values` if a program could be given each, else which one not."""
     for index, value in enumerate(values):
         try:
-            text_size(value)
+            _text_size(value)
         except ValueError as exc:
             raise ValueError(f"item {index} {exc}") from None
     return values
@@ -154,8 +154,8 @@ class SshTask(BaseModel):
     def _plain_variables(cls, value: dict[str, str]) -> dict[str, str]:
         for name, setting in value.items():
             try:
-                text_size(name)
-                text_size(setting)
+                _text_size(name)
+                _text_size(setting)
             except ValueError as exc:
                 raise ValueError(f"variable {name[:40]!r} {exc}") from None
         return value
@@ -252,12 +252,12 @@ class JobSpec(BaseModel):
     @classmethod
     def _runnable_command(cls, value: list[str] | str | None) -> list[str] | str | None:
         if isinstance(value, str):
-            size = text_size(value)
+            size = _text_size(value)
         elif value is not None:
             size = 0
             for index, argument in enumerate(value):
                 try:
-                    size += text_size(argument)
+                    size += _text_size(argument)
                 except ValueError as exc:
                     raise ValueError(f"argument {index} {exc}") from None
         if value is not None and size > MAX_COMMAND_BYTES:
@@ -278,7 +278,7 @@ class JobSpec(BaseModel):
                     "variable a non-empty name without '='"
                 )
             try:
-                size += text_size(name) + 1 + text_size(setting)
+                size += _text_size(name) + 1 + _text_size(setting)
             except ValueError as exc:
                 raise ValueError(f"variable {name[:40]!r} {exc}") from None
         if size > MAX_ENV_BYTES:
