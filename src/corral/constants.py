@@ -52,6 +52,28 @@ MAX_STORED_LOG_BYTES = MAX_LOG_BYTES_PER_JOB + 4096
 MAX_RESULT_BYTES = 4 * 1024 * 1024
 MAX_NAME_LENGTH = 256
 MAX_LIST_LIMIT = 10_000
+#: Job ids one client `watch` frame may carry (the client library splits larger watches), so that
+#: one frame cannot hold the server's event loop for long; as many as one batch of submissions.
+MAX_WATCH_IDS = MAX_BATCH_JOBS
+
+#: Limits on one job spec, checked at submit. Together they keep a job's spec far below the
+#: 16 MiB frame limit (MAX_REQUEST_BYTES), so that many fit in one frame to a worker.
+#: A shell job's argv (or /bin/sh -c string), in UTF-8 bytes; Linux refuses to exec much more
+#: (ARG_MAX is 2 MiB for argv and environment together by default).
+MAX_COMMAND_BYTES = 1024 * 1024
+#: Environment variables a job sets, and their total size ('NAME=value' in UTF-8 bytes).
+MAX_ENV_VARS = 4096
+MAX_ENV_BYTES = 1024 * 1024
+#: A python job's args and kwargs (or its pickled function), msgpack-encoded: as large as a result.
+MAX_ARGS_BYTES = MAX_RESULT_BYTES
+#: Tags a job requires, and the length of each (characters).
+MAX_TAGS = 64
+MAX_TAG_LENGTH = 256
+#: Characters of a python job's 'module:function' target.
+MAX_TARGET_LENGTH = 1024
+#: Characters of a job's working directory (Linux's PATH_MAX) and of the user it runs as.
+MAX_PATH_LENGTH = 4096
+MAX_USER_LENGTH = 256
 
 #: Group commit: the store writer takes at most this many mutations per transaction.
 MAX_COMMIT_BATCH = 20_000

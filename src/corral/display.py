@@ -9,7 +9,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from corral.models import JobInfo, JobKind, JobState, WorkerInfo
+from corral.models import JobInfo, JobKind, JobSpec, JobState, WorkerInfo
 
 _STATE_STYLE = {
     JobState.QUEUED: "cyan",
@@ -46,7 +46,7 @@ def job_table(infos: list[JobInfo]) -> Table:
             info.id,
             info.name,
             styled(info.state),
-            info.spec.queue,
+            info.spec.queue if info.spec else "-",
             info.worker or "-",
             when(info.created),
             duration(info),
@@ -70,8 +70,7 @@ def worker_table(workers: list[WorkerInfo]) -> Table:
     return table
 
 
-def show_job(out: Console, info: JobInfo) -> None:
-    spec = info.spec
+def _what(spec: JobSpec) -> str:
     what = spec.target or (
         spec.command if isinstance(spec.command, str) else " ".join(spec.command or [])
     )
@@ -79,10 +78,18 @@ def show_job(out: Console, info: JobInfo) -> None:
         hosts = f"{len(spec.ssh.hosts)} hosts" if spec.ssh.hosts else "an inventory"
         what = f"{spec.ssh.command or 'a playbook'} on {hosts}"
         what += f" with credentials {spec.ssh.credentials}" if spec.ssh.credentials else ""
+    return what
+
+
+def show_job(out: Console, info: JobInfo) -> None:
+    spec = info.spec
     out.print(f"[bold]{info.id}[/] {info.name}")
     out.print(f"  state:    {styled(info.state)}")
-    out.print(f"  kind:     {spec.kind.value}  {what}", highlight=False)
-    out.print(f"  queue:    {spec.queue}  priority {spec.priority}  tags {spec.tags or '-'}")
+    if spec is None:
+        out.print("  spec:     unreadable (stored by another corral version, or altered)")
+    else:
+        out.print(f"  kind:     {spec.kind.value}  {_what(spec)}", highlight=False)
+        out.print(f"  queue:    {spec.queue}  priority {spec.priority}  tags {spec.tags or '-'}")
     out.print(f"  created:  {when(info.created)}")
     out.print(f"  started:  {when(info.started)}")
     out.print(f"  finished: {when(info.finished)}  (took {duration(info)})")
@@ -92,7 +99,7 @@ def show_job(out: Console, info: JobInfo) -> None:
     for stream in ("stdout", "stderr"):
         if note := output_cut_note(info, stream):
             out.print(f"  {stream}:   {note}", highlight=False)
-    if isinstance(info.result, dict) and info.spec.kind is JobKind.SSH:
+    if isinstance(info.result, dict) and spec is not None and spec.kind is JobKind.SSH:
         show_hosts(out, info.result)
     elif info.result is not None:
         out.print(f"  result:   {json.dumps(info.result, default=str)}", highlight=False)

@@ -7,15 +7,81 @@ lives with the code that owns it (the scheduler's records, the store's rows).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+import msgpack
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from corral.constants import DEFAULT_QUEUE, MAX_NAME_LENGTH
+from corral.constants import (
+    DEFAULT_QUEUE,
+    MAX_ARGS_BYTES,
+    MAX_COMMAND_BYTES,
+    MAX_ENV_BYTES,
+    MAX_ENV_VARS,
+    MAX_NAME_LENGTH,
+    MAX_PATH_LENGTH,
+    MAX_TAG_LENGTH,
+    MAX_TAGS,
+    MAX_TARGET_LENGTH,
+    MAX_USER_LENGTH,
+)
 
-_TARGET = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
-_QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
+_TARGET = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+_QUEUE_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
+
+
+def _text_size(value: str) -> int:
+    """The UTF-8 size of `value`; ValueError if no program could be given it as an argument,
+    path or environment variable: a NUL character, or a lone surrogate (not Unicode text)."""
+    if "\x00" in value:
+        raise ValueError(
+            "contains a NUL character (\\x00), which no program can be given; remove it"
+        )
+    if value.isascii():
+        return len(value)
+    try:
+        return len(value.encode())
+    except UnicodeEncodeError:
+        raise ValueError(
+            "is not valid Unicode (it holds a lone surrogate such as \\ud800); send UTF-8 text"
+        ) from None
+
+
+def _plain_text(value: str | None) -> str | None:
+    """A field validator: `value` if a program could be given it (see _text_size)."""
+    if value is not None:
+        _text_size(value)
+    return value
+
+
+def _plain_texts(values: list[str]) -> list[str]:
+    """A field validator: `values` if a program could be given each, else which one not."""
+    for index, value in enumerate(values):
+        try:
+            _text_size(value)
+        except ValueError as exc:
+            raise ValueError(f"item {index} {exc}") from None
+    return values
+
+
+def describe_validation_error(exc: ValidationError, root: str = "") -> str:
+    """One line per problem, naming the field: `jobs[3].timeout: Input should be > 0`."""
+    lines = []
+    for error in exc.errors():
+        path = root
+        for part in error["loc"]:
+            path += f"[{part}]" if isinstance(part, int) else f".{part}"
+        lines.append(f"{path.lstrip('.') or 'job'}: {error['msg']}")
+    return "; ".join(lines)
 
 
 class JobState(StrEnum):
@@ -53,7 +119,7 @@ class SshTask(BaseModel):
     that have it (they carry the tag `ssh:<name>`).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     hosts: list[str] = Field(
         default_factory=list, description="Targets, each '[user@]host[:port]'.", max_length=100_000
@@ -62,15 +128,37 @@ class SshTask(BaseModel):
         default=None, description="An inventory's text (host file or YAML with groups and vars)."
     )
     limit: str | None = Field(default=None, description="Groups or host globs, e.g. 'web*'.")
-    command: str | None = Field(default=None, description="A shell command run on every host.")
+    command: str | None = Field(
+        default=None, description="A shell command run on every host.", max_length=MAX_COMMAND_BYTES
+    )
     playbook: str | None = Field(default=None, description="A playbook's YAML text.")
-    credentials: str | None = Field(default=None, description="A credential set of the worker.")
+    credentials: str | None = Field(
+        default=None,
+        description="A credential set of the worker.",
+        max_length=MAX_TAG_LENGTH - len("ssh:"),  # jobs naming it require the tag ssh:<name>
+    )
     forks: int = Field(default=100, ge=1, le=10_000)
     command_timeout: float | None = Field(default=None, gt=0)
     sudo: bool = False
     check: bool = False
     force: bool = False
     variables: dict[str, str] = Field(default_factory=dict)
+
+    _texts_are_plain = field_validator("inventory", "limit", "command", "playbook", "credentials")(
+        _plain_text
+    )
+    _hosts_are_plain = field_validator("hosts")(_plain_texts)
+
+    @field_validator("variables")
+    @classmethod
+    def _plain_variables(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, setting in value.items():
+            try:
+                _text_size(name)
+                _text_size(setting)
+            except ValueError as exc:
+                raise ValueError(f"variable {name[:40]!r} {exc}") from None
+        return value
 
     @model_validator(mode="after")
     def _one_of_each(self) -> SshTask:
@@ -84,28 +172,47 @@ class SshTask(BaseModel):
 class JobSpec(BaseModel):
     """Everything needed to run a job, as submitted. Immutable once accepted."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     kind: JobKind
     command: list[str] | str | None = Field(
-        default=None, description="Shell jobs: an argv list, or a string run by /bin/sh -c."
+        default=None,
+        description="Shell jobs: an argv list, or a string run by /bin/sh -c "
+        f"(at most {MAX_COMMAND_BYTES} bytes in all, no NUL characters).",
     )
     target: str | None = Field(
-        default=None, description="Python jobs: the function to call, as 'module:function'."
+        default=None,
+        description="Python jobs: the function to call, as 'module:function'.",
+        max_length=MAX_TARGET_LENGTH,
     )
-    args: list[Any] = Field(default_factory=list)
-    kwargs: dict[str, Any] = Field(default_factory=dict)
+    args: list[Any] = Field(
+        default_factory=list, description=f"At most {MAX_ARGS_BYTES} bytes msgpack-encoded."
+    )
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict, description=f"At most {MAX_ARGS_BYTES} bytes msgpack-encoded."
+    )
     pickled: str | None = Field(
         default=None,
         description="Opt-in: base64 cloudpickle of (function, args, kwargs), instead of target.",
+        max_length=MAX_ARGS_BYTES,
     )
     name: str | None = Field(default=None, max_length=MAX_NAME_LENGTH)
     queue: str = DEFAULT_QUEUE
     priority: int = Field(default=0, ge=-1_000_000, le=1_000_000)
-    tags: list[str] = Field(default_factory=list, max_length=64)
-    env: dict[str, str] = Field(default_factory=dict)
-    cwd: str | None = None
-    user: str | None = Field(default=None, description="Run as this OS user (worker allow-list).")
+    tags: list[Annotated[str, Field(max_length=MAX_TAG_LENGTH)]] = Field(
+        default_factory=list, max_length=MAX_TAGS
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description=f"At most {MAX_ENV_BYTES} bytes in all; names are non-empty, without '='.",
+        max_length=MAX_ENV_VARS,
+    )
+    cwd: str | None = Field(default=None, max_length=MAX_PATH_LENGTH)
+    user: str | None = Field(
+        default=None,
+        description="Run as this OS user (worker allow-list).",
+        max_length=MAX_USER_LENGTH,
+    )
     timeout: float | None = Field(
         default=None, gt=0, description="Seconds; kills the whole process group."
     )
@@ -134,8 +241,69 @@ class JobSpec(BaseModel):
     @field_validator("queue")
     @classmethod
     def _queue_name(cls, value: str) -> str:
-        if not _QUEUE_NAME.match(value):
+        if not _QUEUE_NAME.fullmatch(value):
             raise ValueError("queue names are 1-128 characters of letters, digits, '_', '.', '-'")
+        return value
+
+    _texts_are_plain = field_validator("target", "pickled", "name", "cwd", "user")(_plain_text)
+    _tags_are_plain = field_validator("tags")(_plain_texts)
+
+    @field_validator("command")
+    @classmethod
+    def _runnable_command(cls, value: list[str] | str | None) -> list[str] | str | None:
+        if isinstance(value, str):
+            size = _text_size(value)
+        elif value is not None:
+            size = 0
+            for index, argument in enumerate(value):
+                try:
+                    size += _text_size(argument)
+                except ValueError as exc:
+                    raise ValueError(f"argument {index} {exc}") from None
+        if value is not None and size > MAX_COMMAND_BYTES:
+            raise ValueError(
+                f"is {size} bytes, more than the {MAX_COMMAND_BYTES} allowed; pass large "
+                "input in a file the job reads"
+            )
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _runnable_env(cls, value: dict[str, str]) -> dict[str, str]:
+        size = 0
+        for name, setting in value.items():
+            if not name or "=" in name:
+                raise ValueError(
+                    f"variable name {name[:40]!r} is empty or contains '='; give each "
+                    "variable a non-empty name without '='"
+                )
+            try:
+                size += _text_size(name) + 1 + _text_size(setting)
+            except ValueError as exc:
+                raise ValueError(f"variable {name[:40]!r} {exc}") from None
+        if size > MAX_ENV_BYTES:
+            raise ValueError(
+                f"holds {size} bytes, more than the {MAX_ENV_BYTES} allowed; pass large "
+                "data in a file or as arguments"
+            )
+        return value
+
+    @field_validator("args", "kwargs")
+    @classmethod
+    def _sendable_arguments(cls, value: Sequence[Any] | dict[str, Any]) -> Any:
+        try:
+            size = len(msgpack.packb(value, use_bin_type=True))
+        except (TypeError, ValueError, OverflowError) as exc:  # a lone surrogate: ValueError
+            raise ValueError(
+                f"cannot be sent to a worker ({exc}); pass JSON-like values (numbers, "
+                "strings, lists, dicts, bytes) and rebuild objects inside the job, or opt in "
+                "to cloudpickle with corral.connect(pickle=True)"
+            ) from None
+        if size > MAX_ARGS_BYTES:
+            raise ValueError(
+                f"take {size} bytes, more than the {MAX_ARGS_BYTES} allowed; pass large "
+                "data by reference (a path or URL the job reads)"
+            )
         return value
 
     @model_validator(mode="after")
@@ -155,7 +323,7 @@ class JobSpec(BaseModel):
                 raise ValueError("a python job takes 'target', not 'command'")
             if bool(self.target) == bool(self.pickled):
                 raise ValueError("a python job needs exactly one of 'target' or 'pickled'")
-            if self.target and not _TARGET.match(self.target):
+            if self.target and not _TARGET.fullmatch(self.target):
                 raise ValueError(
                     f"target {self.target!r} is not 'module:function' (e.g. 'mypkg.tasks:square')"
                 )
@@ -202,7 +370,10 @@ class JobInfo(BaseModel):
     id: str
     name: str
     state: JobState
-    spec: JobSpec
+    spec: JobSpec | None = Field(
+        description="None if the stored spec does not validate (stored by another corral "
+        "version, or altered); such a job fails on the worker with JobDecodeError."
+    )
     created: float
     started: float | None = None
     finished: float | None = None

@@ -6,23 +6,43 @@ Drives the real server over REST, over raw WebSockets and through the `corral` c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import socket
+import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+import msgpack
 import pytest
 import websockets
 from integration_support import ServerProcess, WorkerProcess, run_corral
 
 import corral
+from corral import JobState
 from corral import protocol as p
 from corral.cli import ExitCode
-from corral.constants import MAX_REQUEST_BYTES, PROTOCOL_VERSION
+from corral.constants import (
+    DATABASE_FILE_NAME,
+    MAX_ARGS_BYTES,
+    MAX_COMMAND_BYTES,
+    MAX_ENV_BYTES,
+    MAX_ENV_VARS,
+    MAX_NAME_LENGTH,
+    MAX_PATH_LENGTH,
+    MAX_REQUEST_BYTES,
+    MAX_TAGS,
+    MAX_TARGET_LENGTH,
+    MAX_USER_LENGTH,
+    MAX_WATCH_IDS,
+    PROTOCOL_VERSION,
+)
+from corral.ids import IdGenerator
 
 WAIT = 60.0
 SHELL_JOB = {"kind": "shell", "command": "true"}
@@ -243,6 +263,165 @@ def test_batch_with_one_invalid_job_stores_nothing(
     assert _stored_jobs(api) == []
 
 
+# -- what cannot run is refused at submit -------------------------------------------------------
+
+NAN, INF = float("nan"), float("inf")
+SSH_JOB = {"kind": "ssh", "ssh": {"hosts": ["web1"], "command": "uptime"}}
+PYTHON_JOB = {"kind": "python", "target": "corral_test_tasks:square", "args": [2]}
+
+
+def _ssh(**fields: object) -> dict[str, object]:
+    return {**SSH_JOB, "ssh": {**SSH_JOB["ssh"], **fields}}  # type: ignore[dict-item]
+
+
+#: (job spec, the field its refusal names). Each is refused on every submit path.
+UNRUNNABLE: list[tuple[dict[str, object], tuple[str | int, ...]]] = [
+    # NUL characters, which no program can be given
+    ({**SHELL_JOB, "command": ["echo", "a\x00b"]}, ("command",)),
+    ({**SHELL_JOB, "command": "echo a\x00b"}, ("command",)),
+    ({**SHELL_JOB, "env": {"A": "x\x00"}}, ("env",)),
+    ({**SHELL_JOB, "env": {"A\x00": "x"}}, ("env",)),
+    ({**SHELL_JOB, "cwd": "/tmp\x00"}, ("cwd",)),
+    ({**SHELL_JOB, "user": "nobody\x00"}, ("user",)),
+    ({**SHELL_JOB, "name": "a\x00b"}, ("name",)),
+    ({**SHELL_JOB, "tags": ["gpu", "a\x00"]}, ("tags",)),
+    ({**SHELL_JOB, "queue": "default\x00"}, ("queue",)),
+    ({"kind": "python", "target": "mod:f\x00"}, ("target",)),
+    (_ssh(hosts=["web1", "web2\x00"]), ("ssh", "hosts")),
+    (_ssh(command="up\x00time"), ("ssh", "command")),
+    (_ssh(variables={"v": "\x00"}), ("ssh", "variables")),
+    # environment variable names
+    ({**SHELL_JOB, "env": {"A=B": "x"}}, ("env",)),
+    ({**SHELL_JOB, "env": {"": "x"}}, ("env",)),
+    # numbers that are not finite
+    ({**SHELL_JOB, "timeout": NAN}, ("timeout",)),
+    ({**SHELL_JOB, "timeout": INF}, ("timeout",)),
+    ({**SHELL_JOB, "priority": NAN}, ("priority",)),
+    ({**SHELL_JOB, "not_before": NAN}, ("not_before",)),
+    ({**SHELL_JOB, "not_before": -INF}, ("not_before",)),
+    (_ssh(command_timeout=INF), ("ssh", "command_timeout")),
+    # sizes
+    ({**SHELL_JOB, "tags": ["x" * (5 * 1024 * 1024)]}, ("tags", 0)),
+    ({**SHELL_JOB, "tags": [f"t{n}" for n in range(MAX_TAGS + 1)]}, ("tags",)),
+    ({**SHELL_JOB, "env": {f"V{n}": "" for n in range(MAX_ENV_VARS + 1)}}, ("env",)),
+    ({**SHELL_JOB, "env": {"A": "x" * MAX_ENV_BYTES}}, ("env",)),
+    ({**SHELL_JOB, "command": ["echo", "x" * MAX_COMMAND_BYTES]}, ("command",)),
+    ({**SHELL_JOB, "user": "u" * (MAX_USER_LENGTH + 1)}, ("user",)),
+    ({**SHELL_JOB, "cwd": "/" * (MAX_PATH_LENGTH + 1)}, ("cwd",)),
+    ({**SHELL_JOB, "name": "n" * (MAX_NAME_LENGTH + 1)}, ("name",)),
+    ({"kind": "python", "target": "m:" + "f" * MAX_TARGET_LENGTH}, ("target",)),
+    ({**PYTHON_JOB, "args": ["x" * MAX_ARGS_BYTES]}, ("args",)),
+]
+
+
+def _refusal_names(detail: object, path: tuple[str | int, ...]) -> bool:
+    """Whether FastAPI's 422 detail has an error at `path`, or inside it, of the job sent (the
+    body, or the first job of a batch)."""
+    assert isinstance(detail, list)
+    for error in detail:
+        loc = list(error["loc"])[1:]  # after "body"
+        if loc[:2] == ["jobs", 0]:
+            loc = loc[2:]
+        if tuple(loc[: len(path)]) == path:
+            return True
+    return False
+
+
+def _stream_path(path: tuple[str | int, ...]) -> str:
+    return "jobs[0]" + "".join(
+        f"[{part}]" if isinstance(part, int) else f".{part}" for part in path
+    )
+
+
+def test_what_cannot_run_is_refused_on_every_submit_path(
+    api: httpx.Client, server: ServerProcess
+) -> None:
+    for body, path in UNRUNNABLE:
+        case = f"{str(body)[:80]} -> {path}"
+        # json.dumps, not httpx's json=: it writes NaN and Infinity, as some clients do.
+        for url, sent in (("/api/v1/jobs", body), ("/api/v1/jobs/batch", {"jobs": [body]})):
+            response = api.post(
+                url, content=json.dumps(sent), headers={"content-type": "application/json"}
+            )
+            assert response.status_code == 422, (case, url, response.text[:300])
+            assert _refusal_names(response.json()["detail"], path), (case, response.text[:300])
+
+    async def over_the_stream() -> list[p.Frame]:
+        async with websockets.connect(
+            server.url.replace("http://", "ws://") + "/api/v1/ws",
+            additional_headers={"Authorization": f"Bearer {server.token}"},
+            proxy=None,
+            max_size=MAX_REQUEST_BYTES,
+        ) as ws:
+            answers = []
+            for request_id, (body, _) in enumerate(UNRUNNABLE):
+                await ws.send(p.Submit(request_id, [body]).encode())
+                answers.append(p.decode(await ws.recv()))  # type: ignore[arg-type]
+            return answers
+
+    for (body, path), answer in zip(UNRUNNABLE, asyncio.run(over_the_stream()), strict=True):
+        assert isinstance(answer, p.Error), (body, path)
+        assert answer.status == 422
+        assert _stream_path(path) in answer.message, (path, answer.message)
+    assert _stored_jobs(api) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "path"),
+    [
+        ('{"kind": "shell", "command": "echo \\ud800"}', ("command",)),
+        ('{"kind": "shell", "command": ["echo", "\\udfff"]}', ("command",)),
+        ('{"kind": "shell", "command": "true", "queue": "\\ud800"}', ("queue",)),
+        ('{"kind": "shell", "command": "true", "env": {"\\ud800": "x"}}', ("env",)),
+        ('{"kind": "shell", "command": "true", "tags": ["\\ud800"]}', ("tags",)),
+        ('{"kind": "python", "target": "m:f", "args": ["\\ud800"]}', ("args",)),
+        ('{"kind": "python", "target": "m:f", "kwargs": {"\\ud800": 1}}', ("kwargs",)),
+        ('{"kind": "python", "target": "m:f", "args": [100000000000000000000000]}', ("args",)),
+    ],
+)
+def test_lone_surrogates_and_huge_integers_are_422_not_500(
+    api: httpx.Client, text: str, path: tuple[str, ...]
+) -> None:
+    """JSON can spell strings that are not Unicode and integers msgpack cannot carry; both used
+    to pass validation and fail while the job was stored (or while the 422 was written)."""
+    response = api.post("/api/v1/jobs", content=text, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert _refusal_names(response.json()["detail"], path)
+    assert _stored_jobs(api) == []
+
+
+def test_the_client_refuses_the_same_before_sending(
+    api: httpx.Client, server: ServerProcess
+) -> None:
+    cases = [
+        ({**SHELL_JOB, "env": {"A=B": "x"}}, lambda c: c.submit_shell("true", env={"A=B": "x"})),
+        ({**SHELL_JOB, "tags": ["a\x00"]}, lambda c: c.submit_shell("true", tags=["a\x00"])),
+        ({**SHELL_JOB, "timeout": NAN}, lambda c: c.submit_shell("true", timeout=NAN)),
+        (
+            {**SHELL_JOB, "command": ["echo", "a\x00"]},
+            lambda c: c.submit_shell(["echo", "a\x00"]),
+        ),
+        (
+            _ssh(command_timeout=INF),
+            lambda c: c.submit_ssh(hosts=["web1"], command="uptime", command_timeout=INF),
+        ),
+    ]
+    with server.connect() as client:
+        for body, submit in cases:
+            response = api.post(
+                "/api/v1/jobs",
+                content=json.dumps(body),
+                headers={"content-type": "application/json"},
+            )
+            server_message = response.json()["detail"][0]["msg"]
+            with pytest.raises(corral.SerializationError) as refused:
+                submit(client)
+            assert server_message in str(refused.value), (body, str(refused.value))
+        with pytest.raises(corral.SerializationError, match="not valid Unicode"):
+            client.submit_shell("echo \ud800")  # could not even be encoded for the stream
+    assert _stored_jobs(api) == []
+
+
 # -- workers and jobs -------------------------------------------------------------------------
 
 
@@ -276,6 +455,82 @@ def test_unimportable_function_fails_the_job_with_that_message(
     assert result.returncode == ExitCode.OK
     assert json.loads(result.stdout)["result"] == 25
     assert worker.proc.poll() is None
+
+
+def test_a_job_the_worker_cannot_decode_fails_and_the_worker_goes_on(
+    start_server: Callable[..., ServerProcess], start_worker: Callable[..., WorkerProcess]
+) -> None:
+    """A stored spec the worker cannot validate (a bug, a tampered database, another version)."""
+    server = start_server("--lease", "2")
+    server.stop()
+    ids = IdGenerator()
+    bad, garbage = ids.new(), ids.new()
+    spec = msgpack.packb({"kind": "shell", "command": "true", "timeout": "soon"})
+    with sqlite3.connect(server.data_dir / DATABASE_FILE_NAME) as db:
+        for job_id, blob in ((bad, spec), (garbage, b"\xc1 not msgpack")):
+            db.execute(
+                "INSERT INTO jobs (id, name, queue, priority, state, created, spec)"
+                " VALUES (?, 'bad', 'default', 0, 'queued', ?, ?)",
+                (job_id, time.time(), blob),
+            )
+    db.close()
+    server.restart()  # starts whatever it finds
+    worker = start_worker(server, "--concurrency", "1")
+    with server.connect() as client:
+        with pytest.raises(corral.JobFailed) as failed:
+            client.job(bad).result(timeout=WAIT)
+        assert failed.value.error_type == "JobDecodeError"
+        assert "cannot read the job's spec (timeout: Input should be a valid number" in str(
+            failed.value
+        )
+        with pytest.raises(corral.JobFailed, match="cannot decode the job's spec"):
+            client.job(garbage).result(timeout=WAIT)
+        assert client.submit("corral_test_tasks:square", 6).result(timeout=WAIT) == 36
+        # The API still shows it, and every listing still works, without the unreadable spec.
+        info = client.get(bad)
+        assert (info.state, info.spec, info.error_type) == (JobState.FAILED, None, "JobDecodeError")
+        assert bad in [listed.id for listed in client.jobs()]
+    assert worker.proc.poll() is None
+    shown = run_corral("show", bad, "--server", server.url, "--token", server.token)
+    assert shown.returncode == ExitCode.OK, shown.stderr
+    assert "unreadable" in shown.stdout and "JobDecodeError" in _one_line(shown.stdout)
+
+
+def test_watch_frames_are_bounded_and_the_client_splits_its_watches(
+    api: httpx.Client, server: ServerProcess, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    async def watch(job_ids: list[str]) -> tuple[int | None, str | None, int]:
+        async with websockets.connect(
+            server.url.replace("http://", "ws://") + "/api/v1/ws",
+            additional_headers={"Authorization": f"Bearer {server.token}"},
+            proxy=None,
+            max_size=MAX_REQUEST_BYTES,
+        ) as ws:
+            await ws.send(p.Watch(job_ids).encode())
+            answered = 0
+            with contextlib.suppress(websockets.ConnectionClosed):
+                while answered < len(job_ids):
+                    answered += len(p.decode_all(await ws.recv()))  # type: ignore[arg-type]
+            return ws.close_code, ws.close_reason, answered
+
+    unknown = [f"01NOSUCHJOB{n:015d}" for n in range(MAX_WATCH_IDS + 1)]
+    code, reason, answered = asyncio.run(watch(unknown))
+    assert (code, answered) == (4400, 0)
+    assert f"at most {MAX_WATCH_IDS} job ids" in (reason or "")
+    # At the limit, every id is answered (one store read for all the unknown ones).
+    assert asyncio.run(watch(unknown[:MAX_WATCH_IDS]))[2] == MAX_WATCH_IDS
+
+    start_worker(server, "--concurrency", "2")
+    with server.connect() as client:
+        finished = client.submit_many([corral.shell_job("true") for _ in range(3)])
+        assert client.wait(finished, timeout=WAIT) == [JobState.SUCCEEDED] * 3
+        # Over twice the limit: finished jobs, and ids the server never had.
+        handles = [client.job(job.id) for job in finished] + [
+            client.job(job_id) for job_id in unknown * 2
+        ]
+        with pytest.raises(corral.NotFound):
+            client.wait(handles, timeout=WAIT)
+        assert [handle.wait() for handle in handles[:3]] == [JobState.SUCCEEDED] * 3
 
 
 def test_server_unreachable_says_where_it_tried(tmp_path: Path) -> None:

@@ -7,12 +7,14 @@ ever lost, and a job submitted with idempotent=False is marked `lost` rather tha
 
 from __future__ import annotations
 
+import asyncio
 import signal
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import websockets
 from integration_support import (
     ServerProcess,
     WorkerProcess,
@@ -24,6 +26,7 @@ from tcp_proxy import TcpProxy
 
 import corral
 from corral import JobState
+from corral import protocol as p
 from corral.server.store import open_store
 
 
@@ -90,6 +93,57 @@ def test_non_idempotent_job_of_a_killed_worker_is_lost_until_retried(
         retried = client.job(job.id)  # a fresh handle: the old one remembers it was lost
         assert retried.result(timeout=60) == "rerun"
         assert [a.state for a in retried.info().attempts] == [JobState.LOST, JobState.SUCCEEDED]
+
+
+async def _submit_over_stream(server: ServerProcess, specs: list[dict[str, object]]) -> list[str]:
+    """Submit specs as a client of the stream sends them, without the client library's checks."""
+    async with websockets.connect(
+        server.url.replace("http://", "ws://") + "/api/v1/ws",
+        additional_headers={"Authorization": f"Bearer {server.token}"},
+        proxy=None,
+    ) as ws:
+        await ws.send(p.Submit(1, specs).encode())
+        answer = p.decode(await ws.recv())  # type: ignore[arg-type]
+    assert isinstance(answer, p.Submitted), answer
+    return answer.job_ids
+
+
+def test_coerced_fields_of_a_stream_submission_hold_after_restart_and_retry(
+    start_server: Callable[..., ServerProcess],
+    start_worker: Callable[..., WorkerProcess],
+    tmp_path: Path,
+    leftover_jobs: list[int],
+) -> None:
+    """The stream accepts "false" and "1" for a bool and an int, as validation coerces them; what
+    is stored must be the validated values, or a restarted server rebuilds the job from strings
+    ("false" reads as true, and a count of retries as text fails the scheduler)."""
+    server = start_server("--lease", "2")
+    marker = tmp_path / "marker"
+    unsafe = {
+        "kind": "python",
+        "target": "fault_tasks:block_first_run",
+        "args": [str(marker), 60],
+        "idempotent": "false",
+        "retries": "2",
+    }
+    failing = {"kind": "shell", "command": ["false"], "retries": "1"}
+    unsafe_id, failing_id = asyncio.run(_submit_over_stream(server, [unsafe, failing]))
+    server.stop()
+    server.restart()  # the jobs are rebuilt from the store, before any worker took them
+    doomed = start_worker(server, "--concurrency", "2")
+    leftover_jobs.append(_first_run_pid(marker))
+    with server.connect() as client:
+        failed = client.job(failing_id)
+        assert failed.wait(timeout=60) is JobState.FAILED
+        assert len(failed.info().attempts) == 2  # one retry, as "1" said
+        start_worker(server, "--concurrency", "1")
+        doomed.kill()
+        assert client.job(unsafe_id).wait(timeout=60) is JobState.LOST  # not run again
+        assert "rerun" not in marker.read_text()
+        client.retry(failing_id)  # rebuilt from the store once more
+        retried = client.job(failing_id)
+        assert retried.wait(timeout=60) is JobState.FAILED
+        assert len(retried.info().attempts) == 4
 
 
 @pytest.mark.slow

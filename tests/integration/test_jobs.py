@@ -48,6 +48,14 @@ def test_python_jobs_results_and_remote_traceback(
     assert "raise ValueError(message)" in (failure.value.traceback or "")
 
 
+def test_bytes_arguments_reach_the_function_as_bytes(
+    client: corral.Client, worker: WorkerProcess
+) -> None:
+    # Not UTF-8, and not turned into text on the way: the client sends msgpack, not JSON.
+    data = b"\xff\x00 binary"
+    assert client.submit("corral_test_tasks:sleep_then", 0, data).result(timeout=30) == data
+
+
 def test_unimportable_function_fails_the_job_not_the_worker(
     client: corral.Client, worker: WorkerProcess
 ) -> None:

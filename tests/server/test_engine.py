@@ -17,8 +17,15 @@ from store_doubles import FullStore
 from corral import protocol as p
 from corral.constants import DISPATCH_RECORD_DELAY, PROTOCOL_VERSION
 from corral.models import JobSpec, JobState
-from corral.server.engine import Engine, Peer, WorkerPeer
-from corral.server.store import MemoryStore, Mutation, UpdateJob
+from corral.server.engine import (
+    Engine,
+    Peer,
+    WorkerPeer,
+    job_record,
+    record_from_row,
+    spec_fields,
+)
+from corral.server.store import JobRow, MemoryStore, Mutation, UpdateJob
 
 DEADLINE = 30.0
 
@@ -210,3 +217,49 @@ def test_a_result_is_acknowledged_and_announced_only_once_stored_however_long_th
             assert store.get_job(job_id).state is JobState.SUCCEEDED  # type: ignore[union-attr]
 
     run(scenario)
+
+
+def test_records_of_stored_jobs_are_those_of_the_validated_specs() -> None:
+    """Submit, restart and retry build a job's scheduler record in one function, from what is
+    stored: the spec as validated (coerced values included), its defaults left out."""
+    specs = [
+        JobSpec(kind="shell", command="true"),  # type: ignore[arg-type]
+        JobSpec.model_validate(
+            {
+                "kind": "shell",
+                "command": ["false"],
+                "queue": "q",
+                "priority": "7",
+                "tags": ["gpu"],
+                "retries": "2",
+                "idempotent": "false",
+                "not_before": "12.5",
+            }
+        ),
+    ]
+    for spec in specs:
+        fields = spec_fields(spec)
+        payload = msgpack.packb(fields, use_bin_type=True)
+        row = JobRow(
+            "j",
+            spec.display_name(),
+            spec.queue,
+            spec.priority,
+            JobState.QUEUED,
+            0.0,
+            payload,
+            attempts=3,
+        )
+        for record in (job_record("j", fields, payload, 3), record_from_row(row)):
+            assert (record.queue, record.priority, record.tags, record.retries) == (
+                spec.queue,
+                spec.priority,
+                frozenset(spec.tags),
+                spec.retries,
+            )
+            assert (record.idempotent, record.ready_at, record.attempts) == (
+                spec.idempotent,
+                spec.not_before or 0.0,
+                3,
+            )
+            assert type(record.retries) is int and type(record.idempotent) is bool

@@ -105,3 +105,53 @@ def test_jobs_that_queue_without_a_slot_wait_for_one_while_other_kinds_run() -> 
             starter.cancel()
 
     asyncio.run(asyncio.wait_for(scenario(), DEADLINE))
+
+
+class BrokenExecutor(HoldingExecutor):
+    """Raises from run() for the job ids given (as an executor's bug would), holds the others."""
+
+    def __init__(self, broken: set[str]) -> None:
+        super().__init__()
+        self.broken = broken
+
+    async def run(self, job_id: str, spec: JobSpec, on_output: OutputCallback) -> Outcome:
+        if job_id in self.broken:
+            raise RuntimeError("the executor tripped")
+        return await super().run(job_id, spec, on_output)
+
+
+def test_a_job_that_does_not_decode_or_whose_executor_raises_fails_alone() -> None:
+    async def scenario() -> None:
+        executor = BrokenExecutor({"broken"})
+        settings = WorkerSettings(server_url="http://127.0.0.1:1", token=None, concurrency=1)
+        worker = Worker(settings, executors={JobKind.SHELL: executor})
+        starter = asyncio.create_task(worker._start_jobs_forever())
+        try:
+            undecodable = [
+                ["garbage", 1, b"\xc1"],
+                ["invalid", 1, msgpack.packb({"kind": "shell", "command": "true", "retries": -1})],
+                ["no-executor", 1, msgpack.packb({"kind": "python", "target": "m:f"})],
+            ]
+            worker._handle(p.Jobs(undecodable))
+            worker._handle(jobs("broken", 1))
+            worker._handle(jobs("fine", 1))
+            # The slot the broken job held is free again: the next job starts.
+            await until(lambda: "fine" in executor.running, "the job after them to start")
+            reported = {job_id: item for (job_id, _), item in worker._unacked.items()}
+            assert set(reported) == {"garbage", "invalid", "no-executor", "broken"}
+            assert {item["state"] for item in reported.values()} == {JobState.FAILED.value}
+            assert reported["invalid"]["error_type"] == "JobDecodeError"
+            assert (
+                "retries: Input should be greater than or equal to 0"
+                in (reported["invalid"]["error_message"])
+            )
+            assert "cannot decode the job's spec" in reported["garbage"]["error_message"]
+            assert "runs no python jobs" in reported["no-executor"]["error_message"]
+            assert reported["broken"]["error_type"] == "RuntimeError"
+            assert "the executor tripped" in reported["broken"]["error_message"]
+            assert "Traceback" in reported["broken"]["traceback"]
+            assert set(worker._assigned) == {"fine"}
+        finally:
+            starter.cancel()
+
+    asyncio.run(asyncio.wait_for(scenario(), DEADLINE))

@@ -174,7 +174,8 @@ class AsyncClient:
 
     async def submit_many(self, specs: Iterable[JobSpec]) -> list[AsyncJob]:
         """Submit many jobs at once; each batch of up to MAX_BATCH_JOBS is one transaction."""
-        payload = [spec.model_dump(mode="json", exclude_defaults=True) for spec in specs]
+        # Python mode, not JSON: msgpack carries bytes arguments as bytes.
+        payload = [spec.model_dump(exclude_defaults=True) for spec in specs]
         ids: list[str] = []
         for start in range(0, len(payload), MAX_BATCH_JOBS):
             ids.extend(await self._stream.submit(payload[start : start + MAX_BATCH_JOBS]))

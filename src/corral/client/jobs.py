@@ -12,11 +12,10 @@ import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import msgpack
 from pydantic import ValidationError
 
 from corral.errors import SerializationError
-from corral.models import JobKind, JobSpec, SshTask
+from corral.models import JobKind, JobSpec, SshTask, describe_validation_error
 
 JobTarget = Callable[..., Any] | str
 
@@ -45,29 +44,11 @@ def target_of(func: JobTarget) -> str:
     return f"{module}:{qualname}"
 
 
-def _check_serialisable(what: str, value: Any) -> None:
-    try:
-        msgpack.packb(value, use_bin_type=True)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise SerializationError(
-            f"{what} cannot be sent to a worker ({exc}); pass JSON-like values (numbers, "
-            "strings, lists, dicts, bytes) and rebuild objects inside the job, or opt in to "
-            "cloudpickle with corral.connect(pickle=True)"
-        ) from None
-
-
 def _spec(**fields: Any) -> JobSpec:
     try:
         return JobSpec(**{k: v for k, v in fields.items() if v is not None})
     except ValidationError as exc:
-        raise SerializationError(f"invalid job: {_problems(exc)}") from None
-
-
-def _problems(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(part) for part in error['loc']) or 'job'}: {error['msg']}"
-        for error in exc.errors()
-    )
+        raise SerializationError(f"invalid job: {describe_validation_error(exc)}") from None
 
 
 def python_job(
@@ -89,8 +70,6 @@ def python_job(
     target = target_of(func)
     if not isinstance(func, str) and inspect.isclass(func):
         raise SerializationError(f"{target} is a class; submit a function")
-    _check_serialisable("the arguments", list(args))
-    _check_serialisable("the keyword arguments", kwargs)
     return _spec(kind=JobKind.PYTHON, target=target, args=list(args), kwargs=kwargs, **options)
 
 
@@ -134,5 +113,5 @@ def ssh_job(
             variables=dict(variables or {}),
         )
     except ValidationError as exc:
-        raise SerializationError(f"invalid ssh job: {_problems(exc)}") from None
+        raise SerializationError(f"invalid ssh job: {describe_validation_error(exc)}") from None
     return _spec(kind=JobKind.SSH, ssh=task, **options)

@@ -20,6 +20,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from corral import protocol as p
+from corral.constants import MAX_WATCH_IDS
 from corral.errors import ServerUnreachable, error_for_status
 from corral.transport import closed_error, open_websocket
 
@@ -77,8 +78,8 @@ class ClientStream:
             if not self._waiters.get(job_id):
                 fresh.append(job_id)
             self._waiters[job_id].append(callback)
-        if fresh:
-            await self._send(p.Watch(fresh))
+        for frame in _watches(fresh):
+            await self._send(frame)
 
     async def follow(self, job_id: str, sink: Callable[[p.Frame], None]) -> None:
         """Send `sink` the job's Log frames then its EndOfLog (or a Done 'unknown')."""
@@ -141,8 +142,8 @@ class ClientStream:
                 await asyncio.sleep(delay)
                 delay = min(2.0, delay * 2)
                 continue
-            if self._waiters:
-                await ws.send(p.Watch(list(self._waiters)).encode())
+            for frame in _watches(list(self._waiters)):
+                await ws.send(frame.encode())
             for job_id in self._log_sinks:
                 await ws.send(p.Follow(job_id).encode())
             return
@@ -182,6 +183,14 @@ class ClientStream:
                     sink(p.Log([item]))
         elif isinstance(frame, p.EndOfLog) and (sink := self._log_sinks.pop(frame.job_id, None)):
             sink(frame)
+
+
+def _watches(job_ids: list[str]) -> list[p.Watch]:
+    """Watch frames for `job_ids`, none over the server's limit of MAX_WATCH_IDS."""
+    return [
+        p.Watch(job_ids[start : start + MAX_WATCH_IDS])
+        for start in range(0, len(job_ids), MAX_WATCH_IDS)
+    ]
 
 
 def _hang_up_error(ws: ClientConnection, otherwise: str) -> Exception:

@@ -9,17 +9,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 
-import msgpack
 from fastapi import Depends, FastAPI, Query, Request, WebSocket, WebSocketDisconnect
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from corral import protocol as p
-from corral.constants import MAX_BATCH_JOBS, MAX_LIST_LIMIT, MAX_REQUEST_BYTES, PROTOCOL_VERSION
+from corral.constants import (
+    MAX_BATCH_JOBS,
+    MAX_LIST_LIMIT,
+    MAX_REQUEST_BYTES,
+    MAX_WATCH_IDS,
+    PROTOCOL_VERSION,
+)
 from corral.errors import (
     AuthError,
     CorralError,
@@ -37,6 +45,7 @@ from corral.models import (
     QueueOrdering,
     QueueSpec,
     WorkerInfo,
+    describe_validation_error,
 )
 from corral.server.auth import Role, TokenStore, allows
 from corral.server.engine import Engine, Peer, WorkerPeer
@@ -129,6 +138,35 @@ def _too_large(limit: int) -> JSONResponse:
     return JSONResponse({"detail": message}, status_code=413)
 
 
+def _renderable(value: Any) -> Any:
+    """`value` with what JSON cannot carry (NaN, infinities, lone surrogates: often the very
+    input a validation error refuses) replaced by its repr, so that the 422 itself can be sent."""
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return ascii(value)[1:-1]
+        return value
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, dict):
+        return {_renderable(key): _renderable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_renderable(item) for item in value]
+    return value
+
+
+def _watched_ids(frame: p.Watch) -> list[str]:
+    """The frame's job ids; ProtocolError (a 4400 close) if they are not a list of at most
+    MAX_WATCH_IDS strings."""
+    ids = frame.job_ids
+    if not isinstance(ids, list) or not all(isinstance(job_id, str) for job_id in ids):
+        raise ProtocolError("a watch frame carries a list of job ids")
+    if len(ids) > MAX_WATCH_IDS:
+        raise ProtocolError(f"a watch frame carries at most {MAX_WATCH_IDS} job ids; split it")
+    return ids
+
+
 def _bearer(value: str | None) -> str | None:
     if value and value.lower().startswith("bearer "):
         return value[7:].strip()
@@ -158,6 +196,13 @@ def create_app(engine: Engine, tokens: TokenStore) -> FastAPI:
     @app.exception_handler(CorralError)
     async def corral_error(request: Request, exc: CorralError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=http_status(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # As FastAPI's own answer, but one that NaN or a lone surrogate in the input cannot
+        # turn into a 500.
+        detail = _renderable(jsonable_encoder(exc.errors()))
+        return JSONResponse({"detail": detail}, status_code=422)
 
     def require(role: Role) -> Callable[[Request], Awaitable[Role]]:
         async def check(request: Request) -> Role:
@@ -325,7 +370,7 @@ def create_app(engine: Engine, tokens: TokenStore) -> FastAPI:
                     submissions.add(task)
                     task.add_done_callback(submissions.discard)
                 elif isinstance(frame, p.Watch):
-                    engine.watch(peer, frame.job_ids)
+                    engine.watch(peer, _watched_ids(frame))
                 elif isinstance(frame, p.Follow):
                     engine.follow(peer, frame.job_id)
                 else:
@@ -350,8 +395,7 @@ def create_app(engine: Engine, tokens: TokenStore) -> FastAPI:
             return p.Error(frame.request_id, 413, message)
         try:
             specs = _SPECS.validate_python(frame.specs)
-            payloads = [msgpack.packb(raw, use_bin_type=True) for raw in frame.specs]
-            return p.Submitted(frame.request_id, await engine.submit(specs, payloads))
+            return p.Submitted(frame.request_id, await engine.submit(specs))
         except ValidationError as exc:
             return p.Error(frame.request_id, 422, describe_validation_error(exc, "jobs"))
         except CorralError as exc:
@@ -394,14 +438,3 @@ async def _pump(ws: WebSocket, peer: Peer) -> None:
             if data is None:
                 break
         await ws.close()
-
-
-def describe_validation_error(exc: ValidationError, root: str) -> str:
-    """One line per problem, naming the field: `jobs[3].timeout: Input should be > 0`."""
-    lines = []
-    for error in exc.errors():
-        path = root
-        for part in error["loc"]:
-            path += f"[{part}]" if isinstance(part, int) else f".{part}"
-        lines.append(f"{path}: {error['msg']}")
-    return "; ".join(lines)

@@ -25,6 +25,7 @@ import msgpack
 
 from corral import protocol as p
 from corral.constants import (
+    DEFAULT_QUEUE,
     DISPATCH_RECORD_DELAY,
     HEARTBEAT_INTERVAL,
     MAX_STORED_LOG_BYTES,
@@ -90,36 +91,60 @@ class Stats:
     completed: dict[JobState, int] = field(default_factory=lambda: defaultdict(int))
 
 
-def encode_spec(spec: JobSpec) -> bytes:
-    return msgpack.packb(spec.model_dump(mode="json", exclude_defaults=True), use_bin_type=True)
+def spec_fields(spec: JobSpec) -> dict[str, Any]:
+    """What is stored of a validated spec: its fields that differ from the defaults, as plain
+    msgpack data (bytes arguments stay bytes). Every path stores this, never what a client sent,
+    so that a stored spec always reads back as the validated one."""
+    return spec.model_dump(exclude_defaults=True)
 
 
 def decode_spec(payload: bytes) -> JobSpec:
     return JobSpec.model_validate(msgpack.unpackb(payload, raw=False))
 
 
-def record_from_row(row: JobRow) -> JobRecord:
-    """The scheduler's view of a stored job (used on restart and on retry)."""
-    spec: dict[str, Any] = msgpack.unpackb(row.spec, raw=False)
+def job_record(job_id: str, fields: dict[str, Any], payload: bytes, attempts: int = 0) -> JobRecord:
+    """The scheduler's view of a job, from its spec_fields and their encoding `payload`: the one
+    place that builds it, for submissions, restarts and retries alike.
+
+    No validation here: a restart builds a million of these, from specs validated at submit.
+    The defaults are JobSpec's, as spec_fields leaves them out.
+    """
     return JobRecord(
-        id=row.id,
-        queue=row.queue,
-        payload=row.spec,
-        priority=row.priority,
-        tags=frozenset(spec.get("tags", ())),
-        retries=spec.get("retries", 0),
-        idempotent=spec.get("idempotent", True),
-        ready_at=spec.get("not_before") or 0.0,
-        attempts=row.attempts,
+        id=job_id,
+        queue=fields.get("queue", DEFAULT_QUEUE),
+        payload=payload,
+        priority=fields.get("priority", 0),
+        tags=frozenset(fields.get("tags", ())),
+        retries=fields.get("retries", 0),
+        idempotent=fields.get("idempotent", True),
+        ready_at=fields.get("not_before") or 0.0,
+        attempts=attempts,
     )
 
 
+def record_from_row(row: JobRow) -> JobRecord:
+    """The scheduler's view of a stored job (used on restart and on retry)."""
+    try:
+        fields = msgpack.unpackb(row.spec, raw=False)
+    except (ValueError, msgpack.UnpackException):
+        fields = None
+    if not isinstance(fields, dict):
+        # Not a spec at all (an altered database): queue it anyway, so that one bad row cannot
+        # stop the server from starting; the worker given it fails it, saying why.
+        fields = {"queue": row.queue}
+    return job_record(row.id, fields, row.spec, row.attempts)
+
+
 def job_info(row: JobRow, attempts: list[Attempt]) -> JobInfo:
+    try:
+        spec: JobSpec | None = decode_spec(row.spec)
+    except (ValueError, msgpack.UnpackException):  # ValidationError is a ValueError
+        spec = None  # one such job must not make every listing fail
     return JobInfo(
         id=row.id,
         name=row.name,
         state=row.state,
-        spec=decode_spec(row.spec),
+        spec=spec,
         created=row.created,
         started=row.started,
         finished=row.finished,
@@ -226,14 +251,8 @@ class Engine:
 
     # -- jobs ----------------------------------------------------------------------------------
 
-    async def submit(
-        self, specs: Sequence[JobSpec], payloads: Sequence[bytes] | None = None
-    ) -> list[str]:
-        """Store the jobs, then queue them; returns their ids once the insert has committed.
-
-        `payloads` are the specs already msgpack-encoded as received (cheaper than encoding
-        the validated models again); the worker validates what it gets in any case.
-        """
+    async def submit(self, specs: Sequence[JobSpec]) -> list[str]:
+        """Store the jobs, then queue them; returns their ids once the insert has committed."""
         if not self.allow_pickle and any(spec.pickled for spec in specs):
             raise InvalidRequest(
                 "this server does not accept pickled functions; start it with --allow-pickle "
@@ -242,9 +261,10 @@ class Engine:
         now = self.clock()
         rows: list[JobRow] = []
         records: list[JobRecord] = []
-        for index, spec in enumerate(specs):
+        for spec in specs:
             job_id = self._ids.new()
-            payload = payloads[index] if payloads is not None else encode_spec(spec)
+            fields = spec_fields(spec)
+            payload = msgpack.packb(fields, use_bin_type=True)
             rows.append(
                 JobRow(
                     job_id,
@@ -256,18 +276,7 @@ class Engine:
                     payload,
                 )
             )
-            records.append(
-                JobRecord(
-                    id=job_id,
-                    queue=spec.queue,
-                    payload=payload,
-                    priority=spec.priority,
-                    tags=frozenset(spec.tags),
-                    retries=spec.retries,
-                    idempotent=spec.idempotent,
-                    ready_at=spec.not_before or 0.0,
-                )
-            )
+            records.append(job_record(job_id, fields, payload))
         await self.writer.write([InsertJobs(rows)])
         self.stats.submitted += len(rows)
         self._apply(self.scheduler.submit(records, self.clock()))
@@ -418,18 +427,31 @@ class Engine:
     # -- clients -------------------------------------------------------------------------------
 
     def watch(self, peer: Peer, job_ids: Iterable[str]) -> None:
-        """Send `peer` one Done per job when it finishes (now, for jobs already finished)."""
-        for job_id in job_ids:
+        """Send `peer` one Done per job when it finishes (now, for jobs already finished).
+
+        Jobs the scheduler no longer holds (finished, or unknown) are read in one store query,
+        not one per id: a watch carries up to MAX_WATCH_IDS of them.
+        """
+        unscheduled = []
+        for job_id in dict.fromkeys(job_ids):
             self._watchers[job_id].add(peer)
             if self.scheduler.job(job_id) is None:
-                row = self.store.get_job(job_id)
-                if row is None:
-                    peer.send(p.Done(job_id, "unknown"))
-                elif row.state.finished:
-                    peer.send(done_frame(row))
-                else:
-                    continue  # finishing right now; the notification is on its way
-                self._unwatch_one(job_id, peer)
+                unscheduled.append(job_id)
+        if not unscheduled:
+            return
+        stored = {
+            row.id: row
+            for row in self.store.list_jobs(JobFilter(ids=unscheduled, limit=len(unscheduled)))
+        }
+        for job_id in unscheduled:
+            row = stored.get(job_id)
+            if row is None:
+                peer.send(p.Done(job_id, "unknown"))
+            elif row.state.finished:
+                peer.send(done_frame(row))
+            else:
+                continue  # finishing right now; the notification is on its way
+            self._unwatch_one(job_id, peer)
 
     def follow(self, peer: Peer, job_id: str) -> None:
         """Stream the job's output so far, then live, then an EndOfLog once it finishes."""

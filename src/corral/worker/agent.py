@@ -15,6 +15,7 @@ import random
 import signal
 import socket
 import time
+import traceback
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -23,13 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+from pydantic import ValidationError
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from corral import protocol as p
 from corral.constants import DEFAULT_PREFETCH, GRACEFUL_SHUTDOWN_TIMEOUT, PROTOCOL_VERSION
 from corral.errors import AuthError, CorralError, ProtocolError, ServerUnreachable
-from corral.models import JobKind, JobSpec, JobState
+from corral.models import JobKind, JobSpec, JobState, describe_validation_error
 from corral.transport import closed_error, open_websocket
 from corral.worker.executors.base import Executor, Outcome, clean_environment
 from corral.worker.executors.python import PythonExecutor
@@ -66,6 +68,11 @@ class WorkerSettings:
     shutdown_grace: float = GRACEFUL_SHUTDOWN_TIMEOUT
     ssh_credentials: Path | None = None  # YAML credential sets for ssh jobs, by name
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}")
+
+
+class JobDecodeError(CorralError):
+    """A job the server sent cannot run on this worker: its spec does not decode or validate,
+    or no executor here runs its kind. The job fails with this; the worker goes on."""
 
 
 @dataclass(slots=True)
@@ -285,7 +292,12 @@ class Worker:
                 self._send(p.Release([item[0] for item in frame.items]))
                 return
             for job_id, attempt, payload in frame.items:
-                spec = JobSpec.model_validate(msgpack.unpackb(payload, raw=False))
+                try:
+                    spec = self._decode_job(payload)
+                except JobDecodeError as exc:  # about this job only: fail it, keep the session
+                    now = time.time()
+                    self._report(job_id, attempt, Outcome.failure(exc, now, now))
+                    continue
                 assignment = _Assignment(job_id, attempt, spec)
                 self._assigned[job_id] = assignment
                 self._ready.put_nowait(assignment)
@@ -300,6 +312,28 @@ class Worker:
                 self._kill(job_id)
         else:
             logger.warning("ignoring unexpected %r frame from the server", frame.TAG)
+
+    def _decode_job(self, payload: bytes) -> JobSpec:
+        """The spec of a job the server sent; JobDecodeError if this worker cannot run it."""
+        try:
+            spec = JobSpec.model_validate(msgpack.unpackb(payload, raw=False))
+        except ValidationError as exc:
+            raise JobDecodeError(
+                f"this worker cannot read the job's spec ({describe_validation_error(exc)}); "
+                "submit it again through the API, which checks every field, or run a worker "
+                "of the server's corral version"
+            ) from None
+        except Exception as exc:
+            raise JobDecodeError(
+                f"this worker cannot decode the job's spec ({type(exc).__name__}: {exc}); "
+                "submit it again through the API"
+            ) from None
+        if spec.kind not in self.executors:
+            raise JobDecodeError(
+                f"this worker runs no {spec.kind} jobs; start one that does, with the same "
+                "queues and tags, or retry the job on another"
+            )
+        return spec
 
     def _kill(self, job_id: str) -> None:
         assignment = self._assigned.get(job_id)
@@ -411,18 +445,27 @@ class Worker:
             )
         except CorralError as exc:
             now = time.time()
+            return Outcome.failure(exc, now, now)
+        except Exception as exc:  # an executor's bug: it fails this job, never the worker
+            logger.exception("job %s: its executor raised", assignment.job_id)
+            now = time.time()
             return Outcome(
                 state=JobState.FAILED,
                 error_type=type(exc).__name__,
-                error_message=str(exc),
+                error_message=f"the worker's {assignment.spec.kind} executor failed: {exc}",
+                traceback=traceback.format_exc(),
                 started=now,
                 finished=now,
             )
 
     def _finished(self, assignment: _Assignment, outcome: Outcome) -> None:
+        self._report(assignment.job_id, assignment.attempt, outcome)
+
+    def _report(self, job_id: str, attempt: int, outcome: Outcome) -> None:
+        """Keep the attempt's result until the server acknowledges it, and send it."""
         item = {
-            "job_id": assignment.job_id,
-            "attempt": assignment.attempt,
+            "job_id": job_id,
+            "attempt": attempt,
             "state": outcome.state.value,
             "exit_code": outcome.exit_code,
             "result": outcome.result,
@@ -434,7 +477,7 @@ class Worker:
             "finished": outcome.finished,
             "truncated": outcome.truncated,
         }
-        self._unacked[(assignment.job_id, assignment.attempt)] = item
+        self._unacked[(job_id, attempt)] = item
         self._all_acked.clear()
         if not self._pending_results:
             self._results_waiting_since = asyncio.get_running_loop().time()

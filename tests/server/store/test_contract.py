@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from corral.constants import MAX_LOG_BYTES_PER_JOB, MAX_STORED_LOG_BYTES
+from corral.constants import MAX_LOG_BYTES_PER_JOB, MAX_STORED_LOG_BYTES, MAX_WATCH_IDS
 from corral.models import Attempt, JobState, QueueOrdering
 from corral.server.store import (
     AppendLog,
@@ -313,6 +313,12 @@ def test_list_jobs_by_ids(listed: Store) -> None:
     assert ids(listed.list_jobs(JobFilter(ids=wanted))) == [job(n).id for n in (12, 7, 3)]
     narrowed = JobFilter(ids=wanted, states=[JobState.FAILED], limit=1)
     assert ids(listed.list_jobs(narrowed)) == [job(12).id]
+
+
+def test_list_jobs_by_as_many_ids_as_one_watch_frame(listed: Store) -> None:
+    """The server looks up every finished or unknown id of a watch frame in one call."""
+    wanted = [job(n).id for n in range(MAX_WATCH_IDS)]
+    assert ids(listed.list_jobs(JobFilter(ids=wanted, limit=len(wanted)))) == expected()
 
 
 def test_load_active_yields_queued_and_running_in_id_order(store: Store) -> None:
