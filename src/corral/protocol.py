@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, ClassVar, NamedTuple, Self
 
 import msgpack
@@ -380,6 +380,7 @@ class Frame:
     TAG: ClassVar[str] = ""
     FIELDS: ClassVar[tuple[str, ...]] = ()
     CHECKS: ClassVar[tuple[Check, ...]] = ()
+    REQUIRED: ClassVar[int] = 0  # fields without a default; a sender may leave out the rest
 
     def encode(self) -> bytes:
         """The frame as one message, however big; `encode(frame)` splits it to fit."""
@@ -390,11 +391,11 @@ class Frame:
     @classmethod
     def parse(cls, values: list[Any]) -> Self:
         """The frame from its decoded fields; ProtocolError naming the first that does not fit."""
-        if len(values) != len(cls.CHECKS):
-            expected = len(cls.CHECKS)
+        if not cls.REQUIRED <= len(values) <= len(cls.CHECKS):
+            expected = f"{cls.REQUIRED} to {len(cls.CHECKS)}"
             raise ProtocolError(f"a {cls.TAG!r} frame has {expected} fields, got {len(values)}")
         checked = []
-        for name, check, value in zip(cls.FIELDS, cls.CHECKS, values, strict=True):
+        for name, check, value in zip(cls.FIELDS, cls.CHECKS, values, strict=False):
             try:
                 checked.append(check(value))
             except _Invalid as exc:
@@ -406,6 +407,7 @@ def frame(cls: type[Frame]) -> type[Frame]:
     """Record a frame class's fields and their checks."""
     cls.FIELDS = tuple(f.name for f in fields(cls))
     cls.CHECKS = tuple(f.metadata["check"] for f in fields(cls))
+    cls.REQUIRED = sum(f.default is MISSING and f.default_factory is MISSING for f in fields(cls))
     return cls
 
 

@@ -43,3 +43,16 @@ def touch_and_wait(path: str, seconds: float) -> str:
 
 def not_serialisable() -> object:
     return object()
+
+
+def big_result_when(path: str, size: int) -> str:
+    """Wait for `path` to exist, note that this job is done with it, then return `size` bytes."""
+    while not os.path.exists(path):
+        time.sleep(0.01)
+    with open(path + ".done", "a") as done:
+        done.write(f"{os.getpid()}\n")
+    return "x" * size
+
+
+def length(value: str) -> int:
+    return len(value)
