@@ -43,24 +43,37 @@ def test_each_direction_decodes_only_its_own_frames() -> None:
         p.decode_all(nested, p.TO_WORKER)
 
 
+def report(**fields: object) -> list[object]:
+    """A result report as it goes on the wire, with fields replaced."""
+    return list(p.ResultReport("j", 1, p.JobState.FAILED)._replace(**fields))
+
+
 @pytest.mark.parametrize(
     ("item", "named"),
     [
-        (["j", 1, "lost", None, None, None, None, None, None, None, None], "[0].state"),
-        (["j", 0, "succeeded", None, None, None, None, None, None, None, None], "[0].attempt"),
-        (["", 1, "succeeded", None, None, None, None, None, None, None, None], "[0].job_id"),
-        (
-            ["j", 1, "failed", None, None, None, "m" * 70_000, None, None, None, None],
-            "[0].error_message",
-        ),
-        (["j", 1, "failed", None, None, None, None, None, None, float("nan"), None], "[0].started"),
-        (["j", 1, "failed", True, None, None, None, None, None, None, None], "[0].exit_code"),
-        (["j", 1, "succeeded"], "[0]"),
+        (report(state="lost"), "[0].state"),
+        (report(state="queued"), "[0].state"),
+        (report(attempt=0), "[0].attempt"),
+        (report(job_id=""), "[0].job_id"),
+        (report(error_message="m" * 70_000), "[0].error_message"),
+        (report(started=float("nan")), "[0].started"),
+        (report(exit_code=True), "[0].exit_code"),
+        (report(truncated={"weird": 1}), "[0].truncated"),
+        (report(truncated={"stdout": -1}), "[0].truncated.stdout"),
+        (report()[:11], "[0]"),
     ],
 )
 def test_a_result_report_that_does_not_fit_is_named(item: list[object], named: str) -> None:
     with pytest.raises(p.ProtocolError, match=re.escape(f"results.items{named}")):
         p.decode(msgpack.packb(["results", [item]]), p.FROM_WORKER)
+
+
+def test_a_report_with_every_detail_passes_its_checks() -> None:
+    full = p.ResultReport(
+        "j", 2, p.JobState.TIMED_OUT, -9, [1], "E", "m", "tb", 7, 1, 2.5, {"stdout": 10}
+    )
+    [decoded] = p.decode(p.Results([full]).encode(), p.FROM_WORKER).items  # type: ignore[attr-defined]
+    assert decoded == full._replace(started=1.0)
 
 
 def test_a_hello_of_another_version_is_told_apart_whatever_its_fields() -> None:

@@ -243,6 +243,8 @@ def job_item(value: Any) -> JobItem:
     return JobItem(_id_at(job_id, "job_id"), _attempt_at(attempt), _at(_binary, spec, "spec"))
 
 
+STREAMS = ("stdout", "stderr")
+
 #: The states an attempt can end in; `queued`, `running` and `lost` are the server's to decide.
 FINAL_STATES: Mapping[str, JobState] = {
     state.value: state
@@ -264,6 +266,16 @@ class ResultReport(NamedTuple):
     pid: int | None = None
     started: float | None = None
     finished: float | None = None
+    truncated: dict[str, int] | None = None  # bytes cut from each stream over the output cap
+
+
+def _cuts(value: Any) -> dict[str, int]:
+    cuts = _mapping(value)
+    if any(stream not in STREAMS for stream in cuts):
+        raise _Invalid(f"expected stdout or stderr as keys, got {_show(list(cuts))}")
+    for stream, cut in cuts.items():
+        _at(integer(0, 2**53), cut, stream)
+    return cuts
 
 
 _EXIT_CODE = optional(integer(-_INT32, _INT32))
@@ -271,11 +283,13 @@ _ERROR_TYPE = optional(text())
 _ERROR_TEXT = optional(text(MAX_ERROR_TEXT, empty=True))
 _PID = optional(integer(0, 2 * _INT32))
 _TIME = optional(number(0.0, 2.0**40))
+_CUTS = optional(_cuts)
 
 
 def result_report(value: Any) -> ResultReport:
-    if type(value) is list and len(value) == 11:
-        job_id, attempt, state, exit_code, _, error_type, error_message, traceback, pid, started, finished = value  # noqa: E501
+    if type(value) is list and len(value) == 12:
+        (job_id, attempt, state, exit_code, _, error_type, error_message, traceback, pid,
+         started, finished, truncated) = value  # fmt: skip
         if (
             type(job_id) is str
             and 0 < len(job_id) <= MAX_NAME_LENGTH
@@ -290,6 +304,7 @@ def result_report(value: Any) -> ResultReport:
             and (pid is None or (type(pid) is int and 0 <= pid <= 2 * _INT32))
             and (started is None or (type(started) is float and 0.0 <= started <= 2.0**40))
             and (finished is None or (type(finished) is float and 0.0 <= finished <= 2.0**40))
+            and truncated is None
         ):  # the common report, of an attempt that ended without an error: all checked
             value[2] = final
             return _new_tuple(ResultReport, value)
@@ -298,7 +313,7 @@ def result_report(value: Any) -> ResultReport:
 
 def _checked_report(value: Any) -> ResultReport:
     (job_id, attempt, state, exit_code, result, error_type, error_message, traceback, pid,
-     started, finished) = _fields(value, 11, "a result report")  # fmt: skip
+     started, finished, truncated) = _fields(value, 12, "a result report")  # fmt: skip
     final = FINAL_STATES.get(state) if type(state) is str else None
     if final is None:
         raise _Invalid(f"expected one of {', '.join(FINAL_STATES)}, got {_show(state)}", ".state")
@@ -306,15 +321,15 @@ def _checked_report(value: Any) -> ResultReport:
         _id_at(job_id, "job_id"),
         _attempt_at(attempt),
         final,
-        # Most reports carry None in most of these: test for it before calling a check.
-        exit_code if exit_code is None else _at(_EXIT_CODE, exit_code, "exit_code"),
+        _at(_EXIT_CODE, exit_code, "exit_code"),
         result,
-        error_type if error_type is None else _at(_ERROR_TYPE, error_type, "error_type"),
-        None if error_message is None else _at(_ERROR_TEXT, error_message, "error_message"),
-        traceback if traceback is None else _at(_ERROR_TEXT, traceback, "traceback"),
-        pid if pid is None else _at(_PID, pid, "pid"),
-        started if started is None else _at(_TIME, started, "started"),
-        finished if finished is None else _at(_TIME, finished, "finished"),
+        _at(_ERROR_TYPE, error_type, "error_type"),
+        _at(_ERROR_TEXT, error_message, "error_message"),
+        _at(_ERROR_TEXT, traceback, "traceback"),
+        _at(_PID, pid, "pid"),
+        _at(_TIME, started, "started"),
+        _at(_TIME, finished, "finished"),
+        _at(_CUTS, truncated, "truncated"),
     )
 
 
@@ -323,9 +338,6 @@ def clip(value: str | None, limit: int = MAX_ERROR_TEXT, *, keep_end: bool = Fal
     if value is None or len(value) <= limit:
         return value
     return "..." + value[3 - limit :] if keep_end else value[: limit - 3] + "..."
-
-
-STREAMS = ("stdout", "stderr")
 
 
 class LogItem(NamedTuple):
