@@ -17,12 +17,32 @@ of its type, and `bundle` packs encoded frames into as few messages as fit, both
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, ClassVar, NamedTuple, Self
 
 import msgpack
 
+from corral.checks import (
+    INT32,
+    Check,
+    Invalid,
+    anything,
+    array,
+    at,
+    attempt_at,
+    binary,
+    boolean,
+    fields_of,
+    good_id,
+    id_at,
+    integer,
+    mapping,
+    number,
+    optional,
+    show,
+    text,
+)
 from corral.constants import (
     MAX_ERROR_TEXT,
     MAX_FRAME_BYTES,
@@ -38,8 +58,6 @@ from corral.models import JobState
 
 #: Longest worker session secret (see Welcome).
 MAX_SECRET_LENGTH = 128
-#: Attempt numbers, pids and exit codes fit in this range.
-_INT32 = 2**31
 #: What a bundle adds around the frames it carries: frames are split to leave room for it.
 _BUNDLE_ROOM = 64
 
@@ -60,105 +78,6 @@ class RequestRejected(ProtocolError):
         self.request_id = request_id
 
 
-# -- field checks ---------------------------------------------------------------------------------
-
-
-class _Invalid(Exception):
-    """A value does not fit its field; `path` leads from the field to the value."""
-
-    def __init__(self, message: str, path: str = "") -> None:
-        super().__init__(message)
-        self.message, self.path = message, path
-
-
-Check = Callable[[Any], Any]
-
-
-def _show(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def text(limit: int = MAX_NAME_LENGTH, *, empty: bool = False) -> Check:
-    kind = "a string" if empty else "a non-empty string"
-
-    def check(value: Any) -> str:
-        if type(value) is not str or len(value) > limit or not (value or empty):
-            raise _Invalid(f"expected {kind} of at most {limit} characters, got {_show(value)}")
-        return value
-
-    return check
-
-
-def integer(low: int, high: int) -> Check:
-    def check(value: Any) -> int:
-        if type(value) is not int or not low <= value <= high:
-            raise _Invalid(f"expected an integer from {low} to {high}, got {_show(value)}")
-        return value
-
-    return check
-
-
-def number(low: float, high: float) -> Check:
-    def check(value: Any) -> float:
-        if type(value) not in (int, float) or not low <= value <= high:  # NaN fails too
-            raise _Invalid(f"expected a number from {low} to {high}, got {_show(value)}")
-        return float(value)
-
-    return check
-
-
-def boolean(value: Any) -> bool:
-    if type(value) is not bool:
-        raise _Invalid(f"expected true or false, got {_show(value)}")
-    return value
-
-
-def anything(value: Any) -> Any:
-    return value
-
-
-def optional(check: Check) -> Check:
-    def optional_check(value: Any) -> Any:
-        return None if value is None else check(value)
-
-    return optional_check
-
-
-def array(check: Check, limit: int | None = None) -> Check:
-    """A list of values that each pass `check`; at most `limit` of them (else the message's
-    size bounds it)."""
-
-    def check_array(value: Any) -> list[Any]:
-        if type(value) is not list or (limit is not None and len(value) > limit):
-            most = "" if limit is None else f" of at most {limit} items"
-            raise _Invalid(f"expected a list{most}, got {_show(value)}")
-        try:
-            return [check(item) for item in value]
-        except _Invalid:
-            pass
-        for index, item in enumerate(value):  # again, to say which item
-            try:
-                check(item)
-            except _Invalid as exc:
-                raise _Invalid(exc.message, f"[{index}]{exc.path}") from None
-        raise AssertionError("unreachable")
-
-    return check_array
-
-
-def _binary(value: Any) -> bytes:
-    if type(value) is not bytes:
-        raise _Invalid(f"expected bytes, got {_show(value)}")
-    return value
-
-
-def _mapping(value: Any) -> dict[Any, Any]:
-    if type(value) is not dict:
-        raise _Invalid(f"expected a map, got {_show(value)}")
-    return value
-
-
 def checked(check: Check, **options: Any) -> Any:
     """A frame field and the check its decoded value must pass."""
     return field(metadata={"check": check}, **options)
@@ -166,39 +85,6 @@ def checked(check: Check, **options: Any) -> Any:
 
 _ID = text()
 _new_tuple = tuple.__new__  # a NamedTuple from a checked list, without its __new__'s cost
-
-
-def _fields(value: Any, count: int, what: str) -> list[Any]:
-    if type(value) is not list or len(value) != count:
-        raise _Invalid(f"expected {what} ([{count} fields]), got {_show(value)}")
-    return value
-
-
-def _good_id(value: Any) -> bool:
-    return type(value) is str and 0 < len(value) <= MAX_NAME_LENGTH
-
-
-def _id_at(value: Any, name: str) -> str:
-    if type(value) is not str or not 0 < len(value) <= MAX_NAME_LENGTH:
-        raise _Invalid(
-            f"expected a non-empty string of at most {MAX_NAME_LENGTH} characters, "
-            f"got {_show(value)}",
-            f".{name}",
-        )
-    return value
-
-
-def _attempt_at(value: Any) -> int:
-    if type(value) is not int or not 1 <= value <= _INT32:
-        raise _Invalid(f"expected an integer from 1 to {_INT32}, got {_show(value)}", ".attempt")
-    return value
-
-
-def _at(check: Check, value: Any, name: str) -> Any:
-    try:
-        return check(value)
-    except _Invalid as exc:
-        raise _Invalid(exc.message, f".{name}{exc.path}") from None
 
 
 # -- items of the per-job frames ------------------------------------------------------------------
@@ -215,10 +101,10 @@ def attempt_ref(value: Any) -> AttemptRef:
     # Each per-job item has a fast path of plain tests, and a slow one to say what is wrong.
     if type(value) is list and len(value) == 2:
         job_id, attempt = value
-        if _good_id(job_id) and type(attempt) is int and 1 <= attempt <= _INT32:
+        if good_id(job_id) and type(attempt) is int and 1 <= attempt <= INT32:
             return _new_tuple(AttemptRef, value)
-    job_id, attempt = _fields(value, 2, "[job_id, attempt]")
-    return AttemptRef(_id_at(job_id, "job_id"), _attempt_at(attempt))
+    job_id, attempt = fields_of(value, 2, "[job_id, attempt]")
+    return AttemptRef(id_at(job_id, "job_id"), attempt_at(attempt))
 
 
 class JobItem(NamedTuple):
@@ -233,14 +119,14 @@ def job_item(value: Any) -> JobItem:
     if type(value) is list and len(value) == 3:
         job_id, attempt, spec = value
         if (
-            _good_id(job_id)
+            good_id(job_id)
             and type(attempt) is int
-            and 1 <= attempt <= _INT32
+            and 1 <= attempt <= INT32
             and type(spec) is bytes
         ):
             return _new_tuple(JobItem, value)
-    job_id, attempt, spec = _fields(value, 3, "[job_id, attempt, spec]")
-    return JobItem(_id_at(job_id, "job_id"), _attempt_at(attempt), _at(_binary, spec, "spec"))
+    job_id, attempt, spec = fields_of(value, 3, "[job_id, attempt, spec]")
+    return JobItem(id_at(job_id, "job_id"), attempt_at(attempt), at(binary, spec, "spec"))
 
 
 STREAMS = ("stdout", "stderr")
@@ -270,18 +156,18 @@ class ResultReport(NamedTuple):
 
 
 def _cuts(value: Any) -> dict[str, int]:
-    cuts = _mapping(value)
+    cuts = mapping(value)
     if any(stream not in STREAMS for stream in cuts):
-        raise _Invalid(f"expected stdout or stderr as keys, got {_show(list(cuts))}")
+        raise Invalid(f"expected stdout or stderr as keys, got {show(list(cuts))}")
     for stream, cut in cuts.items():
-        _at(integer(0, 2**53), cut, stream)
+        at(integer(0, 2**53), cut, stream)
     return cuts
 
 
-_EXIT_CODE = optional(integer(-_INT32, _INT32))
+_EXIT_CODE = optional(integer(-INT32, INT32))
 _ERROR_TYPE = optional(text())
 _ERROR_TEXT = optional(text(MAX_ERROR_TEXT, empty=True))
-_PID = optional(integer(0, 2 * _INT32))
+_PID = optional(integer(0, 2 * INT32))
 _TIME = optional(number(0.0, 2.0**40))
 _CUTS = optional(_cuts)
 
@@ -294,14 +180,14 @@ def result_report(value: Any) -> ResultReport:
             type(job_id) is str
             and 0 < len(job_id) <= MAX_NAME_LENGTH
             and type(attempt) is int
-            and 1 <= attempt <= _INT32
+            and 1 <= attempt <= INT32
             and type(state) is str
             and (final := FINAL_STATES.get(state)) is not None
-            and (exit_code is None or (type(exit_code) is int and -_INT32 <= exit_code <= _INT32))
+            and (exit_code is None or (type(exit_code) is int and -INT32 <= exit_code <= INT32))
             and error_type is None
             and error_message is None
             and traceback is None
-            and (pid is None or (type(pid) is int and 0 <= pid <= 2 * _INT32))
+            and (pid is None or (type(pid) is int and 0 <= pid <= 2 * INT32))
             and (started is None or (type(started) is float and 0.0 <= started <= 2.0**40))
             and (finished is None or (type(finished) is float and 0.0 <= finished <= 2.0**40))
             and truncated is None
@@ -313,23 +199,23 @@ def result_report(value: Any) -> ResultReport:
 
 def _checked_report(value: Any) -> ResultReport:
     (job_id, attempt, state, exit_code, result, error_type, error_message, traceback, pid,
-     started, finished, truncated) = _fields(value, 12, "a result report")  # fmt: skip
+     started, finished, truncated) = fields_of(value, 12, "a result report")  # fmt: skip
     final = FINAL_STATES.get(state) if type(state) is str else None
     if final is None:
-        raise _Invalid(f"expected one of {', '.join(FINAL_STATES)}, got {_show(state)}", ".state")
+        raise Invalid(f"expected one of {', '.join(FINAL_STATES)}, got {show(state)}", ".state")
     return ResultReport(
-        _id_at(job_id, "job_id"),
-        _attempt_at(attempt),
+        id_at(job_id, "job_id"),
+        attempt_at(attempt),
         final,
-        _at(_EXIT_CODE, exit_code, "exit_code"),
+        at(_EXIT_CODE, exit_code, "exit_code"),
         result,
-        _at(_ERROR_TYPE, error_type, "error_type"),
-        _at(_ERROR_TEXT, error_message, "error_message"),
-        _at(_ERROR_TEXT, traceback, "traceback"),
-        _at(_PID, pid, "pid"),
-        _at(_TIME, started, "started"),
-        _at(_TIME, finished, "finished"),
-        _at(_CUTS, truncated, "truncated"),
+        at(_ERROR_TYPE, error_type, "error_type"),
+        at(_ERROR_TEXT, error_message, "error_message"),
+        at(_ERROR_TEXT, traceback, "traceback"),
+        at(_PID, pid, "pid"),
+        at(_TIME, started, "started"),
+        at(_TIME, finished, "finished"),
+        at(_CUTS, truncated, "truncated"),
     )
 
 
@@ -353,18 +239,18 @@ def log_item(value: Any) -> LogItem:
     if type(value) is list and len(value) == 4:
         job_id, attempt, stream, data = value
         if (
-            _good_id(job_id)
+            good_id(job_id)
             and type(attempt) is int
-            and 1 <= attempt <= _INT32
+            and 1 <= attempt <= INT32
             and (stream == "stdout" or stream == "stderr")
             and type(data) is bytes
         ):
             return _new_tuple(LogItem, value)
-    job_id, attempt, stream, data = _fields(value, 4, "[job_id, attempt, stream, data]")
+    job_id, attempt, stream, data = fields_of(value, 4, "[job_id, attempt, stream, data]")
     if stream not in STREAMS or type(stream) is not str:
-        raise _Invalid(f"expected stdout or stderr, got {_show(stream)}", ".stream")
-    data = _at(_binary, data, "data")
-    return LogItem(_id_at(job_id, "job_id"), _attempt_at(attempt), stream, data)
+        raise Invalid(f"expected stdout or stderr, got {show(stream)}", ".stream")
+    data = at(binary, data, "data")
+    return LogItem(id_at(job_id, "job_id"), attempt_at(attempt), stream, data)
 
 
 class OutputItem(NamedTuple):
@@ -377,11 +263,11 @@ class OutputItem(NamedTuple):
 
 
 def output_item(value: Any) -> OutputItem:
-    job_id, stream, offset, data = _fields(value, 4, "[job_id, stream, offset, data]")
+    job_id, stream, offset, data = fields_of(value, 4, "[job_id, stream, offset, data]")
     if stream not in STREAMS or type(stream) is not str:
-        raise _Invalid(f"expected stdout or stderr, got {_show(stream)}", ".stream")
-    offset = _at(integer(0, 2**53), offset, "offset")
-    return OutputItem(_id_at(job_id, "job_id"), stream, offset, _at(_binary, data, "data"))
+        raise Invalid(f"expected stdout or stderr, got {show(stream)}", ".stream")
+    offset = at(integer(0, 2**53), offset, "offset")
+    return OutputItem(id_at(job_id, "job_id"), stream, offset, at(binary, data, "data"))
 
 
 # -- frames ---------------------------------------------------------------------------------------
@@ -410,7 +296,7 @@ class Frame:
         for name, check, value in zip(cls.FIELDS, cls.CHECKS, values, strict=False):
             try:
                 checked.append(check(value))
-            except _Invalid as exc:
+            except Invalid as exc:
                 raise ProtocolError(f"{cls.TAG}.{name}{exc.path}: {exc.message}") from None
         return cls(*checked)
 
@@ -429,7 +315,7 @@ class Bundle(Frame):
     """Several encoded frames sent as one message, in order."""
 
     TAG: ClassVar[str] = "bundle"
-    frames: list[bytes] = checked(array(_binary))
+    frames: list[bytes] = checked(array(binary))
 
 
 # -- worker <-> server ----------------------------------------------------------------------------
@@ -443,10 +329,10 @@ class Hello(Frame):
     id that is in use cannot be taken."""
 
     TAG: ClassVar[str] = "hello"
-    protocol: int = checked(integer(0, _INT32))
+    protocol: int = checked(integer(0, INT32))
     worker_id: str = checked(_ID)
     host: str = checked(text())
-    pid: int = checked(integer(0, 2 * _INT32))
+    pid: int = checked(integer(0, 2 * INT32))
     concurrency: int = checked(integer(1, MAX_WORKER_CONCURRENCY))
     capacity: int = checked(integer(0, MAX_WORKER_CAPACITY))
     queues: list[str] = checked(array(_ID, MAX_WORKER_QUEUES))
@@ -555,7 +441,7 @@ class Submit(Frame):
 
     TAG: ClassVar[str] = "submit"
     request_id: int = checked(integer(0, 2**63))
-    specs: list[dict[str, Any]] = checked(array(_mapping))
+    specs: list[dict[str, Any]] = checked(array(mapping))
 
     @classmethod
     def parse(cls, values: list[Any]) -> Self:
@@ -670,7 +556,7 @@ def _frame(values: list[Any], accepted: Frames) -> Frame:
     cls = accepted.get(values[0])
     if cls is None:
         expected = ", ".join(accepted)
-        raise ProtocolError(f"unexpected {_show(values[0])} frame here (expected {expected})")
+        raise ProtocolError(f"unexpected {show(values[0])} frame here (expected {expected})")
     return cls.parse(values[1:])
 
 
@@ -692,7 +578,7 @@ def decode_hello(data: object) -> Hello:
     fields), ProtocolError for anything else that does not fit."""
     values = _unpack(data)
     if values[0] != Hello.TAG:
-        raise ProtocolError(f"expected a hello frame first, got {_show(values[0])}")
+        raise ProtocolError(f"expected a hello frame first, got {show(values[0])}")
     version = values[1] if len(values) > 1 else None
     if type(version) is not int or version != PROTOCOL_VERSION:
         raise OtherProtocol(version)
