@@ -337,9 +337,9 @@ class Hello(Frame):
     capacity: int = checked(integer(0, MAX_WORKER_CAPACITY))
     queues: list[str] = checked(array(_ID, MAX_WORKER_QUEUES))
     tags: list[str] = checked(array(_ID, MAX_WORKER_TAGS))
-    held: list[AttemptRef] = checked(
-        array(attempt_ref, 4 * MAX_WORKER_CAPACITY), default_factory=list
-    )
+    # Bounded by the message size, not by a count: unacknowledged results pile up here while
+    # the store is slow.
+    held: list[AttemptRef] = checked(array(attempt_ref), default_factory=list)
     secret: str = checked(text(MAX_SECRET_LENGTH, empty=True), default="")
 
     def held_attempts(self) -> dict[str, int]:
