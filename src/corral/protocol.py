@@ -331,7 +331,7 @@ class Hello(Frame):
     TAG: ClassVar[str] = "hello"
     protocol: int = checked(integer(0, INT32))
     worker_id: str = checked(_ID)
-    host: str = checked(text())
+    host: str = checked(text(empty=True))
     pid: int = checked(integer(0, 2 * INT32))
     concurrency: int = checked(integer(1, MAX_WORKER_CONCURRENCY))
     capacity: int = checked(integer(0, MAX_WORKER_CAPACITY))

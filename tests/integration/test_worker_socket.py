@@ -13,6 +13,8 @@ import asyncio
 import contextlib
 import signal
 import stat
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -351,3 +353,50 @@ def test_jobs_bigger_together_than_a_message_reach_their_worker(
         for job in jobs:
             assert [a.state for a in job.info().attempts] == ["succeeded"]
     assert 6 * len(argument) > MAX_FRAME_BYTES
+
+
+WORKER_AS = """
+import asyncio, logging, sys
+from corral.worker.agent import Worker, WorkerSettings
+logging.basicConfig(level=logging.INFO, stream=sys.stdout)
+settings = WorkerSettings(server_url=sys.argv[1], token=sys.argv[2], worker_id=sys.argv[3],
+                          concurrency=1)
+asyncio.run(Worker(settings).run())
+"""
+
+
+def test_a_worker_refused_for_an_id_in_use_waits_until_the_id_is_free(
+    server: ServerProcess, api: httpx.Client, tmp_path: Path
+) -> None:
+    log = tmp_path / "twin.log"
+    with open(log, "w") as out:
+        worker = subprocess.Popen(
+            [sys.executable, "-c", WORKER_AS, server.url, server.token, "twin"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        loop = asyncio.new_event_loop()
+        try:
+            squatter = loop.run_until_complete(join(server, "twin", capacity=0))
+            wait_for(lambda: "in use by another worker" in log.read_text(), WAIT, "a refusal")
+            loop.run_until_complete(squatter.close())
+        finally:
+            loop.close()
+        assert worker.poll() is None, log.read_text()
+        response = api.post("/api/v1/jobs", json={"kind": "shell", "command": "true"})
+        job_id = response.json()["ids"][0]
+        # The squatter's lease runs out (2 s), then the waiting worker gets the id and the job.
+        wait_for(
+            lambda: api.get(f"/api/v1/jobs/{job_id}").json()["state"] == "succeeded",
+            WAIT,
+            "the refused worker to get in and run the job",
+        )
+        assert api.get(f"/api/v1/jobs/{job_id}").json()["worker"] == "twin"
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()

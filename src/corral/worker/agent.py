@@ -74,7 +74,12 @@ class WorkerSettings:
     shutdown_mode: ShutdownMode = ShutdownMode.FINISH
     shutdown_grace: float = GRACEFUL_SHUTDOWN_TIMEOUT
     ssh_credentials: Path | None = None  # YAML credential sets for ssh jobs, by name
-    worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}")
+    worker_id: str = field(default_factory=lambda: _default_worker_id())
+
+
+def _default_worker_id() -> str:
+    """The host's name and a random suffix, short enough for a hello."""
+    return f"{socket.gethostname()[: MAX_NAME_LENGTH - 9]}-{uuid.uuid4().hex[:8]}"
 
 
 @dataclass(slots=True)
