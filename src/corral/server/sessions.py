@@ -20,6 +20,8 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from corral.errors import ConfigError
+
 WORKER_KEY_FILE_NAME = "worker.key"
 
 
@@ -32,7 +34,9 @@ def load_worker_key(data_dir: Path) -> bytes:
         key = path.read_bytes()
         if len(key) >= 32:
             return key
-        raise OSError(f"{path} is damaged; delete it (workers then reconnect as new)") from None
+        raise ConfigError(
+            f"{path} is damaged; delete it (connected workers then reconnect as new ones)"
+        ) from None
     with os.fdopen(fd, "wb") as out:
         key = secrets.token_bytes(32)
         out.write(key)
