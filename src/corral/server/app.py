@@ -410,7 +410,7 @@ async def _pump(ws: WebSocket, peer: Peer) -> None:
                 if peer.outbox.empty():
                     break
                 data = peer.outbox.get_nowait()
-            for message in (p.bundle(batch) if batch else ()):
+            for message in p.bundle(batch) if batch else []:  # bundles that fit a message
                 await ws.send_bytes(message)
             if data is None:
                 break
