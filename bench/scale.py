@@ -90,7 +90,7 @@ class FirstJobProbe(threading.Thread):
             ["default"], [], [],
         )  # fmt: skip
         websocket.send(hello.encode())
-        welcome, *first = p.decode_all(websocket.recv())  # type: ignore[arg-type]
+        welcome, *first = p.decode_all(websocket.recv(), p.TO_WORKER)
         if not isinstance(welcome, p.Welcome):
             raise RuntimeError(f"expected a welcome frame, got {welcome!r}")
         self.connected_at = time.monotonic()
@@ -102,7 +102,7 @@ class FirstJobProbe(threading.Thread):
             except TimeoutError:
                 websocket.send(p.Heartbeat().encode())  # as a worker does, to keep its lease
                 continue
-            for frame in p.decode_all(data):  # type: ignore[arg-type]
+            for frame in p.decode_all(data, p.TO_WORKER):
                 if isinstance(frame, p.Jobs) and frame.items:
                     self.first_job_at = time.monotonic()
 

@@ -13,7 +13,7 @@ TOKEN_FILE_NAME = "tokens.json"
 DATABASE_FILE_NAME = "corral.db"
 
 #: Wire protocol between worker and server; a worker speaking another version is refused.
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 
 #: Queue every job goes to unless it names another.
 DEFAULT_QUEUE = "default"
@@ -24,6 +24,13 @@ WORKER_LEASE = 5.0
 
 #: Jobs a worker may hold beyond its concurrency, so that it never waits for the next one.
 DEFAULT_PREFETCH = 64
+
+#: What a worker may announce in its hello: jobs at once, jobs held (concurrency + prefetch),
+#: queues and tags. A hello beyond them is refused, so one worker cannot take a whole queue.
+MAX_WORKER_CONCURRENCY = 1024
+MAX_WORKER_CAPACITY = MAX_WORKER_CONCURRENCY + 4096
+MAX_WORKER_QUEUES = 64
+MAX_WORKER_TAGS = 256
 
 #: The server stores that an idempotent job runs this long after sending it to a worker, unless
 #: the job has ended by then (its final update then says where and when it ran).
@@ -74,6 +81,13 @@ MAX_TARGET_LENGTH = 1024
 #: Characters of a job's working directory (Linux's PATH_MAX) and of the user it runs as.
 MAX_PATH_LENGTH = 4096
 MAX_USER_LENGTH = 256
+
+#: Longest error message or traceback in a result; a worker cuts longer ones to fit.
+MAX_ERROR_TEXT = 64 * 1024
+
+#: Largest WebSocket message either side of a stream sends or accepts. Senders split frames to fit
+#: (protocol.pack); the margin over MAX_REQUEST_BYTES lets any one job or result go in a message.
+MAX_FRAME_BYTES = MAX_REQUEST_BYTES + 1024 * 1024
 
 #: Group commit: the store writer takes at most this many mutations per transaction.
 MAX_COMMIT_BATCH = 20_000

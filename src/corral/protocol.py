@@ -1,66 +1,312 @@
 """Frames exchanged over corral's WebSockets, encoded with msgpack.
 
 Two streams use them: workers (`/api/v1/workers/ws`) and clients that submit, wait on results and
-follow logs (`/api/v1/ws`). A frame is a msgpack array: its type tag, then its fields in order. Each
-frame type is a frozen dataclass; `decode()` raises ProtocolError for anything that does not fit.
+follow logs (`/api/v1/ws`). A frame is a msgpack array: its type tag, then its fields in order.
+Each frame type is a frozen dataclass.
+
+Nothing a peer sends is trusted. Each side decodes with the table of the frames its peer may send
+(FROM_WORKER, TO_WORKER, FROM_CLIENT, TO_CLIENT), checks every field's type and bounds, and raises
+ProtocolError naming the field for anything that does not fit. The per-job items (jobs, results,
+output, acks) are NamedTuples checked by hand: they are on the hot path, and a tuple packs as a
+msgpack array as it is.
+
+No message is larger than MAX_FRAME_BYTES: `encode` splits a frame of items across several frames
+of its type, and `bundle` packs encoded frames into as few messages as fit, both through `pack`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar
+import struct
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, ClassVar, NamedTuple, Self
 
 import msgpack
 
+from corral.checks import (
+    INT32,
+    Check,
+    Invalid,
+    anything,
+    array,
+    at,
+    attempt_at,
+    binary,
+    boolean,
+    fields_of,
+    good_id,
+    id_at,
+    integer,
+    mapping,
+    number,
+    optional,
+    show,
+    text,
+)
+from corral.constants import (
+    MAX_ERROR_TEXT,
+    MAX_FRAME_BYTES,
+    MAX_NAME_LENGTH,
+    MAX_WORKER_CAPACITY,
+    MAX_WORKER_CONCURRENCY,
+    MAX_WORKER_QUEUES,
+    MAX_WORKER_TAGS,
+    PROTOCOL_VERSION,
+)
 from corral.errors import ProtocolError
+from corral.models import JobState
+
+#: Longest worker session secret (see Welcome).
+MAX_SECRET_LENGTH = 128
+#: What a bundle adds around the frames it carries: frames are split to leave room for it.
+_BUNDLE_ROOM = 64
+
+
+class OtherProtocol(ProtocolError):
+    """A worker's hello speaks another protocol version."""
+
+    def __init__(self, version: object) -> None:
+        super().__init__(f"protocol version {version!r}")
+        self.version = version
+
+
+class RequestRejected(ProtocolError):
+    """A client's request frame is malformed inside; it is answered with an Error, not a close."""
+
+    def __init__(self, request_id: int, message: str) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+
+
+def checked(check: Check, **options: Any) -> Any:
+    """A frame field and the check its decoded value must pass."""
+    return field(metadata={"check": check}, **options)
+
+
+_ID = text()
+_new_tuple = tuple.__new__  # a NamedTuple from a checked list, without its __new__'s cost
+
+
+# -- items of the per-job frames ------------------------------------------------------------------
+
+
+class AttemptRef(NamedTuple):
+    """One attempt of a job: what a worker holds (Hello.held) or what the server stored (Ack)."""
+
+    job_id: str
+    attempt: int
+
+
+def attempt_ref(value: Any) -> AttemptRef:
+    # Each per-job item has a fast path of plain tests, and a slow one to say what is wrong.
+    if type(value) is list and len(value) == 2:
+        job_id, attempt = value
+        if good_id(job_id) and type(attempt) is int and 1 <= attempt <= INT32:
+            return _new_tuple(AttemptRef, value)
+    job_id, attempt = fields_of(value, 2, "[job_id, attempt]")
+    return AttemptRef(id_at(job_id, "job_id"), attempt_at(attempt))
+
+
+class JobItem(NamedTuple):
+    """A job for a worker: the attempt it runs as and its JobSpec, msgpack-encoded."""
+
+    job_id: str
+    attempt: int
+    spec: bytes
+
+
+def job_item(value: Any) -> JobItem:
+    if type(value) is list and len(value) == 3:
+        job_id, attempt, spec = value
+        if (
+            good_id(job_id)
+            and type(attempt) is int
+            and 1 <= attempt <= INT32
+            and type(spec) is bytes
+        ):
+            return _new_tuple(JobItem, value)
+    job_id, attempt, spec = fields_of(value, 3, "[job_id, attempt, spec]")
+    return JobItem(id_at(job_id, "job_id"), attempt_at(attempt), at(binary, spec, "spec"))
+
+
+STREAMS = ("stdout", "stderr")
+
+#: The states an attempt can end in; `queued`, `running` and `lost` are the server's to decide.
+FINAL_STATES: Mapping[str, JobState] = {
+    state.value: state
+    for state in (JobState.SUCCEEDED, JobState.FAILED, JobState.TIMED_OUT, JobState.CANCELLED)
+}
+
+
+class ResultReport(NamedTuple):
+    """How one attempt ended on a worker. Times are epoch seconds."""
+
+    job_id: str
+    attempt: int
+    state: JobState
+    exit_code: int | None = None
+    result: Any = None
+    error_type: str | None = None
+    error_message: str | None = None
+    traceback: str | None = None
+    pid: int | None = None
+    started: float | None = None
+    finished: float | None = None
+    truncated: dict[str, int] | None = None  # bytes cut from each stream over the output cap
+
+
+def _cuts(value: Any) -> dict[str, int]:
+    cuts = mapping(value)
+    if any(stream not in STREAMS for stream in cuts):
+        raise Invalid(f"expected stdout or stderr as keys, got {show(list(cuts))}")
+    for stream, cut in cuts.items():
+        at(integer(0, 2**53), cut, stream)
+    return cuts
+
+
+_EXIT_CODE = optional(integer(-INT32, INT32))
+_ERROR_TYPE = optional(text())
+_ERROR_TEXT = optional(text(MAX_ERROR_TEXT, empty=True))
+_PID = optional(integer(0, 2 * INT32))
+_TIME = optional(number(0.0, 2.0**40))
+_CUTS = optional(_cuts)
+
+
+def result_report(value: Any) -> ResultReport:
+    if type(value) is list and len(value) == 12:
+        (job_id, attempt, state, exit_code, _, error_type, error_message, traceback, pid,
+         started, finished, truncated) = value  # fmt: skip
+        if (
+            type(job_id) is str
+            and 0 < len(job_id) <= MAX_NAME_LENGTH
+            and type(attempt) is int
+            and 1 <= attempt <= INT32
+            and type(state) is str
+            and (final := FINAL_STATES.get(state)) is not None
+            and (exit_code is None or (type(exit_code) is int and -INT32 <= exit_code <= INT32))
+            and error_type is None
+            and error_message is None
+            and traceback is None
+            and (pid is None or (type(pid) is int and 0 <= pid <= 2 * INT32))
+            and (started is None or (type(started) is float and 0.0 <= started <= 2.0**40))
+            and (finished is None or (type(finished) is float and 0.0 <= finished <= 2.0**40))
+            and truncated is None
+        ):  # the common report, of an attempt that ended without an error: all checked
+            value[2] = final
+            return _new_tuple(ResultReport, value)
+    return _checked_report(value)
+
+
+def _checked_report(value: Any) -> ResultReport:
+    (job_id, attempt, state, exit_code, result, error_type, error_message, traceback, pid,
+     started, finished, truncated) = fields_of(value, 12, "a result report")  # fmt: skip
+    final = FINAL_STATES.get(state) if type(state) is str else None
+    if final is None:
+        raise Invalid(f"expected one of {', '.join(FINAL_STATES)}, got {show(state)}", ".state")
+    return ResultReport(
+        id_at(job_id, "job_id"),
+        attempt_at(attempt),
+        final,
+        at(_EXIT_CODE, exit_code, "exit_code"),
+        result,
+        at(_ERROR_TYPE, error_type, "error_type"),
+        at(_ERROR_TEXT, error_message, "error_message"),
+        at(_ERROR_TEXT, traceback, "traceback"),
+        at(_PID, pid, "pid"),
+        at(_TIME, started, "started"),
+        at(_TIME, finished, "finished"),
+        at(_CUTS, truncated, "truncated"),
+    )
+
+
+def clip(value: str | None, limit: int = MAX_ERROR_TEXT, *, keep_end: bool = False) -> str | None:
+    """`value` cut to `limit` characters, so that a report passes its checks."""
+    if value is None or len(value) <= limit:
+        return value
+    return "..." + value[3 - limit :] if keep_end else value[: limit - 3] + "..."
+
+
+class LogItem(NamedTuple):
+    """Output of one attempt, from its worker."""
+
+    job_id: str
+    attempt: int
+    stream: str
+    data: bytes
+
+
+def log_item(value: Any) -> LogItem:
+    if type(value) is list and len(value) == 4:
+        job_id, attempt, stream, data = value
+        if (
+            good_id(job_id)
+            and type(attempt) is int
+            and 1 <= attempt <= INT32
+            and (stream == "stdout" or stream == "stderr")
+            and type(data) is bytes
+        ):
+            return _new_tuple(LogItem, value)
+    job_id, attempt, stream, data = fields_of(value, 4, "[job_id, attempt, stream, data]")
+    if stream not in STREAMS or type(stream) is not str:
+        raise Invalid(f"expected stdout or stderr, got {show(stream)}", ".stream")
+    data = at(binary, data, "data")
+    return LogItem(id_at(job_id, "job_id"), attempt_at(attempt), stream, data)
+
+
+class OutputItem(NamedTuple):
+    """Output of a job for a client following it: `data` starts at byte `offset` of the stream."""
+
+    job_id: str
+    stream: str
+    offset: int
+    data: bytes
+
+
+def output_item(value: Any) -> OutputItem:
+    job_id, stream, offset, data = fields_of(value, 4, "[job_id, stream, offset, data]")
+    if stream not in STREAMS or type(stream) is not str:
+        raise Invalid(f"expected stdout or stderr, got {show(stream)}", ".stream")
+    offset = at(integer(0, 2**53), offset, "offset")
+    return OutputItem(id_at(job_id, "job_id"), stream, offset, at(binary, data, "data"))
+
+
+# -- frames ---------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class Frame:
     TAG: ClassVar[str] = ""
     FIELDS: ClassVar[tuple[str, ...]] = ()
+    CHECKS: ClassVar[tuple[Check, ...]] = ()
+    REQUIRED: ClassVar[int] = 0  # fields without a default; a sender may leave out the rest
 
     def encode(self) -> bytes:
+        """The frame as one message, however big; `encode(frame)` splits it to fit."""
         # Not dataclasses.astuple: it deep-copies every list, and frames carry thousands of items.
         values = [getattr(self, name) for name in self.FIELDS]
         return msgpack.packb([self.TAG, *values], use_bin_type=True)
 
-
-_FRAMES: dict[str, type[Frame]] = {}
+    @classmethod
+    def parse(cls, values: list[Any]) -> Self:
+        """The frame from its decoded fields; ProtocolError naming the first that does not fit."""
+        if not cls.REQUIRED <= len(values) <= len(cls.CHECKS):
+            expected = f"{cls.REQUIRED} to {len(cls.CHECKS)}"
+            raise ProtocolError(f"a {cls.TAG!r} frame has {expected} fields, got {len(values)}")
+        checked = []
+        for name, check, value in zip(cls.FIELDS, cls.CHECKS, values, strict=False):
+            try:
+                checked.append(check(value))
+            except Invalid as exc:
+                raise ProtocolError(f"{cls.TAG}.{name}{exc.path}: {exc.message}") from None
+        return cls(*checked)
 
 
 def frame(cls: type[Frame]) -> type[Frame]:
-    """Register a frame class under its tag."""
-    if cls.TAG in _FRAMES:
-        raise ValueError(f"duplicate frame tag {cls.TAG!r}")
+    """Record a frame class's fields and their checks."""
     cls.FIELDS = tuple(f.name for f in fields(cls))
-    _FRAMES[cls.TAG] = cls
+    cls.CHECKS = tuple(f.metadata["check"] for f in fields(cls))
+    cls.REQUIRED = sum(f.default is MISSING and f.default_factory is MISSING for f in fields(cls))
     return cls
-
-
-def decode(data: bytes) -> Frame:
-    """The frame in `data`; ProtocolError if it is not one."""
-    try:
-        tag, *values = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=False)
-        cls = _FRAMES[tag]
-        if len(values) != len(cls.FIELDS):
-            raise TypeError(f"{len(values)} fields, expected {len(cls.FIELDS)}")
-        return cls(*values)
-    except (ValueError, TypeError, KeyError, msgpack.UnpackException) as exc:
-        raise ProtocolError(f"undecodable frame: {exc}") from exc
-
-
-def decode_all(data: bytes) -> list[Frame]:
-    """The frames in one message: a Bundle's contents, or the single frame."""
-    frame = decode(data)
-    if isinstance(frame, Bundle):
-        return [decode(item) for item in frame.frames]
-    return [frame]
-
-
-def bundle(encoded: list[bytes]) -> bytes:
-    """One message carrying frames queued together (one send instead of many)."""
-    return encoded[0] if len(encoded) == 1 else Bundle(encoded).encode()
 
 
 @frame
@@ -69,81 +315,87 @@ class Bundle(Frame):
     """Several encoded frames sent as one message, in order."""
 
     TAG: ClassVar[str] = "bundle"
-    frames: list[bytes]
+    frames: list[bytes] = checked(array(binary))
 
 
-# -- worker <-> server --------------------------------------------------------------------------
+# -- worker <-> server ----------------------------------------------------------------------------
 
 
 @frame
 @dataclass(frozen=True, slots=True)
 class Hello(Frame):
-    """Worker's first frame. `held` lists every job it still has as [job_id, attempt], so a
-    reconnect loses none."""
+    """Worker's first frame. `held` lists every job it still has, so a reconnect loses none;
+    `secret` is the one its last Welcome gave it ("" before the first), without which a worker
+    id that is in use cannot be taken."""
 
     TAG: ClassVar[str] = "hello"
-    protocol: int
-    worker_id: str
-    host: str
-    pid: int
-    concurrency: int
-    capacity: int
-    queues: list[str]
-    tags: list[str]
-    held: list[list[Any]] = field(default_factory=list)
+    protocol: int = checked(integer(0, INT32))
+    worker_id: str = checked(_ID)
+    host: str = checked(text(empty=True))
+    pid: int = checked(integer(0, 2 * INT32))
+    concurrency: int = checked(integer(1, MAX_WORKER_CONCURRENCY))
+    capacity: int = checked(integer(0, MAX_WORKER_CAPACITY))
+    queues: list[str] = checked(array(_ID, MAX_WORKER_QUEUES))
+    tags: list[str] = checked(array(_ID, MAX_WORKER_TAGS))
+    # Bounded by the message size, not by a count: unacknowledged results pile up here while
+    # the store is slow.
+    held: list[AttemptRef] = checked(array(attempt_ref), default_factory=list)
+    secret: str = checked(text(MAX_SECRET_LENGTH, empty=True), default="")
 
     def held_attempts(self) -> dict[str, int]:
-        """`held` as {job_id: attempt}; ProtocolError if it is not a list of such pairs."""
-        try:
-            return {str(job_id): int(attempt) for job_id, attempt in self.held}
-        except (TypeError, ValueError) as exc:
-            raise ProtocolError(f"malformed 'held' in hello: {exc}") from None
+        """`held` as {job_id: attempt}."""
+        return dict(self.held)
 
 
 @frame
 @dataclass(frozen=True, slots=True)
 class Welcome(Frame):
+    """The server took the worker. `secret` binds the worker id to this worker: it presents it
+    in every later hello to reclaim its jobs."""
+
     TAG: ClassVar[str] = "welcome"
-    heartbeat_interval: float
-    lease: float
-    allow_pickle: bool
+    heartbeat_interval: float = checked(number(0.001, 3600.0))
+    lease: float = checked(number(0.001, 86400.0))
+    allow_pickle: bool = checked(boolean)
+    secret: str = checked(text(MAX_SECRET_LENGTH))
 
 
 @frame
 @dataclass(frozen=True, slots=True)
 class Refuse(Frame):
-    """The server will not take this worker (e.g. another protocol version); the reason says why."""
+    """The server will not take this worker (another protocol version, a worker id in use by
+    another worker); the reason says why."""
 
     TAG: ClassVar[str] = "refuse"
-    reason: str
+    reason: str = checked(text(MAX_ERROR_TEXT))
 
 
 @frame
 @dataclass(frozen=True, slots=True)
 class Jobs(Frame):
-    """Jobs for the worker: each item is [job_id, attempt, spec] with spec the JobSpec as a dict."""
+    """Jobs for the worker."""
 
     TAG: ClassVar[str] = "jobs"
-    items: list[list[Any]]
+    items: list[JobItem] = checked(array(job_item))
 
 
 @frame
 @dataclass(frozen=True, slots=True)
 class Results(Frame):
-    """Attempts that ended: each item is a dict with job_id, attempt, state and the details
-    (exit_code, result, error_type, error_message, traceback, pid, started, finished)."""
+    """Attempts that ended."""
 
     TAG: ClassVar[str] = "results"
-    items: list[dict[str, Any]]
+    items: list[ResultReport] = checked(array(result_report))
 
 
 @frame
 @dataclass(frozen=True, slots=True)
 class Ack(Frame):
-    """Results the server has stored: items are [job_id, attempt]; the worker may forget them."""
+    """Results the server is done with (stored, or not the worker's to report): the worker may
+    forget them."""
 
     TAG: ClassVar[str] = "ack"
-    items: list[list[Any]]
+    items: list[AttemptRef] = checked(array(attempt_ref))
 
 
 @frame
@@ -152,7 +404,7 @@ class KillJobs(Frame):
     """Stop these jobs (cancelled, or re-assigned while the worker was away)."""
 
     TAG: ClassVar[str] = "kill"
-    job_ids: list[str]
+    job_ids: list[str] = checked(array(_ID))
 
 
 @frame
@@ -161,7 +413,7 @@ class Release(Frame):
     """A departing worker hands these jobs back unstarted or unfinished."""
 
     TAG: ClassVar[str] = "release"
-    job_ids: list[str]
+    job_ids: list[str] = checked(array(_ID))
 
 
 @frame
@@ -173,31 +425,42 @@ class Heartbeat(Frame):
 @frame
 @dataclass(frozen=True, slots=True)
 class Log(Frame):
-    """Output chunks: each item is [job_id, stream, bytes]."""
+    """Output chunks of the attempts a worker runs."""
 
     TAG: ClassVar[str] = "log"
-    items: list[list[Any]]
+    items: list[LogItem] = checked(array(log_item))
 
 
-# -- client <-> server --------------------------------------------------------------------------
+# -- client <-> server ----------------------------------------------------------------------------
 
 
 @frame
 @dataclass(frozen=True, slots=True)
 class Submit(Frame):
-    """Submit job specs (dicts as the REST API takes them); answered by Submitted or Error."""
+    """Submit job specs (maps as the REST API takes them); answered by Submitted or Error."""
 
     TAG: ClassVar[str] = "submit"
-    request_id: int
-    specs: list[dict[str, Any]]
+    request_id: int = checked(integer(0, 2**63))
+    specs: list[dict[str, Any]] = checked(array(mapping))
+
+    @classmethod
+    def parse(cls, values: list[Any]) -> Self:
+        """A malformed body is answered (RequestRejected) when the request id can be read."""
+        request_id = values[0] if values else None
+        if type(request_id) is not int or not 0 <= request_id <= 2**63:
+            return super(Submit, cls).parse(values)
+        try:
+            return super(Submit, cls).parse(values)
+        except ProtocolError as exc:
+            raise RequestRejected(request_id, str(exc)) from None
 
 
 @frame
 @dataclass(frozen=True, slots=True)
 class Submitted(Frame):
     TAG: ClassVar[str] = "submitted"
-    request_id: int
-    job_ids: list[str]
+    request_id: int = checked(integer(0, 2**63))
+    job_ids: list[str] = checked(array(_ID))
 
 
 @frame
@@ -206,9 +469,9 @@ class Error(Frame):
     """A request on the client stream failed; `status` follows HTTP (404, 422, ...)."""
 
     TAG: ClassVar[str] = "error"
-    request_id: int
-    status: int
-    message: str
+    request_id: int = checked(integer(0, 2**63))
+    status: int = checked(integer(100, 599))
+    message: str = checked(text(MAX_ERROR_TEXT, empty=True))
 
 
 @frame
@@ -217,7 +480,7 @@ class Watch(Frame):
     """Tell me when these jobs finish; each is answered by one Done (at once if already done)."""
 
     TAG: ClassVar[str] = "watch"
-    job_ids: list[str]
+    job_ids: list[str] = checked(array(_ID))
 
 
 @frame
@@ -226,13 +489,13 @@ class Done(Frame):
     """A watched job finished. `state` is 'unknown' for an id the server never had."""
 
     TAG: ClassVar[str] = "done"
-    job_id: str
-    state: str
-    result: Any = None
-    error_type: str | None = None
-    error_message: str | None = None
-    traceback: str | None = None
-    exit_code: int | None = None
+    job_id: str = checked(_ID)
+    state: str = checked(text(32))
+    result: Any = checked(anything, default=None)
+    error_type: str | None = checked(_ERROR_TYPE, default=None)
+    error_message: str | None = checked(_ERROR_TEXT, default=None)
+    traceback: str | None = checked(_ERROR_TEXT, default=None)
+    exit_code: int | None = checked(_EXIT_CODE, default=None)
 
 
 @frame
@@ -241,12 +504,141 @@ class Follow(Frame):
     """Stream this job's output from the start, until it finishes (then an EndOfLog)."""
 
     TAG: ClassVar[str] = "follow"
-    job_id: str
+    job_id: str = checked(_ID)
+
+
+@frame
+@dataclass(frozen=True, slots=True)
+class Output(Frame):
+    """Output of a followed job."""
+
+    TAG: ClassVar[str] = "log"
+    items: list[OutputItem] = checked(array(output_item))
 
 
 @frame
 @dataclass(frozen=True, slots=True)
 class EndOfLog(Frame):
     TAG: ClassVar[str] = "eol"
-    job_id: str
-    state: str
+    job_id: str = checked(_ID)
+    state: str = checked(text(32))
+
+
+# -- decoding -------------------------------------------------------------------------------------
+
+Frames = Mapping[str, type[Frame]]
+
+
+def _table(*classes: type[Frame]) -> Frames:
+    return {cls.TAG: cls for cls in classes}
+
+
+#: What each side accepts from the other (a worker's Hello comes first, see decode_hello).
+FROM_WORKER = _table(Results, Log, Release, Heartbeat)
+TO_WORKER = _table(Welcome, Refuse, Jobs, Ack, KillJobs)
+FROM_CLIENT = _table(Submit, Watch, Follow)
+TO_CLIENT = _table(Submitted, Error, Done, Output, EndOfLog)
+
+
+def _unpack(data: object) -> list[Any]:
+    if type(data) is not bytes:
+        raise ProtocolError("expected a binary message holding msgpack frames")
+    try:
+        values = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=False)
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise ProtocolError(f"undecodable frame: {exc}") from None
+    if type(values) is not list or not values or type(values[0]) is not str:
+        raise ProtocolError("expected a frame: an array of its tag and its fields")
+    return values
+
+
+def _frame(values: list[Any], accepted: Frames) -> Frame:
+    cls = accepted.get(values[0])
+    if cls is None:
+        expected = ", ".join(accepted)
+        raise ProtocolError(f"unexpected {show(values[0])} frame here (expected {expected})")
+    return cls.parse(values[1:])
+
+
+def decode(data: object, accepted: Frames) -> Frame:
+    """The one frame (not a bundle) in `data`, of a type in `accepted`; ProtocolError if not."""
+    return _frame(_unpack(data), accepted)
+
+
+def decode_all(data: object, accepted: Frames) -> list[Frame]:
+    """The frames in one message: a Bundle's contents, or the single frame."""
+    values = _unpack(data)
+    if values[0] != Bundle.TAG:
+        return [_frame(values, accepted)]
+    return [decode(item, accepted) for item in Bundle.parse(values[1:]).frames]
+
+
+def decode_hello(data: object) -> Hello:
+    """A worker's first frame; OtherProtocol if it speaks another version (whatever its other
+    fields), ProtocolError for anything else that does not fit."""
+    values = _unpack(data)
+    if values[0] != Hello.TAG:
+        raise ProtocolError(f"expected a hello frame first, got {show(values[0])}")
+    version = values[1] if len(values) > 1 else None
+    if type(version) is not int or version != PROTOCOL_VERSION:
+        raise OtherProtocol(version)
+    return Hello.parse(values[1:])
+
+
+# -- encoding to fit ------------------------------------------------------------------------------
+
+
+def _array_header(length: int) -> bytes:
+    if length < 16:
+        return bytes((0x90 | length,))
+    if length < 2**16:
+        return b"\xdc" + struct.pack(">H", length)
+    return b"\xdd" + struct.pack(">I", length)
+
+
+def pack(head: bytes, items: Sequence[bytes], budget: int) -> list[bytes]:
+    """Messages, each `head` then a msgpack array of the next encoded items that fit in `budget`
+    bytes, in order. Every message either stream sends is made here; ProtocolError for an item
+    too big for a message of its own."""
+    room = budget - len(head) - 5  # 5: the largest array header
+    messages: list[bytes] = []
+    start, size = 0, 0
+    for index, item in enumerate(items):
+        if len(item) > room:
+            raise ProtocolError(
+                f"one item of {len(item)} bytes does not fit in a message of {budget} bytes"
+            )
+        if size + len(item) > room:
+            messages.append(head + _array_header(index - start) + b"".join(items[start:index]))
+            start, size = index, 0
+        size += len(item)
+    messages.append(head + _array_header(len(items) - start) + b"".join(items[start:]))
+    return messages
+
+
+def encode(frame: Frame, budget: int = MAX_FRAME_BYTES - _BUNDLE_ROOM) -> list[bytes]:
+    """`frame` as messages of at most `budget` bytes: a frame whose one field is a list (jobs,
+    results, output, acks, job ids) is split into several frames of its type when too big."""
+    data = frame.encode()
+    if len(data) <= budget:
+        return [data]
+    if len(frame.FIELDS) != 1:
+        raise ProtocolError(f"a {frame.TAG!r} frame of {len(data)} bytes does not fit a message")
+    head = _array_header(2) + msgpack.packb(frame.TAG)
+    items = getattr(frame, frame.FIELDS[0])
+    return pack(head, [msgpack.packb(item, use_bin_type=True) for item in items], budget)
+
+
+_BUNDLE_HEAD = _array_header(2) + msgpack.packb(Bundle.TAG)
+
+
+def bundle(encoded: Sequence[bytes], budget: int = MAX_FRAME_BYTES) -> list[bytes]:
+    """Encoded frames (each from `encode`) in as few messages of at most `budget` bytes as fit."""
+    if len(encoded) == 1:
+        return list(encoded)
+    return pack(_BUNDLE_HEAD, [msgpack.packb(data, use_bin_type=True) for data in encoded], budget)
+
+
+def messages(frames: Iterable[Frame]) -> list[bytes]:
+    """Frames to send together, as messages that fit."""
+    return bundle([part for frame in frames for part in encode(frame)])

@@ -18,13 +18,15 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
 
-from corral.constants import MAX_REQUEST_BYTES
+from corral.constants import MAX_FRAME_BYTES
 from corral.errors import AuthError, ConfigError, Forbidden, ServerUnreachable
 
+CLOSE_BAD_FRAME = 4400
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_FORBIDDEN = 4403
 #: How long a failed plain-HTTP connection may spend finding out whether the port speaks TLS.
 TLS_PROBE_TIMEOUT = 2.0
+CLOSE_ID_IN_USE = 4409
 
 
 def ssl_context(url: str, ca: Path | None) -> ssl.SSLContext | None:
@@ -80,7 +82,7 @@ async def open_websocket(
             ssl=ssl_context(url, ca),
             compression=None,
             proxy=None,
-            max_size=MAX_REQUEST_BYTES,
+            max_size=MAX_FRAME_BYTES,
             ping_interval=None,
             open_timeout=10,
             logger=_websocket_logger,

@@ -48,3 +48,16 @@ def not_serialisable() -> object:
 def environment() -> dict[str, str]:
     """The environment the job runs with."""
     return dict(os.environ)
+
+
+def big_result_when(path: str, size: int) -> str:
+    """Wait for `path` to exist, note that this job is done with it, then return `size` bytes."""
+    while not os.path.exists(path):
+        time.sleep(0.01)
+    with open(path + ".done", "a") as done:
+        done.write(f"{os.getpid()}\n")
+    return "x" * size
+
+
+def length(value: str) -> int:
+    return len(value)

@@ -254,7 +254,7 @@ def test_batch_with_one_invalid_job_stores_nothing(
             proxy=None,
         ) as ws:
             await ws.send(p.Submit(7, [SHELL_JOB, {**SHELL_JOB, "retries": "x"}]).encode())
-            return p.decode(await ws.recv())  # type: ignore[arg-type]
+            return p.decode(await ws.recv(), p.TO_CLIENT)
 
     answer = asyncio.run(over_the_stream())
     assert isinstance(answer, p.Error)
@@ -434,7 +434,7 @@ def test_worker_of_another_protocol_version_is_refused(server: ServerProcess) ->
         ) as ws:
             frame = p.Hello(version, "old-worker", "elsewhere", 1, 1, 1, ["default"], [], [])
             await ws.send(frame.encode())
-            return p.decode(await ws.recv())  # type: ignore[arg-type]
+            return p.decode(await ws.recv(), p.TO_WORKER)
 
     refusal = asyncio.run(hello(99))
     assert isinstance(refusal, p.Refuse)

@@ -8,6 +8,7 @@ import contextlib
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from dataclasses import replace
 from typing import Any
 
 import msgpack
@@ -53,10 +54,8 @@ class Clock:
         return self.now
 
 
-def hello(worker_id: str, held: list[list[object]] | None = None, capacity: int = 1) -> p.Hello:
-    return p.Hello(
-        PROTOCOL_VERSION, worker_id, "host", 1, capacity, capacity, ["default"], [], held or []
-    )
+def hello(worker_id: str, capacity: int = 1) -> p.Hello:
+    return p.Hello(PROTOCOL_VERSION, worker_id, "host", 1, capacity, capacity, ["default"], [])
 
 
 @contextlib.asynccontextmanager
@@ -79,7 +78,7 @@ def sent(peer: Peer) -> list[p.Frame | None]:
     frames: list[p.Frame | None] = []
     while not peer.outbox.empty():
         data = peer.outbox.get_nowait()
-        frames.append(None if data is None else p.decode(data))
+        frames.append(None if data is None else p.decode(data, p.TO_WORKER))
     return frames
 
 
@@ -89,13 +88,16 @@ def test_an_expiry_committed_after_the_worker_came_back_spares_its_new_connectio
         async with running(store, clock) as engine:
             first = WorkerPeer(hello("w1"))
             engine.worker_joined(first)
+            [welcome] = sent(first)
+            assert isinstance(welcome, p.Welcome)
             [job_id] = await engine.submit([JobSpec(kind="shell", command="sleep 60")])  # type: ignore[arg-type]
             await engine.writer.flush()
 
             store.open.clear()  # the expiry's commit is held back...
             clock.now += 6
             expiry = engine._apply(engine.scheduler.tick(clock.now))
-            second = WorkerPeer(hello("w1", held=[]))  # ...while the worker reconnects
+            # ...while the worker reconnects:
+            second = WorkerPeer(replace(hello("w1"), secret=welcome.secret))
             engine.worker_left(first)
             engine.worker_joined(second)
             store.open.set()
@@ -157,7 +159,7 @@ def test_a_job_that_ends_quickly_is_written_once_and_a_longer_one_reads_as_runni
             )
             worker = WorkerPeer(hello("w1", capacity=2))
             engine.worker_joined(worker)
-            result = {"job_id": quick, "attempt": 1, "state": "succeeded", "started": 1.0}
+            result = p.ResultReport(quick, 1, JobState.SUCCEEDED, started=1.0)
             engine.worker_frame(worker, p.Results([result]))
             await engine.writer.flush()
             [update] = store.job_updates(quick)
@@ -179,8 +181,8 @@ def test_a_stale_result_beside_the_real_one_does_not_overwrite_it() -> None:
             [job_id] = await engine.submit([JobSpec(kind="python", target="m:f")])  # type: ignore[arg-type]
             worker = WorkerPeer(hello("w1"))
             engine.worker_joined(worker)
-            fresh = {"job_id": job_id, "attempt": 1, "state": "succeeded", "result": 42}
-            stale = {"job_id": job_id, "attempt": 0, "state": "cancelled", "error_message": "x"}
+            fresh = p.ResultReport(job_id, 1, JobState.SUCCEEDED, result=42)
+            stale = p.ResultReport(job_id, 2, JobState.CANCELLED, error_message="x")
             engine.worker_frame(worker, p.Results([fresh, stale]))
             await engine.writer.flush()
             row = store.get_job(job_id)

@@ -1,6 +1,7 @@
 """A hypothesis state machine over the scheduler: whatever the interleaving of submissions,
-workers joining, dying, reconnecting, results, cancels and time passing, no job is ever lost
-and none is dispatched to two live workers at once."""
+workers joining, dying, reconnecting, results (forged ones too), cancels and time passing, no job
+is ever lost, none is dispatched to two live workers at once, and only the worker that holds an
+attempt can report it."""
 
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.submitted: set[str] = set()
         self.final: dict[str, JobState] = {}
         self.running_on: dict[str, tuple[str, int]] = {}  # job -> (worker, attempt)
+        self.lost_on: dict[str, tuple[str, int]] = {}  # lost job -> (worker, attempt)
         self.alive: set[str] = set()  # workers that keep heartbeating
         self.held: dict[str, dict[str, int]] = {w: {} for w in WORKERS}  # what each worker has
         self.next_id = 0
@@ -56,6 +58,10 @@ class SchedulerMachine(RuleBasedStateMachine):
                 previous = self.final.get(decision.job.id)
                 assert previous in (None, JobState.LOST), f"{decision.job.id} finished twice"
                 self.final[decision.job.id] = decision.state
+                self.lost_on.pop(decision.job.id, None)
+                if decision.state is JobState.LOST:
+                    assert decision.job.worker is not None
+                    self.lost_on[decision.job.id] = (decision.job.worker, decision.job.attempts)
             elif isinstance(decision, WorkerExpired):
                 for job_id, (worker, _) in list(self.running_on.items()):
                     assert worker != decision.worker_id, f"{job_id} left on expired worker"
@@ -125,6 +131,21 @@ class SchedulerMachine(RuleBasedStateMachine):
         state = data.draw(st.sampled_from(OUTCOMES))
         self.apply(self.scheduler.complete(worker, [Outcome(job_id, attempt, state)], self.now))
 
+    @rule(worker=st.sampled_from(WORKERS), data=st.data())
+    def forge_result(self, worker: str, data: st.DataObject) -> None:
+        """A worker reports an attempt that is not its own: nothing changes."""
+        if not self.submitted:
+            return
+        job_id = data.draw(st.sampled_from(sorted(self.submitted)))
+        attempt = data.draw(st.integers(1, 4))
+        if self.scheduler.holds(worker, job_id, attempt):
+            return
+        state = data.draw(st.sampled_from(OUTCOMES))
+        decisions = self.scheduler.complete(worker, [Outcome(job_id, attempt, state)], self.now)
+        for decision in decisions:
+            assert not isinstance(decision, Finished | Requeued), f"forged {decision}"
+        self.apply(decisions)
+
     @rule(data=st.data())
     def cancel(self, data: st.DataObject) -> None:
         if self.submitted:
@@ -153,6 +174,19 @@ class SchedulerMachine(RuleBasedStateMachine):
                 assert inflight.get(job_id) == job.worker
             else:
                 assert job.state is JobState.QUEUED and job_id not in inflight
+
+    @invariant()
+    def only_the_holder_may_report_an_attempt(self) -> None:
+        for job_id, (holder, attempt) in [*self.running_on.items(), *self.lost_on.items()]:
+            assert self.scheduler.holds(holder, job_id, attempt)
+            assert not self.scheduler.holds(holder, job_id, attempt + 1)
+            for other in WORKERS:
+                if other != holder:
+                    assert not self.scheduler.holds(other, job_id, attempt)
+        for worker in WORKERS:
+            owed = any(holder == worker for holder, _ in self.lost_on.values())
+            known = self.scheduler.worker(worker) is not None
+            assert self.scheduler.claimed(worker) == (known or owed)
 
     @precondition(lambda self: self.submitted)
     @rule()

@@ -60,7 +60,7 @@ async def until(condition: Callable[[], bool], what: str) -> None:
 def jobs(job_id: str, attempt: int, kind: str = "shell") -> p.Jobs:
     spec = {"kind": kind, "command": ["sleep", "60"]} if kind == "shell" else {"kind": kind}
     payload = msgpack.packb({**spec, "target": "m:f"} if kind == "python" else spec)
-    return p.Jobs([[job_id, attempt, payload]])
+    return p.Jobs([p.JobItem(job_id, attempt, payload)])
 
 
 def test_a_job_given_again_while_its_old_attempt_is_killed_runs_once_that_has_ended() -> None:
@@ -76,7 +76,7 @@ def test_a_job_given_again_while_its_old_attempt_is_killed_runs_once_that_has_en
             worker._handle(p.KillJobs(["j"]))
             worker._handle(jobs("j", 2))
             await until(lambda: executor.started == ["j", "j"], "attempt 2 to start")
-            assert worker._unacked[("j", 1)]["state"] == JobState.CANCELLED.value
+            assert worker._unacked[("j", 1)].state is JobState.CANCELLED
             assert worker._assigned["j"].attempt == 2
             assert "j" in executor.running
         finally:

@@ -303,7 +303,7 @@ class AsyncClient:
                 raise NotFound(f"no job {job_id} on the server")
             if isinstance(frame, p.EndOfLog):
                 return
-            assert isinstance(frame, p.Log)
+            assert isinstance(frame, p.Output)
             for _, stream, offset, data in frame.items:
                 skip = offsets[stream] - offset  # resent after a reconnect: drop what we have
                 if skip < len(data):

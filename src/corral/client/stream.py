@@ -21,8 +21,8 @@ from websockets.exceptions import ConnectionClosed
 
 from corral import protocol as p
 from corral.constants import MAX_WATCH_IDS
-from corral.errors import ServerUnreachable, error_for_status
-from corral.transport import closed_error, open_websocket
+from corral.errors import ProtocolError, ServerUnreachable, error_for_status
+from corral.transport import CLOSE_BAD_FRAME, closed_error, open_websocket
 
 logger = logging.getLogger("corral.client")
 
@@ -91,7 +91,7 @@ class ClientStream:
         hang-up is left to the reconnect; one that refuses us (bad token) is raised."""
         ws = await self._connect()
         try:
-            await ws.send(frame.encode())
+            await _send_split(ws, frame)
         except ConnectionClosed:
             error = closed_error(ws.close_code, ws.close_reason)
             if error is not None:
@@ -111,10 +111,13 @@ class ClientStream:
     async def _read(self, ws: ClientConnection) -> None:
         try:
             async for data in ws:
-                for frame in p.decode_all(data):  # type: ignore[arg-type]
+                for frame in p.decode_all(data, p.TO_CLIENT):
                     self._dispatch(frame)
         except ConnectionClosed:
             pass
+        except ProtocolError as exc:  # not a corral server, or a broken one: hang up, say why
+            logger.warning("the server sent a bad frame (%s); reconnecting", exc)
+            await ws.close(CLOSE_BAD_FRAME, "bad frame")
         error = closed_error(ws.close_code, ws.close_reason)
         self._ws = None
         if error is not None or self._closed:
@@ -177,10 +180,10 @@ class ClientStream:
                 future.set_result(frame.job_ids)
             else:
                 future.set_exception(error_for_status(frame.status)(frame.message))
-        elif isinstance(frame, p.Log):
+        elif isinstance(frame, p.Output):
             for item in frame.items:
-                if sink := self._log_sinks.get(item[0]):
-                    sink(p.Log([item]))
+                if sink := self._log_sinks.get(item.job_id):
+                    sink(p.Output([item]))
         elif isinstance(frame, p.EndOfLog) and (sink := self._log_sinks.pop(frame.job_id, None)):
             sink(frame)
 
@@ -191,6 +194,12 @@ def _watches(job_ids: list[str]) -> list[p.Watch]:
         p.Watch(job_ids[start : start + MAX_WATCH_IDS])
         for start in range(0, len(job_ids), MAX_WATCH_IDS)
     ]
+
+
+async def _send_split(ws: ClientConnection, frame: p.Frame) -> None:
+    """Send a frame in as many messages as it takes to fit."""
+    for message in p.encode(frame):
+        await ws.send(message)
 
 
 def _hang_up_error(ws: ClientConnection, otherwise: str) -> Exception:

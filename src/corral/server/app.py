@@ -52,7 +52,12 @@ from corral.server.engine import Engine, Peer, WorkerPeer
 from corral.server.metrics import metrics_text
 from corral.server.sockets import SocketsByToken
 from corral.server.store.base import JobFilter
-from corral.transport import CLOSE_FORBIDDEN, CLOSE_UNAUTHORIZED
+from corral.transport import (
+    CLOSE_BAD_FRAME,
+    CLOSE_FORBIDDEN,
+    CLOSE_ID_IN_USE,
+    CLOSE_UNAUTHORIZED,
+)
 
 logger = logging.getLogger("corral.server")
 
@@ -326,29 +331,40 @@ def create_app(engine: Engine, tokens: TokenStore) -> FastAPI:
         if not await _accept(ws, Role.WORKER):
             return
         try:
-            hello = p.decode(await ws.receive_bytes())
-        except (ProtocolError, WebSocketDisconnect, KeyError):
-            await ws.close(code=4400, reason="expected a hello frame")
+            hello = p.decode_hello(await _receive(ws))
+        except WebSocketDisconnect:
             return
-        if not isinstance(hello, p.Hello) or hello.protocol != PROTOCOL_VERSION:
-            version = getattr(hello, "protocol", "?")
+        except p.OtherProtocol as exc:
             reason = (
-                f"worker speaks protocol {version}, this server speaks {PROTOCOL_VERSION}; "
+                f"worker speaks protocol {exc.version}, this server speaks {PROTOCOL_VERSION}; "
                 "install the same corral version on workers and server"
             )
             await ws.send_bytes(p.Refuse(reason).encode())
-            await ws.close(code=4400, reason="protocol version mismatch")
+            await ws.close(code=CLOSE_BAD_FRAME, reason="protocol version mismatch")
+            return
+        except ProtocolError as exc:
+            logger.warning("refused a worker's hello: %s", exc)
+            await ws.close(code=CLOSE_BAD_FRAME, reason=close_reason(str(exc)))
             return
         peer = WorkerPeer(hello)
+        refusal = engine.worker_joined(peer)
+        if refusal is not None:
+            logger.warning("refused a worker: %s", refusal)
+            await ws.send_bytes(p.Refuse(refusal).encode())
+            await ws.close(code=CLOSE_ID_IN_USE, reason=close_reason(refusal))
+            return
         sender = asyncio.create_task(_pump(ws, peer))
         try:
-            engine.worker_joined(peer)
             while True:
-                for frame in p.decode_all(await ws.receive_bytes()):
+                for frame in p.decode_all(await _receive(ws), p.FROM_WORKER):
                     engine.worker_frame(peer, frame)
-        except (WebSocketDisconnect, ProtocolError, InvalidRequest) as exc:
-            if not isinstance(exc, WebSocketDisconnect):
-                logger.warning("worker %s sent a bad frame: %s", hello.worker_id, exc)
+        except WebSocketDisconnect:
+            pass
+        except (ProtocolError, InvalidRequest) as exc:
+            logger.warning("worker %s sent a bad frame: %s", hello.worker_id, exc)
+            sender.cancel()
+            with contextlib.suppress(Exception):
+                await ws.close(code=CLOSE_BAD_FRAME, reason=close_reason(str(exc)))
         finally:
             engine.worker_left(peer)
             sender.cancel()
@@ -363,7 +379,11 @@ def create_app(engine: Engine, tokens: TokenStore) -> FastAPI:
         submissions: set[asyncio.Task[None]] = set()
         try:
             while True:
-                frame = p.decode(await ws.receive_bytes())
+                try:
+                    frame = p.decode(await _receive(ws), p.FROM_CLIENT)
+                except p.RequestRejected as exc:
+                    peer.send(p.Error(exc.request_id, 422, str(exc)))
+                    continue
                 if isinstance(frame, p.Submit):
                     # Concurrently: pipelined submissions share group commits.
                     task = asyncio.create_task(_submit_frame(peer, frame, role))
@@ -378,8 +398,9 @@ def create_app(engine: Engine, tokens: TokenStore) -> FastAPI:
         except WebSocketDisconnect:
             pass
         except ProtocolError as exc:
+            sender.cancel()
             with contextlib.suppress(Exception):
-                await ws.close(code=4400, reason=str(exc)[:120])
+                await ws.close(code=CLOSE_BAD_FRAME, reason=close_reason(str(exc)))
         finally:
             engine.forget(peer)
             sender.cancel()
@@ -421,6 +442,23 @@ def create_app(engine: Engine, tokens: TokenStore) -> FastAPI:
     return app
 
 
+async def _receive(ws: WebSocket) -> bytes:
+    """The next message; a text one is a bad frame, not a KeyError."""
+    message = await ws.receive()
+    if message["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(message.get("code", 1000))
+    data = message.get("bytes")
+    if data is None:
+        raise ProtocolError("expected a binary message holding msgpack frames, got text")
+    return data
+
+
+def close_reason(text: str) -> str:
+    """`text` cut to what a close frame carries (123 bytes of UTF-8)."""
+    data = text.encode()
+    return text if len(data) <= 123 else data[:120].decode(errors="ignore") + "..."
+
+
 async def _pump(ws: WebSocket, peer: Peer) -> None:
     """Send the peer's queued frames in order; None closes the socket."""
     with contextlib.suppress(WebSocketDisconnect, RuntimeError):
@@ -433,8 +471,8 @@ async def _pump(ws: WebSocket, peer: Peer) -> None:
                 if peer.outbox.empty():
                     break
                 data = peer.outbox.get_nowait()
-            if batch:
-                await ws.send_bytes(p.bundle(batch))
+            for message in p.bundle(batch) if batch else []:  # bundles that fit a message
+                await ws.send_bytes(message)
             if data is None:
                 break
         await ws.close()

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import secrets
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -45,6 +46,7 @@ from corral.server.scheduler import (
     Scheduler,
     WorkerExpired,
 )
+from corral.server.sessions import WorkerSessions
 from corral.server.store.base import (
     AppendLog,
     InsertJobs,
@@ -68,7 +70,8 @@ class Peer:
         self.outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
 
     def send(self, frame: p.Frame) -> None:
-        self.outbox.put_nowait(frame.encode())
+        for part in p.encode(frame):  # split to fit a message; the pump bundles them to fit
+            self.outbox.put_nowait(part)
 
     def close(self) -> None:
         self.outbox.put_nowait(None)
@@ -89,6 +92,10 @@ class Stats:
     submitted: int = 0
     dispatched: int = 0
     completed: dict[JobState, int] = field(default_factory=lambda: defaultdict(int))
+
+
+#: Details of an attempt that ended without a report (lost, cancelled while its worker was away).
+_NO_REPORT = p.ResultReport("", 0, JobState.LOST)
 
 
 def spec_fields(spec: JobSpec) -> dict[str, Any]:
@@ -181,6 +188,7 @@ class Engine:
         lease: float = WORKER_LEASE,
         heartbeat_interval: float = HEARTBEAT_INTERVAL,
         allow_pickle: bool = False,
+        worker_key: bytes | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -192,6 +200,7 @@ class Engine:
         self.stats = Stats()
         self._ids = IdGenerator()
         self._workers: dict[str, WorkerPeer] = {}
+        self._sessions = WorkerSessions(worker_key or secrets.token_bytes(32))
         self._watchers: dict[str, set[Peer]] = defaultdict(set)
         self._followers: dict[str, set[Peer]] = defaultdict(set)
         self._log_sizes: dict[tuple[str, str], int] = {}
@@ -342,22 +351,37 @@ class Engine:
 
     # -- workers -------------------------------------------------------------------------------
 
-    def worker_joined(self, peer: WorkerPeer) -> None:
+    def worker_joined(self, peer: WorkerPeer) -> str | None:
+        """Welcome the worker, or say why not: its id is in use by a worker with another secret
+        (see sessions.py); that worker's connection and jobs are left as they are."""
         hello = peer.hello
+        in_use = self.scheduler.claimed(hello.worker_id)
+        admission = self._sessions.admit(hello.worker_id, hello.secret, in_use)
+        if admission is None:
+            return (
+                f"worker id {hello.worker_id!r} is in use by another worker; give each worker "
+                f"its own id, or wait {self.scheduler.lease:g}s for the other's lease to run out"
+            )
         old = self._workers.get(hello.worker_id)
         if old is not None and old is not peer:
             old.close()
         self._workers[hello.worker_id] = peer
-        peer.send(p.Welcome(self.heartbeat_interval, self.scheduler.lease, self.allow_pickle))
+        peer.send(
+            p.Welcome(
+                self.heartbeat_interval, self.scheduler.lease, self.allow_pickle, admission.secret
+            )
+        )
         decisions = self.scheduler.worker_joined(
             hello.worker_id,
             queues=hello.queues,
             tags=hello.tags,
             capacity=hello.capacity,
-            held=hello.held_attempts(),
+            # A new session holds nothing of ours, whatever it says: it may not adopt jobs.
+            held=hello.held_attempts() if admission.returning else {},
             now=self.clock(),
         )
         self._apply(decisions)
+        return None
 
     def worker_left(self, peer: WorkerPeer) -> None:
         worker_id = peer.hello.worker_id
@@ -374,43 +398,50 @@ class Engine:
         if isinstance(frame, p.Results):
             self._results(peer, frame.items, now)
         elif isinstance(frame, p.Log):
-            self._logs(frame.items)
+            self._logs(worker_id, frame.items)
         elif isinstance(frame, p.Release):
             self._apply(self.scheduler.release(worker_id, frame.job_ids, now))
         elif not isinstance(frame, p.Heartbeat):
             raise InvalidRequest(f"unexpected {frame.TAG!r} frame from a worker")
 
-    def _results(self, peer: WorkerPeer, items: list[dict[str, Any]], now: float) -> None:
+    def _results(self, peer: WorkerPeer, reports: list[p.ResultReport], now: float) -> None:
+        """Settle the attempts the worker holds; acknowledge every report, so that an honest
+        worker forgets those that are not its own (any more) too."""
         hello = peer.hello
+        holds = self.scheduler.holds
         outcomes = []
-        details: dict[tuple[str, int], dict[str, Any]] = {}
+        details: dict[tuple[str, int], p.ResultReport] = {}
         attempts: list[Mutation] = []
-        for item in items:
-            state = JobState(item["state"])
-            outcomes.append(Outcome(item["job_id"], item["attempt"], state))
-            details[item["job_id"], item["attempt"]] = item
+        for report in reports:
+            if not holds(hello.worker_id, report.job_id, report.attempt):
+                continue
+            outcomes.append(Outcome(report.job_id, report.attempt, report.state))
+            details[report.job_id, report.attempt] = report
             attempt = Attempt(
-                number=item["attempt"],
+                number=report.attempt,
                 worker=hello.worker_id,
                 host=hello.host,
-                pid=item.get("pid"),
-                started=item.get("started"),
-                finished=item.get("finished"),
-                state=state,
-                exit_code=item.get("exit_code"),
-                error_type=item.get("error_type"),
-                error_message=item.get("error_message"),
-                traceback=item.get("traceback"),
-                truncated=item.get("truncated") or {},
+                pid=report.pid,
+                started=report.started,
+                finished=report.finished,
+                state=report.state,
+                exit_code=report.exit_code,
+                error_type=report.error_type,
+                error_message=report.error_message,
+                traceback=report.traceback,
+                truncated=report.truncated or {},
             )
-            attempts.append(SaveAttempt(item["job_id"], attempt))
+            attempts.append(SaveAttempt(report.job_id, attempt))
         decisions = self.scheduler.complete(hello.worker_id, outcomes, now)
-        ack = p.Ack([[item["job_id"], item["attempt"]] for item in items])
+        ack = p.Ack([p.AttemptRef(report.job_id, report.attempt) for report in reports])
         self._apply(decisions, details, attempts, then=lambda: peer.send(ack))
 
-    def _logs(self, items: list[list[Any]]) -> None:
+    def _logs(self, worker_id: str, items: list[p.LogItem]) -> None:
+        """Store output of the attempts the worker holds; drop the rest."""
         mutations: list[Mutation] = []
-        for job_id, stream, data in items:
+        for job_id, attempt, stream, data in items:
+            if not self.scheduler.holds(worker_id, job_id, attempt):
+                continue
             key = (job_id, stream)
             offset = self._log_sizes.get(key)
             if offset is None:
@@ -420,7 +451,7 @@ class Engine:
             self._log_sizes[key] = offset + len(data)
             mutations.append(AppendLog(job_id, stream, data))
             for follower in self._followers.get(job_id, ()):
-                follower.send(p.Log([[job_id, stream, offset, data]]))
+                follower.send(p.Output([p.OutputItem(job_id, stream, offset, data)]))
         if mutations:
             self.writer.submit_nowait(mutations)
 
@@ -463,7 +494,7 @@ class Engine:
         for stream in ("stdout", "stderr"):
             chunk = self.store.read_log(job_id, stream)
             if chunk.data:
-                peer.send(p.Log([[job_id, stream, 0, chunk.data]]))
+                peer.send(p.Output([p.OutputItem(job_id, stream, 0, chunk.data)]))
         if self.scheduler.job(job_id) is None and row.state.finished:
             self._end_follow(job_id, row.state)
 
@@ -491,7 +522,7 @@ class Engine:
     def _apply(
         self,
         decisions: list[Decision],
-        details: dict[tuple[str, int], dict[str, Any]] | None = None,
+        details: dict[tuple[str, int], p.ResultReport] | None = None,
         extra: list[Mutation] | None = None,
         then: Callable[[], None] | None = None,
     ) -> asyncio.Future[None]:
@@ -621,9 +652,11 @@ class Engine:
                 isinstance(decision, WorkerExpired)
                 # It may have come back while this was being committed: keep the new connection.
                 and self.scheduler.worker(decision.worker_id) is None
-                and (worker := self._workers.pop(decision.worker_id, None))
             ):
-                worker.close()
+                if not self.scheduler.claimed(decision.worker_id):
+                    self._sessions.forget(decision.worker_id)
+                if worker := self._workers.pop(decision.worker_id, None):
+                    worker.close()
         for notice in notices:
             self.stats.completed[JobState(notice.state)] += 1
             for peer in self._watchers.pop(notice.job_id, ()):
@@ -633,36 +666,36 @@ class Engine:
             self._end_follow(notice.job_id, JobState(notice.state))
 
     def _finished(
-        self, decision: Finished, detail: dict[str, Any] | None, now: float
+        self, decision: Finished, report: p.ResultReport | None, now: float
     ) -> tuple[UpdateJob, p.Done]:
         job, state = decision.job, decision.state
-        detail = detail or {}
+        detail = report or _NO_REPORT
         dispatched = self._unsaved_dispatches.pop(job.id, None)
-        result = detail.get("result")
-        error_message = detail.get("error_message") or decision.reason
+        result = detail.result
+        error_message = detail.error_message or decision.reason
         update = UpdateJob(
             job.id,
             state,
             # While it ran, the job showed when it was dispatched; now the worker says when it
             # really started (it may have waited in the worker's prefetch queue).
-            started=detail.get("started") or (dispatched.started if dispatched else None),
-            finished=detail.get("finished") or now,
+            started=detail.started or (dispatched.started if dispatched else None),
+            finished=detail.finished or now,
             worker=job.worker,
             attempts=job.attempts,
             result=msgpack.packb(result, use_bin_type=True) if result is not None else None,
-            error_type=detail.get("error_type"),
+            error_type=detail.error_type,
             error_message=error_message,
-            traceback=detail.get("traceback"),
-            exit_code=detail.get("exit_code"),
+            traceback=detail.traceback,
+            exit_code=detail.exit_code,
         )
         notice = p.Done(
             job.id,
             state.value,
             result,
-            detail.get("error_type"),
+            detail.error_type,
             error_message,
-            detail.get("traceback"),
-            detail.get("exit_code"),
+            detail.traceback,
+            detail.exit_code,
         )
         return update, notice
 
@@ -676,4 +709,4 @@ class Engine:
         self.stats.dispatched += len(dispatch.jobs)
         if peer is None:
             return  # the worker vanished meanwhile; its lease will hand the jobs on
-        peer.send(p.Jobs([[job.id, job.attempts, job.payload] for job in dispatch.jobs]))
+        peer.send(p.Jobs([p.JobItem(job.id, job.attempts, job.payload) for job in dispatch.jobs]))

@@ -15,12 +15,13 @@ from fastapi import FastAPI
 
 from corral import aio
 from corral.config import SERVER_URL_FILE_NAME, ServerSettings
-from corral.constants import HEARTBEAT_INTERVAL, MAX_REQUEST_BYTES, WORKER_LEASE
+from corral.constants import HEARTBEAT_INTERVAL, MAX_FRAME_BYTES, WORKER_LEASE
 from corral.errors import ConfigError
 from corral.server.app import create_app
 from corral.server.auth import TokenStore
 from corral.server.engine import Engine
 from corral.server.lockfile import LockHeld, hold_lock
+from corral.server.sessions import load_worker_key
 from corral.server.store import open_store
 
 logger = logging.getLogger("corral.server")
@@ -70,7 +71,11 @@ def prepare(settings: ServerSettings) -> Prepared:
     # Several heartbeats per lease, so one delayed frame does not cost a worker its jobs.
     heartbeat = settings.heartbeat_interval or min(HEARTBEAT_INTERVAL, lease / 4)
     engine = Engine(
-        store, lease=lease, heartbeat_interval=heartbeat, allow_pickle=settings.allow_pickle
+        store,
+        lease=lease,
+        heartbeat_interval=heartbeat,
+        allow_pickle=settings.allow_pickle,
+        worker_key=load_worker_key(settings.data_dir),
     )
     return Prepared(create_app(engine, tokens), engine, tokens, new_token, lock)
 
@@ -110,7 +115,7 @@ async def serve(
         lifespan="on",
         ssl_certfile=settings.tls_cert,
         ssl_keyfile=settings.tls_key,
-        ws_max_size=MAX_REQUEST_BYTES,
+        ws_max_size=MAX_FRAME_BYTES,
         ws_ping_interval=None,  # workers heartbeat on their own
         timeout_graceful_shutdown=5,
     )

@@ -203,6 +203,23 @@ class Scheduler:
     def workers(self) -> list[WorkerRecord]:
         return list(self._workers.values())
 
+    def holds(self, worker_id: str, job_id: str, attempt: int) -> bool:
+        """Whether that attempt of the job is the worker's to report: the one it runs now, or
+        the one it had when it was lost (a late result is still accepted)."""
+        worker = self._workers.get(worker_id)
+        job = worker.inflight.get(job_id) if worker is not None else None
+        if job is None:
+            job = self._lost.get(job_id)
+            if job is None or job.worker != worker_id:
+                return False
+        return job.attempts == attempt
+
+    def claimed(self, worker_id: str) -> bool:
+        """Whether the worker id is in use: connected, within its lease, or owed a late result."""
+        return worker_id in self._workers or any(
+            job.worker == worker_id for job in self._lost.values()
+        )
+
     def queue_orderings(self) -> dict[str, QueueOrdering]:
         return {name: queue.ordering for name, queue in self._queues.items()}
 
@@ -368,8 +385,9 @@ class Scheduler:
         return decisions + self._fill_all(now)
 
     def complete(self, worker_id: str, outcomes: Iterable[Outcome], now: float) -> list[Decision]:
-        """Attempts ended on a worker. Results for attempts that are no longer current (the job
-        was re-queued meanwhile) are ignored; a late result for a `lost` job is accepted."""
+        """Attempts ended on a worker. Results for attempts that are not its own (the job was
+        re-queued meanwhile, or never ran there) are ignored; a late result for a job it lost is
+        accepted."""
         worker = self._workers.get(worker_id)
         if worker is not None:
             worker.last_seen = now
@@ -381,7 +399,7 @@ class Scheduler:
                 decisions.append(self._settle(job, outcome.state, now))
                 continue
             lost = self._lost.get(outcome.job_id)
-            if lost is not None and lost.attempts == outcome.attempt:
+            if lost is not None and lost.attempts == outcome.attempt and lost.worker == worker_id:
                 del self._lost[outcome.job_id]
                 lost.state = JobState.RUNNING
                 decisions.append(self._finish(lost, outcome.state, "result arrived after loss"))

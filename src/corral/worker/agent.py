@@ -29,10 +29,16 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from corral import protocol as p
-from corral.constants import DEFAULT_PREFETCH, GRACEFUL_SHUTDOWN_TIMEOUT, PROTOCOL_VERSION
-from corral.errors import AuthError, CorralError, ProtocolError, ServerUnreachable
+from corral.constants import (
+    DEFAULT_PREFETCH,
+    GRACEFUL_SHUTDOWN_TIMEOUT,
+    MAX_ERROR_TEXT,
+    MAX_NAME_LENGTH,
+    PROTOCOL_VERSION,
+)
+from corral.errors import AuthError, ConfigError, CorralError, ProtocolError, ServerUnreachable
 from corral.models import JobKind, JobSpec, JobState, describe_validation_error
-from corral.transport import closed_error, open_websocket
+from corral.transport import CLOSE_BAD_FRAME, CLOSE_ID_IN_USE, closed_error, open_websocket
 from corral.worker.executors.base import Executor, Outcome, clean_environment
 from corral.worker.executors.python import PythonExecutor
 from corral.worker.executors.shell import ShellExecutor
@@ -45,6 +51,10 @@ SENDER_STOP_TIMEOUT = 1.0
 #: Longest a finished job's result waits to share a frame with others while other jobs run.
 RESULTS_HOLD = 0.002
 RECONNECT_MAX = 5.0
+
+
+class _IdInUse(CorralError):
+    """The server refused our worker id: another worker has it (or had it, within its lease)."""
 
 
 class ShutdownMode(StrEnum):
@@ -67,7 +77,12 @@ class WorkerSettings:
     shutdown_mode: ShutdownMode = ShutdownMode.FINISH
     shutdown_grace: float = GRACEFUL_SHUTDOWN_TIMEOUT
     ssh_credentials: Path | None = None  # YAML credential sets for ssh jobs, by name
-    worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}")
+    worker_id: str = field(default_factory=lambda: _default_worker_id())
+
+
+def _default_worker_id() -> str:
+    """The host's name and a random suffix, short enough for a hello."""
+    return f"{socket.gethostname()[: MAX_NAME_LENGTH - 9]}-{uuid.uuid4().hex[:8]}"
 
 
 class JobDecodeError(CorralError):
@@ -104,11 +119,11 @@ class Worker:
             ),
         }
         self._assigned: dict[str, _Assignment] = {}  # given to us, not yet finished
-        self._unacked: dict[tuple[str, int], dict[str, Any]] = {}  # finished, server not told
+        self._unacked: dict[tuple[str, int], p.ResultReport] = {}  # finished, server not told
         self._ready: asyncio.Queue[_Assignment] = asyncio.Queue()
         self._outgoing: list[p.Frame] = []
-        self._pending_results: list[dict[str, Any]] = []
-        self._pending_logs: list[list[Any]] = []
+        self._pending_results: list[p.ResultReport] = []
+        self._pending_logs: list[p.LogItem] = []
         self._wake_sender = asyncio.Event()
         self._results_waiting_since = 0.0  # loop time the oldest unsent result arrived
         self._ws: ClientConnection | None = None
@@ -121,6 +136,14 @@ class Worker:
         self._job_ended = asyncio.Event()
         self.heartbeat_interval = 1.0
         self.lease: float | None = None  # the server's, once it has welcomed us
+        self._secret = ""  # our session's, from the server's last welcome
+        try:  # the server checks a hello the same way: say what to change before connecting
+            p.decode_hello(self._hello().encode())
+        except ProtocolError as exc:
+            raise ConfigError(
+                f"this worker's settings do not fit what a server accepts ({exc}); "
+                "change --concurrency, --prefetch, --queues or --tags"
+            ) from None
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -212,6 +235,9 @@ class Worker:
                 continue
             try:
                 await self._session(ws)
+            except _IdInUse as exc:
+                logger.warning("%s; retrying in %.1fs", exc, delay)
+                delay = self._next_delay(delay)
             except ConnectionClosed as exc:
                 error = closed_error(
                     exc.rcvd.code if exc.rcvd else None, exc.rcvd.reason if exc.rcvd else None
@@ -234,31 +260,40 @@ class Worker:
         cap = RECONNECT_MAX if self.lease is None else min(RECONNECT_MAX, self.lease / 4)
         return min(cap, delay * 2) * (1 + random.random() * 0.2)
 
-    async def _session(self, ws: ClientConnection) -> None:
-        held = [[a.job_id, a.attempt] for a in self._assigned.values()]
-        held += [[job_id, attempt] for job_id, attempt in self._unacked]
-        hello = p.Hello(
+    def _hello(self) -> p.Hello:
+        held = [p.AttemptRef(a.job_id, a.attempt) for a in self._assigned.values()]
+        held += [p.AttemptRef(job_id, attempt) for job_id, attempt in self._unacked]
+        return p.Hello(
             PROTOCOL_VERSION,
             self.settings.worker_id,
-            socket.gethostname(),
+            socket.gethostname()[:MAX_NAME_LENGTH],
             os.getpid(),
             self.settings.concurrency,
             0 if self._draining else self.settings.concurrency + self.settings.prefetch,
             list(self.settings.queues),
             self._announced_tags(),
             held,
+            self._secret,
         )
-        await ws.send(hello.encode())
+
+    async def _session(self, ws: ClientConnection) -> None:
+        await ws.send(self._hello().encode())
         # The welcome may share a message with the first jobs, sent the moment we joined.
-        frames = p.decode_all(await ws.recv())  # type: ignore[arg-type]
+        frames = p.decode_all(await ws.recv(), p.TO_WORKER)
         answer = frames[0] if frames else None
         if isinstance(answer, p.Refuse):
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5):
+                    await ws.wait_closed()
+            if ws.close_code == CLOSE_ID_IN_USE:
+                raise _IdInUse(answer.reason)
             raise ProtocolError(f"the server refused this worker: {answer.reason}")
         if not isinstance(answer, p.Welcome):
             got = repr(answer.TAG) if answer else "an empty message"
             raise ProtocolError(f"expected a welcome frame, got {got}")
         self.heartbeat_interval = answer.heartbeat_interval
         self.lease = answer.lease
+        self._secret = answer.secret
         logger.info("connected to %s as %s", self.settings.server_url, self.settings.worker_id)
         self._ws = ws
         self._pending_results = list(self._unacked.values())
@@ -269,8 +304,11 @@ class Worker:
             for frame in frames[1:]:
                 self._handle(frame)
             async for data in ws:
-                for frame in p.decode_all(data):  # type: ignore[arg-type]
+                for frame in p.decode_all(data, p.TO_WORKER):
                     self._handle(frame)
+        except ProtocolError as exc:  # the server's fault, or a proxy's: try a new connection
+            logger.warning("the server sent a bad frame (%s); reconnecting", exc)
+            await ws.close(CLOSE_BAD_FRAME, "bad frame")
         finally:
             sender.cancel()
             # Not suppress(CancelledError) around `await sender`: that would also swallow a
@@ -289,7 +327,7 @@ class Worker:
     def _handle(self, frame: p.Frame) -> None:
         if isinstance(frame, p.Jobs):
             if self._draining:  # sent before the server saw our hand-back: return them too
-                self._send(p.Release([item[0] for item in frame.items]))
+                self._send(p.Release([item.job_id for item in frame.items]))
                 return
             for job_id, attempt, payload in frame.items:
                 try:
@@ -379,7 +417,8 @@ class Worker:
             frames.extend(self._outgoing)
             self._outgoing = []
             if frames or now - last_sent >= self.heartbeat_interval:
-                await ws.send(p.bundle([frame.encode() for frame in frames or [p.Heartbeat()]]))
+                for message in p.messages(frames or [p.Heartbeat()]):
+                    await ws.send(message)
                 last_sent = loop.time()
 
     def _send(self, frame: p.Frame) -> None:
@@ -436,7 +475,8 @@ class Worker:
 
     async def _execute(self, assignment: _Assignment) -> Outcome:
         def on_output(stream: str, chunk: bytes) -> None:
-            self._pending_logs.append([assignment.job_id, stream, chunk])
+            item = p.LogItem(assignment.job_id, assignment.attempt, stream, chunk)
+            self._pending_logs.append(item)
             self._wake_sender.set()
 
         try:
@@ -463,20 +503,21 @@ class Worker:
 
     def _report(self, job_id: str, attempt: int, outcome: Outcome) -> None:
         """Keep the attempt's result until the server acknowledges it, and send it."""
-        item = {
-            "job_id": job_id,
-            "attempt": attempt,
-            "state": outcome.state.value,
-            "exit_code": outcome.exit_code,
-            "result": outcome.result,
-            "error_type": outcome.error_type,
-            "error_message": outcome.error_message,
-            "traceback": outcome.traceback,
-            "pid": outcome.pid,
-            "started": outcome.started,
-            "finished": outcome.finished,
-            "truncated": outcome.truncated,
-        }
+        item = p.ResultReport(
+            job_id,
+            attempt,
+            outcome.state,
+            outcome.exit_code,
+            outcome.result,
+            # Cut to what the server accepts, or the report would never be taken.
+            p.clip(outcome.error_type, MAX_NAME_LENGTH),
+            p.clip(outcome.error_message, MAX_ERROR_TEXT),
+            p.clip(outcome.traceback, MAX_ERROR_TEXT, keep_end=True),
+            outcome.pid,
+            outcome.started,
+            outcome.finished,
+            outcome.truncated or None,
+        )
         self._unacked[(job_id, attempt)] = item
         self._all_acked.clear()
         if not self._pending_results:
