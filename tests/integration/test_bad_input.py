@@ -356,7 +356,7 @@ def test_what_cannot_run_is_refused_on_every_submit_path(
             answers = []
             for request_id, (body, _) in enumerate(UNRUNNABLE):
                 await ws.send(p.Submit(request_id, [body]).encode())
-                answers.append(p.decode(await ws.recv()))  # type: ignore[arg-type]
+                answers.append(p.decode(await ws.recv(), p.TO_CLIENT))
             return answers
 
     for (body, path), answer in zip(UNRUNNABLE, asyncio.run(over_the_stream()), strict=True):
@@ -510,7 +510,7 @@ def test_watch_frames_are_bounded_and_the_client_splits_its_watches(
             answered = 0
             with contextlib.suppress(websockets.ConnectionClosed):
                 while answered < len(job_ids):
-                    answered += len(p.decode_all(await ws.recv()))  # type: ignore[arg-type]
+                    answered += len(p.decode_all(await ws.recv(), p.TO_CLIENT))
             return ws.close_code, ws.close_reason, answered
 
     unknown = [f"01NOSUCHJOB{n:015d}" for n in range(MAX_WATCH_IDS + 1)]

@@ -103,7 +103,7 @@ async def _submit_over_stream(server: ServerProcess, specs: list[dict[str, objec
         proxy=None,
     ) as ws:
         await ws.send(p.Submit(1, specs).encode())
-        answer = p.decode(await ws.recv())  # type: ignore[arg-type]
+        answer = p.decode(await ws.recv(), p.TO_CLIENT)
     assert isinstance(answer, p.Submitted), answer
     return answer.job_ids
 

@@ -206,15 +206,15 @@ def test_a_result_is_acknowledged_and_announced_only_once_stored_however_long_th
             engine.watch(watcher, [job_id])
             sent(worker)  # welcome and the job
             store.full.set()
-            result = {"job_id": job_id, "attempt": 1, "state": "succeeded"}
+            result = p.ResultReport(job_id, 1, JobState.SUCCEEDED)
             engine.worker_frame(worker, p.Results([result]))
             await asyncio.to_thread(wait_for, lambda: store.refusals >= 3, DEADLINE, "retries")
             assert (sent(worker), sent(watcher)) == ([], [])
             assert engine.scheduler.job(job_id) is None  # the scheduler has moved on...
             store.full.clear()  # ...and the store catches up
-            ack = p.decode(await worker.outbox.get())
-            assert isinstance(ack, p.Ack) and ack.items == [[job_id, 1]]
-            done = p.decode(await watcher.outbox.get())
+            ack = p.decode(await worker.outbox.get(), p.TO_WORKER)
+            assert isinstance(ack, p.Ack) and ack.items == [(job_id, 1)]
+            done = p.decode(await watcher.outbox.get(), p.TO_CLIENT)
             assert isinstance(done, p.Done) and done.state == "succeeded"
             assert store.get_job(job_id).state is JobState.SUCCEEDED  # type: ignore[union-attr]
 
