@@ -139,17 +139,16 @@ def test_a_job_that_does_not_decode_or_whose_executor_raises_fails_alone() -> No
             await until(lambda: "fine" in executor.running, "the job after them to start")
             reported = {job_id: item for (job_id, _), item in worker._unacked.items()}
             assert set(reported) == {"garbage", "invalid", "no-executor", "broken"}
-            assert {item["state"] for item in reported.values()} == {JobState.FAILED.value}
-            assert reported["invalid"]["error_type"] == "JobDecodeError"
-            assert (
-                "retries: Input should be greater than or equal to 0"
-                in (reported["invalid"]["error_message"])
+            assert {item.state for item in reported.values()} == {JobState.FAILED}
+            assert reported["invalid"].error_type == "JobDecodeError"
+            assert "retries: Input should be greater than or equal to 0" in (
+                reported["invalid"].error_message
             )
-            assert "cannot decode the job's spec" in reported["garbage"]["error_message"]
-            assert "runs no python jobs" in reported["no-executor"]["error_message"]
-            assert reported["broken"]["error_type"] == "RuntimeError"
-            assert "the executor tripped" in reported["broken"]["error_message"]
-            assert "Traceback" in reported["broken"]["traceback"]
+            assert "cannot decode the job's spec" in reported["garbage"].error_message
+            assert "runs no python jobs" in reported["no-executor"].error_message
+            assert reported["broken"].error_type == "RuntimeError"
+            assert "the executor tripped" in reported["broken"].error_message
+            assert "Traceback" in reported["broken"].traceback
             assert set(worker._assigned) == {"fine"}
         finally:
             starter.cancel()
