@@ -390,17 +390,17 @@ async def test_close_ends_every_process(pool_env: dict[str, str], tmp_path: Path
         await wait_until(lambda pid=pid: process_gone(pid), f"process {pid} to end")
 
 
-async def test_a_new_zygote_is_started_when_the_old_one_dies(python_executor: MakePython) -> None:
+async def test_when_the_zygote_dies_its_processes_are_killed_and_replaced(
+    python_executor: MakePython,
+) -> None:
     executor = await python_executor()
     first = await executor.run("j1", call("jobfuncs:getpid"), Output())
     zygote = parent_pid(first.pid or 0)
     os.kill(zygote, signal.SIGKILL)
     await wait_until(lambda: process_gone(zygote), "the zygote to die")
-    # The pool child outlives its zygote; when it dies, nobody is left to report how.
-    died = await executor.run("j2", call("jobfuncs:exit_now", 3), Output())
-    assert died.state is JobState.FAILED
-    assert died.error_message == f"the job's process (pid {first.pid}) died (exit status unknown)"
-    after = await executor.run("j3", call("jobfuncs:getpid"), Output())
+    # Unsupervised, the pool process would outlive a kill -9 of the worker: it is killed too.
+    await wait_until(lambda: process_gone(first.pid or 0), "the pool process to be killed")
+    after = await executor.run("j2", call("jobfuncs:getpid"), Output())
     assert after.state is JobState.SUCCEEDED
     assert parent_pid(after.pid or 0) not in (zygote, os.getpid())
 

@@ -49,7 +49,8 @@ from corral.worker.executors.base import (
     job_environment,
     resolve_run_as,
 )
-from corral.worker.executors.python_pool import Answer, Child, Died, NotStarted, PoolJob, Zygote
+from corral.worker.executors.python_pool import Answer, Child, Died, NotStarted, PoolJob
+from corral.worker.executors.zygote import ZygoteKeeper
 
 logger = logging.getLogger(__name__)
 
@@ -97,9 +98,11 @@ class PythonExecutor(Executor):
         self._python = python
         self._max_output_bytes = max_output_bytes
         self._max_result_bytes = max_result_bytes
-        self._zygote: Zygote | None = None
-        self._zygote_lock = asyncio.Lock()
+        self._zygote = ZygoteKeeper(
+            python, self._env, self._cwd, max_result_bytes, self._on_zygote_died
+        )
         self._pool: list[Child] = []
+        self._one_offs: set[Child] = set()
         self._waiting: deque[PoolJob] = deque()  # given to run(), no child free to take them
         self._jobs: dict[str, PoolJob] = {}
         self._run_times: dict[str, float] = {}  # function -> its recent run time, in seconds
@@ -131,6 +134,7 @@ class PythonExecutor(Executor):
                 self._place(job)
             else:
                 one_off = await self._fork(options)
+                self._one_offs.add(one_off)
                 if not job.answer.done():  # not cancelled while it was being forked
                     one_off.send(job)
             try:
@@ -145,6 +149,7 @@ class PythonExecutor(Executor):
             if one_off is not None:
                 one_off.kill()  # whatever the job left running goes with it
                 one_off.close()
+                self._one_offs.discard(one_off)
             del self._jobs[job_id]
             if not self._jobs:
                 self._no_jobs.set()
@@ -176,8 +181,7 @@ class PythonExecutor(Executor):
             child.kill()
             child.close()
         self._pool.clear()
-        if self._zygote is not None:
-            await self._zygote.close()
+        await self._zygote.close()
 
     def _request(self, spec: JobSpec) -> bytes:
         if spec.pickled is not None and not self._allow_pickle:
@@ -382,14 +386,16 @@ class PythonExecutor(Executor):
     async def _fork(self, options: dict[str, Any] | None) -> Child:
         if self._closed:
             raise JobSetupError("the python executor is closed")
-        async with self._zygote_lock:
-            if self._zygote is None or not self._zygote.alive:
-                if self._zygote is not None:
-                    logger.warning("python executor's zygote exited; starting a new one")
-                    await self._zygote.close()
-                self._zygote = await Zygote.start(
-                    self._python, self._env, self._cwd, self._max_result_bytes
-                )
-            zygote = self._zygote
-        forked = await zygote.fork(options)
+        forked = await (await self._zygote.get()).fork(options)
         return Child(forked, options is not None, self._on_begin, self._on_change)
+
+    def _on_zygote_died(self) -> None:
+        """Nobody would end the processes it forked if this worker died: end them now (their
+        jobs fail; replacements come from a new zygote)."""
+        children = [*self._pool, *self._one_offs]
+        logger.error(
+            "python executor's zygote process died; killing the %d python processes it supervised",
+            len(children),
+        )
+        for child in children:
+            child.kill()
