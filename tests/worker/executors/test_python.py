@@ -14,7 +14,7 @@ import pytest
 from executor_testing import OsUser, Output, process_gone, wait_until
 
 import corral.worker.executors.python as python_executor_module
-from corral.models import JobSpec, JobState
+from corral.models import JobKind, JobSpec, JobState
 from corral.worker.executors import PythonExecutor
 
 pytestmark = pytest.mark.anyio
@@ -414,3 +414,23 @@ async def test_shell_jobs_are_refused(python_executor: MakePython) -> None:
 
 def parent_pid(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+@pytest.mark.parametrize(
+    ("env", "problem"),
+    [
+        ({"A": "x\0y"}, "variable A has a NUL byte in its value"),
+        ({"A=B": "x"}, "variable name 'A=B' contains '='"),
+        ({"A": 1}, "could not run the job: TypeError: "),
+    ],
+)
+async def test_a_spec_no_process_can_take_fails_the_job_and_the_next_runs(
+    python_executor: MakePython, env: dict[str, object], problem: str
+) -> None:
+    executor = await python_executor()
+    # Refused by the server at submit time, and so built here without the model's checks.
+    bad = JobSpec.model_construct(kind=JobKind.PYTHON, target="jobfuncs:getpid", env=env)  # type: ignore[arg-type]
+    outcome = await executor.run("j1", bad, Output())
+    assert outcome.state is JobState.FAILED
+    assert problem in (outcome.error_message or "")
+    assert (await executor.run("j2", call("jobfuncs:getpid"), Output())).state is JobState.SUCCEEDED

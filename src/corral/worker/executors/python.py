@@ -45,9 +45,11 @@ from corral.worker.executors.base import (
     OutputCallback,
     OutputLimiter,
     check_cwd,
+    check_process_strings,
     describe_exit,
     job_environment,
     resolve_run_as,
+    unexpected_failure,
 )
 from corral.worker.executors.python_pool import Answer, Child, Died, NotStarted, PoolJob
 from corral.worker.executors.zygote import ZygoteKeeper
@@ -117,6 +119,14 @@ class PythonExecutor(Executor):
 
     async def run(self, job_id: str, spec: JobSpec, on_output: OutputCallback) -> Outcome:
         started = time.time()
+        try:
+            return await self._run(job_id, spec, on_output, started)
+        except Exception as error:  # never let one job's surprise reach the worker's loop
+            return unexpected_failure(error, started)
+
+    async def _run(
+        self, job_id: str, spec: JobSpec, on_output: OutputCallback, started: float
+    ) -> Outcome:
         if spec.kind is not JobKind.PYTHON or self._closed:
             what = "is closed" if self._closed else f"runs python jobs, not {spec.kind} jobs"
             return Outcome.failure(JobSetupError(f"PythonExecutor {what}"), started, time.time())
@@ -130,17 +140,17 @@ class PythonExecutor(Executor):
         self._no_jobs.clear()
         one_off = None
         try:
-            if options is None:
-                self._place(job)
-            else:
-                one_off = await self._fork(options)
-                self._one_offs.add(one_off)
-                if not job.answer.done():  # not cancelled while it was being forked
-                    one_off.send(job)
             try:
+                if options is None:
+                    self._place(job)
+                else:
+                    one_off = await self._fork(options)
+                    self._one_offs.add(one_off)
+                    if not job.answer.done():  # not cancelled while it was being forked
+                        one_off.send(job)
                 answer = await job.answer
             except BaseException:
-                self._kill(job, JobState.CANCELLED)  # our caller was cancelled: stop the job
+                self._kill(job, JobState.CANCELLED)  # we were cancelled, or failed: stop it
                 raise
             return await self._outcome(job, spec, answer, started)
         except JobSetupError as error:
@@ -203,6 +213,7 @@ class PythonExecutor(Executor):
             return None
         run_as = resolve_run_as(spec.user, self._allow_users)
         check_cwd(spec.cwd)
+        check_process_strings((), spec.env)
         env = job_environment(self._env, spec.env, run_as)
         cwd = os.path.abspath(spec.cwd or self._cwd)
         if run_as is None and env == self._env and cwd == self._cwd:

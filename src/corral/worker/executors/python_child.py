@@ -143,6 +143,7 @@ def run_zygote(control_fd: int, max_result_bytes: int) -> None:
     # Caught rather than ignored, so that the programs it spawns start with the default action.
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
         signal.signal(signum, lambda signum, frame: None)
+    os.set_inheritable(control_fd, False)  # no program it spawns may hold the channel open
     control = socket.socket(fileno=control_fd)
     wake_read, wake_write = os.pipe()
     os.set_blocking(wake_read, False)
