@@ -37,8 +37,7 @@ SUDO_TRIES = 3
 #: Runs before the command, in the same shell: fd 3 carries stdin past the /dev/null that sh gives
 #: a background list.
 _WATCHER = (
-    "exec 3<&0; { while read -r line; do :; done; kill -KILL 0; } <&3 >/dev/null 2>&1 & "
-    "exec 3<&-; "
+    "exec 3<&0; { while read -r line; do :; done; kill -KILL 0; } <&3 >/dev/null 2>&1 & exec 3<&-; "
 )
 
 
