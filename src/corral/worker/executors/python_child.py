@@ -35,6 +35,7 @@ Job channel (a SOCK_STREAM socket pair, frames of a 4-byte big-endian length + m
 
 from __future__ import annotations
 
+import array
 import base64
 import contextlib
 import ctypes
@@ -153,6 +154,7 @@ def run_zygote(control_fd: int, max_result_bytes: int) -> None:
     selector.register(control, selectors.EVENT_READ)
     selector.register(wake_read, selectors.EVENT_READ)
     children: dict[int, subprocess.Popen[bytes] | None] = {}  # pid -> its Popen if spawned
+    buffer = bytearray(_CONTROL_PACKET_MAX)
 
     def close_in_child() -> None:
         signal.set_wakeup_fd(-1)
@@ -168,9 +170,9 @@ def run_zygote(control_fd: int, max_result_bytes: int) -> None:
         for key, _ in selector.select():
             if key.fileobj is control:
                 try:
-                    packet, fds, _, _ = socket.recv_fds(control, _CONTROL_PACKET_MAX, SPAWN_FDS)
+                    packet, fds = _receive(control, buffer)
                 except ConnectionError:  # reset when the executor hangs up with reports unread
-                    packet, fds = b"", []
+                    packet, fds = memoryview(b""), []
                 if not packet:
                     kill_descendants()
                     return
@@ -187,6 +189,17 @@ def run_zygote(control_fd: int, max_result_bytes: int) -> None:
                 with contextlib.suppress(BlockingIOError):
                     os.read(wake_read, 4096)
                 _reap(control, children)
+
+
+def _receive(control: socket.socket, buffer: bytearray) -> tuple[memoryview, list[int]]:
+    """One control message and the fds that came with it. Into a buffer kept for the purpose:
+    socket.recv_fds would allocate one of _CONTROL_PACKET_MAX bytes for every message."""
+    size, ancillary, _, _ = control.recvmsg_into([buffer], socket.CMSG_SPACE(SPAWN_FDS * 4))
+    fds = array.array("i")
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+    return memoryview(buffer)[:size], list(fds)
 
 
 def become_subreaper() -> None:
