@@ -166,29 +166,33 @@ def run_zygote(control_fd: int, max_result_bytes: int) -> None:
         os.close(wake_read)
         os.close(wake_write)
 
-    while True:
-        for key, _ in selector.select():
-            if key.fileobj is control:
-                try:
-                    packet, fds = _receive(control, buffer)
-                except ConnectionError:  # reset when the executor hangs up with reports unread
-                    packet, fds = memoryview(b""), []
-                if not packet:
-                    kill_descendants()
-                    return
-                kind, request_id, *fields = msgpack.unpackb(packet)
-                if kind == SPAWN:
-                    _spawn(control, request_id, fields, fds, children)
+    try:
+        while True:
+            for key, _ in selector.select():
+                if key.fileobj is control:
+                    try:
+                        packet, fds = _receive(control, buffer)
+                    except ConnectionError:  # reset when the executor hangs up with reports unread
+                        packet, fds = memoryview(b""), []
+                    if not packet:
+                        return
+                    kind, request_id, *fields = msgpack.unpackb(packet)
+                    if kind == SPAWN:
+                        _spawn(control, request_id, fields, fds, children)
+                    else:
+                        pid = _fork_child(
+                            control, request_id, fields[0], max_result_bytes, close_in_child
+                        )
+                        if pid is not None:
+                            children[pid] = None
                 else:
-                    pid = _fork_child(
-                        control, request_id, fields[0], max_result_bytes, close_in_child
-                    )
-                    if pid is not None:
-                        children[pid] = None
-            else:
-                with contextlib.suppress(BlockingIOError):
-                    os.read(wake_read, 4096)
-                _reap(control, children)
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(wake_read, 4096)
+                    _reap(control, children)
+    except (BrokenPipeError, ConnectionResetError):
+        return  # the executor went away while it was being answered
+    finally:  # however it ends (hung up on, the executor gone, a bug here): leave nothing behind
+        kill_descendants()
 
 
 def _receive(control: socket.socket, buffer: bytearray) -> tuple[memoryview, list[int]]:
