@@ -8,7 +8,8 @@ subprocess, before any job runs. The zygote is single-threaded and loads only py
 replacement after a child is killed or dies, and one-off children. Forking from it costs about a
 millisecond, the children share its memory pages, and as their parent it reaps them and reports
 each exit status (so a crash can be described: "killed by signal SIGSEGV"). Each child calls
-setsid(), so a timeout or cancel SIGKILLs the child's whole process group, grandchildren included.
+setsid(), so a timeout or cancel SIGKILLs the child's whole process group, grandchildren included;
+what leaves the group ends with the worker (see zygote.py).
 
 What a job costs. A pool child runs one job at a time and keeps its imports between jobs. The
 executor sends one length-prefixed msgpack frame over a socket pair and reads one back; there are no
@@ -97,9 +98,7 @@ class PythonExecutor(Executor):
         self._allow_pickle = allow_pickle
         self._env = dict(os.environ if env is None else env)
         self._cwd = os.path.abspath(cwd or os.getcwd())
-        self._python = python
         self._max_output_bytes = max_output_bytes
-        self._max_result_bytes = max_result_bytes
         self._zygote = ZygoteKeeper(
             python, self._env, self._cwd, max_result_bytes, self._on_zygote_died
         )

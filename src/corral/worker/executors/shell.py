@@ -7,7 +7,8 @@ its group when its main process exits, which also guarantees the output pipes cl
 The executor's zygote (zygote.py) starts each job's process and reports its exit, so that a job's
 processes, even those that left its group, end when the worker does, however it ends. The event
 loop reads the job's stdout and stderr pipes as they fill; the exit comes as one message on the
-zygote's channel. That costs the worker less CPU per job than starting the process itself.
+zygote's channel. The worker spends less CPU per job than when it started the process itself,
+the zygote about as much again: some 0.1 ms per job more in all, the price of that guarantee.
 """
 
 from __future__ import annotations
