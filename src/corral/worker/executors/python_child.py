@@ -171,7 +171,7 @@ def run_zygote(control_fd: int, max_result_bytes: int) -> None:
             for key, _ in selector.select():
                 if key.fileobj is control:
                     try:
-                        packet, fds = _receive(control, buffer)
+                        packet, fds = receive(control, buffer, SPAWN_FDS)
                     except ConnectionError:  # reset when the executor hangs up with reports unread
                         packet, fds = memoryview(b""), []
                     if not packet:
@@ -195,10 +195,12 @@ def run_zygote(control_fd: int, max_result_bytes: int) -> None:
         kill_descendants()
 
 
-def _receive(control: socket.socket, buffer: bytearray) -> tuple[memoryview, list[int]]:
-    """One control message and the fds that came with it. Into a buffer kept for the purpose:
-    socket.recv_fds would allocate one of _CONTROL_PACKET_MAX bytes for every message."""
-    size, ancillary, _, _ = control.recvmsg_into([buffer], socket.CMSG_SPACE(SPAWN_FDS * 4))
+def receive(
+    control: socket.socket, buffer: bytearray, max_fds: int
+) -> tuple[memoryview, list[int]]:
+    """One control message (a view into `buffer`) and the fds that came with it. Into a buffer
+    kept for the purpose: socket.recv_fds allocates one of the largest size for every message."""
+    size, ancillary, _, _ = control.recvmsg_into([buffer], socket.CMSG_SPACE(max_fds * 4))
     fds = array.array("i")
     for level, kind, data in ancillary:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:

@@ -67,6 +67,7 @@ class Zygote:
         self._request_ids = itertools.count()
         self._requests: dict[int, asyncio.Future[Any]] = {}
         self._exits: dict[int, asyncio.Future[int | None]] = {}
+        self._buffer = bytearray(65536)  # the zygote's messages are small
         self._loop.add_reader(control.fileno(), self._on_control)
 
     @classmethod
@@ -152,11 +153,11 @@ class Zygote:
 
     def _on_control(self) -> None:
         try:
-            packet, fds, _, _ = socket.recv_fds(self._control, 65536, python_child.CHILD_FDS)
+            packet, fds = python_child.receive(self._control, self._buffer, python_child.CHILD_FDS)
         except BlockingIOError:
             return
         except OSError:
-            packet, fds = b"", []
+            packet, fds = memoryview(b""), []
         if not packet:
             self._hang_up()
             return
@@ -241,6 +242,8 @@ class ZygoteKeeper:
         self._lock = asyncio.Lock()
 
     async def get(self) -> Zygote:
+        if self._zygote is not None and self._zygote.alive:
+            return self._zygote
         async with self._lock:
             if self._zygote is None or not self._zygote.alive:
                 if self._zygote is not None:
