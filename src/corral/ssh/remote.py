@@ -1,4 +1,12 @@
-"""Running commands and scripts on a connected host, with sudo and time limits."""
+"""Running commands and scripts on a connected host, with sudo and time limits.
+
+A remote command ends when its session does, not only when it exits: sshd gives a command no
+terminal, so closing the session (a --timeout, a Ctrl-C, a lost connection) would leave it
+running. So every command line starts with `_WATCHER` (POSIX sh): a background reader of the
+session's stdin, which corral never closes. End-of-file there means the session is gone, and the
+reader SIGKILLs its process group, the one sshd made for the session: the command and whatever it
+left running, except processes that started a session of their own (setsid, daemons).
+"""
 
 from __future__ import annotations
 
@@ -23,17 +31,34 @@ class CommandOutcome:
         return self.exit_code == 0
 
 
+#: How often sudo asks for a password before it gives up (its default passwd_tries).
+SUDO_TRIES = 3
+
+#: Runs before the command, in the same shell: fd 3 carries stdin past the /dev/null that sh gives
+#: a background list.
+_WATCHER = (
+    "exec 3<&0; { while read -r line; do :; done; kill -KILL 0; } <&3 >/dev/null 2>&1 & exec 3<&-; "
+)
+
+
+def watched(command: str) -> str:
+    """The command line that runs `command` (stdin from /dev/null) under `_WATCHER`."""
+    return f"{_WATCHER}{{ {command}\n}} </dev/null"
+
+
 def sudo_wrap(command: str, password: str | None) -> tuple[str, str | None]:
-    """The command line and stdin that run `command` as root through sudo.
+    """The command line and stdin that run `command` as root through sudo, watched as root.
 
     With a password, `sudo -S -k` reads it from stdin: `-k` makes sudo always ask, so the password
-    is always consumed and never reaches the command's own stdin. `-p ''` keeps the prompt out of
-    stderr. Without one, `-n` fails at once instead of waiting for a prompt nobody answers.
+    is always consumed, and `-p ''` keeps the prompt out of stderr. It goes SUDO_TRIES times, so
+    that a wrong one fails at once although stdin stays open (see _WATCHER); what sudo does not
+    read goes to the watcher, never to the command. Without a password, `-n` fails at once
+    instead of waiting for a prompt nobody answers.
     """
-    inner = shlex.quote(command)
+    inner = shlex.quote(watched(command))
     if password is None:
         return f"sudo -n -- sh -c {inner}", None
-    return f"sudo -S -k -p '' -- sh -c {inner}", password + "\n"
+    return f"sudo -S -k -p '' -- sh -c {inner}", (password + "\n") * SUDO_TRIES
 
 
 async def run_remote(
@@ -48,10 +73,16 @@ async def run_remote(
     stdin: str | None = None
     if sudo:
         command, stdin = sudo_wrap(command, sudo_password)
+    else:
+        command = watched(command)
     try:
-        completed = await conn.run(
-            command, input=stdin, timeout=time_limit, errors="replace", check=False
-        )
+        process = await conn.create_process(command, errors="replace")
+    except asyncssh.ChannelOpenError as exc:
+        return CommandOutcome(None, "", "", f"cannot open a session: {exc.reason}")
+    try:
+        if stdin is not None:
+            process.stdin.write(stdin)  # and no end-of-file: see _WATCHER
+        completed = await process.wait(timeout=time_limit)
     except asyncssh.TimeoutError as exc:
         return CommandOutcome(
             None,
@@ -59,8 +90,8 @@ async def run_remote(
             _text(exc.stderr),
             f"command timed out after {time_limit:g}s",
         )
-    except asyncssh.ChannelOpenError as exc:
-        return CommandOutcome(None, "", "", f"cannot open a session: {exc.reason}")
+    finally:
+        process.close()  # the wrapper then kills whatever still runs
     code = completed.exit_status
     if code is None or code < 0:
         signal = completed.exit_signal[0] if completed.exit_signal else "unknown"

@@ -14,7 +14,7 @@ import pytest
 from executor_testing import OsUser, Output, process_gone, wait_until
 
 import corral.worker.executors.python as python_executor_module
-from corral.models import JobSpec, JobState
+from corral.models import JobKind, JobSpec, JobState
 from corral.worker.executors import PythonExecutor
 
 pytestmark = pytest.mark.anyio
@@ -392,17 +392,17 @@ async def test_close_ends_every_process(pool_env: dict[str, str], tmp_path: Path
         await wait_until(lambda pid=pid: process_gone(pid), f"process {pid} to end")
 
 
-async def test_a_new_zygote_is_started_when_the_old_one_dies(python_executor: MakePython) -> None:
+async def test_when_the_zygote_dies_its_processes_are_killed_and_replaced(
+    python_executor: MakePython,
+) -> None:
     executor = await python_executor()
     first = await executor.run("j1", call("jobfuncs:getpid"), Output())
     zygote = parent_pid(first.pid or 0)
     os.kill(zygote, signal.SIGKILL)
     await wait_until(lambda: process_gone(zygote), "the zygote to die")
-    # The pool child outlives its zygote; when it dies, nobody is left to report how.
-    died = await executor.run("j2", call("jobfuncs:exit_now", 3), Output())
-    assert died.state is JobState.FAILED
-    assert died.error_message == f"the job's process (pid {first.pid}) died (exit status unknown)"
-    after = await executor.run("j3", call("jobfuncs:getpid"), Output())
+    # Unsupervised, the pool process would outlive a kill -9 of the worker: it is killed too.
+    await wait_until(lambda: process_gone(first.pid or 0), "the pool process to be killed")
+    after = await executor.run("j2", call("jobfuncs:getpid"), Output())
     assert after.state is JobState.SUCCEEDED
     assert parent_pid(after.pid or 0) not in (zygote, os.getpid())
 
@@ -416,3 +416,23 @@ async def test_shell_jobs_are_refused(python_executor: MakePython) -> None:
 
 def parent_pid(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+@pytest.mark.parametrize(
+    ("env", "problem"),
+    [
+        ({"A": "x\0y"}, "variable A has a NUL byte in its value"),
+        ({"A=B": "x"}, "variable name 'A=B' contains '='"),
+        ({"A": 1}, "could not run the job: TypeError: "),
+    ],
+)
+async def test_a_spec_no_process_can_take_fails_the_job_and_the_next_runs(
+    python_executor: MakePython, env: dict[str, object], problem: str
+) -> None:
+    executor = await python_executor()
+    # Refused by the server at submit time, and so built here without the model's checks.
+    bad = JobSpec.model_construct(kind=JobKind.PYTHON, target="jobfuncs:getpid", env=env)  # type: ignore[arg-type]
+    outcome = await executor.run("j1", bad, Output())
+    assert outcome.state is JobState.FAILED
+    assert problem in (outcome.error_message or "")
+    assert (await executor.run("j2", call("jobfuncs:getpid"), Output())).state is JobState.SUCCEEDED

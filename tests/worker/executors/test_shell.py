@@ -12,7 +12,7 @@ import pytest
 from executor_testing import OsUser, Output, process_gone, wait_until
 
 from corral.constants import MAX_LOG_BYTES_PER_JOB
-from corral.models import JobSpec, JobState
+from corral.models import JobKind, JobSpec, JobState
 from corral.worker.executors import ShellExecutor
 from corral.worker.executors.base import JobSetupError, resolve_run_as
 
@@ -176,3 +176,63 @@ def test_switching_users_needs_root(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(JobSetupError, match="not root, so it cannot switch users") as raised:
         resolve_run_as("alice", allow_users=["alice"])
     assert "start the worker as root with --allow-users alice" in str(raised.value)
+
+
+# The server refuses such specs at submit time; an executor given one must still fail the job
+# rather than raise, so model_construct() builds them without the model's checks.
+@pytest.mark.parametrize(
+    ("fields", "problem"),
+    [
+        ({"command": ["echo", "a\0b"]}, "(argument 1: 'a\\x00b') contains a NUL byte"),
+        ({"command": "echo a\0b"}, "(argument 2: 'echo a\\x00b') contains a NUL byte"),
+        ({"command": "true", "env": {"A": "x\0y"}}, "variable A has a NUL byte in its value"),
+        ({"command": "true", "env": {"A=B": "x"}}, "variable name 'A=B' contains '='"),
+        ({"command": ["echo", 1]}, "could not run the job: TypeError: "),
+    ],
+)
+async def test_a_spec_no_process_can_take_fails_the_job_and_the_next_runs(
+    shell_executor: MakeShell, fields: dict[str, object], problem: str
+) -> None:
+    executor = shell_executor()
+    bad = JobSpec.model_construct(kind=JobKind.SHELL, **fields)  # type: ignore[arg-type]
+    outcome = await executor.run("j1", bad, Output())
+    assert outcome.state is JobState.FAILED
+    assert problem in (outcome.error_message or "")
+    assert (await executor.run("j2", shell("true"), Output())).state is JobState.SUCCEEDED
+
+
+async def test_when_the_zygote_dies_its_jobs_fail_and_their_processes_are_killed(
+    shell_executor: MakeShell, tmp_path: Path
+) -> None:
+    executor = shell_executor()
+    pid_file = tmp_path / "pid"
+    running = asyncio.create_task(
+        executor.run(
+            "j1",
+            shell(f"echo $$ > {pid_file}.tmp; mv {pid_file}.tmp {pid_file}; sleep 60"),
+            Output(),
+        )
+    )
+    await wait_until(pid_file.exists, "the job to start")
+    job_pid = int(pid_file.read_text())
+    zygote = parent_pid(job_pid)
+    assert zygote != os.getpid()  # the job is the zygote's child, not the worker's
+    os.kill(zygote, signal.SIGKILL)
+    outcome = await asyncio.wait_for(running, 30)
+    assert outcome.state is JobState.FAILED
+    assert outcome.error_type == "ZygoteDied"
+    await wait_until(lambda: process_gone(job_pid), "the job's process to be killed")
+    after = await executor.run("j2", shell("echo $PPID"), Output())
+    assert after.state is JobState.SUCCEEDED
+
+
+def parent_pid(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+async def test_a_job_holds_no_descriptor_but_its_three_streams(shell_executor: MakeShell) -> None:
+    # A job holding the zygote's channel would keep it from seeing its worker die.
+    output = Output()
+    outcome = await shell_executor().run("j1", shell(["sh", "-c", "ls /proc/$$/fd"]), output)
+    assert outcome.state is JobState.SUCCEEDED
+    assert output.text("stdout").split() == ["0", "1", "2"]

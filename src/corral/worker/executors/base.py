@@ -3,25 +3,31 @@
 A worker's connection loop hands each job to an `Executor` and gets an `Outcome` back; it never
 knows whether the job ran as a subprocess, in a warm pool process or elsewhere. Executors never
 raise for a job's own failure (a missing program, a bad cwd, a refused user): they return a FAILED
-outcome whose message says what to fix, so one bad job never takes the worker down.
+outcome whose message says what to fix, so one bad job never takes the worker down. Nor do they
+let any other exception about one job reach the worker's loop: whatever goes wrong while starting
+or running it (a NUL byte in its command, a bug of ours) fails that job, naming the error, and
+frees its slot.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fnmatch
+import logging
 import os
 import pwd
 import signal
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
 from corral.errors import CorralError
 from corral.models import JobSpec, JobState
+
+logger = logging.getLogger(__name__)
 
 #: Called as on_output(stream, chunk) with stream "stdout" or "stderr", as output arrives.
 OutputCallback = Callable[[str, bytes], None]
@@ -279,6 +285,39 @@ def check_cwd(cwd: str | None) -> None:
             f"job's working directory {cwd!r} does not exist (or is not a directory) on this "
             "worker; create it or submit the job with another cwd"
         )
+
+
+def check_process_strings(argv: Sequence[str], env: Mapping[str, str]) -> None:
+    """JobSetupError naming the first command argument or environment variable that no process
+    can be given (a NUL byte anywhere, '=' in a variable's name)."""
+    for index, argument in enumerate(argv):
+        if "\0" in argument:
+            raise JobSetupError(
+                f"the job's command (argument {index}: {argument!r}) contains a NUL byte, which "
+                "no program can be given; remove it"
+            )
+    for name, value in env.items():
+        if "=" in name or "\0" in name:
+            what = "a NUL byte" if "\0" in name else "'='"
+            raise JobSetupError(
+                f"the job's environment variable name {name!r} contains {what}, which no "
+                "variable name may; rename it"
+            )
+        if "\0" in value:
+            raise JobSetupError(
+                f"the job's environment variable {name} has a NUL byte in its value, which no "
+                "program can be given; remove it"
+            )
+
+
+def unexpected_failure(error: Exception, started: float) -> Outcome:
+    """The FAILED outcome of a job whose executor hit an error nobody foresaw."""
+    logger.error("job failed inside its executor", exc_info=error)
+    return Outcome.failure(
+        JobSetupError(f"the worker could not run the job: {type(error).__name__}: {error}"),
+        started,
+        time.time(),
+    )
 
 
 def kill_process_group(pgid: int) -> None:

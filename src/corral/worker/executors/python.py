@@ -8,7 +8,8 @@ subprocess, before any job runs. The zygote is single-threaded and loads only py
 replacement after a child is killed or dies, and one-off children. Forking from it costs about a
 millisecond, the children share its memory pages, and as their parent it reaps them and reports
 each exit status (so a crash can be described: "killed by signal SIGSEGV"). Each child calls
-setsid(), so a timeout or cancel SIGKILLs the child's whole process group, grandchildren included.
+setsid(), so a timeout or cancel SIGKILLs the child's whole process group, grandchildren included;
+what leaves the group ends with the worker (see zygote.py).
 
 What a job costs. A pool child runs one job at a time and keeps its imports between jobs. The
 executor sends one length-prefixed msgpack frame over a socket pair and reads one back; there are no
@@ -45,12 +46,15 @@ from corral.worker.executors.base import (
     OutputCallback,
     OutputLimiter,
     check_cwd,
+    check_process_strings,
     clean_environment,
     describe_exit,
     job_environment,
     resolve_run_as,
+    unexpected_failure,
 )
-from corral.worker.executors.python_pool import Answer, Child, Died, NotStarted, PoolJob, Zygote
+from corral.worker.executors.python_pool import Answer, Child, Died, NotStarted, PoolJob
+from corral.worker.executors.zygote import ZygoteKeeper
 
 logger = logging.getLogger(__name__)
 
@@ -96,12 +100,12 @@ class PythonExecutor(Executor):
         self._allow_pickle = allow_pickle
         self._env = clean_environment(env)
         self._cwd = os.path.abspath(cwd or os.getcwd())
-        self._python = python
         self._max_output_bytes = max_output_bytes
-        self._max_result_bytes = max_result_bytes
-        self._zygote: Zygote | None = None
-        self._zygote_lock = asyncio.Lock()
+        self._zygote = ZygoteKeeper(
+            python, self._env, self._cwd, max_result_bytes, self._on_zygote_died
+        )
         self._pool: list[Child] = []
+        self._one_offs: set[Child] = set()
         self._waiting: deque[PoolJob] = deque()  # given to run(), no child free to take them
         self._jobs: dict[str, PoolJob] = {}
         self._run_times: dict[str, float] = {}  # function -> its recent run time, in seconds
@@ -115,6 +119,7 @@ class PythonExecutor(Executor):
         self._pool.extend(children)
 
     async def run(self, job_id: str, spec: JobSpec, on_output: OutputCallback) -> Outcome:
+        # (One coroutine, not a wrapper around another: this is the hot path of python jobs.)
         started = time.time()
         if spec.kind is not JobKind.PYTHON or self._closed:
             what = "is closed" if self._closed else f"runs python jobs, not {spec.kind} jobs"
@@ -124,29 +129,35 @@ class PythonExecutor(Executor):
             options = self._one_off_options(spec)
         except CorralError as error:
             return Outcome.failure(error, started, time.time())
+        except Exception as error:  # never let one job's surprise reach the worker's loop
+            return unexpected_failure(error, started)
         output = OutputLimiter(on_output, self._max_output_bytes)
         job = self._jobs[job_id] = PoolJob(request, output, spec.timeout, self._is_quick(spec))
         self._no_jobs.clear()
         one_off = None
         try:
-            if options is None:
-                self._place(job)
-            else:
-                one_off = await self._fork(options)
-                if not job.answer.done():  # not cancelled while it was being forked
-                    one_off.send(job)
             try:
+                if options is None:
+                    self._place(job)
+                else:
+                    one_off = await self._fork(options)
+                    self._one_offs.add(one_off)
+                    if not job.answer.done():  # not cancelled while it was being forked
+                        one_off.send(job)
                 answer = await job.answer
             except BaseException:
-                self._kill(job, JobState.CANCELLED)  # our caller was cancelled: stop the job
+                self._kill(job, JobState.CANCELLED)  # we were cancelled, or failed: stop it
                 raise
             return await self._outcome(job, spec, answer, started)
         except JobSetupError as error:
             return Outcome.failure(error, started, time.time())
+        except Exception as error:  # as above
+            return unexpected_failure(error, started)
         finally:
             if one_off is not None:
                 one_off.kill()  # whatever the job left running goes with it
                 one_off.close()
+                self._one_offs.discard(one_off)
             del self._jobs[job_id]
             if not self._jobs:
                 self._no_jobs.set()
@@ -178,8 +189,7 @@ class PythonExecutor(Executor):
             child.kill()
             child.close()
         self._pool.clear()
-        if self._zygote is not None:
-            await self._zygote.close()
+        await self._zygote.close()
 
     def _request(self, spec: JobSpec) -> bytes:
         if spec.pickled is not None and not self._allow_pickle:
@@ -201,6 +211,7 @@ class PythonExecutor(Executor):
             return None
         run_as = resolve_run_as(spec.user, self._allow_users)
         check_cwd(spec.cwd)
+        check_process_strings((), spec.env)
         env = job_environment(self._env, spec.env, run_as)
         cwd = os.path.abspath(spec.cwd or self._cwd)
         if run_as is None and env == self._env and cwd == self._cwd:
@@ -384,14 +395,16 @@ class PythonExecutor(Executor):
     async def _fork(self, options: dict[str, Any] | None) -> Child:
         if self._closed:
             raise JobSetupError("the python executor is closed")
-        async with self._zygote_lock:
-            if self._zygote is None or not self._zygote.alive:
-                if self._zygote is not None:
-                    logger.warning("python executor's zygote exited; starting a new one")
-                    await self._zygote.close()
-                self._zygote = await Zygote.start(
-                    self._python, self._env, self._cwd, self._max_result_bytes
-                )
-            zygote = self._zygote
-        forked = await zygote.fork(options)
+        forked = await (await self._zygote.get()).fork(options)
         return Child(forked, options is not None, self._on_begin, self._on_change)
+
+    def _on_zygote_died(self) -> None:
+        """Nobody would end the processes it forked if this worker died: end them now (their
+        jobs fail; replacements come from a new zygote)."""
+        children = [*self._pool, *self._one_offs]
+        logger.error(
+            "python executor's zygote process died; killing the %d python processes it supervised",
+            len(children),
+        )
+        for child in children:
+            child.kill()

@@ -1,17 +1,32 @@
-"""The process side of PythonExecutor: the zygote that forks pool children, and the child loop.
+"""The process side of the executors: the zygote that forks or spawns every job process, and the
+python child loop.
 
 This file runs in processes that must stay small and clean, so it imports only the standard
 library and msgpack, never the corral package: the zygote loads it by path (see `zygote_command`).
-The executor imports it too, for the frame format both sides share.
+The executors import it too, for the message formats both sides share.
+
+The zygote also keeps a job's processes from outliving their worker. It is a child subreaper
+(Linux), so a job's orphans, even ones that started a session of their own, become its children
+rather than init's; it runs in a session of its own and ignores SIGINT and SIGTERM, so a signal
+to the worker's process group does not reach it. When its control channel reads end-of-file (the
+worker closed it, or died however it died), it SIGKILLs its children again and again until none
+is left, reaps them and exits.
 
 Zygote control channel (a SOCK_SEQPACKET socket pair, one msgpack message per packet):
-  executor -> zygote  [request_id, options]     options: None for a pool child, else a dict with
-                                                "env", "cwd" and optionally "uid", "gid", "groups"
+  executor -> zygote  ["fork", request_id, options]     a python child; options: None for a
+                                                pool child, else a dict with "env", "cwd" and
+                                                optionally "uid", "gid", "groups"
+                      ["spawn", request_id, argv, env, cwd, user] with two fds attached, the
+                                                write ends of the job's stdout and stderr pipes;
+                                                user: None or [uid, gid, groups]. A shell job,
+                                                started in a session of its own.
   zygote -> executor  ["forked", request_id, pid, marker] with three fds attached: the child's
                                                 job channel, its stdout pipe and its stderr pipe;
                                                 marker: random bytes, see MARK_NEXT
                       ["fork_failed", request_id, message]
-                      ["exited", pid, wait_status]
+                      ["spawned", request_id, pid]
+                      ["spawn_failed", request_id, error_type, errno, message, filename]
+                      ["exited", pid, wait_status]  for every child it forked or spawned
 Job channel (a SOCK_STREAM socket pair, frames of a 4-byte big-endian length + msgpack body):
   executor -> child   [target, args, kwargs, pickled], each possibly after a MARK_NEXT (nil)
   child -> executor   [True, result, seconds] or [False, error_type, message, traceback, seconds]
@@ -20,8 +35,11 @@ Job channel (a SOCK_STREAM socket pair, frames of a 4-byte big-endian length + m
 
 from __future__ import annotations
 
+import array
 import base64
 import contextlib
+import ctypes
+import glob
 import importlib
 import inspect
 import os
@@ -30,6 +48,7 @@ import selectors
 import signal
 import socket
 import struct
+import subprocess
 import sys
 import time
 import traceback
@@ -41,10 +60,19 @@ _HEADER = struct.Struct("!I")
 _RECV_SIZE = 256 * 1024
 _CONTROL_PACKET_MAX = 1024 * 1024
 CHILD_FDS = 3  # fds attached to a "forked" message
+SPAWN_FDS = 2  # fds attached to a "spawn" message
 
+FORK = "fork"
+SPAWN = "spawn"
 FORKED = "forked"
 FORK_FAILED = "fork_failed"
+SPAWNED = "spawned"
+SPAWN_FAILED = "spawn_failed"
 EXITED = "exited"
+
+_PR_SET_CHILD_SUBREAPER = 36
+#: Signals Python ignores that a spawned program must start with the default action for.
+_IGNORED = (signal.SIGPIPE, signal.SIGXFSZ)
 
 
 def encode_frame(message: Any) -> bytes:
@@ -110,46 +138,170 @@ def zygote_command(python: str, control_fd: int, max_result_bytes: int) -> list[
 
 
 def run_zygote(control_fd: int, max_result_bytes: int) -> None:
-    """Fork children on request and report their exits, until the executor hangs up."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """Fork and spawn children on request and report their exits, until the executor hangs up;
+    then kill every process left below this one."""
+    become_subreaper()
+    # Caught rather than ignored, so that the programs it spawns start with the default action.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
+        signal.signal(signum, lambda signum, frame: None)
+    os.set_inheritable(control_fd, False)  # no program it spawns may hold the channel open
     control = socket.socket(fileno=control_fd)
     wake_read, wake_write = os.pipe()
     os.set_blocking(wake_read, False)
     os.set_blocking(wake_write, False)
-    signal.signal(signal.SIGCHLD, lambda signum, frame: None)
     signal.set_wakeup_fd(wake_write)
     selector = selectors.DefaultSelector()
     selector.register(control, selectors.EVENT_READ)
     selector.register(wake_read, selectors.EVENT_READ)
-    children: set[int] = set()
+    children: dict[int, subprocess.Popen[bytes] | None] = {}  # pid -> its Popen if spawned
+    buffer = bytearray(_CONTROL_PACKET_MAX)
 
     def close_in_child() -> None:
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         selector.close()
         control.close()
         os.close(wake_read)
         os.close(wake_write)
 
+    try:
+        while True:
+            for key, _ in selector.select():
+                if key.fileobj is control:
+                    try:
+                        packet, fds = receive(control, buffer, SPAWN_FDS)
+                    except ConnectionError:  # reset when the executor hangs up with reports unread
+                        packet, fds = memoryview(b""), []
+                    if not packet:
+                        return
+                    kind, request_id, *fields = msgpack.unpackb(packet)
+                    if kind == SPAWN:
+                        _spawn(control, request_id, fields, fds, children)
+                    else:
+                        pid = _fork_child(
+                            control, request_id, fields[0], max_result_bytes, close_in_child
+                        )
+                        if pid is not None:
+                            children[pid] = None
+                else:
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(wake_read, 4096)
+                    _reap(control, children)
+    except (BrokenPipeError, ConnectionResetError):
+        return  # the executor went away while it was being answered
+    finally:  # however it ends (hung up on, the executor gone, a bug here): leave nothing behind
+        kill_descendants()
+
+
+def receive(
+    control: socket.socket, buffer: bytearray, max_fds: int
+) -> tuple[memoryview, list[int]]:
+    """One control message (a view into `buffer`) and the fds that came with it. Into a buffer
+    kept for the purpose: socket.recv_fds allocates one of the largest size for every message."""
+    size, ancillary, _, _ = control.recvmsg_into([buffer], socket.CMSG_SPACE(max_fds * 4))
+    fds = array.array("i")
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+    return memoryview(buffer)[:size], list(fds)
+
+
+def become_subreaper() -> None:
+    """Make the orphans of this process's descendants its children rather than init's (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def kill_descendants() -> None:
+    """SIGKILL every child and reap it, until none is left. As a subreaper this process
+    inherits the orphans of each one killed, so the sweep reaches every descendant."""
     while True:
-        for key, _ in selector.select():
-            if key.fileobj is control:
-                try:
-                    packet = control.recv(_CONTROL_PACKET_MAX)
-                except ConnectionError:  # reset when the executor hangs up with reports unread
-                    packet = b""
-                if not packet:
-                    _shutdown(children)
-                    return
-                request_id, options = msgpack.unpackb(packet)
-                pid = _fork_child(control, request_id, options, max_result_bytes, close_in_child)
-                if pid is not None:
-                    children.add(pid)
-            else:
-                with contextlib.suppress(BlockingIOError):
-                    os.read(wake_read, 4096)
-                _reap(control, children)
+        pids = _children()
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(-1, 0)
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
+
+
+def _children() -> list[int]:
+    pids = []
+    for path in glob.glob(f"/proc/{os.getpid()}/task/*/children"):
+        with contextlib.suppress(FileNotFoundError), open(path) as file:
+            pids += [int(pid) for pid in file.read().split()]
+    return pids
+
+
+def _spawn(
+    control: socket.socket,
+    request_id: int,
+    fields: list[Any],
+    fds: list[int],
+    children: dict[int, subprocess.Popen[bytes] | None],
+) -> None:
+    """Start a shell job's process, its output going to the pipes in `fds`."""
+    argv, env, cwd, user = fields
+    try:
+        pid, popen = _start_process(argv, env, cwd, user, *fds)
+    except Exception as error:  # the job fails, the zygote lives on
+        errno = error.errno if isinstance(error, OSError) else None
+        filename = error.filename if isinstance(error, OSError) else None
+        message = error.strerror if isinstance(error, OSError) else str(error)
+        reply = [SPAWN_FAILED, request_id, type_name(type(error)), errno, message, filename]
+        control.send(msgpack.packb(reply))
+    else:
+        children[pid] = popen
+        control.send(msgpack.packb([SPAWNED, request_id, pid]))
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _start_process(
+    argv: list[str],
+    env: dict[str, str],
+    cwd: str | None,
+    user: list[Any] | None,
+    stdout: int,
+    stderr: int,
+) -> tuple[int, subprocess.Popen[bytes] | None]:
+    """Start a program in a session of its own; its pid, and its Popen if it has one.
+
+    posix_spawn costs a third of Popen's CPU, so it starts the jobs it can start the same way:
+    those with no cwd or user to switch to, and which find their program on this process's PATH.
+    """
+    for fd in (stdout, stderr):
+        os.set_inheritable(fd, False)  # received fds are inheritable; only the dups are for it
+    if cwd is None and user is None and env.get("PATH") == os.environ.get("PATH"):
+        file_actions = [
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_DUP2, stdout, 1),
+            (os.POSIX_SPAWN_DUP2, stderr, 2),
+        ]
+        pid = os.posix_spawnp(
+            argv[0], argv, env, file_actions=file_actions, setsid=True, setsigdef=_IGNORED
+        )
+        return pid, None
+    uid, gid, groups = user or (None, None, None)
+    popen = subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=stderr,
+        env=env,
+        cwd=cwd,
+        start_new_session=True,
+        user=uid,
+        group=gid,
+        extra_groups=groups,
+    )
+    return popen.pid, popen
 
 
 def _fork_child(
@@ -199,26 +351,22 @@ def _fork_child(
     return pid
 
 
-def _reap(control: socket.socket, children: set[int]) -> None:
-    while children:
+def _reap(control: socket.socket, children: dict[int, subprocess.Popen[bytes] | None]) -> None:
+    """Reap every child that exited (orphans of jobs too) and report those we made."""
+    while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
             return
         if pid == 0:
             return
-        children.discard(pid)
+        if pid not in children:
+            continue
+        popen = children.pop(pid)
+        if popen is not None:  # reaped here: its Popen must not try to reap the pid again
+            popen.returncode = os.waitstatus_to_exitcode(status)
         with contextlib.suppress(OSError):  # the executor may be gone already
             control.send(msgpack.packb([EXITED, pid, status]))
-
-
-def _shutdown(children: set[int]) -> None:
-    for pid in children:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
-    for pid in children:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)
 
 
 # -- the child --------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The python executor's processes as its event loop sees them: the zygote and the pool children.
+"""The python executor's pool children as its event loop sees them (the zygote is in zygote.py).
 
 A child runs the jobs sent to it one after another, in order, and answers each with one frame. The
 executor may send a child a job while it still runs another (see PythonExecutor on when), so a
@@ -16,33 +16,20 @@ fall.
 from __future__ import annotations
 
 import asyncio
-import itertools
-import logging
 import os
 import socket
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgpack
-
 from corral.models import JobState
 from corral.worker.executors import python_child
-from corral.worker.executors.base import (
-    STDERR,
-    STDOUT,
-    JobSetupError,
-    OutputLimiter,
-    kill_process_group,
-)
-
-logger = logging.getLogger(__name__)
+from corral.worker.executors.base import STDERR, STDOUT, OutputLimiter, kill_process_group
+from corral.worker.executors.zygote import Forked
 
 #: How long to wait for the zygote to report a dead child's exit status (normally milliseconds).
 EXIT_STATUS_TIMEOUT = 5.0
-#: How long close() waits for the zygote to exit after hanging up on it, before killing it.
-ZYGOTE_EXIT_TIMEOUT = 5.0
 
 _READ_SIZE = 256 * 1024
 
@@ -81,127 +68,6 @@ class PoolJob:
             self.timer.cancel()
         if not self.answer.done():
             self.answer.set_result(answer)
-
-
-class Zygote:
-    """The process that forks the children, seen from the executor."""
-
-    def __init__(self, process: asyncio.subprocess.Process, control: socket.socket) -> None:
-        self.process = process
-        self.alive = True
-        self._control = control
-        self._loop = asyncio.get_running_loop()
-        self._request_ids = itertools.count()
-        self._forks: dict[int, asyncio.Future[Forked]] = {}
-        self._exits: dict[int, asyncio.Future[int | None]] = {}
-        self._loop.add_reader(control.fileno(), self._on_control)
-
-    @classmethod
-    async def start(
-        cls, python: str, env: Mapping[str, str], cwd: str, max_result_bytes: int
-    ) -> Zygote:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        try:
-            process = await asyncio.create_subprocess_exec(
-                *python_child.zygote_command(python, theirs.fileno(), max_result_bytes),
-                stdin=asyncio.subprocess.DEVNULL,
-                pass_fds=(theirs.fileno(),),
-                env=dict(env),
-                cwd=cwd,
-                start_new_session=True,  # the terminal's Ctrl-C is for the worker, not for it
-            )
-        except BaseException:
-            ours.close()
-            raise
-        finally:
-            theirs.close()
-        ours.setblocking(False)
-        return cls(process, ours)
-
-    async def fork(self, options: dict[str, Any] | None) -> Forked:
-        """A new child (a one-off with `options` applied, or a pool child for None)."""
-        if not self.alive:
-            raise JobSetupError("the python executor's zygote process has exited")
-        request_id = next(self._request_ids)
-        future = self._forks[request_id] = self._loop.create_future()
-        try:
-            await self._loop.sock_sendall(self._control, msgpack.packb([request_id, options]))
-            return await future
-        finally:
-            self._forks.pop(request_id, None)
-
-    def _on_control(self) -> None:
-        try:
-            packet, fds, _, _ = socket.recv_fds(self._control, 65536, python_child.CHILD_FDS)
-        except BlockingIOError:
-            return
-        except OSError:
-            packet, fds = b"", []
-        if not packet:
-            self._hang_up()
-            return
-        kind, *fields = msgpack.unpackb(packet)
-        if kind == python_child.FORKED:
-            request_id, pid, marker = fields
-            exit_status = self._exits[pid] = self._loop.create_future()
-            forked = Forked(pid, fds, marker, exit_status)
-            future = self._forks.get(request_id)
-            if future is None or future.done():
-                forked.close_fds()  # nobody waits any more: the child exits when these close
-            else:
-                future.set_result(forked)
-        elif kind == python_child.FORK_FAILED:
-            request_id, message = fields
-            future = self._forks.get(request_id)
-            if future is not None and not future.done():
-                future.set_exception(JobSetupError(f"cannot start a python process: {message}"))
-        elif kind == python_child.EXITED:
-            pid, status = fields
-            if pid in self._exits:
-                self._exits.pop(pid).set_result(os.waitstatus_to_exitcode(status))
-
-    def _hang_up(self) -> None:
-        """The zygote is gone: nothing more will be forked, no more exit statuses will come."""
-        if not self.alive:
-            return
-        self.alive = False
-        self._loop.remove_reader(self._control.fileno())
-        self._control.close()
-        for future in self._forks.values():
-            if not future.done():
-                future.set_exception(
-                    JobSetupError("the python executor's zygote process exited while forking")
-                )
-        for exit_status in self._exits.values():
-            if not exit_status.done():
-                exit_status.set_result(None)
-        self._exits.clear()
-
-    async def close(self) -> None:
-        """Hang up; the zygote then kills its children and exits."""
-        self._hang_up()
-        try:
-            await asyncio.wait_for(self.process.wait(), ZYGOTE_EXIT_TIMEOUT)
-        except TimeoutError:
-            logger.warning(
-                "python executor's zygote (pid %d) did not exit; killing it", self.process.pid
-            )
-            kill_process_group(self.process.pid)
-            await self.process.wait()
-
-
-@dataclass(frozen=True, slots=True)
-class Forked:
-    """A child as the zygote hands it over: pid, [channel, stdout, stderr] fds, job-end marker."""
-
-    pid: int
-    fds: list[int]
-    marker: bytes
-    exit_status: asyncio.Future[int | None]
-
-    def close_fds(self) -> None:
-        for fd in self.fds:
-            os.close(fd)
 
 
 class Child:
@@ -386,4 +252,4 @@ class Child:
             self.jobs[position].output.feed(stream, part)
 
 
-__all__ = ["Answer", "Child", "Died", "Forked", "NotStarted", "PoolJob", "Zygote"]
+__all__ = ["Answer", "Child", "Died", "NotStarted", "PoolJob"]

@@ -53,7 +53,14 @@ from corral.ssh import (
     run_command,
     run_playbook,
 )
-from corral.worker.executors.base import STDOUT, Executor, JobSetupError, Outcome, OutputCallback
+from corral.worker.executors.base import (
+    STDOUT,
+    Executor,
+    JobSetupError,
+    Outcome,
+    OutputCallback,
+    unexpected_failure,
+)
 
 DEFAULT_CREDENTIALS = "default"
 _FAILED = (HostStatus.FAILED, HostStatus.UNREACHABLE)
@@ -218,6 +225,8 @@ class SshExecutor(Executor):
             if job_id not in self._cancelled:
                 raise  # the worker itself is stopping
             return _stopped(JobState.CANCELLED, "cancelled", out_dir, progress.summary, started)
+        except Exception as error:  # never let one job's surprise reach the worker's loop
+            return unexpected_failure(error, started)
         finally:
             self._running.pop(job_id, None)
             self._cancelled.discard(job_id)
