@@ -47,6 +47,7 @@ from corral.constants import (
     MAX_ERROR_TEXT,
     MAX_FRAME_BYTES,
     MAX_NAME_LENGTH,
+    MAX_WATCH_IDS,
     MAX_WORKER_CAPACITY,
     MAX_WORKER_CONCURRENCY,
     MAX_WORKER_QUEUES,
@@ -480,7 +481,7 @@ class Watch(Frame):
     """Tell me when these jobs finish; each is answered by one Done (at once if already done)."""
 
     TAG: ClassVar[str] = "watch"
-    job_ids: list[str] = checked(array(_ID))
+    job_ids: list[str] = checked(array(_ID, MAX_WATCH_IDS))
 
 
 @frame

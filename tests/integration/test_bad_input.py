@@ -516,7 +516,7 @@ def test_watch_frames_are_bounded_and_the_client_splits_its_watches(
     unknown = [f"01NOSUCHJOB{n:015d}" for n in range(MAX_WATCH_IDS + 1)]
     code, reason, answered = asyncio.run(watch(unknown))
     assert (code, answered) == (4400, 0)
-    assert f"at most {MAX_WATCH_IDS} job ids" in (reason or "")
+    assert f"at most {MAX_WATCH_IDS} items" in (reason or "")
     # At the limit, every id is answered (one store read for all the unknown ones).
     assert asyncio.run(watch(unknown[:MAX_WATCH_IDS]))[2] == MAX_WATCH_IDS
 

@@ -25,7 +25,6 @@ from corral.constants import (
     MAX_BATCH_JOBS,
     MAX_LIST_LIMIT,
     MAX_REQUEST_BYTES,
-    MAX_WATCH_IDS,
     PROTOCOL_VERSION,
 )
 from corral.errors import (
@@ -159,17 +158,6 @@ def _renderable(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_renderable(item) for item in value]
     return value
-
-
-def _watched_ids(frame: p.Watch) -> list[str]:
-    """The frame's job ids; ProtocolError (a 4400 close) if they are not a list of at most
-    MAX_WATCH_IDS strings."""
-    ids = frame.job_ids
-    if not isinstance(ids, list) or not all(isinstance(job_id, str) for job_id in ids):
-        raise ProtocolError("a watch frame carries a list of job ids")
-    if len(ids) > MAX_WATCH_IDS:
-        raise ProtocolError(f"a watch frame carries at most {MAX_WATCH_IDS} job ids; split it")
-    return ids
 
 
 def _bearer(value: str | None) -> str | None:
@@ -390,7 +378,7 @@ def create_app(engine: Engine, tokens: TokenStore) -> FastAPI:
                     submissions.add(task)
                     task.add_done_callback(submissions.discard)
                 elif isinstance(frame, p.Watch):
-                    engine.watch(peer, _watched_ids(frame))
+                    engine.watch(peer, frame.job_ids)
                 elif isinstance(frame, p.Follow):
                     engine.follow(peer, frame.job_id)
                 else:
