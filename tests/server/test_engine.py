@@ -18,14 +18,8 @@ from store_doubles import FullStore
 from corral import protocol as p
 from corral.constants import DISPATCH_RECORD_DELAY, PROTOCOL_VERSION
 from corral.models import JobSpec, JobState
-from corral.server.engine import (
-    Engine,
-    Peer,
-    WorkerPeer,
-    job_record,
-    record_from_row,
-    spec_fields,
-)
+from corral.server.engine import Engine, Peer, WorkerPeer
+from corral.server.records import job_record, record_from_row, spec_fields
 from corral.server.store import JobRow, MemoryStore, Mutation, UpdateJob
 
 DEADLINE = 30.0

@@ -26,7 +26,6 @@ import msgpack
 
 from corral import protocol as p
 from corral.constants import (
-    DEFAULT_QUEUE,
     DISPATCH_RECORD_DELAY,
     HEARTBEAT_INTERVAL,
     MAX_STORED_LOG_BYTES,
@@ -35,6 +34,7 @@ from corral.constants import (
 from corral.errors import Conflict, InvalidRequest, NotFound
 from corral.ids import IdGenerator
 from corral.models import Attempt, JobInfo, JobSpec, JobState, WorkerInfo
+from corral.server.records import done_frame, job_info, job_record, record_from_row, spec_fields
 from corral.server.scheduler import (
     Decision,
     Dispatch,
@@ -96,86 +96,6 @@ class Stats:
 
 #: Details of an attempt that ended without a report (lost, cancelled while its worker was away).
 _NO_REPORT = p.ResultReport("", 0, JobState.LOST)
-
-
-def spec_fields(spec: JobSpec) -> dict[str, Any]:
-    """What is stored of a validated spec: its fields that differ from the defaults, as plain
-    msgpack data (bytes arguments stay bytes). Every path stores this, never what a client sent,
-    so that a stored spec always reads back as the validated one."""
-    return spec.model_dump(exclude_defaults=True)
-
-
-def decode_spec(payload: bytes) -> JobSpec:
-    return JobSpec.model_validate(msgpack.unpackb(payload, raw=False))
-
-
-def job_record(job_id: str, fields: dict[str, Any], payload: bytes, attempts: int = 0) -> JobRecord:
-    """The scheduler's view of a job, from its spec_fields and their encoding `payload`: the one
-    place that builds it, for submissions, restarts and retries alike.
-
-    No validation here: a restart builds a million of these, from specs validated at submit.
-    The defaults are JobSpec's, as spec_fields leaves them out.
-    """
-    return JobRecord(
-        id=job_id,
-        queue=fields.get("queue", DEFAULT_QUEUE),
-        payload=payload,
-        priority=fields.get("priority", 0),
-        tags=frozenset(fields.get("tags", ())),
-        retries=fields.get("retries", 0),
-        idempotent=fields.get("idempotent", True),
-        ready_at=fields.get("not_before") or 0.0,
-        attempts=attempts,
-    )
-
-
-def record_from_row(row: JobRow) -> JobRecord:
-    """The scheduler's view of a stored job (used on restart and on retry)."""
-    try:
-        fields = msgpack.unpackb(row.spec, raw=False)
-    except (ValueError, msgpack.UnpackException):
-        fields = None
-    if not isinstance(fields, dict):
-        # Not a spec at all (an altered database): queue it anyway, so that one bad row cannot
-        # stop the server from starting; the worker given it fails it, saying why.
-        fields = {"queue": row.queue}
-    return job_record(row.id, fields, row.spec, row.attempts)
-
-
-def job_info(row: JobRow, attempts: list[Attempt]) -> JobInfo:
-    try:
-        spec: JobSpec | None = decode_spec(row.spec)
-    except (ValueError, msgpack.UnpackException):  # ValidationError is a ValueError
-        spec = None  # one such job must not make every listing fail
-    return JobInfo(
-        id=row.id,
-        name=row.name,
-        state=row.state,
-        spec=spec,
-        created=row.created,
-        started=row.started,
-        finished=row.finished,
-        worker=row.worker,
-        attempts=attempts,
-        result=msgpack.unpackb(row.result, raw=False) if row.result is not None else None,
-        error_type=row.error_type,
-        error_message=row.error_message,
-        traceback=row.traceback,
-        exit_code=row.exit_code,
-    )
-
-
-def done_frame(row: JobRow) -> p.Done:
-    result = msgpack.unpackb(row.result, raw=False) if row.result is not None else None
-    return p.Done(
-        row.id,
-        row.state.value,
-        result,
-        row.error_type,
-        row.error_message,
-        row.traceback,
-        row.exit_code,
-    )
 
 
 class Engine:
