@@ -89,10 +89,12 @@ def test_corral_up_gives_its_workers_a_worker_token(tmp_path: Path) -> None:
             submitter = admin.create_token("ci", "submit")
         with corral.connect(url, submitter) as client:
             # What a job submitted with a submit token finds: in its own environment, and in
-            # its worker's (readable, as the job runs as the same OS user).
+            # its worker's (readable, as the job runs as the same OS user). The job's parent is
+            # the executor's zygote, which holds the clean environment; the worker is its parent.
             job = client.submit_shell(
                 'echo "own=$CORRAL_TOKEN secret=$UP_SECRET"; '
-                'tr "\\0" "\\n" < /proc/$PPID/environ | grep ^CORRAL_TOKEN'
+                "worker=$(awk '/^PPid:/ {print $2}' /proc/$PPID/status); "
+                'tr "\\0" "\\n" < /proc/$worker/environ | grep ^CORRAL_TOKEN'
             )
             assert job.result(timeout=WAIT) == 0
             output = client.logs(job.id).decode().splitlines()
