@@ -84,6 +84,8 @@ async def fill_then_free(server: ServerProcess, disk: Path, go: Path) -> list[st
             await client.submit_many(batch(1, go))
         with pytest.raises(StoreUnavailable, match="full"):  # not 409: the job is not over yet
             await client.cancel(accepted[0].id)
+        with pytest.raises(StoreUnavailable, match="no token changed"):  # not a 500
+            await client.create_token("while-full", "submit")
         async with httpx.AsyncClient() as http:  # the REST route too
             rest = await http.post(
                 f"{server.url}/api/v1/jobs",
@@ -100,6 +102,7 @@ async def fill_then_free(server: ServerProcess, disk: Path, go: Path) -> list[st
         assert not await client.jobs(state=[JobState.QUEUED, JobState.RUNNING])
         assert [queue.depth for queue in await client.queues()] == [0]
 
+        assert await client.create_token("while-full", "submit")  # as if never tried
         again = await client.submit_many(batch(1, go))
         assert await client.wait(again, timeout=DEADLINE) == [JobState.SUCCEEDED]
         return [job.id for job in accepted]

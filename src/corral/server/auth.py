@@ -18,7 +18,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from corral.constants import TOKEN_FILE_NAME
-from corral.errors import ConfigError, Conflict
+from corral.errors import ConfigError, Conflict, StoreUnavailable
 
 ADMIN_TOKEN_FILE_NAME = "admin.token"
 #: The token the server creates on first start.
@@ -101,9 +101,8 @@ class TokenStore:
         if role is not Role.ADMIN:
             self._keep_an_admin(name, "give it the admin role")
         token = secrets.token_urlsafe(32)
-        self._entries = [e for e in self._entries if e.name != name]
-        self._entries.append(TokenEntry(name, role, _digest(token)))
-        self._save()
+        others = [e for e in self._entries if e.name != name]
+        self._save([*others, TokenEntry(name, role, _digest(token))])
         if name == ADMIN_TOKEN_NAME and self.admin_token_path.exists():
             # Local tools read the admin token from this file: keep it the one that works.
             _write_private(self.admin_token_path, token + "\n")
@@ -114,8 +113,7 @@ class TokenStore:
         if self._find(name) is None:
             return False
         self._keep_an_admin(name, "create another admin token first")
-        self._entries = [e for e in self._entries if e.name != name]
-        self._save()
+        self._save([e for e in self._entries if e.name != name])
         return True
 
     def _find(self, name: str) -> TokenEntry | None:
@@ -146,9 +144,18 @@ class TokenStore:
         entry = self.lookup(token)
         return entry.role if entry is not None else None
 
-    def _save(self) -> None:
-        items = [{"name": e.name, "role": e.role.value, "sha256": e.digest} for e in self._entries]
-        _write_private(self.path, json.dumps({"tokens": items}, indent=2) + "\n")
+    def _save(self, entries: list[TokenEntry]) -> None:
+        """Write `entries` to the token file, then use them; StoreUnavailable (and the old
+        tokens kept) if the file cannot be written, say on a full disk."""
+        items = [{"name": e.name, "role": e.role.value, "sha256": e.digest} for e in entries]
+        try:
+            _write_private(self.path, json.dumps({"tokens": items}, indent=2) + "\n")
+        except OSError as error:
+            raise StoreUnavailable(
+                f"cannot save the tokens in {self.path} ({error.strerror}); free space on the "
+                "disk holding it (or fix its permissions), then try again; no token changed"
+            ) from error
+        self._entries = entries
 
 
 def allows(role: Role, needed: Role) -> bool:
