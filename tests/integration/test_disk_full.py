@@ -121,3 +121,14 @@ def test_a_full_disk_refuses_submissions_and_loses_none_of_the_accepted_jobs(
     shown = run_corral("show", accepted[-1], "--server", server.url, "--token", server.token)
     assert shown.returncode == 0, shown.stderr
     assert "succeeded" in shown.stdout
+
+
+def test_a_server_started_on_a_full_disk_says_so_in_one_line(small_disk: Path) -> None:
+    fill_disk(small_disk, "filler")
+    for data_dir in (small_disk / "new", small_disk):  # to be made, and one that exists
+        started = run_corral("server", "--data-dir", str(data_dir), "--port", "0", timeout=60)
+        assert started.returncode == 2, started.stderr
+        said = " ".join(started.stderr.split())
+        assert "Traceback" not in said
+        assert f"cannot prepare the data directory {data_dir}" in said
+        assert "No space left on device" in said

@@ -61,6 +61,16 @@ def lock_data_dir(data_dir: Path) -> TextIO:
 
 def prepare(settings: ServerSettings) -> Prepared:
     """Everything but the socket: data directory, tokens, store, engine and routes."""
+    try:
+        return _prepare(settings)
+    except OSError as error:  # a full disk, a read-only one, permissions
+        raise ConfigError(
+            f"cannot prepare the data directory {settings.data_dir} ({error.strerror}); free "
+            "space on its disk or fix its permissions, then start again"
+        ) from error
+
+
+def _prepare(settings: ServerSettings) -> Prepared:
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     lock = lock_data_dir(settings.data_dir)
     # The store first: a server refused its database makes no admin token it would not show.

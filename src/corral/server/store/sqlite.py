@@ -185,9 +185,13 @@ class SQLiteStore(Store):
             raise
         try:
             self._set_up_writer()
-        except BaseException:
+        except BaseException as error:
             self._writer.close()
             self._lock.close()
+            if isinstance(error, sqlite3.OperationalError) and (
+                unavailable := self._unavailable(error)
+            ):
+                raise unavailable from error
             raise
 
     def _connect(self) -> sqlite3.Connection:
