@@ -81,6 +81,10 @@ MAX_TARGET_LENGTH = 1024
 #: Characters of a job's working directory (Linux's PATH_MAX) and of the user it runs as.
 MAX_PATH_LENGTH = 4096
 MAX_USER_LENGTH = 256
+#: A job's whole spec as stored and sent to a worker (msgpack), whatever its fields: the one rule
+#: that keeps any job within a message to a worker, for fields the limits above leave open
+#: (an ssh job's hosts, inventory and playbook) and for sums of them.
+MAX_JOB_BYTES = MAX_REQUEST_BYTES
 
 #: Longest error message or traceback in a result; a worker cuts longer ones to fit.
 MAX_ERROR_TEXT = 64 * 1024

@@ -590,3 +590,26 @@ def test_no_input_produces_a_server_error(server: ServerProcess, tmp_path: Path)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     summary = re.search(r"(\d+) generated, (\d+) passed", result.stdout)
     assert summary and summary[1] == summary[2] and int(summary[1]) > 100, result.stdout[-2000:]
+
+
+def test_a_job_too_big_for_a_message_to_a_worker_is_refused(
+    api: httpx.Client, server: ServerProcess
+) -> None:
+    """Each field within its own limit, the whole job over what one message to a worker holds
+    (here an ssh job's inventory, sent on the stream, whose frames may be a little larger)."""
+    inventory = "host-with-a-long-name.example\n" * (MAX_REQUEST_BYTES // 30 + 1000)
+    spec = {"kind": "ssh", "ssh": {"inventory": inventory, "command": "true"}}
+
+    async def submit() -> p.Frame:
+        async with websockets.connect(
+            server.url.replace("http://", "ws://") + "/api/v1/ws",
+            additional_headers={"Authorization": f"Bearer {server.token}"},
+            proxy=None,
+        ) as ws:
+            await ws.send(p.Submit(1, [spec]).encode())
+            return p.decode(await ws.recv(), p.TO_CLIENT)
+
+    answer = asyncio.run(submit())
+    assert isinstance(answer, p.Error) and answer.status == 422, answer
+    assert "jobs[0]" in answer.message and "bytes encoded, over the" in answer.message
+    assert _stored_jobs(api) == []

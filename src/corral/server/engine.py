@@ -28,6 +28,7 @@ from corral import protocol as p
 from corral.constants import (
     DISPATCH_RECORD_DELAY,
     HEARTBEAT_INTERVAL,
+    MAX_JOB_BYTES,
     MAX_STORED_LOG_BYTES,
     WORKER_LEASE,
 )
@@ -190,10 +191,15 @@ class Engine:
         now = self.clock()
         rows: list[JobRow] = []
         records: list[JobRecord] = []
-        for spec in specs:
+        for index, spec in enumerate(specs):
             job_id = self._ids.new()
             fields = spec_fields(spec)
             payload = msgpack.packb(fields, use_bin_type=True)
+            if len(payload) > MAX_JOB_BYTES:
+                raise InvalidRequest(
+                    f"jobs[{index}]: {len(payload)} bytes encoded, over the {MAX_JOB_BYTES} a "
+                    "job may take; pass large data through files or a store the job reads"
+                )
             rows.append(
                 JobRow(
                     job_id,
