@@ -15,7 +15,10 @@ from __future__ import annotations
 import asyncio
 import getpass
 import os
+import shlex
+import shutil
 from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -43,7 +46,13 @@ from corral.ssh.connection import (
     ConnectOptions,
     HostKeyPolicy,
 )
-from corral.ssh.display import ProgressDisplay, print_check_plan, print_summary
+from corral.ssh.display import (
+    ProgressDisplay,
+    print_check_plan,
+    print_inline,
+    print_json_lines,
+    print_summary,
+)
 from corral.ssh.errors import CredentialError
 from corral.ssh.facts import collect_facts
 from corral.ssh.fanout import DEFAULT_FORKS, RunListener, RunOptions, run_command
@@ -76,7 +85,24 @@ ConnectTimeout = Annotated[float, typer.Option(help="Seconds to connect and log 
 OverallTimeout = Annotated[
     float | None, typer.Option(help="Seconds for the whole run; unfinished hosts fail.")
 ]
-Out = Annotated[Path | None, typer.Option(help="Run directory (default runs/ssh-KIND-TIME).")]
+Out = Annotated[
+    Path | None,
+    typer.Option(help="Run directory (default runs/ssh-KIND-TIME); must be new or empty."),
+]
+Overwrite = Annotated[
+    bool, typer.Option(help="Clear the --out directory's earlier run first.")
+]
+Inline = Annotated[
+    bool, typer.Option("--inline", help="Print each host's output under its name, as pssh -i.")
+]
+JsonLines = Annotated[
+    bool,
+    typer.Option(
+        "--json",
+        help="Print one JSON object a host on stdout (host, status, exit_code, stdout, stderr, "
+        "duration...); the summary goes to stderr.",
+    ),
+]
 HostsOpt = Annotated[
     str | None, typer.Option("--hosts", help="Only these hosts: a,b,c or @failed.txt.")
 ]
@@ -183,8 +209,37 @@ def _inventory(spec: str, hosts: str | None, limit: str | None) -> Inventory:
     return inventory
 
 
+@dataclass(frozen=True)
+class _View:
+    """How a finished run is shown: host output (--inline or --json) and the summary."""
+
+    context: typer.Context
+    inline: bool = False
+    json_lines: bool = False
+    check_plan: bool = False
+
+    @classmethod
+    def of(cls, flags: Mapping[str, Any], *, check_plan: bool = False) -> _View:
+        if flags["inline"] and flags["json_lines"]:
+            raise ConfigError("give --inline or --json, not both")
+        return cls(flags["ctx"], flags["inline"], flags["json_lines"], check_plan)
+
+    def show(self, summary: RunSummary, *, interrupted: bool = False) -> None:
+        # With --json stdout carries only the JSON lines; the tables go to stderr.
+        out = Console(stderr=self.json_lines)
+        if self.json_lines:
+            print_json_lines(summary)
+        elif self.inline:
+            print_inline(out, summary)
+        if self.check_plan and not interrupted:
+            print_check_plan(out, summary)
+        failed = f"@{summary.out_dir}/failed.txt"
+        retry = _retry_command(self.context, failed) if summary.any_failed else ""
+        print_summary(out, summary, retry)
+
+
 def _execute(
-    start: Callable[[RunListener], Coroutine[Any, Any, RunSummary]], *, check_plan: bool = False
+    start: Callable[[RunListener], Coroutine[Any, Any, RunSummary]], view: _View
 ) -> RunSummary:
     """Run with a live display; on Ctrl-C the run has already closed connections and written
     its partial results, so print them and leave with INTERRUPTED."""
@@ -195,14 +250,68 @@ def _execute(
     except KeyboardInterrupt:
         if display.summary is None:
             raise typer.Exit(ExitCode.INTERRUPTED) from None
-        print_summary(Console(), display.summary)
+        view.show(display.summary, interrupted=True)
         console.print("[bold red]interrupted[/]: hosts in progress failed, the rest skipped")
         raise typer.Exit(ExitCode.INTERRUPTED) from None
-    out = Console()
-    if check_plan:
-        print_check_plan(out, summary)
-    print_summary(out, summary)
+    view.show(summary)
     return summary
+
+
+#: Options a retry command leaves out: it names its own hosts and gets a new run directory.
+_NOT_RETRIED = ("hosts", "out", "overwrite")
+
+
+def _retry_command(context: typer.Context, hosts: str) -> str:
+    """The command line being run, with `--hosts HOSTS` instead of its own --hosts and --out:
+    what an operator copies to rerun the failed hosts. Built from the parsed parameters (only
+    those that differ from their defaults), not from argv, so it holds however it was called."""
+    words = ["corral", *context.command_path.split()[1:]]
+    command: list[str] = []
+    for param in context.command.params:
+        value = context.params.get(param.name or "")
+        if param.name in _NOT_RETRIED or value is None or value == [] or value == ():
+            continue
+        if param.param_type_name == "argument":
+            if param.name == "command":
+                command = ["--", *value]
+            else:
+                words.append(str(value))
+            continue
+        if value == param.default:
+            continue
+        long = next((opt for opt in param.opts if opt.startswith("--")), param.opts[0])
+        if isinstance(value, bool):
+            words.append(long if value else param.secondary_opts[0])
+        elif isinstance(value, list | tuple):
+            for item in value:
+                words += [long, str(item)]
+        else:
+            words += [long, str(value)]
+    return shlex.join([*words, "--hosts", hosts, *command])
+
+
+def _out_dir(out: Path | None, kind: str, overwrite: bool) -> Path:
+    """The run directory: `--out` when it is new or empty (or `--overwrite` clears an earlier
+    run there), so that no earlier host's files sit beside the new summary."""
+    if out is None:
+        return default_run_dir(kind)
+    if not out.is_dir() or not any(out.iterdir()):
+        return out
+    if not overwrite:
+        raise ConfigError(
+            f"--out {out} is not empty; give a new directory, or --overwrite to clear it first"
+        )
+    if not (out / "summary.tsv").is_file():
+        raise ConfigError(
+            f"--out {out} holds files but no summary.tsv, so it is not a corral run directory "
+            "and --overwrite leaves it alone; give a new or empty directory"
+        )
+    for entry in out.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    return out
 
 
 def _exit_code(summary: RunSummary, *, differ: bool = False) -> ExitCode:
@@ -218,6 +327,7 @@ def _fail_on_bad_input(error: ConfigError) -> typer.Exit:
 
 @app.command("run")
 def run_cmd(
+    ctx: typer.Context,
     inventory: Annotated[str, typer.Argument(help="Host file, YAML, @file or a,b,c.")],
     command: Annotated[list[str], typer.Argument(help="The command, after --.")],
     forks: Forks = DEFAULT_FORKS,
@@ -226,6 +336,9 @@ def run_cmd(
     connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
     overall_timeout: OverallTimeout = None,
     out: Out = None,
+    overwrite: Overwrite = False,
+    inline: Inline = False,
+    json_lines: JsonLines = False,
     hosts: HostsOpt = None,
     limit: Limit = None,
     user: User = None,
@@ -248,9 +361,10 @@ def run_cmd(
     try:
         selected = _inventory(inventory, hosts, limit)
         options = _run_options(locals())
-        out_dir = out or default_run_dir("run")
+        view = _View.of(locals())
+        out_dir = _out_dir(out, "run", overwrite)
         text = " ".join(command)
-        summary = _execute(lambda ui: run_command(selected, text, options, out_dir, ui))
+        summary = _execute(lambda ui: run_command(selected, text, options, out_dir, ui), view)
     except ConfigError as error:
         raise _fail_on_bad_input(error) from None
     raise typer.Exit(_exit_code(summary))
@@ -258,6 +372,7 @@ def run_cmd(
 
 @app.command("facts")
 def facts_cmd(
+    ctx: typer.Context,
     inventory: Annotated[str, typer.Argument(help="Host file, YAML, @file or a,b,c.")],
     command: Annotated[list[str], typer.Argument(help="A read-only command, after --.")],
     forks: Forks = DEFAULT_FORKS,
@@ -266,6 +381,9 @@ def facts_cmd(
     connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
     overall_timeout: OverallTimeout = None,
     out: Out = None,
+    overwrite: Overwrite = False,
+    inline: Inline = False,
+    json_lines: JsonLines = False,
     hosts: HostsOpt = None,
     limit: Limit = None,
     user: User = None,
@@ -288,9 +406,10 @@ def facts_cmd(
     try:
         selected = _inventory(inventory, hosts, limit)
         options = _run_options(locals())
-        out_dir = out or default_run_dir("facts")
+        view = _View.of(locals())
+        out_dir = _out_dir(out, "facts", overwrite)
         text = " ".join(command)
-        summary = _execute(lambda ui: collect_facts(selected, text, options, out_dir, ui))
+        summary = _execute(lambda ui: collect_facts(selected, text, options, out_dir, ui), view)
     except ConfigError as error:
         raise _fail_on_bad_input(error) from None
     raise typer.Exit(_exit_code(summary, differ=summary.hosts_differ))
@@ -298,6 +417,7 @@ def facts_cmd(
 
 @app.command("play")
 def play_cmd(
+    ctx: typer.Context,
     playbook: Annotated[Path, typer.Argument(help="The playbook YAML file.")],
     inventory: Annotated[str, typer.Argument(help="Host file, YAML, @file or a,b,c.")],
     check: Annotated[
@@ -315,6 +435,9 @@ def play_cmd(
     connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
     overall_timeout: OverallTimeout = None,
     out: Out = None,
+    overwrite: Overwrite = False,
+    inline: Inline = False,
+    json_lines: JsonLines = False,
     hosts: HostsOpt = None,
     limit: Limit = None,
     user: User = None,
@@ -338,10 +461,9 @@ def play_cmd(
         loaded = load_playbook(playbook)
         selected = _inventory(inventory, hosts, limit)
         options = _run_options(locals(), check=check, force=force, variables=_parse_vars(var or []))
-        out_dir = out or default_run_dir("play")
-        summary = _execute(
-            lambda ui: run_playbook(selected, loaded, options, out_dir, ui), check_plan=check
-        )
+        view = _View.of(locals(), check_plan=check)
+        out_dir = _out_dir(out, "play", overwrite)
+        summary = _execute(lambda ui: run_playbook(selected, loaded, options, out_dir, ui), view)
     except ConfigError as error:
         raise _fail_on_bad_input(error) from None
     raise typer.Exit(_exit_code(summary, differ=summary.hosts_differ))
@@ -359,6 +481,7 @@ def _parse_vars(pairs: list[str]) -> dict[str, str]:
 
 @app.command("submit")
 def submit_cmd(
+    ctx: typer.Context,
     inventory: Annotated[str, typer.Argument(help="Host file, YAML, @file or a,b,c.")],
     command: Annotated[
         list[str] | None, typer.Argument(help="The command, after -- (or --playbook).")
