@@ -21,7 +21,7 @@ def test_inline_prints_each_hosts_output_under_its_name(
     lab: SshLab, hosts: list[Sshd], tmp_path: Path
 ) -> None:
     inventory = ",".join(h.spec() for h in hosts[:2])
-    command = f"echo hello-$(echo $SSH_CONNECTION | cut -d' ' -f4); echo oops >&2"
+    command = "echo hello-$(echo $SSH_CONNECTION | cut -d' ' -f4); echo oops >&2"
     result = corral(
         "ssh", "run", inventory, "--inline", "--out", str(tmp_path / "o"), *lab.cli_args(),
         "--", command,

@@ -89,9 +89,7 @@ Out = Annotated[
     Path | None,
     typer.Option(help="Run directory (default runs/ssh-KIND-TIME); must be new or empty."),
 ]
-Overwrite = Annotated[
-    bool, typer.Option(help="Clear the --out directory's earlier run first.")
-]
+Overwrite = Annotated[bool, typer.Option(help="Clear the --out directory's earlier run first.")]
 Inline = Annotated[
     bool, typer.Option("--inline", help="Print each host's output under its name, as pssh -i.")
 ]

@@ -23,7 +23,6 @@ from typing import Any
 
 from corral.errors import ConfigError
 
-
 #: Characters of each stream a HostResult keeps (the host's .out and .err files keep all).
 MAX_RESULT_OUTPUT = 64 * 1024
 _CUT_NOTE = f"\n[output cut at {MAX_RESULT_OUTPUT} characters; all of it is in the run directory]\n"
@@ -221,4 +220,3 @@ class RunDirectory:
             if r.status in (HostStatus.FAILED, HostStatus.UNREACHABLE)
         ]
         (self.path / "failed.txt").write_text("".join(f"{host}\n" for host in failed))
-
