@@ -145,3 +145,20 @@ def test_out_refuses_a_non_empty_directory_unless_overwrite(
     assert kept.exit_code == ExitCode.BAD_INPUT
     assert "not a corral run directory" in kept.output
     assert (tmp_path / "notes" / "todo.txt").read_text() == "keep me\n"
+
+
+def test_a_misspelt_step_key_is_named_with_the_allowed_ones(
+    lab: SshLab, hosts: list[Sshd], tmp_path: Path
+) -> None:
+    playbook = tmp_path / "site.yaml"
+    playbook.write_text("steps:\n  - command: uptime\n  - name: restart\n    comand: uptime\n")
+    result = corral(
+        "ssh", "play", str(playbook), hosts[0].spec() + ",", "--out", str(tmp_path / "o"),
+        *lab.cli_args(),
+    )  # fmt: skip
+    assert result.exit_code == ExitCode.BAD_INPUT
+    message = " ".join(result.output.split())
+    assert f"{playbook}: step 2: unknown key 'comand' (did you mean 'command'?)" in message
+    assert "one action (command, script, put, get, check)" in message
+    assert "found none" not in message
+    assert not (tmp_path / "o").exists()

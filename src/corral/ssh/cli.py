@@ -39,7 +39,7 @@ from corral.cli_common import (
 )
 from corral.client.jobs import ssh_job
 from corral.errors import ConfigError
-from corral.models import JobSpec
+from corral.models import JobInfo, JobSpec
 from corral.ssh.connection import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_MAX_HANDSHAKES,
@@ -59,7 +59,7 @@ from corral.ssh.fanout import DEFAULT_FORKS, RunListener, RunOptions, run_comman
 from corral.ssh.inventory import Inventory, load_inventory, read_host_names
 from corral.ssh.play import run_playbook
 from corral.ssh.playbook import load_playbook
-from corral.ssh.results import RunSummary, default_run_dir
+from corral.ssh.results import HostStatus, RunSummary, default_run_dir
 
 app = typer.Typer(help="Run commands and playbooks on many hosts over SSH.", no_args_is_help=True)
 
@@ -255,15 +255,20 @@ def _execute(
     return summary
 
 
-#: Options a retry command leaves out: it names its own hosts and gets a new run directory.
-_NOT_RETRIED = ("hosts", "out", "overwrite")
+#: Options a retry command leaves out: it names its own hosts and gets a new run directory, and
+#: a token given as a flag is not echoed (the retry takes it from CORRAL_TOKEN or the config).
+_NOT_RETRIED = ("hosts", "out", "overwrite", "token")
 
 
 def _retry_command(context: typer.Context, hosts: str) -> str:
     """The command line being run, with `--hosts HOSTS` instead of its own --hosts and --out:
     what an operator copies to rerun the failed hosts. Built from the parsed parameters (only
     those that differ from their defaults), not from argv, so it holds however it was called."""
-    words = ["corral", *context.command_path.split()[1:]]
+    names, node = [], context
+    while node.parent is not None:  # the root's name is however corral was started
+        names.append(str(node.info_name))
+        node = node.parent
+    words = ["corral", *reversed(names)]
     command: list[str] = []
     for param in context.command.params:
         value = context.params.get(param.name or "")
@@ -491,6 +496,7 @@ def submit_cmd(
         str | None,
         typer.Option(help="Credential set, by name, from the worker's --ssh-credentials file."),
     ] = None,
+    hosts: HostsOpt = None,
     limit: Limit = None,
     forks: Forks = DEFAULT_FORKS,
     command_timeout: Annotated[
@@ -520,14 +526,15 @@ def submit_cmd(
     corral ssh submit hosts.txt --credentials prod --wait -- uptime
 
     The inventory and playbook are read here and their text travels in the job, so the worker
-    needs neither file; the credentials stay on the worker and are named, never sent."""
+    needs neither file; the credentials stay on the worker and are named, never sent. With
+    --wait, a run with failed hosts ends with the command that resubmits only those."""
     job_options: dict[str, Any] = {"queue": queue, "timeout": timeout, "name": name}
 
     def build() -> JobSpec:
         if bool(command) == (playbook is not None):
             raise ConfigError("give either --playbook FILE or a command after --, not both")
         return ssh_job(
-            **_job_targets(inventory, limit),
+            **_job_targets(inventory, hosts, limit),
             command=" ".join(command) if command else None,
             playbook=_read_text(playbook, "playbook") if playbook else None,
             credentials=credentials,
@@ -541,19 +548,43 @@ def submit_cmd(
             **{key: value for key, value in job_options.items() if value is not None},
         )
 
+    def retry_hint(info: JobInfo) -> None:
+        failed = _failed_hosts(info.result)
+        if failed:
+            console = Console(stderr=True)
+            console.print("retry the failed hosts:", highlight=False)
+            command = _retry_command(ctx, ",".join(failed))
+            console.print(f"  {command}", highlight=False, soft_wrap=True, markup=False)
+
     submit_spec(
-        build, wait=wait, as_json=as_json, server=server_url, token=token, ca=ca, data=data_dir_flag
+        build,
+        wait=wait,
+        as_json=as_json,
+        server=server_url,
+        token=token,
+        ca=ca,
+        data=data_dir_flag,
+        on_finished=retry_hint,
     )
 
 
-def _job_targets(spec: str, limit: str | None) -> dict[str, Any]:
-    """`hosts` or `inventory` for an ssh job, checked here (file:line errors, --limit matches)
-    so that a mistake is reported before anything is queued."""
-    _inventory(spec, None, limit)
+def _failed_hosts(result: Any) -> list[str]:
+    """The failed and unreachable hosts in an ssh job's result (a RunSummary's dict)."""
+    rows = result.get("results", []) if isinstance(result, dict) else []
+    bad = (HostStatus.FAILED.value, HostStatus.UNREACHABLE.value)
+    return [str(row["host"]) for row in rows if isinstance(row, dict) and row.get("status") in bad]
+
+
+def _job_targets(spec: str, hosts: str | None, limit: str | None) -> dict[str, Any]:
+    """`hosts` or `inventory` (and `only_hosts` for --hosts) for an ssh job, checked here
+    (file:line errors, unknown --hosts, --limit matches) so that a mistake is reported before
+    anything is queued."""
+    _inventory(spec, hosts, limit)
+    only = {"only_hosts": read_host_names(hosts)} if hosts else {}
     path = spec[1:] if spec.startswith("@") else spec
     if "," in path and not Path(path).exists():
-        return {"hosts": [part.strip() for part in path.split(",") if part.strip()]}
-    return {"inventory": _read_text(Path(path), "inventory")}
+        return {"hosts": [part.strip() for part in path.split(",") if part.strip()], **only}
+    return {"inventory": _read_text(Path(path), "inventory"), **only}
 
 
 def _read_text(path: Path, what: str) -> str:
