@@ -5,7 +5,8 @@
     corral ssh facts [OPTIONS] INVENTORY -- CMD
     corral ssh submit [OPTIONS] INVENTORY (--playbook FILE | -- CMD)
 
-INVENTORY is a host file, a YAML inventory, `@file`, or a comma-separated list (`web1,web2`).
+INVENTORY is a host file, a YAML or Ansible (INI or YAML) inventory, `@file`, or a comma-separated
+list (`web1,web2`).
 The exit code of run, play and facts says how the run went; see ExitCode. `submit` hands the run
 to a worker as an `ssh` job and exits as `corral submit` does.
 """
@@ -74,6 +75,9 @@ class ExitCode(IntEnum):
     INTERRUPTED = 130  # Ctrl-C; partial results were written
 
 
+InventoryArg = Annotated[
+    str, typer.Argument(help="Host file, YAML or Ansible inventory, @file or a,b,c.")
+]
 Forks = Annotated[int, typer.Option(min=1, help="Hosts in progress at once.")]
 Handshakes = Annotated[
     int, typer.Option(min=1, help="SSH handshakes at once (CPU-bound; see docs/ssh.md).")
@@ -264,11 +268,8 @@ def _retry_command(context: typer.Context, hosts: str) -> str:
     """The command line being run, with `--hosts HOSTS` instead of its own --hosts and --out:
     what an operator copies to rerun the failed hosts. Built from the parsed parameters (only
     those that differ from their defaults), not from argv, so it holds however it was called."""
-    names, node = [], context
-    while node.parent is not None:  # the root's name is however corral was started
-        names.append(str(node.info_name))
-        node = node.parent
-    words = ["corral", *reversed(names)]
+    root = context.find_root().info_name or ""  # however corral was started: corral, python -m
+    words = ["corral", *context.command_path.removeprefix(root).split()]
     command: list[str] = []
     for param in context.command.params:
         value = context.params.get(param.name or "")
@@ -331,7 +332,7 @@ def _fail_on_bad_input(error: ConfigError) -> typer.Exit:
 @app.command("run")
 def run_cmd(
     ctx: typer.Context,
-    inventory: Annotated[str, typer.Argument(help="Host file, YAML, @file or a,b,c.")],
+    inventory: InventoryArg,
     command: Annotated[list[str], typer.Argument(help="The command, after --.")],
     forks: Forks = DEFAULT_FORKS,
     handshakes: Handshakes = DEFAULT_MAX_HANDSHAKES,
@@ -376,7 +377,7 @@ def run_cmd(
 @app.command("facts")
 def facts_cmd(
     ctx: typer.Context,
-    inventory: Annotated[str, typer.Argument(help="Host file, YAML, @file or a,b,c.")],
+    inventory: InventoryArg,
     command: Annotated[list[str], typer.Argument(help="A read-only command, after --.")],
     forks: Forks = DEFAULT_FORKS,
     handshakes: Handshakes = DEFAULT_MAX_HANDSHAKES,
@@ -422,7 +423,7 @@ def facts_cmd(
 def play_cmd(
     ctx: typer.Context,
     playbook: Annotated[Path, typer.Argument(help="The playbook YAML file.")],
-    inventory: Annotated[str, typer.Argument(help="Host file, YAML, @file or a,b,c.")],
+    inventory: InventoryArg,
     check: Annotated[
         bool, typer.Option(help="Show what would run on each host; change nothing.")
     ] = False,
@@ -485,7 +486,7 @@ def _parse_vars(pairs: list[str]) -> dict[str, str]:
 @app.command("submit")
 def submit_cmd(
     ctx: typer.Context,
-    inventory: Annotated[str, typer.Argument(help="Host file, YAML, @file or a,b,c.")],
+    inventory: InventoryArg,
     command: Annotated[
         list[str] | None, typer.Argument(help="The command, after -- (or --playbook).")
     ] = None,
