@@ -32,7 +32,7 @@ from corral.errors import (
     SerializationError,
     ServerUnreachable,
 )
-from corral.models import JobSpec, JobState
+from corral.models import JobInfo, JobSpec, JobState
 
 T = TypeVar("T")
 
@@ -132,17 +132,29 @@ def submit_spec(
     token: str | None,
     ca: Path | None,
     data: Path | None,
+    on_finished: Callable[[JobInfo], None] | None = None,
 ) -> None:
     """What `submit`, `run` and `ssh submit` share: build the spec (a mistake exits with its
-    code before anything is sent), submit it, print its id, or with `wait` how it ended."""
+    code before anything is sent), submit it, print its id, or with `wait` how it ended (and
+    then call `on_finished`, for a hint of what to do next)."""
     with errors_to_exit_codes():
         spec = build()
     with_client(
-        server, token, ca, data, lambda client: _submit_and_report(client, spec, wait, as_json)
+        server,
+        token,
+        ca,
+        data,
+        lambda client: _submit_and_report(client, spec, wait, as_json, on_finished),
     )
 
 
-def _submit_and_report(client: Client, spec: JobSpec, wait: bool, as_json: bool) -> None:
+def _submit_and_report(
+    client: Client,
+    spec: JobSpec,
+    wait: bool,
+    as_json: bool,
+    on_finished: Callable[[JobInfo], None] | None,
+) -> None:
     """Submit one job and print its id; with `wait`, print how it ended (exit 1 unless it
     succeeded)."""
     job = client.submit_many([spec])[0]
@@ -155,5 +167,7 @@ def _submit_and_report(client: Client, spec: JobSpec, wait: bool, as_json: bool)
         print_json(info.model_dump(mode="json"))
     else:
         display.show_job(out, info)
+    if on_finished is not None:
+        on_finished(info)
     if info.state is not JobState.SUCCEEDED:
         raise typer.Exit(int(ExitCode.JOB_FAILED))

@@ -89,7 +89,8 @@ def show_job(out: Console, info: JobInfo) -> None:
         out.print("  spec:     unreadable (stored by another corral version, or altered)")
     else:
         out.print(f"  kind:     {spec.kind.value}  {_what(spec)}", highlight=False)
-        out.print(f"  queue:    {spec.queue}  priority {spec.priority}  tags {spec.tags or '-'}")
+        tags = ",".join(spec.tags) or "-"
+        out.print(f"  queue:    {spec.queue}  priority {spec.priority}  tags {tags}")
     out.print(f"  created:  {when(info.created)}")
     out.print(f"  started:  {when(info.started)}")
     out.print(f"  finished: {when(info.finished)}  (took {duration(info)})")

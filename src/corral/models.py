@@ -128,6 +128,11 @@ class SshTask(BaseModel):
         default=None, description="An inventory's text (host file or YAML with groups and vars)."
     )
     limit: str | None = Field(default=None, description="Groups or host globs, e.g. 'web*'.")
+    only_hosts: list[str] = Field(
+        default_factory=list,
+        description="Only these of the inventory's hosts, by name (a retry's failed hosts).",
+        max_length=100_000,
+    )
     command: str | None = Field(
         default=None, description="A shell command run on every host.", max_length=MAX_COMMAND_BYTES
     )
@@ -147,7 +152,7 @@ class SshTask(BaseModel):
     _texts_are_plain = field_validator("inventory", "limit", "command", "playbook", "credentials")(
         _plain_text
     )
-    _hosts_are_plain = field_validator("hosts")(_plain_texts)
+    _hosts_are_plain = field_validator("hosts", "only_hosts")(_plain_texts)
 
     @field_validator("variables")
     @classmethod

@@ -29,7 +29,7 @@ def test_run_writes_per_host_files_summary_and_failed_list(
         "ssh", "run", str(inventory), "--out", str(out), *lab.cli_args(), "--", "echo", "ok"
     )
     assert result.exit_code == ExitCode.HOSTS_FAILED, result.output
-    assert "retry the failed hosts with --hosts @" in result.output
+    assert f"--hosts @{out}/failed.txt" in result.output
     assert (out / "failed.txt").read_text() == f"{closed}\n"
     assert (out / f"{hosts[0].spec()}.out").read_text() == "ok\n"
     assert "refused" in (out / f"{closed}.err").read_text()

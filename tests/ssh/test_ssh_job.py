@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shlex
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -284,3 +285,53 @@ def _processes_mentioning(text: str) -> list[int]:
         except OSError:
             continue
     return found
+
+
+def test_submit_hosts_resubmits_only_the_failed_hosts_with_the_printed_command(
+    cluster: Cluster, hosts: list[Sshd], tmp_path: Path
+) -> None:
+    flag = tmp_path / "fixed"
+    inventory = tmp_path / "hosts"  # an Ansible INI inventory, as the job carries it
+    inventory.write_text(
+        "[lab]\n"
+        + "".join(
+            f"lab-{n} ansible_host=127.0.0.1 ansible_port={h.port}\n" for n, h in enumerate(hosts)
+        )
+    )
+    port = "$(echo $SSH_CONNECTION | cut -d' ' -f4)"
+    command = f"test {port} != {hosts[1].port} || test -e {flag}"
+    first = cluster.corral(
+        "ssh", "submit", str(inventory), "--credentials", "lab", "--forks", "2", "--wait",
+        "--", command,
+    )  # fmt: skip
+    assert first.returncode == ExitCode.JOB_FAILED, first.stderr
+    assert "tags ssh:lab" in first.stdout  # a list's repr no more
+    lines = first.stderr.splitlines()
+    words = shlex.split(lines[lines.index("retry the failed hosts:") + 1])
+    assert words[:3] == ["corral", "ssh", "submit"]
+    assert words[words.index("--hosts") + 1] == "lab-1"
+    assert words[words.index("--") + 1 :] == [command]
+    flag.touch()
+    again = cluster.corral(*words[1:])
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "retry the failed hosts" not in again.stderr
+    job_id = json.loads(cluster.corral("jobs", "--json").stdout)[0]["id"]
+    shown = json.loads(cluster.corral("show", job_id, "--json").stdout)
+    assert [r["host"] for r in shown["result"]["results"]] == ["lab-1"]
+    unknown = cluster.corral(
+        "ssh", "submit", str(inventory), "--hosts", "lab-9", "--credentials", "lab", "--", "true"
+    )
+    assert unknown.returncode == ExitCode.USAGE
+    assert "lab-9" in unknown.stderr
+
+
+def test_an_unknown_host_key_in_a_job_names_the_credentials_setting(
+    cluster: Cluster, client: corral.Client, lab: SshLab
+) -> None:
+    stranger = lab.start()  # started after the worker's known_hosts was written
+    job = client.submit_ssh(hosts=[address(stranger)], command="true", credentials="lab")
+    assert job.wait(timeout=WAIT) is JobState.FAILED
+    error = job.info().result["results"][0]["error"]
+    assert "is not in" in error
+    assert f"set host_key_policy: accept-new in credentials 'lab' of {cluster.credentials}" in error
+    assert "--accept-new" not in error

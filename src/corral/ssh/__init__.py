@@ -15,10 +15,12 @@ Contract of the three functions:
   agent, passwords, known_hosts policy, jump host, ssh config, handshake limit), and a run
   directory, created if missing. An optional `RunListener` receives progress callbacks (sync).
 - Output: a `RunSummary` whose `results` hold one `HostResult` per inventory host, in inventory
-  order, with status ok | failed | unreachable | skipped, exit code, seconds, error and (for plays)
-  per-step outcomes; `groups` holds facts / check-step groupings; `handshakes` the connection
-  set-up statistics. `to_dict()` gives plain JSON-serialisable data. The same data is written to
-  the run directory (per-host .out/.err, summary.tsv, summary.jsonl, failed.txt, groups-*.json).
+  order, with status ok | failed | unreachable | skipped, exit code, seconds, error, (for plays)
+  per-step outcomes and the host's stdout and stderr, each cut at 64 KiB (`to_dict(output=True)`
+  includes them; the summary files do not); `groups` holds facts / check-step groupings;
+  `handshakes` the connection set-up statistics. `to_dict()` gives plain JSON-serialisable data.
+  The same data is written to the run directory (per-host .out/.err, summary.tsv,
+  summary.jsonl, failed.txt, groups-*.json).
 - Errors: problems with one host never raise; they become that host's status. Input that makes
   the whole run meaningless (bad inventory or playbook, undefined variable, unreadable key, an fd
   limit too low for `forks`) raises a `corral.errors.ConfigError` subclass before any host is

@@ -5,7 +5,8 @@
     corral ssh facts [OPTIONS] INVENTORY -- CMD
     corral ssh submit [OPTIONS] INVENTORY (--playbook FILE | -- CMD)
 
-INVENTORY is a host file, a YAML inventory, `@file`, or a comma-separated list (`web1,web2`).
+INVENTORY is a host file, a YAML or Ansible (INI or YAML) inventory, `@file`, or a comma-separated
+list (`web1,web2`).
 The exit code of run, play and facts says how the run went; see ExitCode. `submit` hands the run
 to a worker as an `ssh` job and exits as `corral submit` does.
 """
@@ -15,7 +16,10 @@ from __future__ import annotations
 import asyncio
 import getpass
 import os
+import shlex
+import shutil
 from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -36,21 +40,27 @@ from corral.cli_common import (
 )
 from corral.client.jobs import ssh_job
 from corral.errors import ConfigError
-from corral.models import JobSpec
+from corral.models import JobInfo, JobSpec
 from corral.ssh.connection import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_MAX_HANDSHAKES,
     ConnectOptions,
     HostKeyPolicy,
 )
-from corral.ssh.display import ProgressDisplay, print_check_plan, print_summary
+from corral.ssh.display import (
+    ProgressDisplay,
+    print_check_plan,
+    print_inline,
+    print_json_lines,
+    print_summary,
+)
 from corral.ssh.errors import CredentialError
 from corral.ssh.facts import collect_facts
 from corral.ssh.fanout import DEFAULT_FORKS, RunListener, RunOptions, run_command
 from corral.ssh.inventory import Inventory, load_inventory, read_host_names
 from corral.ssh.play import run_playbook
 from corral.ssh.playbook import load_playbook
-from corral.ssh.results import RunSummary, default_run_dir
+from corral.ssh.results import HostStatus, RunSummary, default_run_dir
 
 app = typer.Typer(help="Run commands and playbooks on many hosts over SSH.", no_args_is_help=True)
 
@@ -65,6 +75,9 @@ class ExitCode(IntEnum):
     INTERRUPTED = 130  # Ctrl-C; partial results were written
 
 
+InventoryArg = Annotated[
+    str, typer.Argument(help="Host file, YAML or Ansible inventory, @file or a,b,c.")
+]
 Forks = Annotated[int, typer.Option(min=1, help="Hosts in progress at once.")]
 Handshakes = Annotated[
     int, typer.Option(min=1, help="SSH handshakes at once (CPU-bound; see docs/ssh.md).")
@@ -76,7 +89,22 @@ ConnectTimeout = Annotated[float, typer.Option(help="Seconds to connect and log 
 OverallTimeout = Annotated[
     float | None, typer.Option(help="Seconds for the whole run; unfinished hosts fail.")
 ]
-Out = Annotated[Path | None, typer.Option(help="Run directory (default runs/ssh-KIND-TIME).")]
+Out = Annotated[
+    Path | None,
+    typer.Option(help="Run directory (default runs/ssh-KIND-TIME); must be new or empty."),
+]
+Overwrite = Annotated[bool, typer.Option(help="Clear the --out directory's earlier run first.")]
+Inline = Annotated[
+    bool, typer.Option("--inline", help="Print each host's output under its name, as pssh -i.")
+]
+JsonLines = Annotated[
+    bool,
+    typer.Option(
+        "--json",
+        help="Print one JSON object a host on stdout (host, status, exit_code, stdout, stderr, "
+        "duration...); the summary goes to stderr.",
+    ),
+]
 HostsOpt = Annotated[
     str | None, typer.Option("--hosts", help="Only these hosts: a,b,c or @failed.txt.")
 ]
@@ -183,8 +211,37 @@ def _inventory(spec: str, hosts: str | None, limit: str | None) -> Inventory:
     return inventory
 
 
+@dataclass(frozen=True)
+class _View:
+    """How a finished run is shown: host output (--inline or --json) and the summary."""
+
+    context: typer.Context
+    inline: bool = False
+    json_lines: bool = False
+    check_plan: bool = False
+
+    @classmethod
+    def of(cls, flags: Mapping[str, Any], *, check_plan: bool = False) -> _View:
+        if flags["inline"] and flags["json_lines"]:
+            raise ConfigError("give --inline or --json, not both")
+        return cls(flags["ctx"], flags["inline"], flags["json_lines"], check_plan)
+
+    def show(self, summary: RunSummary, *, interrupted: bool = False) -> None:
+        # With --json stdout carries only the JSON lines; the tables go to stderr.
+        out = Console(stderr=self.json_lines)
+        if self.json_lines:
+            print_json_lines(summary)
+        elif self.inline:
+            print_inline(out, summary)
+        if self.check_plan and not interrupted:
+            print_check_plan(out, summary)
+        failed = f"@{summary.out_dir}/failed.txt"
+        retry = _retry_command(self.context, failed) if summary.any_failed else ""
+        print_summary(out, summary, retry)
+
+
 def _execute(
-    start: Callable[[RunListener], Coroutine[Any, Any, RunSummary]], *, check_plan: bool = False
+    start: Callable[[RunListener], Coroutine[Any, Any, RunSummary]], view: _View
 ) -> RunSummary:
     """Run with a live display; on Ctrl-C the run has already closed connections and written
     its partial results, so print them and leave with INTERRUPTED."""
@@ -195,14 +252,70 @@ def _execute(
     except KeyboardInterrupt:
         if display.summary is None:
             raise typer.Exit(ExitCode.INTERRUPTED) from None
-        print_summary(Console(), display.summary)
+        view.show(display.summary, interrupted=True)
         console.print("[bold red]interrupted[/]: hosts in progress failed, the rest skipped")
         raise typer.Exit(ExitCode.INTERRUPTED) from None
-    out = Console()
-    if check_plan:
-        print_check_plan(out, summary)
-    print_summary(out, summary)
+    view.show(summary)
     return summary
+
+
+#: Options a retry command leaves out: it names its own hosts and gets a new run directory, and
+#: a token given as a flag is not echoed (the retry takes it from CORRAL_TOKEN or the config).
+_NOT_RETRIED = ("hosts", "out", "overwrite", "token")
+
+
+def _retry_command(context: typer.Context, hosts: str) -> str:
+    """The command line being run, with `--hosts HOSTS` instead of its own --hosts and --out:
+    what an operator copies to rerun the failed hosts. Built from the parsed parameters (only
+    those that differ from their defaults), not from argv, so it holds however it was called."""
+    root = context.find_root().info_name or ""  # however corral was started: corral, python -m
+    words = ["corral", *context.command_path.removeprefix(root).split()]
+    command: list[str] = []
+    for param in context.command.params:
+        value = context.params.get(param.name or "")
+        if param.name in _NOT_RETRIED or value is None or value == [] or value == ():
+            continue
+        if param.param_type_name == "argument":
+            if param.name == "command":
+                command = ["--", *value]
+            else:
+                words.append(str(value))
+            continue
+        if value == param.default:
+            continue
+        long = next((opt for opt in param.opts if opt.startswith("--")), param.opts[0])
+        if isinstance(value, bool):
+            words.append(long if value else param.secondary_opts[0])
+        elif isinstance(value, list | tuple):
+            for item in value:
+                words += [long, str(item)]
+        else:
+            words += [long, str(value)]
+    return shlex.join([*words, "--hosts", hosts, *command])
+
+
+def _out_dir(out: Path | None, kind: str, overwrite: bool) -> Path:
+    """The run directory: `--out` when it is new or empty (or `--overwrite` clears an earlier
+    run there), so that no earlier host's files sit beside the new summary."""
+    if out is None:
+        return default_run_dir(kind)
+    if not out.is_dir() or not any(out.iterdir()):
+        return out
+    if not overwrite:
+        raise ConfigError(
+            f"--out {out} is not empty; give a new directory, or --overwrite to clear it first"
+        )
+    if not (out / "summary.tsv").is_file():
+        raise ConfigError(
+            f"--out {out} holds files but no summary.tsv, so it is not a corral run directory "
+            "and --overwrite leaves it alone; give a new or empty directory"
+        )
+    for entry in out.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    return out
 
 
 def _exit_code(summary: RunSummary, *, differ: bool = False) -> ExitCode:
@@ -218,7 +331,8 @@ def _fail_on_bad_input(error: ConfigError) -> typer.Exit:
 
 @app.command("run")
 def run_cmd(
-    inventory: Annotated[str, typer.Argument(help="Host file, YAML, @file or a,b,c.")],
+    ctx: typer.Context,
+    inventory: InventoryArg,
     command: Annotated[list[str], typer.Argument(help="The command, after --.")],
     forks: Forks = DEFAULT_FORKS,
     handshakes: Handshakes = DEFAULT_MAX_HANDSHAKES,
@@ -226,6 +340,9 @@ def run_cmd(
     connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
     overall_timeout: OverallTimeout = None,
     out: Out = None,
+    overwrite: Overwrite = False,
+    inline: Inline = False,
+    json_lines: JsonLines = False,
     hosts: HostsOpt = None,
     limit: Limit = None,
     user: User = None,
@@ -248,9 +365,10 @@ def run_cmd(
     try:
         selected = _inventory(inventory, hosts, limit)
         options = _run_options(locals())
-        out_dir = out or default_run_dir("run")
+        view = _View.of(locals())
+        out_dir = _out_dir(out, "run", overwrite)
         text = " ".join(command)
-        summary = _execute(lambda ui: run_command(selected, text, options, out_dir, ui))
+        summary = _execute(lambda ui: run_command(selected, text, options, out_dir, ui), view)
     except ConfigError as error:
         raise _fail_on_bad_input(error) from None
     raise typer.Exit(_exit_code(summary))
@@ -258,7 +376,8 @@ def run_cmd(
 
 @app.command("facts")
 def facts_cmd(
-    inventory: Annotated[str, typer.Argument(help="Host file, YAML, @file or a,b,c.")],
+    ctx: typer.Context,
+    inventory: InventoryArg,
     command: Annotated[list[str], typer.Argument(help="A read-only command, after --.")],
     forks: Forks = DEFAULT_FORKS,
     handshakes: Handshakes = DEFAULT_MAX_HANDSHAKES,
@@ -266,6 +385,9 @@ def facts_cmd(
     connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
     overall_timeout: OverallTimeout = None,
     out: Out = None,
+    overwrite: Overwrite = False,
+    inline: Inline = False,
+    json_lines: JsonLines = False,
     hosts: HostsOpt = None,
     limit: Limit = None,
     user: User = None,
@@ -288,9 +410,10 @@ def facts_cmd(
     try:
         selected = _inventory(inventory, hosts, limit)
         options = _run_options(locals())
-        out_dir = out or default_run_dir("facts")
+        view = _View.of(locals())
+        out_dir = _out_dir(out, "facts", overwrite)
         text = " ".join(command)
-        summary = _execute(lambda ui: collect_facts(selected, text, options, out_dir, ui))
+        summary = _execute(lambda ui: collect_facts(selected, text, options, out_dir, ui), view)
     except ConfigError as error:
         raise _fail_on_bad_input(error) from None
     raise typer.Exit(_exit_code(summary, differ=summary.hosts_differ))
@@ -298,8 +421,9 @@ def facts_cmd(
 
 @app.command("play")
 def play_cmd(
+    ctx: typer.Context,
     playbook: Annotated[Path, typer.Argument(help="The playbook YAML file.")],
-    inventory: Annotated[str, typer.Argument(help="Host file, YAML, @file or a,b,c.")],
+    inventory: InventoryArg,
     check: Annotated[
         bool, typer.Option(help="Show what would run on each host; change nothing.")
     ] = False,
@@ -315,6 +439,9 @@ def play_cmd(
     connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
     overall_timeout: OverallTimeout = None,
     out: Out = None,
+    overwrite: Overwrite = False,
+    inline: Inline = False,
+    json_lines: JsonLines = False,
     hosts: HostsOpt = None,
     limit: Limit = None,
     user: User = None,
@@ -338,10 +465,9 @@ def play_cmd(
         loaded = load_playbook(playbook)
         selected = _inventory(inventory, hosts, limit)
         options = _run_options(locals(), check=check, force=force, variables=_parse_vars(var or []))
-        out_dir = out or default_run_dir("play")
-        summary = _execute(
-            lambda ui: run_playbook(selected, loaded, options, out_dir, ui), check_plan=check
-        )
+        view = _View.of(locals(), check_plan=check)
+        out_dir = _out_dir(out, "play", overwrite)
+        summary = _execute(lambda ui: run_playbook(selected, loaded, options, out_dir, ui), view)
     except ConfigError as error:
         raise _fail_on_bad_input(error) from None
     raise typer.Exit(_exit_code(summary, differ=summary.hosts_differ))
@@ -359,7 +485,8 @@ def _parse_vars(pairs: list[str]) -> dict[str, str]:
 
 @app.command("submit")
 def submit_cmd(
-    inventory: Annotated[str, typer.Argument(help="Host file, YAML, @file or a,b,c.")],
+    ctx: typer.Context,
+    inventory: InventoryArg,
     command: Annotated[
         list[str] | None, typer.Argument(help="The command, after -- (or --playbook).")
     ] = None,
@@ -370,6 +497,7 @@ def submit_cmd(
         str | None,
         typer.Option(help="Credential set, by name, from the worker's --ssh-credentials file."),
     ] = None,
+    hosts: HostsOpt = None,
     limit: Limit = None,
     forks: Forks = DEFAULT_FORKS,
     command_timeout: Annotated[
@@ -399,14 +527,15 @@ def submit_cmd(
     corral ssh submit hosts.txt --credentials prod --wait -- uptime
 
     The inventory and playbook are read here and their text travels in the job, so the worker
-    needs neither file; the credentials stay on the worker and are named, never sent."""
+    needs neither file; the credentials stay on the worker and are named, never sent. With
+    --wait, a run with failed hosts ends with the command that resubmits only those."""
     job_options: dict[str, Any] = {"queue": queue, "timeout": timeout, "name": name}
 
     def build() -> JobSpec:
         if bool(command) == (playbook is not None):
             raise ConfigError("give either --playbook FILE or a command after --, not both")
         return ssh_job(
-            **_job_targets(inventory, limit),
+            **_job_targets(inventory, hosts, limit),
             command=" ".join(command) if command else None,
             playbook=_read_text(playbook, "playbook") if playbook else None,
             credentials=credentials,
@@ -420,19 +549,43 @@ def submit_cmd(
             **{key: value for key, value in job_options.items() if value is not None},
         )
 
+    def retry_hint(info: JobInfo) -> None:
+        failed = _failed_hosts(info.result)
+        if failed:
+            console = Console(stderr=True)
+            console.print("retry the failed hosts:", highlight=False)
+            command = _retry_command(ctx, ",".join(failed))
+            console.print(f"  {command}", highlight=False, soft_wrap=True, markup=False)
+
     submit_spec(
-        build, wait=wait, as_json=as_json, server=server_url, token=token, ca=ca, data=data_dir_flag
+        build,
+        wait=wait,
+        as_json=as_json,
+        server=server_url,
+        token=token,
+        ca=ca,
+        data=data_dir_flag,
+        on_finished=retry_hint,
     )
 
 
-def _job_targets(spec: str, limit: str | None) -> dict[str, Any]:
-    """`hosts` or `inventory` for an ssh job, checked here (file:line errors, --limit matches)
-    so that a mistake is reported before anything is queued."""
-    _inventory(spec, None, limit)
+def _failed_hosts(result: Any) -> list[str]:
+    """The failed and unreachable hosts in an ssh job's result (a RunSummary's dict)."""
+    rows = result.get("results", []) if isinstance(result, dict) else []
+    bad = (HostStatus.FAILED.value, HostStatus.UNREACHABLE.value)
+    return [str(row["host"]) for row in rows if isinstance(row, dict) and row.get("status") in bad]
+
+
+def _job_targets(spec: str, hosts: str | None, limit: str | None) -> dict[str, Any]:
+    """`hosts` or `inventory` (and `only_hosts` for --hosts) for an ssh job, checked here
+    (file:line errors, unknown --hosts, --limit matches) so that a mistake is reported before
+    anything is queued."""
+    _inventory(spec, hosts, limit)
+    only = {"only_hosts": read_host_names(hosts)} if hosts else {}
     path = spec[1:] if spec.startswith("@") else spec
     if "," in path and not Path(path).exists():
-        return {"hosts": [part.strip() for part in path.split(",") if part.strip()]}
-    return {"inventory": _read_text(Path(path), "inventory")}
+        return {"hosts": [part.strip() for part in path.split(",") if part.strip()], **only}
+    return {"inventory": _read_text(Path(path), "inventory"), **only}
 
 
 def _read_text(path: Path, what: str) -> str:

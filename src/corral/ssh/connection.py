@@ -51,6 +51,9 @@ class ConnectOptions:
     user: str | None = None
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     max_handshakes: int = DEFAULT_MAX_HANDSHAKES
+    #: How the caller trusts a new host key, for refusal messages: the flag for the CLI, the
+    #: credentials file's setting for a worker.
+    accept_new_hint: str = "run again with --accept-new"
 
     def known_hosts_path(self) -> Path:
         return self.known_hosts or Path("~/.ssh/known_hosts").expanduser()
@@ -67,9 +70,10 @@ class HostUnreachable(Exception):
 class HostKeyTrust:
     """Decides on host keys that known_hosts does not vouch for, and explains refusals."""
 
-    def __init__(self, path: Path, policy: HostKeyPolicy) -> None:
+    def __init__(self, path: Path, policy: HostKeyPolicy, accept_new_hint: str) -> None:
         self.path = path
         self.policy = policy
+        self.accept_new_hint = accept_new_hint
         text = path.read_text() if path.is_file() else ""
         self.known = asyncssh.import_known_hosts(text)
         self._accepted: dict[str, asyncssh.SSHKey] = {}
@@ -89,7 +93,7 @@ class HostKeyTrust:
             self.refusals[(host, port)] = (
                 f"host key for {pattern} has CHANGED: the server sent {offered} but "
                 f"{self.path} lists {listed}. If the change is expected, remove the old key with "
-                f"`ssh-keygen -R '{pattern}' -f {self.path}` and run again with --accept-new"
+                f"`ssh-keygen -R '{pattern}' -f {self.path}`, then {self.accept_new_hint}"
             )
             return False
         if self.policy is HostKeyPolicy.ACCEPT_NEW:
@@ -101,7 +105,7 @@ class HostKeyTrust:
             return accepted == key
         self.refusals[(host, port)] = (
             f"host key for {pattern} is not in {self.path} (the server sent {offered}); "
-            "check it and run with --accept-new to trust it on first use"
+            f"check it, then {self.accept_new_hint} to trust it on first use"
         )
         return False
 
@@ -133,7 +137,9 @@ class Connector:
         self._handshakes = asyncio.Semaphore(options.max_handshakes)
         self._trust: HostKeyTrust | None = None
         if options.host_key_policy is not HostKeyPolicy.INSECURE:
-            self._trust = HostKeyTrust(options.known_hosts_path(), options.host_key_policy)
+            self._trust = HostKeyTrust(
+                options.known_hosts_path(), options.host_key_policy, options.accept_new_hint
+            )
         self._keys_by_path: dict[str, list[asyncssh.SSHKeyPair]] = {}
         self._default_keys = self._load_keys(options.keys) if options.keys else None
         self._jump: asyncssh.SSHClientConnection | None = None

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from collections import Counter
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -84,8 +87,41 @@ def groups_table(name: str, groups: list[OutputGroup]) -> Table:
     return table
 
 
-def print_summary(console: Console, summary: RunSummary) -> None:
-    """The final report: counts by status, the failed hosts, where the files are."""
+def print_inline(console: Console, summary: RunSummary) -> None:
+    """Each host's output under its name, in inventory order (`--inline`, as `pssh -i`)."""
+    for result in summary.results:
+        style = _STATUS_STYLE[result.status]
+        code = "" if result.exit_code is None else f", exit {result.exit_code}"
+        console.print(
+            f"[bold]{escape(result.host)}[/]: [{style}]{result.status.value}[/]{code} "
+            f"({result.duration:.2f}s)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        _print_block(console, result.stdout)
+        if result.stderr:
+            console.print("[dim]stderr:[/]")
+            _print_block(console, result.stderr)
+        elif result.error and not result.stdout:
+            _print_block(console, result.error)
+
+
+def _print_block(console: Console, text: str) -> None:
+    """Text as the host printed it: no markup, no highlighting, one newline at the end."""
+    if text:
+        console.out(text, end="" if text.endswith("\n") else "\n", highlight=False)
+
+
+def print_json_lines(summary: RunSummary) -> None:
+    """One JSON object a host, one a line, in inventory order (`--json`), for jq and scripts."""
+    for result in summary.results:
+        sys.stdout.write(json.dumps(result.to_dict(output=True)) + "\n")
+    sys.stdout.flush()
+
+
+def print_summary(console: Console, summary: RunSummary, retry_command: str = "") -> None:
+    """The final report: counts by status, the failed hosts, where the files are, and the
+    command that reruns the failed hosts."""
     counts = summary.counts()
     table = Table(title="hosts", title_justify="left")
     for status in HostStatus:
@@ -105,12 +141,9 @@ def print_summary(console: Console, summary: RunSummary) -> None:
     console.print(
         f"results in {summary.out_dir}/ (summary.tsv, failed.txt)", highlight=False, soft_wrap=True
     )
-    if bad:
-        console.print(
-            f"retry the failed hosts with --hosts @{summary.out_dir}/failed.txt",
-            highlight=False,
-            soft_wrap=True,
-        )
+    if bad and retry_command:
+        console.print("retry the failed hosts:", highlight=False)
+        console.print(f"  {retry_command}", highlight=False, soft_wrap=True, markup=False)
 
 
 def print_check_plan(console: Console, summary: RunSummary) -> None:

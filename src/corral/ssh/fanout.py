@@ -29,6 +29,7 @@ from corral.ssh.results import (
     OutputGroup,
     RunDirectory,
     RunSummary,
+    append_bounded,
 )
 
 logger = logging.getLogger(__name__)
@@ -136,6 +137,8 @@ async def fan_out(
             running[host.name] = time.monotonic()
             output = await one_host(host)
             del running[host.name]
+            output.result.stdout = append_bounded("", output.stdout)
+            output.result.stderr = append_bounded("", output.stderr)
             results[host.name] = output.result
             run_dir.append_output(host.name, output.stdout, output.stderr)
             listener.host_finished(output.result)

@@ -27,6 +27,7 @@ from corral.ssh.results import (
     HostStatus,
     RunSummary,
     StepResult,
+    append_bounded,
     group_outputs,
     host_file_stem,
 )
@@ -115,6 +116,8 @@ class PlayRunner:
                     continue
                 total.steps.extend(result.steps)
                 total.duration += result.duration
+                total.stdout = append_bounded(total.stdout, result.stdout)
+                total.stderr = append_bounded(total.stderr, result.stderr)
                 if result.status is not HostStatus.OK:
                     total.status, total.error = result.status, result.error
                     total.exit_code = result.exit_code

@@ -22,6 +22,7 @@ string is replaced by a variable; an undefined one is an error before anything r
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -160,18 +161,16 @@ def _parse_step(raw: Any, index: int, base: Path, path: Path) -> Step:
         raise PlaybookError(f"{where}: a step must be a mapping such as {{command: uptime}}")
     actions = [key for key in raw if key in ACTIONS]
     if len(actions) != 1:
-        found = ", ".join(actions) if actions else "none"
-        raise PlaybookError(
-            f"{where}: a step needs exactly one action ({', '.join(ACTIONS)}); found {found}"
-        )
+        raise PlaybookError(f"{where}: {_action_problem(raw, actions)}")
     action = actions[0]
     allowed = ALLOWED_KEYS[action]
     for key in raw:
         if key not in allowed:
             raise PlaybookError(
-                f"{where}: unknown key {key!r} for a {action} step; allowed: {', '.join(allowed)}"
+                f"{where}: unknown key {key!r} for a {action} step{_did_you_mean(key, allowed)}; "
+                f"allowed: {', '.join(allowed)}"
             )
-    name = str(raw.get("name") or _short(raw[action]))
+    name = str(raw.get("name") or _default_name(action, raw[action]))
     where = f"{path}: step {index} ({name})"
     guards = Guards(*(_optional_text(raw, key, where) for key in GUARD_KEYS))
     fields: dict[str, Any] = {
@@ -211,6 +210,34 @@ def _parse_step(raw: Any, index: int, base: Path, path: Path) -> Step:
                 raise PlaybookError(f"{where}: local file or directory {src} does not exist")
         fields["src"], fields["dest"] = src, dest
     return Step(**fields)
+
+
+def _action_problem(raw: Mapping[str, Any], actions: list[str]) -> str:
+    """Why a step has no single action: several given, or none, most often a misspelt one."""
+    wanted = f"a step needs exactly one action ({', '.join(ACTIONS)})"
+    if actions:
+        return f"{wanted}; found {', '.join(actions)}"
+    known = {key for keys in ALLOWED_KEYS.values() for key in keys}
+    unknown = [str(key) for key in raw if key not in known]
+    if not unknown:
+        return f"{wanted}; found none"
+    key = unknown[0]
+    return (
+        f"unknown key {key!r}{_did_you_mean(key, ACTIONS + tuple(sorted(known)))}; {wanted}, "
+        f"plus any of: {', '.join(_COMMON_KEYS)}, sudo, args, expect"
+    )
+
+
+def _did_you_mean(key: str, allowed: tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(key, allowed, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _default_name(action: str, value: Any) -> str:
+    """A step's name when it gives none: its command, or what a put or get copies where."""
+    if action in ("put", "get") and isinstance(value, dict):
+        return f"{action} {value.get('src')} -> {value.get('dest')}"
+    return _short(value)
 
 
 def _short(value: Any) -> str:

@@ -4,6 +4,10 @@ A run directory holds, for every host, `<host>.out` and `<host>.err`; then `summ
 status, exit code, seconds, first line of the error), `summary.jsonl` (the same plus step details),
 `failed.txt` (failed and unreachable hosts, ready for `--hosts @failed.txt`) and, for `facts` and
 `check` steps, `groups-<name>.json` (hosts grouped by output).
+
+A `HostResult` also carries the host's output for `--inline` and `--json`, cut at
+MAX_RESULT_OUTPUT characters a stream so that a chatty fleet cannot fill the client's memory;
+the host's files keep all of it.
 """
 
 from __future__ import annotations
@@ -18,6 +22,20 @@ from pathlib import Path
 from typing import Any
 
 from corral.errors import ConfigError
+
+#: Characters of each stream a HostResult keeps (the host's .out and .err files keep all).
+MAX_RESULT_OUTPUT = 64 * 1024
+_CUT_NOTE = f"\n[output cut at {MAX_RESULT_OUTPUT} characters; all of it is in the run directory]\n"
+
+
+def append_bounded(text: str, more: str) -> str:
+    """`text` + `more`, cut at MAX_RESULT_OUTPUT characters with a note saying where the rest is."""
+    if text.endswith(_CUT_NOTE):
+        return text
+    combined = text + more
+    if len(combined) <= MAX_RESULT_OUTPUT:
+        return combined
+    return combined[:MAX_RESULT_OUTPUT] + _CUT_NOTE
 
 
 class HostStatus(StrEnum):
@@ -42,7 +60,11 @@ class StepResult:
 
 @dataclass
 class HostResult:
-    """The end state of one host; plain data, `to_dict()` gives JSON-ready values."""
+    """The end state of one host; plain data, `to_dict()` gives JSON-ready values.
+
+    `stdout` and `stderr` are bounded (see append_bounded) and left out of `to_dict()` unless
+    asked for: the summary files and an ssh job's result stay small however much hosts print.
+    """
 
     host: str
     status: HostStatus
@@ -50,14 +72,18 @@ class HostResult:
     duration: float = 0.0
     error: str = ""
     steps: list[StepResult] = field(default_factory=list)
+    stdout: str = ""
+    stderr: str = ""
 
     def first_error_line(self) -> str:
         return next((line.strip() for line in self.error.splitlines() if line.strip()), "")
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, *, output: bool = False) -> dict[str, Any]:
         data = asdict(self)
         data["status"] = self.status.value
         data["duration"] = round(self.duration, 3)
+        if not output:
+            del data["stdout"], data["stderr"]
         return data
 
 

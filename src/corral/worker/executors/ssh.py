@@ -63,6 +63,11 @@ from corral.worker.executors.base import (
 )
 
 DEFAULT_CREDENTIALS = "default"
+#: A job with no credential set uses the worker user's ssh setup; this is how it trusts a host.
+_OWN_SETUP_HINT = (
+    "add the key to the worker user's ~/.ssh/known_hosts (or give the worker --ssh-credentials "
+    "with host_key_policy: accept-new)"
+)
 _FAILED = (HostStatus.FAILED, HostStatus.UNREACHABLE)
 _KEYS = {
     "user", "keys", "known_hosts", "host_key_policy", "password_file", "sudo_password_file",
@@ -143,6 +148,7 @@ def _connect_options(path: Path, name: str, entry: Any) -> ConnectOptions:
         raise CredentialError(f"{where}: agent is true, false or the agent socket's path")
     known_hosts = text("known_hosts")
     return ConnectOptions(
+        accept_new_hint=f"set host_key_policy: accept-new in credentials {name!r} of {path}",
         user=text("user"),
         keys=paths("keys") or (),
         known_hosts=local(known_hosts) if known_hosts else None,
@@ -243,7 +249,7 @@ class SshExecutor(Executor):
             )
         inventory, playbook = _prepare(task, out_dir)
         options = RunOptions(
-            connect=connect or ConnectOptions(),
+            connect=connect or ConnectOptions(accept_new_hint=_OWN_SETUP_HINT),
             forks=task.forks,
             command_timeout=task.command_timeout,
             sudo=task.sudo,
@@ -281,6 +287,8 @@ def _prepare(task: SshTask, out_dir: Path) -> tuple[Inventory, Playbook | None]:
         inventory_path = out_dir / ("inventory.yaml" if is_yaml else "hosts.txt")
         inventory_path.write_text(text)
     inventory = load_inventory(str(inventory_path))
+    if task.only_hosts:
+        inventory = inventory.pick(task.only_hosts)
     if task.limit:
         inventory = inventory.limit(task.limit)
     if task.playbook is None:
