@@ -530,7 +530,9 @@ def purge(
     ],
     state: Annotated[
         list[JobState] | None,
-        typer.Option(help="Only jobs in this finished state (repeatable; all finished states if none)"),
+        typer.Option(
+            help="Only jobs in this finished state (repeatable; all finished states if none)"
+        ),
     ] = None,
     server_url: ServerOpt = None,
     token: TokenOpt = None,
@@ -540,9 +542,7 @@ def purge(
 ) -> None:
     """Delete finished jobs with their attempts and output (needs an admin token)."""
     cutoff = time.time() - _duration(finished_before, "--finished-before")
-    deleted = with_client(
-        server_url, token, ca, data_dir_flag, lambda c: c.purge(cutoff, state)
-    )
+    deleted = with_client(server_url, token, ca, data_dir_flag, lambda c: c.purge(cutoff, state))
     if as_json:
         print_json({"deleted": deleted, "finished_before": cutoff})
     else:

@@ -129,13 +129,11 @@ def counts(server: ServerProcess, now: float) -> dict[str, int]:
         recent = connection.execute(
             "SELECT count(*) FROM jobs WHERE finished >= ?", (now - DAY,)
         ).fetchone()[0]
-        queued = connection.execute(
-            "SELECT count(*) FROM jobs WHERE state = 'queued'"
-        ).fetchone()[0]
+        queued = connection.execute("SELECT count(*) FROM jobs WHERE state = 'queued'")
         orphans = connection.execute(
             "SELECT count(*) FROM attempts WHERE job_id NOT IN (SELECT id FROM jobs)"
         ).fetchone()[0]
-        return {**old, "recent": recent, "queued": queued, "orphans": orphans}
+        return {**old, "recent": recent, "queued": queued.fetchone()[0], "orphans": orphans}
     finally:
         store.close()
 
