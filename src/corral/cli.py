@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -39,7 +40,12 @@ from corral.cli_common import (
 from corral.client.client import Client
 from corral.client.jobs import python_job, shell_job
 from corral.config import ClientSettings, ServerSettings, data_dir, read_token_file
-from corral.constants import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_PREFETCH
+from corral.constants import (
+    DEFAULT_HOST,
+    DEFAULT_KEEP_FINISHED,
+    DEFAULT_PORT,
+    DEFAULT_PREFETCH,
+)
 from corral.errors import ConfigError, InvalidRequest, NotFound
 from corral.models import JobState, QueueOrdering
 from corral.server.auth import Role
@@ -66,6 +72,15 @@ ScrubEnvOpt = Annotated[
     str,
     typer.Option(
         help="More variables to keep from jobs, e.g. AWS_*,DB_PASSWORD (CORRAL_* always are)"
+    ),
+]
+#: `--keep` of `corral server` and `corral up` unless told otherwise, in days.
+DEFAULT_KEEP = f"{DEFAULT_KEEP_FINISHED / 86400:g}d"
+KeepOpt = Annotated[
+    str,
+    typer.Option(
+        help="Delete finished jobs this long after they finish: 30m, 12h, 7d, ... (0 or never:"
+        " keep them all)"
     ),
 ]
 #: The worker token `corral up` makes for its local workers, anew on each start.
@@ -101,6 +116,7 @@ def server(
         float | None, typer.Option(help="Seconds before a silent worker's jobs move")
     ] = None,
     allow_pickle: Annotated[bool, typer.Option(help="Accept cloudpickled functions")] = False,
+    keep: KeepOpt = DEFAULT_KEEP,
     log_level: LogLevelOpt = "info",
 ) -> None:
     """Run the corral server: durable queues, REST API, worker and client streams."""
@@ -117,6 +133,7 @@ def server(
             tls_key=tls_key,
             lease=lease,
             allow_pickle=allow_pickle,
+            keep=_keep_seconds(keep),
         )
         run_server(settings, lambda ready: announce(ready.url, ready.new_admin_token, settings))
 
@@ -204,13 +221,16 @@ def up(
     port: Annotated[int, typer.Option(help="Port (0: any free port)")] = DEFAULT_PORT,
     data_dir_flag: DataDirOpt = None,
     scrub_env: ScrubEnvOpt = "",
+    keep: KeepOpt = DEFAULT_KEEP,
     log_level: LogLevelOpt = "warning",
 ) -> None:
     """Run a server and local workers in one command; Ctrl-C stops them all."""
     from corral.server.main import Ready, run_server
 
     configure_logging(log_level)
-    settings = ServerSettings(host=host, port=port, data_dir=data_dir(data_dir_flag))
+    settings = ServerSettings(
+        host=host, port=port, data_dir=data_dir(data_dir_flag), keep=_keep_seconds(keep)
+    )
     children: list[subprocess.Popen[bytes]] = []
 
     def started(ready: Ready) -> None:
@@ -501,6 +521,35 @@ def wait(
 
 
 @app.command()
+def purge(
+    finished_before: Annotated[
+        str,
+        typer.Option(
+            help="Delete jobs that finished longer ago than this: 30m, 12h, 7d, ... (0: all)",
+        ),
+    ],
+    state: Annotated[
+        list[JobState] | None,
+        typer.Option(
+            help="Only jobs in this finished state (repeatable; all finished states if none)"
+        ),
+    ] = None,
+    server_url: ServerOpt = None,
+    token: TokenOpt = None,
+    ca: CaOpt = None,
+    data_dir_flag: DataDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete finished jobs with their attempts and output (needs an admin token)."""
+    cutoff = time.time() - _duration(finished_before, "--finished-before")
+    deleted = with_client(server_url, token, ca, data_dir_flag, lambda c: c.purge(cutoff, state))
+    if as_json:
+        print_json({"deleted": deleted, "finished_before": cutoff})
+    else:
+        out.print(f"deleted {deleted} finished jobs", highlight=False)
+
+
+@app.command()
 def workers(
     server_url: ServerOpt = None,
     token: TokenOpt = None,
@@ -586,3 +635,29 @@ def _each(action: Callable[[str], None], job_ids: list[str]) -> None:
 
 def _split(value: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _duration(text: str, option: str) -> float:
+    """Seconds in `text`: a number with an optional unit, s, m, h, d or w (seconds without)."""
+    value = text.strip().lower()
+    unit = _UNITS.get(value[-1:], 0)
+    try:
+        seconds = float(value[:-1] if unit else value) * (unit or 1)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise typer.BadParameter(
+            f"{text!r} is not a duration; write a number and a unit, e.g. 30m, 12h or 7d",
+            param_hint=option,
+        )
+    return seconds
+
+
+def _keep_seconds(text: str) -> float | None:
+    """--keep as seconds; None (keep everything) for 0 or never."""
+    if text.strip().lower() == "never":
+        return None
+    return _duration(text, "--keep") or None

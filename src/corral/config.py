@@ -6,7 +6,13 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from corral.constants import DEFAULT_DATA_DIR, DEFAULT_HOST, DEFAULT_PORT, DEFAULT_URL
+from corral.constants import (
+    DEFAULT_DATA_DIR,
+    DEFAULT_HOST,
+    DEFAULT_KEEP_FINISHED,
+    DEFAULT_PORT,
+    DEFAULT_URL,
+)
 from corral.errors import ConfigError
 from corral.server.auth import ADMIN_TOKEN_FILE_NAME
 
@@ -35,6 +41,8 @@ class ServerSettings:
     lease: float | None = None
     heartbeat_interval: float | None = None
     allow_pickle: bool = False
+    #: Seconds finished jobs are kept before the server deletes them; None keeps them all.
+    keep: float | None = DEFAULT_KEEP_FINISHED
 
     def __post_init__(self) -> None:
         if bool(self.tls_cert) != bool(self.tls_key):

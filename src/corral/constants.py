@@ -102,5 +102,12 @@ STORE_RETRY_DELAYS = (0.05, 1.0)
 #: event loop rather than handed to the writer's thread (see GroupCommitWriter).
 INLINE_COMMIT_ROWS = 64
 
+#: Finished jobs the server keeps unless told otherwise (`corral server --keep`): seven days. It
+#: deletes older ones every RETENTION_INTERVAL seconds, PURGE_BATCH jobs per store transaction,
+#: so that a purge of millions leaves room for everything else between its batches.
+DEFAULT_KEEP_FINISHED = 7 * 24 * 3600.0
+RETENTION_INTERVAL = 60.0
+PURGE_BATCH = 500
+
 #: On SIGTERM a worker waits this long for running jobs before handing them back.
 GRACEFUL_SHUTDOWN_TIMEOUT = 30.0

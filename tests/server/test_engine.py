@@ -12,15 +12,17 @@ from dataclasses import replace
 from typing import Any
 
 import msgpack
+import pytest
 from integration_support import wait_for
 from store_doubles import FullStore
 
 from corral import protocol as p
 from corral.constants import DISPATCH_RECORD_DELAY, PROTOCOL_VERSION
+from corral.errors import Conflict
 from corral.models import JobSpec, JobState
 from corral.server.engine import Engine, Peer, WorkerPeer
 from corral.server.records import job_record, record_from_row, spec_fields
-from corral.server.store import JobRow, MemoryStore, Mutation, UpdateJob
+from corral.server.store import InsertJobs, JobRow, MemoryStore, Mutation, UpdateJob
 
 DEADLINE = 30.0
 
@@ -259,3 +261,36 @@ def test_records_of_stored_jobs_are_those_of_the_validated_specs() -> None:
                 3,
             )
             assert type(record.retries) is int and type(record.idempotent) is bool
+
+
+def test_a_retry_and_a_delete_of_one_job_at_once_refuse_the_second() -> None:
+    """Otherwise a delete committed just before a retry's requeue would leave the scheduler
+    running a job the store no longer has, and a retry just before a delete would be undone."""
+
+    async def scenario() -> None:
+        store = PausableStore()
+        spec = JobSpec(kind="shell", command="false")  # type: ignore[arg-type]
+        payload = msgpack.packb(spec_fields(spec), use_bin_type=True)
+        rows = [
+            JobRow(job_id, "false", "default", 0, JobState.FAILED, 1.0, payload, finished=2.0)
+            for job_id in ("J1", "J2")
+        ]
+        store.write([InsertJobs(rows)])
+        async with running(store) as engine:
+            store.open.clear()
+            deleting = asyncio.create_task(engine.delete("J1"))
+            retrying = asyncio.create_task(engine.retry("J2"))
+            await asyncio.sleep(0.05)  # both are waiting for the store
+            with pytest.raises(Conflict, match="being retried or deleted"):
+                await engine.retry("J1")
+            with pytest.raises(Conflict, match="being retried or deleted"):
+                await engine.delete("J2")
+            store.open.set()
+            await deleting
+            await retrying
+            assert store.get_job("J1") is None and engine.scheduler.job("J1") is None
+            assert engine.scheduler.job("J2") is not None
+            with pytest.raises(Conflict, match="cancel it first"):
+                await engine.delete("J2")
+
+    run(scenario)

@@ -288,6 +288,23 @@ class AsyncClient:
     async def retry(self, job_id: str) -> None:
         await self._request("POST", f"/jobs/{job_id}/retry")
 
+    async def delete(self, job_id: str) -> None:
+        """Delete a finished job with its attempts and output; Conflict while it is queued or
+        running (cancel it first), NotFound if there is no such job."""
+        await self._request("DELETE", f"/jobs/{job_id}")
+
+    async def purge(
+        self, finished_before: float, states: Iterable[JobState | str] | None = None
+    ) -> int:
+        """Delete the jobs that finished before `finished_before` (a Unix time), in any finished
+        state or in `states` (admin only); returns how many were deleted. A purge of millions
+        takes a while, so this call waits for as long as it takes."""
+        body: dict[str, Any] = {"finished_before": finished_before}
+        if states is not None:
+            body["states"] = [str(state) for state in states]
+        data = await self._request("POST", "/jobs/purge", json=body, timeout=None)
+        return int(data["deleted"])
+
     async def logs(self, job_id: str, stream: str = "stdout") -> bytes:
         response = await self._send("GET", f"/jobs/{job_id}/logs", params={"stream": stream})
         return response.content
@@ -490,6 +507,12 @@ class Client:
 
     def retry(self, job_id: str) -> None:
         self._call(self._async.retry(job_id))
+
+    def delete(self, job_id: str) -> None:
+        self._call(self._async.delete(job_id))
+
+    def purge(self, finished_before: float, states: Iterable[JobState | str] | None = None) -> int:
+        return self._call(self._async.purge(finished_before, states))
 
     def logs(self, job_id: str, stream: str = "stdout") -> bytes:
         return self._call(self._async.logs(job_id, stream))

@@ -17,7 +17,7 @@ from fastapi import Depends, FastAPI, Query, Request, WebSocket, WebSocketDiscon
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError, field_validator
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from corral import protocol as p
@@ -49,6 +49,7 @@ from corral.models import (
 from corral.server.auth import Role, TokenStore, allows
 from corral.server.engine import Engine, Peer, WorkerPeer
 from corral.server.metrics import metrics_text
+from corral.server.retention import keep_finished, purge_finished
 from corral.server.sockets import SocketsByToken
 from corral.server.store.base import JobFilter
 from corral.transport import (
@@ -73,6 +74,28 @@ class SubmitBatch(BaseModel):
 
 class Submitted(BaseModel):
     ids: list[str]
+
+
+class PurgeRequest(BaseModel):
+    finished_before: float = Field(
+        allow_inf_nan=False, description="Unix time: jobs that finished earlier are deleted"
+    )
+    states: list[JobState] | None = Field(
+        None, description="Only jobs in these finished states; all finished states if absent"
+    )
+
+    @field_validator("states")
+    @classmethod
+    def _finished_only(cls, states: list[JobState] | None) -> list[JobState] | None:
+        for state in states or ():
+            if not state.finished:
+                finished = ", ".join(s.value for s in JobState if s.finished)
+                raise ValueError(f"{state} is not a finished state; give one of {finished}")
+        return states
+
+
+class Purged(BaseModel):
+    deleted: int
 
 
 class TokenRequest(BaseModel):
@@ -166,15 +189,21 @@ def _bearer(value: str | None) -> str | None:
     return None
 
 
-def create_app(engine: Engine, tokens: TokenStore) -> FastAPI:
-    """The ASGI application for one engine; the caller starts and stops the engine."""
+def create_app(engine: Engine, tokens: TokenStore, keep: float | None = None) -> FastAPI:
+    """The ASGI application for one engine, which it starts and stops; finished jobs older than
+    `keep` seconds are deleted in the background (None keeps them all)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await engine.start()
+        retention = None if keep is None else asyncio.create_task(keep_finished(engine, keep))
         try:
             yield
         finally:
+            if retention is not None:
+                retention.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await retention
             await engine.stop()
 
     app = FastAPI(
@@ -257,6 +286,17 @@ def create_app(engine: Engine, tokens: TokenStore) -> FastAPI:
     async def retry_job(job_id: str) -> dict[str, str]:
         await engine.retry(job_id)
         return {"id": job_id, "status": "queued"}
+
+    @app.delete("/api/v1/jobs/{job_id}", dependencies=[submit])
+    async def delete_job(job_id: str) -> dict[str, str]:
+        """Delete a finished job with its attempts and output; 409 while it is queued or running."""
+        await engine.delete(job_id)
+        return {"id": job_id, "status": "deleted"}
+
+    @app.post("/api/v1/jobs/purge", dependencies=[admin])
+    async def purge_jobs(request: PurgeRequest) -> Purged:
+        """Delete the jobs that finished before a time, in batches; answers once all are gone."""
+        return Purged(deleted=await purge_finished(engine, request.finished_before, request.states))
 
     @app.get("/api/v1/jobs/{job_id}/logs", dependencies=[read], response_class=PlainTextResponse)
     def job_logs(

@@ -50,6 +50,7 @@ from corral.server.scheduler import (
 from corral.server.sessions import WorkerSessions
 from corral.server.store.base import (
     AppendLog,
+    DeleteJobs,
     InsertJobs,
     JobFilter,
     JobRow,
@@ -126,6 +127,7 @@ class Engine:
         self._followers: dict[str, set[Peer]] = defaultdict(set)
         self._log_sizes: dict[tuple[str, str], int] = {}
         self._unsaved_dispatches: dict[str, UpdateJob] = {}  # see _record_dispatch
+        self._settling: set[str] = set()  # finished jobs being retried or deleted right now
         self._ticker: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
 
@@ -233,14 +235,55 @@ class Engine:
         """Run a finished job again (failed, lost, cancelled, ...), keeping its history."""
         if self.scheduler.job(job_id) is not None:
             raise Conflict(f"job {job_id} is still queued or running; cancel it first")
+        self._refuse_settling(job_id)
         row = self.store.get_job(job_id)
         if row is None:
             raise NotFound(f"no job {job_id}")
         record = record_from_row(row)
         record.ready_at = 0.0
-        await self.writer.write([UpdateJob(job_id, JobState.QUEUED)])
+        self._settling.add(job_id)
+        try:
+            await self.writer.write([UpdateJob(job_id, JobState.QUEUED)])
+        finally:
+            self._settling.discard(job_id)
         await self._apply(self.scheduler.submit([record], self.clock()))
         self._wake.set()
+
+    async def delete(self, job_id: str) -> None:
+        """Delete a finished job, its attempts and its output."""
+        if self.scheduler.job(job_id) is not None:
+            raise Conflict(
+                f"job {job_id} is still queued or running; cancel it first"
+                f" (`corral cancel {job_id}`), then delete it"
+            )
+        self._refuse_settling(job_id)
+        if self.store.get_job(job_id) is None:
+            raise NotFound(f"no job {job_id}; list jobs with `corral jobs`")
+        await self.delete_finished([job_id])
+
+    async def delete_finished(self, job_ids: Sequence[str]) -> int:
+        """Delete these finished jobs from the store and from memory; skip any that run again
+        or are being retried meanwhile. Returns how many were deleted."""
+        held = self.scheduler.job
+        doomed = [job_id for job_id in job_ids if held(job_id) is None]
+        doomed = [job_id for job_id in doomed if job_id not in self._settling]
+        if not doomed:
+            return 0
+        self._settling.update(doomed)
+        try:
+            await self.writer.write([DeleteJobs(doomed)])
+        finally:
+            self._settling.difference_update(doomed)
+        for job_id in doomed:
+            self._watchers.pop(job_id, None)
+            self._followers.pop(job_id, None)
+            self._log_sizes.pop((job_id, "stdout"), None)
+            self._log_sizes.pop((job_id, "stderr"), None)
+        return len(doomed)
+
+    def _refuse_settling(self, job_id: str) -> None:
+        if job_id in self._settling:
+            raise Conflict(f"job {job_id} is being retried or deleted right now; try again")
 
     async def declare_queue(self, name: str, ordering: Any) -> None:
         await self.writer.write([SaveQueue(name, ordering)])

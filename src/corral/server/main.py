@@ -87,7 +87,8 @@ def _prepare(settings: ServerSettings) -> Prepared:
         allow_pickle=settings.allow_pickle,
         worker_key=load_worker_key(settings.data_dir),
     )
-    return Prepared(create_app(engine, tokens), engine, tokens, new_token, lock)
+    app = create_app(engine, tokens, keep=settings.keep)
+    return Prepared(app, engine, tokens, new_token, lock)
 
 
 def bind(settings: ServerSettings) -> socket.socket:

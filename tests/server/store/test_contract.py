@@ -11,6 +11,7 @@ from corral.constants import MAX_LOG_BYTES_PER_JOB, MAX_STORED_LOG_BYTES, MAX_WA
 from corral.models import Attempt, JobState, QueueOrdering
 from corral.server.store import (
     AppendLog,
+    DeleteJobs,
     DuplicateJob,
     InsertJobs,
     JobFilter,
@@ -350,3 +351,108 @@ def test_rows_are_values_not_shared_with_the_store(store: Store) -> None:
     next(iter(store.load_active())).name = "changed after load"
     store.list_jobs(JobFilter())[0].name = "changed after list"
     assert store.get_job(job(1).id) == job(1)
+
+
+def finished(number: int, state: JobState = JobState.SUCCEEDED, at: float | None = None) -> JobRow:
+    """A job that ended in `state` at time `at` (by default 2000 + number)."""
+    return job(number, state=state, finished=2000.0 + number if at is None else at)
+
+
+def with_history(store: Store, row: JobRow) -> None:
+    store.write(
+        [
+            InsertJobs([row]),
+            SaveAttempt(row.id, Attempt(number=1, worker="w")),
+            AppendLog(row.id, "stdout", b"out"),
+            AppendLog(row.id, "stderr", b"err"),
+        ]
+    )
+
+
+def test_delete_jobs_removes_finished_jobs_with_their_attempts_and_logs(store: Store) -> None:
+    with_history(store, finished(1))
+    with_history(store, finished(2, JobState.FAILED))
+    store.write([DeleteJobs([job(1).id])])
+    assert store.get_job(job(1).id) is None
+    assert store.get_attempts(job(1).id) == []
+    assert store.read_log(job(1).id, "stdout").data == b""
+    assert store.log_size(job(1).id, "stderr") == 0
+    assert ids(store.list_jobs(JobFilter())) == [job(2).id]
+    assert store.count_by_state() == {JobState.FAILED: 1}
+    assert store.get_attempts(job(2).id)[0].number == 1
+    assert store.read_log(job(2).id, "stdout").data == b"out"
+
+
+def test_delete_jobs_leaves_queued_running_and_unknown_ids_alone(store: Store) -> None:
+    with_history(store, job(1))
+    with_history(store, job(2, state=JobState.RUNNING, worker="w"))
+    store.write([DeleteJobs([job(1).id, job(2).id, "nope"])])
+    assert ids(list(store.load_active())) == [job(1).id, job(2).id]
+    for number in (1, 2):
+        assert len(store.get_attempts(job(number).id)) == 1
+        assert store.read_log(job(number).id, "stdout").data == b"out"
+
+
+def test_delete_jobs_applies_in_batch_order(store: Store) -> None:
+    with_history(store, job(1, state=JobState.RUNNING, worker="w"))
+    store.write([InsertJobs([job(3)]), DeleteJobs([job(3).id])])  # queued: kept
+    store.write(
+        [
+            UpdateJob(job(1).id, JobState.SUCCEEDED, finished=5.0),
+            DeleteJobs([job(1).id]),
+            InsertJobs([job(2)]),
+            UpdateJob(job(3).id, JobState.QUEUED),
+        ]
+    )
+    assert store.get_job(job(1).id) is None
+    assert store.get_attempts(job(1).id) == []
+    assert ids(store.list_jobs(JobFilter())) == [job(3).id, job(2).id]
+
+
+def test_finished_before_selects_by_time_and_state_longest_finished_first(store: Store) -> None:
+    store.write(
+        [
+            InsertJobs(
+                [
+                    finished(1, at=30.0),
+                    finished(2, JobState.FAILED, at=10.0),
+                    finished(3, JobState.CANCELLED, at=20.0),
+                    finished(4, JobState.LOST, at=99.0),
+                    job(5),  # queued
+                    job(6, state=JobState.RUNNING),
+                    job(7, state=JobState.TIMED_OUT),  # no finished time: never selected
+                ]
+            )
+        ]
+    )
+    assert store.finished_before(50.0, None, 10) == [job(2).id, job(3).id, job(1).id]
+    assert store.finished_before(50.0, None, 2) == [job(2).id, job(3).id]
+    assert store.finished_before(20.0, None, 10) == [job(2).id]
+    states = [JobState.CANCELLED, JobState.SUCCEEDED]
+    assert store.finished_before(50.0, states, 10) == [job(3).id, job(1).id]
+    assert store.finished_before(100.0, [JobState.LOST], 10) == [job(4).id]
+    assert store.finished_before(100.0, [], 10) == []
+
+
+def test_finished_before_refuses_an_unfinished_state(store: Store) -> None:
+    with pytest.raises(ValueError, match="running is not a finished state"):
+        store.finished_before(10.0, [JobState.FAILED, JobState.RUNNING], 10)
+
+
+def test_finished_before_and_delete_walk_every_old_job_in_batches(store: Store) -> None:
+    old = [finished(n, JobState.FAILED if n % 3 else JobState.SUCCEEDED) for n in range(1, 251)]
+    recent = [finished(n, at=9000.0 + n) for n in range(251, 261)]
+    store.write([InsertJobs([*old, *recent]), InsertJobs([job(300)])])
+    batches = 0
+    while found := store.finished_before(5000.0, None, 64):
+        assert len(found) <= 64
+        store.write([DeleteJobs(found)])
+        batches += 1
+    assert batches == 4
+    assert ids(store.list_jobs(JobFilter(limit=1000))) == ids([job(300), *reversed(recent)])
+
+
+def test_a_requeued_job_is_not_finished_any_more(store: Store) -> None:
+    store.write([InsertJobs([finished(1, JobState.FAILED, at=1.0)])])
+    store.write([UpdateJob(job(1).id, JobState.QUEUED)])
+    assert store.finished_before(10.0, None, 10) == []

@@ -180,6 +180,7 @@ def test_a_database_of_schema_1_gains_the_attempts_truncation_on_open(tmp_path: 
     store.close()
     with sqlite3.connect(path) as connection:  # as the first corral wrote it
         connection.execute("ALTER TABLE attempts DROP COLUMN truncated")
+        connection.execute("DROP INDEX jobs_by_finished")
         connection.execute("PRAGMA user_version = 1")
     connection.close()
     reopened = SQLiteStore(path)
@@ -188,6 +189,28 @@ def test_a_database_of_schema_1_gains_the_attempts_truncation_on_open(tmp_path: 
         cut = Attempt(number=2, truncated={"stderr": 7})
         reopened.write([SaveAttempt("a", cut)])
         assert reopened.get_attempts("a")[1] == cut
+    finally:
+        reopened.close()
+
+
+def test_a_database_of_schema_2_gains_the_index_purging_walks(tmp_path: Path) -> None:
+    path = tmp_path / "corral.db"
+    store = SQLiteStore(path)
+    old = JobRow("J1", "old", "default", 0, JobState.FAILED, 1.0, b"spec", finished=5.0)
+    store.write([InsertJobs([old])])
+    store.close()
+    with sqlite3.connect(path) as connection:  # as corral wrote it before purging existed
+        connection.execute("DROP INDEX jobs_by_finished")
+        connection.execute("PRAGMA user_version = 2")
+    connection.close()
+    reopened = SQLiteStore(path)
+    try:
+        assert reopened.finished_before(10.0, None, 10) == ["J1"]
+        plan = reopened._reader().execute(
+            "EXPLAIN QUERY PLAN SELECT finished, id FROM jobs WHERE state = 'failed'"
+            " AND finished < 10 ORDER BY finished LIMIT 5"
+        )
+        assert "jobs_by_finished" in " ".join(str(row) for row in plan)
     finally:
         reopened.close()
 

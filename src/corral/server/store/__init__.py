@@ -9,6 +9,7 @@ from corral.constants import DATABASE_FILE_NAME
 from corral.errors import ConfigError
 from corral.server.store.base import (
     AppendLog,
+    DeleteJobs,
     DuplicateJob,
     InsertJobs,
     JobFilter,
@@ -31,6 +32,7 @@ __all__ = [
     "open_store",
     # mutations
     "AppendLog",
+    "DeleteJobs",
     "InsertJobs",
     "Mutation",
     "SaveAttempt",

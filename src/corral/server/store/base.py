@@ -23,6 +23,14 @@ Contract every implementation meets (tests/server/store/test_contract.py runs it
 - `load_active()` yields every job in state queued or running, in id order, with its spec blob.
   It may leave `finished`, `result`, `error_*`, `traceback` and `exit_code` as None: an active job
   has none (they are cleared on the way back to queued), and restart reads 10^6 rows of these.
+- `DeleteJobs` removes the finished jobs among its ids with their attempts and logs; ids of
+  queued or running jobs, and unknown ids, are ignored: a job that runs is never deleted.
+  Mutations are applied in order, so a job that a batch finishes and then deletes is gone.
+- `finished_before(before, states, limit)` returns the ids of at most `limit` finished jobs
+  whose `finished` time is earlier than `before`, in any finished state or in one of `states`,
+  the longest finished first. A job without a `finished` time is never returned. Asking for a
+  state that is not finished raises ValueError. Deleting what it returns and asking again walks
+  all such jobs in bounded batches, however many there are.
 """
 
 from __future__ import annotations
@@ -110,7 +118,14 @@ class SaveQueue:
     ordering: QueueOrdering
 
 
-Mutation = InsertJobs | UpdateJob | SaveAttempt | AppendLog | SaveQueue
+@dataclass(frozen=True, slots=True)
+class DeleteJobs:
+    """Delete these jobs, their attempts and their output, unless they are queued or running."""
+
+    ids: Sequence[str]
+
+
+Mutation = InsertJobs | UpdateJob | SaveAttempt | AppendLog | SaveQueue | DeleteJobs
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,8 +147,22 @@ class LogChunk:
 
 
 def rows_written(mutations: Sequence[Mutation]) -> int:
-    """How many rows `mutations` write (an InsertJobs writes one per job)."""
-    return sum(len(m.jobs) if isinstance(m, InsertJobs) else 1 for m in mutations)
+    """How many rows `mutations` write (an InsertJobs or DeleteJobs one per job)."""
+    return sum(
+        len(m.jobs) if isinstance(m, InsertJobs) else len(m.ids) if isinstance(m, DeleteJobs) else 1
+        for m in mutations
+    )
+
+
+def finished_states(states: Sequence[JobState] | None) -> list[JobState]:
+    """The states `finished_before` looks in: all finished ones for None, else `states`, each
+    of which must be finished (ValueError names the first that is not)."""
+    if states is None:
+        return [state for state in JobState if state.finished]
+    for state in states:
+        if not JobState(state).finished:
+            raise ValueError(f"{state} is not a finished state; only finished jobs are purged")
+    return sorted({JobState(state) for state in states})
 
 
 def fit_log(stored: int, data: bytes) -> tuple[bytes, bool]:
@@ -180,6 +209,13 @@ class Store(ABC):
     @abstractmethod
     def log_size(self, job_id: str, stream: str) -> int:
         """How many bytes of the job's output on one stream are stored (0 if none)."""
+
+    @abstractmethod
+    def finished_before(
+        self, before: float, states: Sequence[JobState] | None, limit: int
+    ) -> list[str]:
+        """Ids of at most `limit` jobs finished before `before` (in `states`, or any finished
+        state), the longest finished first; see the module docstring."""
 
     @abstractmethod
     def list_queues(self) -> dict[str, QueueOrdering]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import heapq
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 from corral.models import Attempt, JobState, QueueOrdering
 from corral.server.store.base import (
     AppendLog,
+    DeleteJobs,
     DuplicateJob,
     InsertJobs,
     JobFilter,
@@ -25,6 +27,7 @@ from corral.server.store.base import (
     SaveQueue,
     Store,
     UpdateJob,
+    finished_states,
     fit_log,
 )
 
@@ -91,8 +94,24 @@ class MemoryStore(Store):
             log.truncated = log.truncated or dropped
         elif isinstance(mutation, SaveQueue):
             self._queues[mutation.name] = mutation.ordering
+        elif isinstance(mutation, DeleteJobs):
+            self._delete(mutation.ids)
         else:
             raise TypeError(f"not a store mutation: {mutation!r}")
+
+    def _delete(self, job_ids: Sequence[str]) -> None:
+        gone = set()
+        for job_id in job_ids:
+            job = self._jobs.get(job_id)
+            if job is None or not job.state.finished:
+                continue
+            del self._jobs[job_id]
+            self._attempts.pop(job_id, None)
+            self._logs.pop((job_id, "stdout"), None)
+            self._logs.pop((job_id, "stderr"), None)
+            gone.add(job_id)
+        if gone:
+            self._ids = [job_id for job_id in self._ids if job_id not in gone]
 
     def get_job(self, job_id: str) -> JobRow | None:
         with self._lock:
@@ -135,6 +154,18 @@ class MemoryStore(Store):
             jobs = map(self._jobs.__getitem__, self._ids)
             active = [dataclasses.replace(job) for job in jobs if job.state in _ACTIVE]
         return iter(active)
+
+    def finished_before(
+        self, before: float, states: Sequence[JobState] | None, limit: int
+    ) -> list[str]:
+        wanted = set(finished_states(states))
+        with self._lock:
+            found = [
+                (job.finished, job.id)
+                for job in self._jobs.values()
+                if job.state in wanted and job.finished is not None and job.finished < before
+            ]
+        return [job_id for _, job_id in heapq.nsmallest(limit, found)]
 
     def read_log(self, job_id: str, stream: str, offset: int = 0) -> LogChunk:
         with self._lock:

@@ -14,6 +14,7 @@ flush per group commit.
 
 from __future__ import annotations
 
+import heapq
 import json
 import os
 import sqlite3
@@ -21,6 +22,7 @@ import threading
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
@@ -29,6 +31,7 @@ from corral.models import Attempt, JobState, QueueOrdering
 from corral.server.lockfile import LockHeld, hold_lock
 from corral.server.store.base import (
     AppendLog,
+    DeleteJobs,
     DuplicateJob,
     InsertJobs,
     JobFilter,
@@ -39,14 +42,21 @@ from corral.server.store.base import (
     SaveQueue,
     Store,
     UpdateJob,
+    finished_states,
     fit_log,
 )
 
 Durability = Literal["normal", "full"]
 
 #: Stored in PRAGMA user_version; bump it with a migration when the schema changes.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
+# Purging walks finished jobs of one state, longest finished first. Only finished jobs have a
+# `finished` time, so queued and running ones (the hot path's inserts) add nothing to it: it
+# costs one index entry per job as it finishes.
+_FINISHED_INDEX = (
+    "CREATE INDEX jobs_by_finished ON jobs (state, finished) WHERE finished IS NOT NULL"
+)
 _SCHEMA = (
     """CREATE TABLE jobs (
         id TEXT PRIMARY KEY,
@@ -72,6 +82,7 @@ _SCHEMA = (
     # matches, which no index helps: they scan newest-first until the page is full.
     "CREATE INDEX jobs_by_state ON jobs (state, id)",
     "CREATE INDEX jobs_by_queue ON jobs (queue, id)",
+    _FINISHED_INDEX,
     """CREATE TABLE attempts (
         job_id TEXT NOT NULL,
         number INTEGER NOT NULL,
@@ -110,6 +121,7 @@ _SCHEMA = (
 _MIGRATIONS = (
     # Bytes cut from the output per stream, as JSON; NULL when nothing was cut.
     "ALTER TABLE attempts ADD COLUMN truncated TEXT",
+    _FINISHED_INDEX,
 )
 
 _JOB_COLUMNS = (
@@ -374,6 +386,21 @@ class SQLiteStore(Store):
                 worker, attempts,
             )  # fmt: skip
 
+    def finished_before(
+        self, before: float, states: Sequence[JobState] | None, limit: int
+    ) -> list[str]:
+        # One index range per state, each cut at `limit`, merged here: a UNION ALL ordered by
+        # `finished` would sort every matching row first.
+        connection = self._reader()
+        found: list[tuple[float, str]] = []
+        for state in finished_states(states):
+            found += connection.execute(
+                "SELECT finished, id FROM jobs WHERE state = ? AND finished < ?"
+                " ORDER BY finished LIMIT ?",
+                (state.value, before, limit),
+            ).fetchall()
+        return [job_id for _, job_id in heapq.nsmallest(limit, found)]
+
     def read_log(self, job_id: str, stream: str, offset: int = 0) -> LogChunk:
         connection = self._reader()
         connection.execute("BEGIN")  # one snapshot for the chunks and the truncation flag
@@ -459,21 +486,17 @@ def _apply(connection: sqlite3.Connection, batch: Sequence[Mutation]) -> None:
 
     Rows of different tables do not depend on each other, and all inserts may run before all
     updates unless an update names a job inserted after it (then the update must stay a no-op),
-    so the batch is regrouped that way and its effect is the same as applying it in order.
+    so the batch is regrouped that way and its effect is the same as applying it in order. A
+    DeleteJobs first writes everything before it, so that it deletes what the batch wrote.
     """
-    inserts: list[tuple[Any, ...]] = []
-    updates: list[tuple[Any, ...]] = []
-    updated_ids: set[str] = set()
-    attempts: list[tuple[Any, ...]] = []
-    logs: dict[tuple[str, str], list[bytes]] = {}
-    queues: list[tuple[str, str]] = []
+    pending = _Pending()
     for mutation in batch:
         if isinstance(mutation, InsertJobs):
             for job in mutation.jobs:
-                if job.id in updated_ids:
-                    _write_jobs(connection, inserts, updates)
-                    updated_ids.clear()
-                inserts.append(
+                if job.id in pending.updated_ids:
+                    _write_jobs(connection, pending.inserts, pending.updates)
+                    pending.updated_ids.clear()
+                pending.inserts.append(
                     (
                         job.id, job.name, job.queue, job.priority, job.state, job.created,
                         job.spec, job.started, job.finished, job.worker, job.attempts, job.result,
@@ -481,8 +504,8 @@ def _apply(connection: sqlite3.Connection, batch: Sequence[Mutation]) -> None:
                     )
                 )  # fmt: skip
         elif isinstance(mutation, UpdateJob):
-            updated_ids.add(mutation.id)
-            updates.append(
+            pending.updated_ids.add(mutation.id)
+            pending.updates.append(
                 (
                     mutation.state, mutation.attempts, mutation.state == _QUEUED,
                     mutation.started, mutation.finished, mutation.worker, mutation.result,
@@ -492,7 +515,7 @@ def _apply(connection: sqlite3.Connection, batch: Sequence[Mutation]) -> None:
             )  # fmt: skip
         elif isinstance(mutation, SaveAttempt):
             attempt = mutation.attempt
-            attempts.append(
+            pending.attempts.append(
                 (
                     mutation.job_id, attempt.number, attempt.worker, attempt.host, attempt.pid,
                     attempt.started, attempt.finished, attempt.state, attempt.exit_code,
@@ -501,18 +524,63 @@ def _apply(connection: sqlite3.Connection, batch: Sequence[Mutation]) -> None:
                 )
             )  # fmt: skip
         elif isinstance(mutation, AppendLog):
-            logs.setdefault((mutation.job_id, mutation.stream), []).append(mutation.data)
+            pending.logs.setdefault((mutation.job_id, mutation.stream), []).append(mutation.data)
         elif isinstance(mutation, SaveQueue):
-            queues.append((mutation.name, QueueOrdering(mutation.ordering).value))
+            pending.queues.append((mutation.name, QueueOrdering(mutation.ordering).value))
+        elif isinstance(mutation, DeleteJobs):
+            pending.write(connection)
+            _delete_jobs(connection, mutation.ids)
         else:
             raise TypeError(f"not a store mutation: {mutation!r}")
-    _write_jobs(connection, inserts, updates)
-    if attempts:
-        connection.executemany(_SAVE_ATTEMPT, attempts)
-    for (job_id, stream), pieces in logs.items():
-        _append_log(connection, job_id, stream, b"".join(pieces))
-    if queues:
-        connection.executemany("INSERT OR REPLACE INTO queues VALUES (?, ?)", queues)
+    pending.write(connection)
+
+
+@dataclass(slots=True)
+class _Pending:
+    """Rows of a batch not yet written, grouped by kind (see _apply)."""
+
+    inserts: list[tuple[Any, ...]] = field(default_factory=list)
+    updates: list[tuple[Any, ...]] = field(default_factory=list)
+    updated_ids: set[str] = field(default_factory=set)
+    attempts: list[tuple[Any, ...]] = field(default_factory=list)
+    logs: dict[tuple[str, str], list[bytes]] = field(default_factory=dict)
+    queues: list[tuple[str, str]] = field(default_factory=list)
+
+    def write(self, connection: sqlite3.Connection) -> None:
+        """Write every pending row and forget them."""
+        _write_jobs(connection, self.inserts, self.updates)
+        self.updated_ids.clear()
+        if self.attempts:
+            connection.executemany(_SAVE_ATTEMPT, self.attempts)
+            self.attempts.clear()
+        for (job_id, stream), pieces in self.logs.items():
+            _append_log(connection, job_id, stream, b"".join(pieces))
+        self.logs.clear()
+        if self.queues:
+            connection.executemany("INSERT OR REPLACE INTO queues VALUES (?, ?)", self.queues)
+            self.queues.clear()
+
+
+def _delete_jobs(connection: sqlite3.Connection, job_ids: Sequence[str]) -> None:
+    """Delete the finished jobs among `job_ids`, their attempts and their output."""
+    for start in range(0, len(job_ids), 500):
+        chunk = job_ids[start : start + 500]
+        rows = connection.execute(
+            f"SELECT id FROM jobs WHERE id IN ({', '.join('?' * len(chunk))})"
+            " AND state NOT IN ('queued', 'running')",
+            chunk,
+        ).fetchall()
+        for table, column in _JOB_TABLES:
+            connection.executemany(f"DELETE FROM {table} WHERE {column} = ?", rows)
+
+
+# Every table holding a job's rows, and the column naming the job.
+_JOB_TABLES = (
+    ("attempts", "job_id"),
+    ("logs", "job_id"),
+    ("log_streams", "job_id"),
+    ("jobs", "id"),
+)
 
 
 def _write_jobs(
