@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import typer
 from click.core import ParameterSource
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+import corral
 from corral import aio, display
 from corral.cli_common import (
     CaOpt,
@@ -27,10 +29,10 @@ from corral.cli_common import (
     ServerOpt,
     TimeoutOpt,
     TokenOpt,
-    WaitOpt,
     err,
     errors_to_exit_codes,
     fail,
+    interruptible,
     out,
     print_json,
     submit_spec,
@@ -74,6 +76,24 @@ UP_WORKER_TOKEN_NAME = "up-worker"
 
 def main() -> None:
     app()
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"corral {corral.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit"
+        ),
+    ] = False,
+) -> None:
+    """corral: a distributed job scheduler for Python."""
 
 
 def configure_logging(level: str) -> None:
@@ -259,10 +279,14 @@ def job_options(
     name: str | None,
     delay: float | None,
     not_idempotent: bool,
+    env: list[str] | None,
+    cwd: str | None,
 ) -> JobOptions:
     import time
 
     options: JobOptions = {
+        "env": _env_pairs(env) or None,
+        "cwd": cwd,
         "queue": queue,
         "priority": priority,
         "timeout": timeout,
@@ -277,6 +301,16 @@ def job_options(
     return {k: v for k, v in options.items() if v is not None}
 
 
+def _env_pairs(items: list[str] | None) -> dict[str, str]:
+    pairs: dict[str, str] = {}
+    for item in items or []:
+        name, equals, value = item.partition("=")
+        if not name or not equals:
+            fail(ConfigError(f"--env {item!r} is not NAME=VALUE; write it as --env NAME=VALUE"))
+        pairs[name] = value
+    return pairs
+
+
 PriorityOpt = Annotated[int | None, typer.Option(help="Higher runs first in priority queues")]
 RetriesOpt = Annotated[int | None, typer.Option(help="Retries after failure (with backoff)")]
 UserOpt = Annotated[str | None, typer.Option(help="Run as this OS user (worker allow-list)")]
@@ -286,10 +320,26 @@ DelayOpt = Annotated[float | None, typer.Option(help="Start no sooner than this 
 NotIdempotentOpt = Annotated[
     bool, typer.Option("--not-idempotent", help="Never run twice: mark lost instead of re-running")
 ]
+EnvOpt = Annotated[
+    list[str] | None,
+    typer.Option("--env", help="NAME=VALUE set in the job's environment (repeatable)"),
+]
+WaitOpt = Annotated[
+    bool,
+    typer.Option(
+        "--wait",
+        help="Wait for the job: print its output as it comes (its stdout to stdout, its stderr "
+        "to stderr), then how it ended. Exits with the job's exit code, or 1 if it did not "
+        "succeed without one (timed out, cancelled, lost, a Python exception). --json: only "
+        "the JSON",
+    ),
+]
+CwdOpt = Annotated[str | None, typer.Option(help="Directory the job runs in, on the worker")]
 
 
 @app.command(context_settings={"allow_interspersed_args": False})
 def submit(
+    ctx: typer.Context,
     command: Annotated[list[str], typer.Argument(help="Command: one string for sh -c, or argv")],
     queue: QueueOpt = None,
     priority: PriorityOpt = None,
@@ -300,6 +350,8 @@ def submit(
     name: NameOpt = None,
     delay: DelayOpt = None,
     not_idempotent: NotIdempotentOpt = False,
+    env: EnvOpt = None,
+    cwd: CwdOpt = None,
     wait: WaitOpt = False,
     server_url: ServerOpt = None,
     token: TokenOpt = None,
@@ -307,8 +359,13 @@ def submit(
     data_dir_flag: DataDirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Submit a shell job: corral submit [OPTIONS] -- CMD [ARGS...]"""
-    options = job_options(queue, priority, timeout, retries, user, tag, name, delay, not_idempotent)
+    """Submit a shell job: corral submit [OPTIONS] -- CMD [ARGS...]
+
+    Options go before the command: everything after it is the command's own argv."""
+    _warn_of_options_in(ctx, command[1:])
+    options = job_options(
+        queue, priority, timeout, retries, user, tag, name, delay, not_idempotent, env, cwd
+    )
     submit_spec(
         lambda: shell_job(command[0] if len(command) == 1 else command, **options),
         wait=wait,
@@ -317,6 +374,7 @@ def submit(
         token=token,
         ca=ca,
         data=data_dir_flag,
+        show_output=True,
     )
 
 
@@ -324,7 +382,11 @@ def submit(
 def run(
     target: Annotated[str, typer.Argument(help="module:function to call")],
     args: Annotated[
-        list[str] | None, typer.Argument(help="Arguments, JSON where they parse")
+        list[str] | None,
+        typer.Argument(
+            help="Arguments, JSON where they parse; name=value is a keyword argument. For a "
+            """string that contains '=', write it as JSON: '"a=b"'"""
+        ),
     ] = None,
     queue: QueueOpt = None,
     priority: PriorityOpt = None,
@@ -335,6 +397,8 @@ def run(
     name: NameOpt = None,
     delay: DelayOpt = None,
     not_idempotent: NotIdempotentOpt = False,
+    env: EnvOpt = None,
+    cwd: CwdOpt = None,
     wait: WaitOpt = False,
     server_url: ServerOpt = None,
     token: TokenOpt = None,
@@ -342,17 +406,51 @@ def run(
     data_dir_flag: DataDirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Submit a Python job: corral run mypkg.tasks:square 7 --wait"""
-    options = job_options(queue, priority, timeout, retries, user, tag, name, delay, not_idempotent)
+    """Submit a Python job: corral run mypkg.tasks:power 7 exponent=2 --wait"""
+    options = job_options(
+        queue, priority, timeout, retries, user, tag, name, delay, not_idempotent, env, cwd
+    )
+    positional, keywords = _call_arguments(args or [])
     submit_spec(
-        lambda: python_job(target, *[_parse_arg(a) for a in args or []], **options),
+        lambda: python_job(target, *positional, kwargs=keywords, **options),
         wait=wait,
         as_json=as_json,
         server=server_url,
         token=token,
         ca=ca,
         data=data_dir_flag,
+        show_output=True,
     )
+
+
+def _warn_of_options_in(ctx: typer.Context, argv: list[str]) -> None:
+    """A submit option written after the command is the command's argument, not an option:
+    say so (the job is still submitted as written)."""
+    ours = {name for param in ctx.command.params for name in param.opts if name.startswith("-")}
+    misplaced = [item for item in argv if item.split("=", 1)[0] in ours]
+    if misplaced:
+        print(
+            f"corral: warning: {' '.join(misplaced)} after the command went to the command as "
+            "arguments, not to corral; put corral's options before the command",
+            file=sys.stderr,
+        )
+
+
+#: `name=value` in `corral run`'s arguments is a keyword argument.
+_KEYWORD = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=(.*)", re.DOTALL)
+
+
+def _call_arguments(texts: list[str]) -> tuple[list[Any], dict[str, Any]]:
+    """`corral run`'s arguments: `name=value` are keyword arguments, the rest positional; each
+    value is JSON where it parses, else the string as written."""
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
+    for text in texts:
+        if keyword := _KEYWORD.fullmatch(text):
+            kwargs[keyword[1]] = _parse_arg(keyword[2])
+        else:
+            args.append(_parse_arg(text))
+    return args, kwargs
 
 
 def _parse_arg(text: str) -> Any:
@@ -390,7 +488,7 @@ def jobs(
     if as_json:
         print_json([info.model_dump(mode="json") for info in found])
         return
-    out.print(display.job_table(found))
+    display.print_jobs(out, found)
 
 
 @app.command()
@@ -416,31 +514,38 @@ def logs(
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Stream until the job ends")
     ] = False,
-    stderr: Annotated[bool, typer.Option("--stderr", help="stderr instead of stdout")] = False,
+    stderr: Annotated[
+        bool,
+        typer.Option(
+            "--stderr",
+            help="stderr instead of stdout; -f alone follows both (the job's stderr to stderr)",
+        ),
+    ] = False,
     server_url: ServerOpt = None,
     token: TokenOpt = None,
     ca: CaOpt = None,
     data_dir_flag: DataDirOpt = None,
 ) -> None:
     """Print a job's captured output (stdout, or --stderr); -f follows it live."""
+    streams = ["stderr"] if stderr else ["stdout", "stderr"] if follow else ["stdout"]
 
     def action(client: Client) -> None:
-        streams = ["stderr" if stderr else "stdout"]
         if not follow:
             sys.stdout.buffer.write(client.logs(job_id, streams[0]))
         else:
-            streams = ["stdout", "stderr"]
             for stream, chunk in client.follow_logs(job_id):
-                target = sys.stderr if stream == "stderr" else sys.stdout
-                target.buffer.write(chunk)
-                target.flush()
+                if stream in streams:
+                    target = sys.stderr if stream == "stderr" and not stderr else sys.stdout
+                    target.buffer.write(chunk)
+                    target.flush()
         sys.stdout.flush()
         info = client.get(job_id)
         for stream in streams:
             if note := display.output_cut_note(info, stream):
                 err.print(f"corral: job {job_id} {stream}: {note}", highlight=False)
 
-    with_client(server_url, token, ca, data_dir_flag, action)
+    with interruptible("following the output of job", [job_id]):
+        with_client(server_url, token, ca, data_dir_flag, action)
 
 
 @app.command()
@@ -450,9 +555,10 @@ def cancel(
     token: TokenOpt = None,
     ca: CaOpt = None,
     data_dir_flag: DataDirOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Cancel queued or running jobs (running ones are killed, whole process tree)."""
-    with_client(server_url, token, ca, data_dir_flag, lambda c: _each(c.cancel, job_ids))
+    _each(server_url, token, ca, data_dir_flag, Client.cancel, job_ids, as_json)
 
 
 @app.command()
@@ -462,9 +568,34 @@ def retry(
     token: TokenOpt = None,
     ca: CaOpt = None,
     data_dir_flag: DataDirOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Queue finished jobs (failed, lost, cancelled...) again."""
-    with_client(server_url, token, ca, data_dir_flag, lambda c: _each(c.retry, job_ids))
+    _each(server_url, token, ca, data_dir_flag, Client.retry, job_ids, as_json)
+
+
+def _each(
+    server_url: str | None,
+    token: str | None,
+    ca: Path | None,
+    data_dir_flag: Path | None,
+    action: Callable[[Client, str], str],
+    job_ids: list[str],
+    as_json: bool,
+) -> None:
+    """Do `action` to each job in turn; the first refusal exits with its code. With --json,
+    the server's status for each job done (those before a refusal too)."""
+    done: list[dict[str, str]] = []
+
+    def each(client: Client) -> None:
+        for job_id in job_ids:
+            done.append({"id": job_id, "status": action(client, job_id)})
+
+    try:
+        with_client(server_url, token, ca, data_dir_flag, each)
+    finally:
+        if as_json:
+            print_json(done)
 
 
 @app.command()
@@ -490,7 +621,8 @@ def wait(
                 bar.advance(task)
         return states
 
-    states = with_client(server_url, token, ca, data_dir_flag, action)
+    with interruptible("waiting for job" if len(job_ids) == 1 else "waiting for jobs", job_ids):
+        states = with_client(server_url, token, ca, data_dir_flag, action)
     if as_json:
         print_json({job_id: state.value for job_id, state in states.items()})
     else:
@@ -513,7 +645,7 @@ def workers(
     if as_json:
         print_json([w.model_dump(mode="json") for w in found])
         return
-    out.print(display.worker_table(found))
+    display.print_workers(out, found)
 
 
 @app.command()
@@ -531,6 +663,23 @@ def queue(
     except ValueError:
         fail(InvalidRequest(f"unknown queue ordering {ordering!r}; use fifo, lifo or priority"))
     with_client(server_url, token, ca, data_dir_flag, lambda c: c.declare_queue(name, order))
+
+
+@app.command()
+def queues(
+    server_url: ServerOpt = None,
+    token: TokenOpt = None,
+    ca: CaOpt = None,
+    data_dir_flag: DataDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List the queues: ordering, jobs queued (delayed ones too), and running (out on
+    workers: started, or held ready in their prefetch)."""
+    found = with_client(server_url, token, ca, data_dir_flag, lambda c: c.queues())
+    if as_json:
+        print_json([q.model_dump(mode="json") for q in found])
+        return
+    display.print_queues(out, found)
 
 
 @token_app.command("show")
@@ -567,6 +716,22 @@ def token_create(
     print(created)
 
 
+@token_app.command("list")
+def token_list(
+    server_url: ServerOpt = None,
+    token: TokenOpt = None,
+    ca: CaOpt = None,
+    data_dir_flag: DataDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List the named tokens and their roles (needs an admin token); never the tokens."""
+    found = with_client(server_url, token, ca, data_dir_flag, lambda c: c.tokens())
+    if as_json:
+        print_json([{"name": name, "role": role} for name, role in found])
+        return
+    display.print_table(out, ("name", "role"), found, keep=("name", "role"))
+
+
 @token_app.command("revoke")
 def token_revoke(
     name: str,
@@ -577,11 +742,6 @@ def token_revoke(
 ) -> None:
     """Revoke a named token (needs an admin token); the streams opened with it close."""
     with_client(server_url, token, ca, data_dir_flag, lambda c: c.revoke_token(name))
-
-
-def _each(action: Callable[[str], None], job_ids: list[str]) -> None:
-    for job_id in job_ids:
-        action(job_id)
 
 
 def _split(value: str) -> tuple[str, ...]:
