@@ -71,7 +71,11 @@ err = Console(stderr=True)
 
 ServerOpt = Annotated[
     str | None,
-    typer.Option("--server", envvar="CORRAL_URL", help="Server URL [default: local server]"),
+    typer.Option(
+        "--server",
+        envvar="CORRAL_URL",
+        help="Server URL, or host[:port] for http (port 8750 if none) [default: local server]",
+    ),
 ]
 TokenOpt = Annotated[
     str | None,
