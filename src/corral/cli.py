@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
-import re
 import signal
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from click.core import ParameterSource
@@ -37,6 +35,21 @@ from corral.cli_common import (
     print_json,
     submit_spec,
     with_client,
+)
+from corral.cli_jobs import (
+    CwdOpt,
+    DelayOpt,
+    EnvOpt,
+    NameOpt,
+    NotIdempotentOpt,
+    PriorityOpt,
+    RetriesOpt,
+    TagOpt,
+    UserOpt,
+    WaitOpt,
+    call_arguments,
+    job_options,
+    warn_of_options_in,
 )
 from corral.client.client import Client
 from corral.client.jobs import python_job, shell_job
@@ -266,77 +279,6 @@ def up(
 # -- submitting ---------------------------------------------------------------------------
 
 
-JobOptions = dict[str, Any]
-
-
-def job_options(
-    queue: str | None,
-    priority: int | None,
-    timeout: float | None,
-    retries: int | None,
-    user: str | None,
-    tag: list[str] | None,
-    name: str | None,
-    delay: float | None,
-    not_idempotent: bool,
-    env: list[str] | None,
-    cwd: str | None,
-) -> JobOptions:
-    import time
-
-    options: JobOptions = {
-        "env": _env_pairs(env) or None,
-        "cwd": cwd,
-        "queue": queue,
-        "priority": priority,
-        "timeout": timeout,
-        "retries": retries,
-        "user": user,
-        "tags": tag or None,
-        "name": name,
-        "not_before": time.time() + delay if delay else None,
-    }
-    if not_idempotent:
-        options["idempotent"] = False
-    return {k: v for k, v in options.items() if v is not None}
-
-
-def _env_pairs(items: list[str] | None) -> dict[str, str]:
-    pairs: dict[str, str] = {}
-    for item in items or []:
-        name, equals, value = item.partition("=")
-        if not name or not equals:
-            fail(ConfigError(f"--env {item!r} is not NAME=VALUE; write it as --env NAME=VALUE"))
-        pairs[name] = value
-    return pairs
-
-
-PriorityOpt = Annotated[int | None, typer.Option(help="Higher runs first in priority queues")]
-RetriesOpt = Annotated[int | None, typer.Option(help="Retries after failure (with backoff)")]
-UserOpt = Annotated[str | None, typer.Option(help="Run as this OS user (worker allow-list)")]
-TagOpt = Annotated[list[str] | None, typer.Option(help="Required worker tag (repeatable)")]
-NameOpt = Annotated[str | None, typer.Option(help="A name to find the job by")]
-DelayOpt = Annotated[float | None, typer.Option(help="Start no sooner than this many seconds")]
-NotIdempotentOpt = Annotated[
-    bool, typer.Option("--not-idempotent", help="Never run twice: mark lost instead of re-running")
-]
-EnvOpt = Annotated[
-    list[str] | None,
-    typer.Option("--env", help="NAME=VALUE set in the job's environment (repeatable)"),
-]
-WaitOpt = Annotated[
-    bool,
-    typer.Option(
-        "--wait",
-        help="Wait for the job: print its output as it comes (its stdout to stdout, its stderr "
-        "to stderr), then how it ended. Exits with the job's exit code, or 1 if it did not "
-        "succeed without one (timed out, cancelled, lost, a Python exception). --json: only "
-        "the JSON",
-    ),
-]
-CwdOpt = Annotated[str | None, typer.Option(help="Directory the job runs in, on the worker")]
-
-
 @app.command(context_settings={"allow_interspersed_args": False})
 def submit(
     ctx: typer.Context,
@@ -362,7 +304,7 @@ def submit(
     """Submit a shell job: corral submit [OPTIONS] -- CMD [ARGS...]
 
     Options go before the command: everything after it is the command's own argv."""
-    _warn_of_options_in(ctx, command[1:])
+    warn_of_options_in(ctx, command[1:])
     options = job_options(
         queue, priority, timeout, retries, user, tag, name, delay, not_idempotent, env, cwd
     )
@@ -410,7 +352,7 @@ def run(
     options = job_options(
         queue, priority, timeout, retries, user, tag, name, delay, not_idempotent, env, cwd
     )
-    positional, keywords = _call_arguments(args or [])
+    positional, keywords = call_arguments(args or [])
     submit_spec(
         lambda: python_job(target, *positional, kwargs=keywords, **options),
         wait=wait,
@@ -421,43 +363,6 @@ def run(
         data=data_dir_flag,
         show_output=True,
     )
-
-
-def _warn_of_options_in(ctx: typer.Context, argv: list[str]) -> None:
-    """A submit option written after the command is the command's argument, not an option:
-    say so (the job is still submitted as written)."""
-    ours = {name for param in ctx.command.params for name in param.opts if name.startswith("-")}
-    misplaced = [item for item in argv if item.split("=", 1)[0] in ours]
-    if misplaced:
-        print(
-            f"corral: warning: {' '.join(misplaced)} after the command went to the command as "
-            "arguments, not to corral; put corral's options before the command",
-            file=sys.stderr,
-        )
-
-
-#: `name=value` in `corral run`'s arguments is a keyword argument.
-_KEYWORD = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=(.*)", re.DOTALL)
-
-
-def _call_arguments(texts: list[str]) -> tuple[list[Any], dict[str, Any]]:
-    """`corral run`'s arguments: `name=value` are keyword arguments, the rest positional; each
-    value is JSON where it parses, else the string as written."""
-    args: list[Any] = []
-    kwargs: dict[str, Any] = {}
-    for text in texts:
-        if keyword := _KEYWORD.fullmatch(text):
-            kwargs[keyword[1]] = _parse_arg(keyword[2])
-        else:
-            args.append(_parse_arg(text))
-    return args, kwargs
-
-
-def _parse_arg(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
 
 
 # -- inspecting and controlling -----------------------------------------------------------
