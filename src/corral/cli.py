@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -12,12 +11,13 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from click.core import ParameterSource
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+import corral
 from corral import aio, display
 from corral.cli_common import (
     CaOpt,
@@ -28,14 +28,29 @@ from corral.cli_common import (
     ServerOpt,
     TimeoutOpt,
     TokenOpt,
-    WaitOpt,
     err,
     errors_to_exit_codes,
     fail,
+    interruptible,
     out,
     print_json,
     submit_spec,
     with_client,
+)
+from corral.cli_jobs import (
+    CwdOpt,
+    DelayOpt,
+    EnvOpt,
+    NameOpt,
+    NotIdempotentOpt,
+    PriorityOpt,
+    RetriesOpt,
+    TagOpt,
+    UserOpt,
+    WaitOpt,
+    call_arguments,
+    job_options,
+    warn_of_options_in,
 )
 from corral.client.client import Client
 from corral.client.jobs import python_job, shell_job
@@ -89,6 +104,24 @@ UP_WORKER_TOKEN_NAME = "up-worker"
 
 def main() -> None:
     app()
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"corral {corral.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit"
+        ),
+    ] = False,
+) -> None:
+    """corral: a distributed job scheduler for Python."""
 
 
 def configure_logging(level: str) -> None:
@@ -266,50 +299,9 @@ def up(
 # -- submitting ---------------------------------------------------------------------------
 
 
-JobOptions = dict[str, Any]
-
-
-def job_options(
-    queue: str | None,
-    priority: int | None,
-    timeout: float | None,
-    retries: int | None,
-    user: str | None,
-    tag: list[str] | None,
-    name: str | None,
-    delay: float | None,
-    not_idempotent: bool,
-) -> JobOptions:
-    import time
-
-    options: JobOptions = {
-        "queue": queue,
-        "priority": priority,
-        "timeout": timeout,
-        "retries": retries,
-        "user": user,
-        "tags": tag or None,
-        "name": name,
-        "not_before": time.time() + delay if delay else None,
-    }
-    if not_idempotent:
-        options["idempotent"] = False
-    return {k: v for k, v in options.items() if v is not None}
-
-
-PriorityOpt = Annotated[int | None, typer.Option(help="Higher runs first in priority queues")]
-RetriesOpt = Annotated[int | None, typer.Option(help="Retries after failure (with backoff)")]
-UserOpt = Annotated[str | None, typer.Option(help="Run as this OS user (worker allow-list)")]
-TagOpt = Annotated[list[str] | None, typer.Option(help="Required worker tag (repeatable)")]
-NameOpt = Annotated[str | None, typer.Option(help="A name to find the job by")]
-DelayOpt = Annotated[float | None, typer.Option(help="Start no sooner than this many seconds")]
-NotIdempotentOpt = Annotated[
-    bool, typer.Option("--not-idempotent", help="Never run twice: mark lost instead of re-running")
-]
-
-
 @app.command(context_settings={"allow_interspersed_args": False})
 def submit(
+    ctx: typer.Context,
     command: Annotated[list[str], typer.Argument(help="Command: one string for sh -c, or argv")],
     queue: QueueOpt = None,
     priority: PriorityOpt = None,
@@ -320,6 +312,8 @@ def submit(
     name: NameOpt = None,
     delay: DelayOpt = None,
     not_idempotent: NotIdempotentOpt = False,
+    env: EnvOpt = None,
+    cwd: CwdOpt = None,
     wait: WaitOpt = False,
     server_url: ServerOpt = None,
     token: TokenOpt = None,
@@ -327,8 +321,13 @@ def submit(
     data_dir_flag: DataDirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Submit a shell job: corral submit [OPTIONS] -- CMD [ARGS...]"""
-    options = job_options(queue, priority, timeout, retries, user, tag, name, delay, not_idempotent)
+    """Submit a shell job: corral submit [OPTIONS] -- CMD [ARGS...]
+
+    Options go before the command: everything after it is the command's own argv."""
+    warn_of_options_in(ctx, command[1:])
+    options = job_options(
+        queue, priority, timeout, retries, user, tag, name, delay, not_idempotent, env, cwd
+    )
     submit_spec(
         lambda: shell_job(command[0] if len(command) == 1 else command, **options),
         wait=wait,
@@ -337,6 +336,7 @@ def submit(
         token=token,
         ca=ca,
         data=data_dir_flag,
+        show_output=True,
     )
 
 
@@ -344,7 +344,11 @@ def submit(
 def run(
     target: Annotated[str, typer.Argument(help="module:function to call")],
     args: Annotated[
-        list[str] | None, typer.Argument(help="Arguments, JSON where they parse")
+        list[str] | None,
+        typer.Argument(
+            help="Arguments, JSON where they parse; name=value is a keyword argument. For a "
+            """string that contains '=', write it as JSON: '"a=b"'"""
+        ),
     ] = None,
     queue: QueueOpt = None,
     priority: PriorityOpt = None,
@@ -355,6 +359,8 @@ def run(
     name: NameOpt = None,
     delay: DelayOpt = None,
     not_idempotent: NotIdempotentOpt = False,
+    env: EnvOpt = None,
+    cwd: CwdOpt = None,
     wait: WaitOpt = False,
     server_url: ServerOpt = None,
     token: TokenOpt = None,
@@ -362,24 +368,21 @@ def run(
     data_dir_flag: DataDirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Submit a Python job: corral run mypkg.tasks:square 7 --wait"""
-    options = job_options(queue, priority, timeout, retries, user, tag, name, delay, not_idempotent)
+    """Submit a Python job: corral run mypkg.tasks:power 7 exponent=2 --wait"""
+    options = job_options(
+        queue, priority, timeout, retries, user, tag, name, delay, not_idempotent, env, cwd
+    )
+    positional, keywords = call_arguments(args or [])
     submit_spec(
-        lambda: python_job(target, *[_parse_arg(a) for a in args or []], **options),
+        lambda: python_job(target, *positional, kwargs=keywords, **options),
         wait=wait,
         as_json=as_json,
         server=server_url,
         token=token,
         ca=ca,
         data=data_dir_flag,
+        show_output=True,
     )
-
-
-def _parse_arg(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
 
 
 # -- inspecting and controlling -----------------------------------------------------------
@@ -410,7 +413,7 @@ def jobs(
     if as_json:
         print_json([info.model_dump(mode="json") for info in found])
         return
-    out.print(display.job_table(found))
+    display.print_jobs(out, found)
 
 
 @app.command()
@@ -436,31 +439,38 @@ def logs(
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Stream until the job ends")
     ] = False,
-    stderr: Annotated[bool, typer.Option("--stderr", help="stderr instead of stdout")] = False,
+    stderr: Annotated[
+        bool,
+        typer.Option(
+            "--stderr",
+            help="stderr instead of stdout; -f alone follows both (the job's stderr to stderr)",
+        ),
+    ] = False,
     server_url: ServerOpt = None,
     token: TokenOpt = None,
     ca: CaOpt = None,
     data_dir_flag: DataDirOpt = None,
 ) -> None:
     """Print a job's captured output (stdout, or --stderr); -f follows it live."""
+    streams = ["stderr"] if stderr else ["stdout", "stderr"] if follow else ["stdout"]
 
     def action(client: Client) -> None:
-        streams = ["stderr" if stderr else "stdout"]
         if not follow:
             sys.stdout.buffer.write(client.logs(job_id, streams[0]))
         else:
-            streams = ["stdout", "stderr"]
             for stream, chunk in client.follow_logs(job_id):
-                target = sys.stderr if stream == "stderr" else sys.stdout
-                target.buffer.write(chunk)
-                target.flush()
+                if stream in streams:
+                    target = sys.stderr if stream == "stderr" and not stderr else sys.stdout
+                    target.buffer.write(chunk)
+                    target.flush()
         sys.stdout.flush()
         info = client.get(job_id)
         for stream in streams:
             if note := display.output_cut_note(info, stream):
                 err.print(f"corral: job {job_id} {stream}: {note}", highlight=False)
 
-    with_client(server_url, token, ca, data_dir_flag, action)
+    with interruptible("following the output of job", [job_id]):
+        with_client(server_url, token, ca, data_dir_flag, action)
 
 
 @app.command()
@@ -470,9 +480,10 @@ def cancel(
     token: TokenOpt = None,
     ca: CaOpt = None,
     data_dir_flag: DataDirOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Cancel queued or running jobs (running ones are killed, whole process tree)."""
-    with_client(server_url, token, ca, data_dir_flag, lambda c: _each(c.cancel, job_ids))
+    _each(server_url, token, ca, data_dir_flag, Client.cancel, job_ids, as_json)
 
 
 @app.command()
@@ -482,9 +493,34 @@ def retry(
     token: TokenOpt = None,
     ca: CaOpt = None,
     data_dir_flag: DataDirOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Queue finished jobs (failed, lost, cancelled...) again."""
-    with_client(server_url, token, ca, data_dir_flag, lambda c: _each(c.retry, job_ids))
+    _each(server_url, token, ca, data_dir_flag, Client.retry, job_ids, as_json)
+
+
+def _each(
+    server_url: str | None,
+    token: str | None,
+    ca: Path | None,
+    data_dir_flag: Path | None,
+    action: Callable[[Client, str], str],
+    job_ids: list[str],
+    as_json: bool,
+) -> None:
+    """Do `action` to each job in turn; the first refusal exits with its code. With --json,
+    the server's status for each job done (those before a refusal too)."""
+    done: list[dict[str, str]] = []
+
+    def each(client: Client) -> None:
+        for job_id in job_ids:
+            done.append({"id": job_id, "status": action(client, job_id)})
+
+    try:
+        with_client(server_url, token, ca, data_dir_flag, each)
+    finally:
+        if as_json:
+            print_json(done)
 
 
 @app.command()
@@ -510,7 +546,8 @@ def wait(
                 bar.advance(task)
         return states
 
-    states = with_client(server_url, token, ca, data_dir_flag, action)
+    with interruptible("waiting for job" if len(job_ids) == 1 else "waiting for jobs", job_ids):
+        states = with_client(server_url, token, ca, data_dir_flag, action)
     if as_json:
         print_json({job_id: state.value for job_id, state in states.items()})
     else:
@@ -562,7 +599,7 @@ def workers(
     if as_json:
         print_json([w.model_dump(mode="json") for w in found])
         return
-    out.print(display.worker_table(found))
+    display.print_workers(out, found)
 
 
 @app.command()
@@ -580,6 +617,23 @@ def queue(
     except ValueError:
         fail(InvalidRequest(f"unknown queue ordering {ordering!r}; use fifo, lifo or priority"))
     with_client(server_url, token, ca, data_dir_flag, lambda c: c.declare_queue(name, order))
+
+
+@app.command()
+def queues(
+    server_url: ServerOpt = None,
+    token: TokenOpt = None,
+    ca: CaOpt = None,
+    data_dir_flag: DataDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List the queues: ordering, jobs queued (delayed ones too), and running (out on
+    workers: started, or held ready in their prefetch)."""
+    found = with_client(server_url, token, ca, data_dir_flag, lambda c: c.queues())
+    if as_json:
+        print_json([q.model_dump(mode="json") for q in found])
+        return
+    display.print_queues(out, found)
 
 
 @token_app.command("show")
@@ -616,6 +670,22 @@ def token_create(
     print(created)
 
 
+@token_app.command("list")
+def token_list(
+    server_url: ServerOpt = None,
+    token: TokenOpt = None,
+    ca: CaOpt = None,
+    data_dir_flag: DataDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List the named tokens and their roles (needs an admin token); never the tokens."""
+    found = with_client(server_url, token, ca, data_dir_flag, lambda c: c.tokens())
+    if as_json:
+        print_json([{"name": name, "role": role} for name, role in found])
+        return
+    display.print_table(out, ("name", "role"), found, keep=("name", "role"))
+
+
 @token_app.command("revoke")
 def token_revoke(
     name: str,
@@ -626,11 +696,6 @@ def token_revoke(
 ) -> None:
     """Revoke a named token (needs an admin token); the streams opened with it close."""
     with_client(server_url, token, ca, data_dir_flag, lambda c: c.revoke_token(name))
-
-
-def _each(action: Callable[[str], None], job_ids: list[str]) -> None:
-    for job_id in job_ids:
-        action(job_id)
 
 
 def _split(value: str) -> tuple[str, ...]:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable, Iterator
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from enum import IntEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
@@ -50,6 +51,7 @@ class ExitCode(IntEnum):
     TIMEOUT = 7  # waiting took longer than --timeout
     CONFLICT = 8  # e.g. retrying a running job
     ERROR = 10  # any other corral error
+    INTERRUPTED = 130  # Ctrl-C (128 + SIGINT, as shells report it); the jobs go on
 
 
 _EXIT_FOR: list[tuple[type[CorralError], ExitCode]] = [
@@ -69,7 +71,11 @@ err = Console(stderr=True)
 
 ServerOpt = Annotated[
     str | None,
-    typer.Option("--server", envvar="CORRAL_URL", help="Server URL [default: local server]"),
+    typer.Option(
+        "--server",
+        envvar="CORRAL_URL",
+        help="Server URL, or host[:port] for http (port 8750 if none) [default: local server]",
+    ),
 ]
 TokenOpt = Annotated[
     str | None,
@@ -107,6 +113,23 @@ def connect(server: str | None, token: str | None, ca: Path | None, data: Path |
     return Client(settings.url, settings.token, ca=settings.ca)
 
 
+@contextlib.contextmanager
+def interruptible(what: str, job_ids: Sequence[str]) -> Iterator[None]:
+    """Ctrl-C while waiting on jobs: one line saying they go on, and exit 130. `job_ids` may
+    fill in while the block runs (a submission's ids arrive inside it)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if not job_ids:
+            line = f"interrupted {what}; run corral jobs to see whether the job was stored"
+        else:
+            ids = " ".join(job_ids)
+            goes_on = "it goes on" if len(job_ids) == 1 else "they go on"
+            line = f"interrupted {what} {ids}; {goes_on} running (stop: corral cancel {ids})"
+        print(f"corral: {line}", file=sys.stderr, flush=True)
+        raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+
+
 def with_client(
     server: str | None,
     token: str | None,
@@ -132,20 +155,28 @@ def submit_spec(
     token: str | None,
     ca: Path | None,
     data: Path | None,
+    show_output: bool = False,
     on_finished: Callable[[JobInfo], None] | None = None,
 ) -> None:
     """What `submit`, `run` and `ssh submit` share: build the spec (a mistake exits with its
-    code before anything is sent), submit it, print its id, or with `wait` how it ended (and
-    then call `on_finished`, for a hint of what to do next)."""
+    code before anything is sent), submit it, print its id, or with `wait` how it ended: with
+    `show_output`, its output first and the job's own exit code (see exit_code_of); then
+    `on_finished` is called, for a hint of what to do next."""
     with errors_to_exit_codes():
         spec = build()
-    with_client(
-        server,
-        token,
-        ca,
-        data,
-        lambda client: _submit_and_report(client, spec, wait, as_json, on_finished),
-    )
+    submitted: list[str] = []
+    with interruptible("waiting for job" if wait else "submitting", submitted):
+        code = with_client(
+            server,
+            token,
+            ca,
+            data,
+            lambda client: _submit_and_report(
+                client, spec, wait, as_json, show_output, on_finished, submitted
+            ),
+        )
+    if code:
+        raise typer.Exit(code)
 
 
 def _submit_and_report(
@@ -153,14 +184,21 @@ def _submit_and_report(
     spec: JobSpec,
     wait: bool,
     as_json: bool,
+    show_output: bool,
     on_finished: Callable[[JobInfo], None] | None,
-) -> None:
-    """Submit one job and print its id; with `wait`, print how it ended (exit 1 unless it
-    succeeded)."""
+    submitted: list[str],
+) -> int:
+    """Submit one job and print its id; with `wait`, how it ended. What to exit with."""
     job = client.submit_many([spec])[0]
+    submitted.append(job.id)
     if not wait:
-        print_json({"id": job.id}) if as_json else print(job.id)
-        return
+        print_json({"id": job.id}) if as_json else print(job.id, flush=True)
+        return 0
+    if show_output and not as_json:
+        for stream, chunk in client.follow_logs(job.id):
+            target = sys.stderr if stream == "stderr" else sys.stdout
+            target.buffer.write(chunk)
+            target.flush()
     job.wait()
     info = job.info()
     if as_json:
@@ -169,5 +207,16 @@ def _submit_and_report(
         display.show_job(out, info)
     if on_finished is not None:
         on_finished(info)
-    if info.state is not JobState.SUCCEEDED:
-        raise typer.Exit(int(ExitCode.JOB_FAILED))
+    if show_output:
+        return exit_code_of(info)
+    return int(ExitCode.OK if info.state is JobState.SUCCEEDED else ExitCode.JOB_FAILED)
+
+
+def exit_code_of(info: JobInfo) -> int:
+    """What `--wait` exits with: 0 if the job succeeded, its own exit code if it failed with
+    one, else JOB_FAILED (timed out, cancelled, lost, killed by a signal, a Python exception)."""
+    if info.state is JobState.SUCCEEDED:
+        return int(ExitCode.OK)
+    if info.state is JobState.FAILED and info.exit_code is not None and info.exit_code > 0:
+        return info.exit_code
+    return int(ExitCode.JOB_FAILED)

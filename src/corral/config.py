@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from corral.constants import (
     DEFAULT_DATA_DIR,
@@ -78,7 +79,30 @@ class ClientSettings:
         url = url or os.environ.get(ENV_URL) or _read(local / SERVER_URL_FILE_NAME) or DEFAULT_URL
         token = token or os.environ.get(ENV_TOKEN) or _read(local / ADMIN_TOKEN_FILE_NAME)
         ca_value = ca or os.environ.get(ENV_CA)
-        return cls(url=url.rstrip("/"), token=token, ca=Path(ca_value) if ca_value else None)
+        return cls(url=server_url(url), token=token, ca=Path(ca_value) if ca_value else None)
+
+
+def server_url(value: str) -> str:
+    """A server address as the user gave it, as a URL: `host` and `host:port` mean http:// on
+    that port (DEFAULT_PORT when none is given); a URL with a scheme is kept as it is."""
+    value = value.strip().rstrip("/")
+    if "://" in value:
+        return value
+    address = urlsplit(f"//{value}")
+    try:
+        port = address.port
+    except ValueError:
+        raise ConfigError(
+            f"server address {value!r} has a bad port; give host:port or a URL such as "
+            f"http://{DEFAULT_HOST}:{DEFAULT_PORT}"
+        ) from None
+    if not address.hostname or address.path:
+        raise ConfigError(
+            f"server address {value!r} is not host, host:port or a URL such as "
+            f"http://{DEFAULT_HOST}:{DEFAULT_PORT}"
+        )
+    suffix = "" if port is not None else f":{DEFAULT_PORT}"
+    return f"http://{address.netloc}{suffix}"
 
 
 def read_token_file(path: Path) -> str:
@@ -106,6 +130,7 @@ __all__ = [
     "ServerSettings",
     "data_dir",
     "read_token_file",
+    "server_url",
     "DEFAULT_PORT",
     "DEFAULT_HOST",
 ]

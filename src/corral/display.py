@@ -1,15 +1,27 @@
-"""How the CLI shows jobs and workers: rich tables and detail views."""
+"""How the CLI shows jobs, workers and queues: tables and detail views.
+
+On a terminal a table is drawn with rich, cutting long values to fit but never the columns named
+`keep` (ids, states). Through a pipe each row is one line of tab-separated full values, so that
+grep, cut and awk see what the server sent.
+"""
 
 from __future__ import annotations
 
 import datetime
 import json
+import shlex
+from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
-from corral.models import JobInfo, JobKind, JobSpec, JobState, WorkerInfo
+from corral.models import JobInfo, JobKind, JobSpec, JobState, QueueInfo, WorkerInfo
+
+#: A table cell: plain text, or text with the style it has on a terminal.
+Cell = str | Text
 
 _STATE_STYLE = {
     JobState.QUEUED: "cyan",
@@ -26,6 +38,41 @@ def styled(state: JobState) -> str:
     return f"[{_STATE_STYLE[state]}]{state.value}[/]"
 
 
+def state_cell(state: JobState) -> Text:
+    return Text(state.value, style=_STATE_STYLE[state])
+
+
+def print_table(
+    out: Console,
+    headers: Sequence[str],
+    rows: Sequence[Sequence[Cell]],
+    keep: Sequence[str] = ("id", "state"),
+) -> None:
+    """Rows under headers: a rich table on a terminal (the `keep` columns shown whole), one
+    tab-separated line per row otherwise."""
+    if not out.is_terminal:
+        for row in [headers, *rows]:
+            line = "\t".join(str(cell).replace("\t", " ").replace("\n", " ") for cell in row)
+            out.file.write(line + "\n")
+        out.file.flush()
+        return
+    table = Table(*headers)
+    whole = [column.header in keep for column in table.columns]
+    for index, column in enumerate(table.columns):
+        if whole[index]:
+            column.no_wrap = True
+            column.min_width = max(len(str(row[index])) for row in [headers, *rows])
+    for row in rows:
+        # Other cells stay on one line and end in an ellipsis when the terminal is too narrow.
+        table.add_row(
+            *(
+                _cell(cell, no_wrap=not whole[index], overflow="ellipsis")
+                for index, cell in enumerate(row)
+            )
+        )
+    out.print(table)
+
+
 def when(timestamp: float | None) -> str:
     if timestamp is None:
         return "-"
@@ -38,26 +85,34 @@ def duration(info: JobInfo) -> str:
     return f"{info.finished - info.started:.3f}s"
 
 
-def job_table(infos: list[JobInfo]) -> Table:
-    table = Table("id", "name", "state", "queue", "worker", "created", "took")
-    table.columns[0].no_wrap = True
-    for info in infos:
-        table.add_row(
+def _cell(cell: Cell, **options: Any) -> Text:
+    text = cell.copy() if isinstance(cell, Text) else Text(cell)
+    for name, value in options.items():
+        setattr(text, name, value)
+    return text
+
+
+def print_jobs(out: Console, infos: list[JobInfo]) -> None:
+    headers = ("id", "name", "state", "queue", "worker", "created", "took")
+    rows = [
+        (
             info.id,
             info.name,
-            styled(info.state),
+            state_cell(info.state),
             info.spec.queue if info.spec else "-",
             info.worker or "-",
             when(info.created),
             duration(info),
         )
-    return table
+        for info in infos
+    ]
+    print_table(out, headers, rows)
 
 
-def worker_table(workers: list[WorkerInfo]) -> Table:
-    table = Table("id", "host", "pid", "queues", "tags", "concurrency", "running", "connected")
-    for w in workers:
-        table.add_row(
+def print_workers(out: Console, workers: list[WorkerInfo]) -> None:
+    headers = ("id", "host", "pid", "queues", "tags", "concurrency", "running", "connected")
+    rows = [
+        (
             w.id,
             w.host,
             str(w.pid),
@@ -65,14 +120,21 @@ def worker_table(workers: list[WorkerInfo]) -> Table:
             ",".join(w.tags) or "-",
             str(w.concurrency),
             str(w.running),
-            "yes" if w.connected else "[red]no[/]",
+            "yes" if w.connected else Text("no", style="red"),
         )
-    return table
+        for w in workers
+    ]
+    print_table(out, headers, rows)
+
+
+def print_queues(out: Console, queues: list[QueueInfo]) -> None:
+    rows = [(q.name, q.ordering.value, str(q.depth), str(q.running)) for q in queues]
+    print_table(out, ("name", "ordering", "queued", "running"), rows, keep=("name",))
 
 
 def _what(spec: JobSpec) -> str:
     what = spec.target or (
-        spec.command if isinstance(spec.command, str) else " ".join(spec.command or [])
+        spec.command if isinstance(spec.command, str) else shlex.join(spec.command or [])
     )
     if spec.ssh is not None:
         hosts = f"{len(spec.ssh.hosts)} hosts" if spec.ssh.hosts else "an inventory"
@@ -88,7 +150,7 @@ def show_job(out: Console, info: JobInfo) -> None:
     if spec is None:
         out.print("  spec:     unreadable (stored by another corral version, or altered)")
     else:
-        out.print(f"  kind:     {spec.kind.value}  {_what(spec)}", highlight=False)
+        out.print(f"  kind:     {spec.kind.value}  {escape(_what(spec))}", highlight=False)
         tags = ",".join(spec.tags) or "-"
         out.print(f"  queue:    {spec.queue}  priority {spec.priority}  tags {tags}")
     out.print(f"  created:  {when(info.created)}")
@@ -109,19 +171,21 @@ def show_job(out: Console, info: JobInfo) -> None:
     if info.traceback:
         out.print(info.traceback, highlight=False, markup=False)
     if info.attempts:
-        table = Table("attempt", "state", "worker", "host", "pid", "started", "exit", "error")
-        for attempt in info.attempts:
-            table.add_row(
+        headers = ("attempt", "state", "worker", "host", "pid", "started", "exit", "error")
+        rows = [
+            (
                 str(attempt.number),
-                styled(attempt.state) if attempt.state else "-",
+                state_cell(attempt.state) if attempt.state else "-",
                 attempt.worker or "-",
                 attempt.host or "-",
                 str(attempt.pid or "-"),
                 when(attempt.started),
                 str(attempt.exit_code if attempt.exit_code is not None else "-"),
-                (attempt.error_message or "")[:60],
+                attempt.error_message or "",
             )
-        out.print(table)
+            for attempt in info.attempts
+        ]
+        print_table(out, headers, rows, keep=("attempt", "state"))
 
 
 def output_cut_note(info: JobInfo, stream: str) -> str | None:
@@ -139,14 +203,14 @@ def show_hosts(out: Console, result: dict[str, Any]) -> None:
     hosts = result.get("results", [])
     if not hosts:
         return
-    table = Table("host", "status", "exit", "seconds", "error")
-    for host in hosts:
-        error = (host.get("error") or "").strip().splitlines()
-        table.add_row(
+    rows = [
+        (
             str(host.get("host")),
             str(host.get("status")),
             str(host.get("exit_code") if host.get("exit_code") is not None else "-"),
             f"{host.get('duration', 0):.2f}",
-            error[0][:60] if error else "",
+            ((host.get("error") or "").strip().splitlines() or [""])[0],
         )
-    out.print(table)
+        for host in hosts
+    ]
+    print_table(out, ("host", "status", "exit", "seconds", "error"), rows, keep=("host", "status"))

@@ -61,3 +61,9 @@ def big_result_when(path: str, size: int) -> str:
 
 def length(value: str) -> int:
     return len(value)
+
+
+def say_then_wait(text: str, seconds: float) -> None:
+    """Print `text` (a test sees the job has started), then sleep."""
+    print(text, flush=True)
+    time.sleep(seconds)

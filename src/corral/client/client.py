@@ -18,6 +18,7 @@ from collections.abc import (
     Iterable,
     Iterator,
 )
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -282,11 +283,14 @@ class AsyncClient:
         data = await self._request("GET", "/jobs", params=params)
         return [JobInfo.model_validate(item) for item in data]
 
-    async def cancel(self, job_id: str) -> None:
-        await self._request("POST", f"/jobs/{job_id}/cancel")
+    async def cancel(self, job_id: str) -> str:
+        """Cancel a queued job, or have its worker kill a running one; the server's status
+        ('cancel requested'). Conflict if it has finished."""
+        return str((await self._request("POST", f"/jobs/{job_id}/cancel"))["status"])
 
-    async def retry(self, job_id: str) -> None:
-        await self._request("POST", f"/jobs/{job_id}/retry")
+    async def retry(self, job_id: str) -> str:
+        """Queue a finished job again; the server's status ('queued')."""
+        return str((await self._request("POST", f"/jobs/{job_id}/retry"))["status"])
 
     async def delete(self, job_id: str) -> None:
         """Delete a finished job with its attempts and output; Conflict while it is queued or
@@ -340,6 +344,10 @@ class AsyncClient:
         """A new token (admin only); Conflict if the name exists, unless `replace`."""
         body = {"name": name, "role": role, "replace": replace}
         return str((await self._request("POST", "/tokens", json=body))["token"])
+
+    async def tokens(self) -> list[tuple[str, str]]:
+        """The named tokens as (name, role), admin only; the tokens themselves are not kept."""
+        return [(t["name"], t["role"]) for t in await self._request("GET", "/tokens")]
 
     async def revoke_token(self, name: str) -> None:
         """Revoke a token (admin only); the streams opened with it close. NotFound if none."""
@@ -432,13 +440,28 @@ class Client:
 
     def close(self) -> None:
         if self._loop.is_running():
-            self._call(self._async.close())
+            self._call(self._shutdown())
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join()
             self._loop.close()
 
+    async def _shutdown(self) -> None:
+        """Close the connection, then end what a call left behind (a wait given up with Ctrl-C),
+        as asyncio.run does, so no task is destroyed pending on the closed loop."""
+        await self._async.close()
+        left = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in left:
+            task.cancel()
+        await asyncio.gather(*left, return_exceptions=True)
+        await self._loop.shutdown_asyncgens()
+
     def _call(self, coro: Coroutine[Any, Any, T] | Awaitable[T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()  # type: ignore[arg-type]
+        future: Future[T] = asyncio.run_coroutine_threadsafe(coro, self._loop)  # type: ignore[arg-type]
+        try:
+            return future.result()
+        except BaseException:  # KeyboardInterrupt in this thread: stop the call on the loop too
+            future.cancel()
+            raise
 
     def _wrap(self, jobs: list[AsyncJob]) -> list[Job]:
         return [Job(self, job) for job in jobs]
@@ -487,14 +510,17 @@ class Client:
             except BaseException as exc:  # handed to the consuming thread
                 items.put((False, exc))
 
-        asyncio.run_coroutine_threadsafe(pump(), self._loop)
-        while True:
-            more, item = items.get()
-            if not more:
-                if item is not None:
-                    raise item
-                return
-            yield item
+        pumping = asyncio.run_coroutine_threadsafe(pump(), self._loop)
+        try:
+            while True:
+                more, item = items.get()
+                if not more:
+                    if item is not None:
+                        raise item
+                    return
+                yield item
+        finally:  # the consumer stopped early (Ctrl-C, break): stop the pump as well
+            pumping.cancel()
 
     def get(self, job_id: str) -> JobInfo:
         return self._call(self._async.get(job_id))
@@ -502,11 +528,11 @@ class Client:
     def jobs(self, **filters: Any) -> list[JobInfo]:
         return self._call(self._async.jobs(**filters))
 
-    def cancel(self, job_id: str) -> None:
-        self._call(self._async.cancel(job_id))
+    def cancel(self, job_id: str) -> str:
+        return self._call(self._async.cancel(job_id))
 
-    def retry(self, job_id: str) -> None:
-        self._call(self._async.retry(job_id))
+    def retry(self, job_id: str) -> str:
+        return self._call(self._async.retry(job_id))
 
     def delete(self, job_id: str) -> None:
         self._call(self._async.delete(job_id))
@@ -529,6 +555,9 @@ class Client:
     def create_token(self, name: str, role: str, *, replace: bool = False) -> str:
         return self._call(self._async.create_token(name, role, replace=replace))
 
+    def tokens(self) -> list[tuple[str, str]]:
+        return self._call(self._async.tokens())
+
     def revoke_token(self, name: str) -> None:
         self._call(self._async.revoke_token(name))
 
@@ -541,7 +570,8 @@ async def _make_async_client(url: str | None, token: str | None, options: Any) -
 def connect(url: str | None = None, token: str | None = None, **options: Any) -> Client:
     """Connect to a corral server.
 
-    `url` and `token` default to CORRAL_URL and CORRAL_TOKEN, then to what a server on this
+    `url` is a URL or `host[:port]` (http, port 8750 by default). `url` and `token` default to
+    CORRAL_URL and CORRAL_TOKEN, then to what a server on this
     machine left in its data directory. Options: `ca` (PEM file for TLS), `pickle=True` (send
     functions with cloudpickle; the server and workers must allow it), `timeout` (HTTP seconds).
     """

@@ -318,10 +318,15 @@ def create_app(engine: Engine, tokens: TokenStore, keep: float | None = None) ->
 
     @app.get("/api/v1/queues", dependencies=[read])
     def list_queues() -> list[QueueInfo]:
-        depth = engine.scheduler.depth()
+        depth, running = engine.scheduler.depth(), engine.scheduler.running()
         orderings = engine.scheduler.queue_orderings()
         return [
-            QueueInfo(name=name, ordering=ordering, depth=depth.get(name, 0))
+            QueueInfo(
+                name=name,
+                ordering=ordering,
+                depth=depth.get(name, 0),
+                running=running.get(name, 0),
+            )
             for name, ordering in sorted(orderings.items())
         ]
 

@@ -238,6 +238,14 @@ class Scheduler:
                 depth[job.queue] = depth.get(job.queue, 0) + 1
         return depth
 
+    def running(self) -> dict[str, int]:
+        """Jobs out on workers per queue: running, or held ready in a worker's prefetch."""
+        running = dict.fromkeys(self._queues, 0)
+        for job in self._jobs.values():
+            if job.state is JobState.RUNNING:
+                running[job.queue] = running.get(job.queue, 0) + 1
+        return running
+
     def next_wakeup(self) -> float | None:
         """When tick() next has work: the earliest delayed job or worker lease expiry."""
         times = [worker.last_seen + self.lease for worker in self._workers.values()]
