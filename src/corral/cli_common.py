@@ -157,3 +157,52 @@ def _submit_and_report(client: Client, spec: JobSpec, wait: bool, as_json: bool)
         display.show_job(out, info)
     if info.state is not JobState.SUCCEEDED:
         raise typer.Exit(int(ExitCode.JOB_FAILED))
+
+
+# -- the options of the commands that run corral's processes (server, worker, up) ----------------
+
+HostOpt = Annotated[str, typer.Option(help="Address to bind")]
+PortOpt = Annotated[int, typer.Option(help="Port (0: any free port)")]
+LeaseOpt = Annotated[float | None, typer.Option(help="Seconds before a silent worker's jobs move")]
+AllowPickleOpt = Annotated[
+    bool,
+    typer.Option(
+        help="Allow jobs sent as cloudpickled functions (server and workers both need it; "
+        "unpickling runs arbitrary code)"
+    ),
+]
+LogLevelOpt = Annotated[str, typer.Option("--log-level", help="debug, info, warning, error")]
+ConcurrencyOpt = Annotated[int, typer.Option(help="Jobs at once per worker (0: one per CPU)")]
+PrefetchOpt = Annotated[int, typer.Option(help="Extra jobs each worker holds ready")]
+QueuesOpt = Annotated[str, typer.Option(help="Queues to take jobs from, in priority order")]
+TagsOpt = Annotated[str, typer.Option(help="Capabilities, e.g. gpu,big-mem")]
+AllowUsersOpt = Annotated[str, typer.Option(help="Users jobs may run as (needs root)")]
+ScrubEnvOpt = Annotated[
+    str,
+    typer.Option(
+        help="More variables to keep from jobs, e.g. AWS_*,DB_PASSWORD (CORRAL_* always are)"
+    ),
+]
+OnShutdownOpt = Annotated[
+    str,
+    typer.Option(
+        help="On Ctrl-C or SIGTERM, finish: let running jobs end (up to 30s), release: hand "
+        "them back at once"
+    ),
+]
+PathOpt = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--path",
+        metavar="DIR",
+        help="Directory to import python jobs' modules from, before the working directory "
+        "(repeatable)",
+    ),
+]
+ReloadOpt = Annotated[
+    bool,
+    typer.Option(
+        help="Restart the python pool processes when a module they imported from --path or "
+        "the working directory changes"
+    ),
+]
