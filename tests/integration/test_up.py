@@ -4,6 +4,7 @@ never lost or run twice. Also its workers' options (--path, --queues, ...)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pty
 import re
@@ -72,10 +73,8 @@ class Terminal:
 
     def close(self) -> None:
         if self.status is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             os.waitpid(self.pid, 0)
         os.close(self.fd)
 
