@@ -219,7 +219,7 @@ class Worker:
             self._send(p.Release(leftover))
             for job_id in leftover:
                 await self._executor_for(self._assigned[job_id].spec).cancel(job_id)
-        if self._ws is not None:
+        if self._ws is not None and self._unacked:  # (an idle worker has nothing to wait for)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(2):
                     await self._all_acked.wait()
