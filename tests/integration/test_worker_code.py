@@ -93,3 +93,31 @@ def test_reload_runs_the_edited_function(
     )
     assert set(results) <= {1, 22}  # none failed on the way
     assert client.submit("code_tasks:run").result(timeout=WAIT) == 22
+
+
+def test_reload_lets_the_running_job_finish_on_the_old_code_once(
+    server: ServerProcess,
+    client: corral.Client,
+    start_worker: Callable[..., WorkerProcess],
+    tmp_path: Path,
+) -> None:
+    started = tmp_path / "started"
+    body = (
+        "import pathlib, time\n"
+        "def run(started, seconds):\n"
+        "    pathlib.Path(started).write_text('x')\n"
+        "    time.sleep(seconds)\n"
+        "    return 'old'\n"
+    )
+    project = _project(tmp_path, body)
+    start_worker(server, "--concurrency", "1", "--path", str(project), "--reload")
+    job = client.submit("code_tasks:run", str(started), 3)
+    wait_for(started.exists, WAIT, "the job to start")
+    (project / "code_tasks.py").write_text(body.replace("'old'", "'newer'"))
+    assert job.result(timeout=WAIT) == "old"
+    assert [a.state for a in job.info().attempts] == [JobState.SUCCEEDED]  # not re-run
+    wait_for(
+        lambda: client.submit("code_tasks:run", str(started), 0).result(timeout=WAIT) == "newer",
+        WAIT,
+        "the next jobs to run the edited function",
+    )
