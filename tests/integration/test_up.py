@@ -156,6 +156,24 @@ def test_ctrl_c_in_release_mode_hands_the_running_job_back(terminal, tmp_path: P
     assert "slept" not in marker.read_text()  # the first run was stopped, not left running
 
 
+def test_a_second_ctrl_c_hands_the_running_job_back_at_once(terminal, tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    term = terminal("--concurrency", "1")
+    with _connect(term, tmp_path) as client:
+        job_id = client.submit("fault_tasks:block_first_run", str(marker), 300).id
+        _job_started(marker)
+        term.type(CTRL_C)
+        term.read_until(rb"stopping: the workers finish their running jobs")
+        output = _stop(term)
+    assert "WARNING" not in output, output
+    again = terminal("--concurrency", "1")
+    with _connect(again, tmp_path) as client:
+        job = client.job(job_id)
+        assert job.result(timeout=WAIT) == "rerun"
+        assert [a.state for a in job.info().attempts] == [JobState.LOST, JobState.SUCCEEDED]
+    _stop(again)
+
+
 def test_up_passes_its_worker_options_on(terminal, tmp_path: Path) -> None:
     project = tmp_path / "project"
     project.mkdir()
