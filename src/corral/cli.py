@@ -173,12 +173,6 @@ def worker(
             mode = ShutdownMode(on_shutdown)
         except ValueError:
             raise ConfigError("--on-shutdown is 'finish' or 'release'") from None
-        for directory in path or ():
-            if not directory.is_dir():
-                raise ConfigError(
-                    f"--path {directory} is not a directory; give the one that "
-                    "holds your jobs' modules"
-                )
         settings = WorkerSettings(
             server_url=client.url,
             token=client.token,
@@ -192,7 +186,7 @@ def worker(
             allow_pickle=allow_pickle,
             shutdown_mode=mode,
             ssh_credentials=ssh_credentials,
-            python_path=tuple(str(directory.resolve()) for directory in path or ()),
+            python_path=_code_paths(path),
             reload=reload,
         )
 
@@ -237,6 +231,7 @@ def up(
             lease=lease,
             allow_pickle=allow_pickle,
         )
+        code_paths = _code_paths(path)  # checked here: workers refusing them would leave none
     worker_flags = flags(
         {
             "log_level": log_level,
@@ -248,7 +243,7 @@ def up(
             "scrub_env": scrub_env,
             "allow_pickle": allow_pickle,
             "on_shutdown": on_shutdown,
-            "path": [directory.resolve() for directory in path or ()],
+            "path": code_paths,
             "reload": reload,
         }
     )
@@ -284,6 +279,16 @@ def up(
             if local is not None:  # the server stopped by itself, or failed: stop them too
                 local.signal()
                 local.wait()
+
+
+def _code_paths(path: list[Path] | None) -> tuple[str, ...]:
+    """The --path directories, absolute; ConfigError for one that is not a directory."""
+    for directory in path or ():
+        if not directory.is_dir():
+            raise ConfigError(
+                f"--path {directory} is not a directory; give the one that holds your jobs' modules"
+            )
+    return tuple(str(directory.resolve()) for directory in path or ())
 
 
 # -- submitting ---------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from integration_support import _env, wait_for
+from integration_support import _env, run_corral, wait_for
 
 import corral
 from corral import JobState
@@ -187,3 +187,12 @@ def test_up_passes_its_worker_options_on(terminal, tmp_path: Path) -> None:
         wait_for(lambda: client.workers(), WAIT, "the worker to be listed")
         assert client.workers()[0].queues == ["q1"]
     _stop(term)
+
+
+def test_up_refuses_a_path_that_is_no_directory(tmp_path: Path) -> None:
+    missing = tmp_path / "missing"
+    done = run_corral(
+        "up", "--port", "0", "--data-dir", str(tmp_path / "d"), "--path", str(missing)
+    )
+    assert done.returncode == 2
+    assert "is not a directory" in " ".join(done.stderr.split()), done.stderr
