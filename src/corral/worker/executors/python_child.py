@@ -459,9 +459,12 @@ class CodeWatcher:
                 continue
             try:
                 mtime = os.stat(path).st_mtime_ns
-            except OSError:  # deleted or moved: changed too
-                return True
-            if mtime != self._mtimes.setdefault(path, max(mtime, self._started)):
+            except OSError:  # deleted or moved since: changed too; else not a file (a zip)
+                if path in self._mtimes:
+                    return True
+                continue
+            known = self._mtimes.setdefault(path, mtime)
+            if mtime != known or mtime > self._started:  # the latter: maybe edited once imported
                 return True
         return False
 
@@ -486,6 +489,8 @@ def serve(
     reader = FrameReader()
     mark_next = False
     watcher = CodeWatcher(code.directories()) if code.reload else None
+    poller = select.poll()
+    poller.register(channel, select.POLLIN)
     while True:
         if watcher is not None:
             wait = watcher.next_look - time.monotonic()
@@ -494,7 +499,7 @@ def serve(
                     channel.sendall(encode_frame(STALE))
                     watcher = None  # said once: the executor retires this process
                 continue
-            if not select.select([channel], [], [], wait)[0]:
+            if not poller.poll(wait * 1000):
                 continue
         try:
             data = channel.recv(_RECV_SIZE)
