@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -20,12 +17,26 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 import corral
 from corral import aio, display
 from corral.cli_common import (
+    AllowPickleOpt,
+    AllowUsersOpt,
     CaOpt,
+    ConcurrencyOpt,
     DataDirOpt,
     ExitCode,
+    HostOpt,
     JsonOpt,
+    LeaseOpt,
+    LogLevelOpt,
+    OnShutdownOpt,
+    PathOpt,
+    PortOpt,
+    PrefetchOpt,
     QueueOpt,
+    QueuesOpt,
+    ReloadOpt,
+    ScrubEnvOpt,
     ServerOpt,
+    TagsOpt,
     TimeoutOpt,
     TokenOpt,
     err,
@@ -76,17 +87,10 @@ token_app = typer.Typer(help="Show and manage API tokens.", no_args_is_help=True
 app.add_typer(token_app, name="token")
 app.add_typer(ssh_app, name="ssh")
 
-LogLevelOpt = Annotated[str, typer.Option("--log-level", help="debug, info, warning, error")]
 TokenFileOpt = Annotated[
     Path | None,
     typer.Option(
         envvar="CORRAL_TOKEN_FILE", help="Read the token from this file (keeps it out of ps)"
-    ),
-]
-ScrubEnvOpt = Annotated[
-    str,
-    typer.Option(
-        help="More variables to keep from jobs, e.g. AWS_*,DB_PASSWORD (CORRAL_* always are)"
     ),
 ]
 #: `--keep` of `corral server` and `corral up` unless told otherwise, in days.
@@ -137,18 +141,16 @@ def configure_logging(level: str) -> None:
 
 @app.command()
 def server(
-    host: Annotated[str, typer.Option(help="Address to bind")] = DEFAULT_HOST,
-    port: Annotated[int, typer.Option(help="Port (0: any free port)")] = DEFAULT_PORT,
+    host: HostOpt = DEFAULT_HOST,
+    port: PortOpt = DEFAULT_PORT,
     data_dir_flag: DataDirOpt = None,
     store: Annotated[
         str | None, typer.Option(help="sqlite:///path.db or memory:// [default: data dir]")
     ] = None,
     tls_cert: Annotated[Path | None, typer.Option(help="TLS certificate (PEM)")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="TLS private key (PEM)")] = None,
-    lease: Annotated[
-        float | None, typer.Option(help="Seconds before a silent worker's jobs move")
-    ] = None,
-    allow_pickle: Annotated[bool, typer.Option(help="Accept cloudpickled functions")] = False,
+    lease: LeaseOpt = None,
+    allow_pickle: AllowPickleOpt = False,
     keep: KeepOpt = DEFAULT_KEEP,
     log_level: LogLevelOpt = "info",
 ) -> None:
@@ -191,18 +193,16 @@ def worker(
     token_file: TokenFileOpt = None,
     ca: CaOpt = None,
     data_dir_flag: DataDirOpt = None,
-    concurrency: Annotated[int, typer.Option(help="Jobs at once [default: CPU count]")] = 0,
-    prefetch: Annotated[int, typer.Option(help="Extra jobs held ready")] = DEFAULT_PREFETCH,
-    queues: Annotated[str, typer.Option(help="Queues to take jobs from, in priority order")] = (
-        "default"
-    ),
-    tags: Annotated[str, typer.Option(help="Capabilities, e.g. gpu,big-mem")] = "",
-    allow_users: Annotated[str, typer.Option(help="Users jobs may run as (needs root)")] = "",
+    concurrency: ConcurrencyOpt = 0,
+    prefetch: PrefetchOpt = DEFAULT_PREFETCH,
+    queues: QueuesOpt = "default",
+    tags: TagsOpt = "",
+    allow_users: AllowUsersOpt = "",
     scrub_env: ScrubEnvOpt = "",
-    allow_pickle: Annotated[bool, typer.Option(help="Run cloudpickled functions")] = False,
-    on_shutdown: Annotated[
-        str, typer.Option(help="finish: let running jobs end; release: hand them back")
-    ] = "finish",
+    allow_pickle: AllowPickleOpt = False,
+    on_shutdown: OnShutdownOpt = "finish",
+    path: PathOpt = None,
+    reload: ReloadOpt = False,
     ssh_credentials: Annotated[
         Path | None,
         typer.Option(help="YAML credential sets for ssh jobs (see docs/ssh.md)"),
@@ -236,6 +236,8 @@ def worker(
             allow_pickle=allow_pickle,
             shutdown_mode=mode,
             ssh_credentials=ssh_credentials,
+            python_path=_code_paths(path),
+            reload=reload,
         )
 
         async def run() -> None:
@@ -249,51 +251,96 @@ def worker(
 @app.command()
 def up(
     workers: Annotated[int, typer.Option(help="Local workers to start")] = 2,
-    concurrency: Annotated[int, typer.Option(help="Jobs at once per worker")] = 0,
-    host: Annotated[str, typer.Option(help="Address to bind")] = DEFAULT_HOST,
-    port: Annotated[int, typer.Option(help="Port (0: any free port)")] = DEFAULT_PORT,
+    host: HostOpt = DEFAULT_HOST,
+    port: PortOpt = DEFAULT_PORT,
     data_dir_flag: DataDirOpt = None,
+    lease: LeaseOpt = None,
+    allow_pickle: AllowPickleOpt = False,
+    concurrency: ConcurrencyOpt = 0,
+    prefetch: PrefetchOpt = DEFAULT_PREFETCH,
+    queues: QueuesOpt = "default",
+    tags: TagsOpt = "",
+    allow_users: AllowUsersOpt = "",
     scrub_env: ScrubEnvOpt = "",
     keep: KeepOpt = DEFAULT_KEEP,
+    on_shutdown: OnShutdownOpt = "finish",
+    path: PathOpt = None,
+    reload: ReloadOpt = False,
     log_level: LogLevelOpt = "warning",
 ) -> None:
-    """Run a server and local workers in one command; Ctrl-C stops them all."""
+    """Run a server and local workers in one command. Ctrl-C stops the workers (see
+    --on-shutdown), then the server; Ctrl-C again hands back the jobs still running."""
     from corral.server.main import Ready, run_server
+    from corral.up import LocalWorkers, flags
 
     configure_logging(log_level)
-    settings = ServerSettings(
-        host=host, port=port, data_dir=data_dir(data_dir_flag), keep=_keep_seconds(keep)
+    with errors_to_exit_codes():
+        settings = ServerSettings(
+            host=host,
+            port=port,
+            data_dir=data_dir(data_dir_flag),
+            lease=lease,
+            allow_pickle=allow_pickle,
+            keep=_keep_seconds(keep),
+        )
+        code_paths = _code_paths(path)  # checked here: workers refusing them would leave none
+    worker_flags = flags(
+        {
+            "log_level": log_level,
+            "concurrency": concurrency,
+            "prefetch": prefetch,
+            "queues": queues,
+            "tags": tags,
+            "allow_users": allow_users,
+            "scrub_env": scrub_env,
+            "allow_pickle": allow_pickle,
+            "on_shutdown": on_shutdown,
+            "path": code_paths,
+            "reload": reload,
+        }
     )
-    children: list[subprocess.Popen[bytes]] = []
+    local: LocalWorkers | None = None
 
     def started(ready: Ready) -> None:
+        nonlocal local
         announce(ready.url, ready.new_admin_token, settings)
         # A worker token, not the admin one: a job that got hold of it could do little.
         worker_token = ready.tokens.create(UP_WORKER_TOKEN_NAME, Role.WORKER, replace=True)
         env = {**os.environ, "CORRAL_URL": ready.url, "CORRAL_TOKEN": worker_token}
-        command = [sys.executable, "-m", "corral", "worker", "--log-level", log_level]
-        if concurrency:
-            command += ["--concurrency", str(concurrency)]
-        if scrub_env:
-            command += ["--scrub-env", scrub_env]
-        for _ in range(workers):
-            children.append(subprocess.Popen(command, env=env))
+        local = LocalWorkers(worker_flags, env)
+        local.start(workers)
         err.print(f"  started {workers} local workers; Ctrl-C stops everything")
+
+    stops = 0
+
+    async def stop_workers() -> None:
+        nonlocal stops
+        stops += 1
+        if stops == 1:
+            what = "finish their running jobs" if on_shutdown == "finish" else "hand back jobs"
+            err.print(f"stopping: the workers {what}, then the server (Ctrl-C again: now)")
+        if local is not None:
+            await local.stop()
 
     with errors_to_exit_codes():
         try:
-            run_server(settings, started)
+            run_server(settings, started, stop_workers)
         except KeyboardInterrupt:
             pass
         finally:
-            for child in children:
-                with contextlib.suppress(ProcessLookupError):
-                    child.send_signal(signal.SIGTERM)
-            for child in children:
-                try:
-                    child.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    child.kill()
+            if local is not None:  # the server stopped by itself, or failed: stop them too
+                local.signal()
+                local.wait()
+
+
+def _code_paths(path: list[Path] | None) -> tuple[str, ...]:
+    """The --path directories, absolute; ConfigError for one that is not a directory."""
+    for directory in path or ():
+        if not directory.is_dir():
+            raise ConfigError(
+                f"--path {directory} is not a directory; give the one that holds your jobs' modules"
+            )
+    return tuple(str(directory.resolve()) for directory in path or ())
 
 
 # -- submitting ---------------------------------------------------------------------------

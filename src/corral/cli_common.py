@@ -21,6 +21,7 @@ from rich.console import Console
 from corral import display
 from corral.client.client import Client
 from corral.config import ClientSettings
+from corral.constants import WORKER_LEASE
 from corral.errors import (
     AuthError,
     ConfigError,
@@ -220,3 +221,58 @@ def exit_code_of(info: JobInfo) -> int:
     if info.state is JobState.FAILED and info.exit_code is not None and info.exit_code > 0:
         return info.exit_code
     return int(ExitCode.JOB_FAILED)
+
+
+# -- the options of the commands that run corral's processes (server, worker, up) ----------------
+
+HostOpt = Annotated[str, typer.Option(help="Address to bind")]
+PortOpt = Annotated[int, typer.Option(help="Port (0: any free port)")]
+LeaseOpt = Annotated[
+    float | None,
+    typer.Option(
+        help="Seconds a worker may stay silent before its jobs move to others "
+        f"[default: {WORKER_LEASE:g}]"
+    ),
+]
+AllowPickleOpt = Annotated[
+    bool,
+    typer.Option(
+        help="Allow jobs sent as cloudpickled functions (server and workers both need it; "
+        "unpickling runs arbitrary code)"
+    ),
+]
+LogLevelOpt = Annotated[str, typer.Option("--log-level", help="debug, info, warning, error")]
+ConcurrencyOpt = Annotated[int, typer.Option(help="Jobs at once per worker (0: one per CPU)")]
+PrefetchOpt = Annotated[int, typer.Option(help="Extra jobs each worker holds ready")]
+QueuesOpt = Annotated[str, typer.Option(help="Queues to take jobs from, in priority order")]
+TagsOpt = Annotated[str, typer.Option(help="Capabilities, e.g. gpu,big-mem")]
+AllowUsersOpt = Annotated[str, typer.Option(help="Users jobs may run as (needs root)")]
+ScrubEnvOpt = Annotated[
+    str,
+    typer.Option(
+        help="More variables to keep from jobs, e.g. AWS_*,DB_PASSWORD (CORRAL_* always are)"
+    ),
+]
+OnShutdownOpt = Annotated[
+    str,
+    typer.Option(
+        help="On Ctrl-C or SIGTERM, finish: let running jobs end (up to 30s), release: hand "
+        "them back at once"
+    ),
+]
+PathOpt = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--path",
+        metavar="DIR",
+        help="Directory to import python jobs' modules from, before the working directory "
+        "(repeatable)",
+    ),
+]
+ReloadOpt = Annotated[
+    bool,
+    typer.Option(
+        help="Restart the python pool processes when a module they imported from --path or "
+        "the working directory changes"
+    ),
+]

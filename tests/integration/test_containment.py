@@ -92,7 +92,8 @@ def test_python_job_processes_end_with_a_killed_worker_and_the_lost_job_runs_now
 def test_ctrl_c_of_corral_up_ends_every_job_process(tmp_path: Path, strays: list[int]) -> None:
     data_dir = tmp_path / "data"
     command = [sys.executable, "-m", "corral", "up", "--workers", "1", "--concurrency", "2"]
-    command += ["--port", "0", "--data-dir", str(data_dir)]
+    # release: the workers hand the hour-long jobs back rather than wait for them to end.
+    command += ["--port", "0", "--data-dir", str(data_dir), "--on-shutdown", "release"]
     # In a process group of its own, as a terminal runs it: Ctrl-C signals the whole group.
     up = subprocess.Popen(
         command, stdout=subprocess.PIPE, text=True, env=_env(), start_new_session=True

@@ -188,7 +188,8 @@ class Engine:
         if not self.allow_pickle and any(spec.pickled for spec in specs):
             raise InvalidRequest(
                 "this server does not accept pickled functions; start it with --allow-pickle "
-                "(and the workers too), or submit a 'module:function' target"
+                "(and the workers too; `corral up --allow-pickle` does both), or submit a "
+                "'module:function' target"
             )
         now = self.clock()
         rows: list[JobRow] = []

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import TextIO
 
 import uvicorn
@@ -110,11 +112,47 @@ def bind(settings: ServerSettings) -> socket.socket:
     return sock
 
 
+class _Server(uvicorn.Server):
+    """A uvicorn server that, on SIGINT or SIGTERM, calls `before_stop()` and keeps serving
+    until what it returns is done, and only then stops. Each further signal meanwhile calls it
+    again; one once the server stops forces uvicorn's exit, as in uvicorn."""
+
+    def __init__(self, config: uvicorn.Config, before_stop: Callable[[], Awaitable[None]]):
+        super().__init__(config)
+        self._before_stop = before_stop
+        self._loop = asyncio.get_running_loop()
+        self._draining: set[asyncio.Task[None]] = set()
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.should_exit:
+            super().handle_exit(sig, frame)
+            return
+        # Re-raised after serving, as uvicorn does, so that the caller sees how it was stopped.
+        self._captured_signals.append(sig)
+        # From a signal handler: only the loop's thread-safe wake-up may be touched here.
+        self._loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        task = self._loop.create_task(self._drain_then_exit())
+        self._draining.add(task)
+        task.add_done_callback(self._draining.discard)
+
+    async def _drain_then_exit(self) -> None:
+        try:
+            await self._before_stop()
+        finally:
+            self.should_exit = True
+
+
 async def serve(
     settings: ServerSettings,
     on_ready: Callable[[Ready], None] | None = None,
+    before_stop: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
-    """Serve until cancelled or signalled; `on_ready` runs once bound."""
+    """Serve until cancelled or signalled; `on_ready` runs once bound. With `before_stop`, a
+    signal first awaits `before_stop()` (called again on each further signal) while the server
+    still serves: `corral up` stops its workers there, so that they can report their last
+    results before the server goes."""
     prepared = prepare(settings)
     sock = bind(settings)
     port = sock.getsockname()[1]
@@ -130,12 +168,16 @@ async def serve(
         ws_ping_interval=None,  # workers heartbeat on their own
         timeout_graceful_shutdown=5,
     )
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(config) if before_stop is None else _Server(config, before_stop)
     if on_ready is not None:
         on_ready(Ready(url, prepared.new_admin_token, prepared.tokens))
     await server.serve(sockets=[sock])
 
 
-def run_server(settings: ServerSettings, on_ready: Callable[[Ready], None] | None = None) -> None:
-    """Serve until interrupted, on the fastest event loop available."""
-    aio.run(serve(settings, on_ready))
+def run_server(
+    settings: ServerSettings,
+    on_ready: Callable[[Ready], None] | None = None,
+    before_stop: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Serve until interrupted, on the fastest event loop available (see serve())."""
+    aio.run(serve(settings, on_ready, before_stop))

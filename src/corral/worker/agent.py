@@ -77,6 +77,8 @@ class WorkerSettings:
     shutdown_mode: ShutdownMode = ShutdownMode.FINISH
     shutdown_grace: float = GRACEFUL_SHUTDOWN_TIMEOUT
     ssh_credentials: Path | None = None  # YAML credential sets for ssh jobs, by name
+    python_path: tuple[str, ...] = ()  # where python jobs' modules are found, before the cwd
+    reload: bool = False  # replace python pool processes whose imported code changed
     worker_id: str = field(default_factory=lambda: _default_worker_id())
 
 
@@ -113,6 +115,8 @@ class Worker:
                 allow_users=settings.allow_users,
                 allow_pickle=settings.allow_pickle,
                 env=job_env,
+                paths=settings.python_path,
+                reload=settings.reload,
             ),
             JobKind.SSH: SshExecutor(
                 load_credentials(settings.ssh_credentials) if settings.ssh_credentials else None
@@ -177,9 +181,13 @@ class Worker:
         self._stopping.set()
 
     def install_signal_handlers(self) -> None:
+        """SIGTERM and SIGINT stop the worker, except a SIGINT it was started ignoring: `corral
+        up` starts its workers so, since a terminal's Ctrl-C reaches them too, and stops them
+        itself before its server."""
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, self.stop)
+            if signal.getsignal(signum) is not signal.SIG_IGN:
+                loop.add_signal_handler(signum, self.stop)
 
     async def _shutdown(self) -> None:
         """Hand back what has not started; finish or stop what runs; wait for the last acks."""
@@ -211,7 +219,7 @@ class Worker:
             self._send(p.Release(leftover))
             for job_id in leftover:
                 await self._executor_for(self._assigned[job_id].spec).cancel(job_id)
-        if self._ws is not None:
+        if self._ws is not None and self._unacked:  # (an idle worker has nothing to wait for)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(2):
                     await self._all_acked.wait()

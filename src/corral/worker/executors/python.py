@@ -79,6 +79,9 @@ class PythonExecutor(Executor):
     see clean_environment) and working directory (default: this process's); jobs asking for
     others run in one-off children. `python`: the interpreter.
     `max_output_bytes`: output per stream passed to on_output. `max_result_bytes`: largest result.
+    `paths`: directories the children import jobs' modules from before their working directory.
+    `reload`: replace a pool child once a module it imported from there or its working directory
+    changes (the job it runs, and any already sent to it, finish on the old code).
     """
 
     def __init__(
@@ -92,6 +95,8 @@ class PythonExecutor(Executor):
         python: str = sys.executable,
         max_output_bytes: int = MAX_LOG_BYTES_PER_JOB,
         max_result_bytes: int = MAX_RESULT_BYTES,
+        paths: Collection[str] = (),
+        reload: bool = False,
     ) -> None:
         if processes < 1:
             raise ValueError(f"processes must be at least 1, not {processes}")
@@ -102,7 +107,13 @@ class PythonExecutor(Executor):
         self._cwd = os.path.abspath(cwd or os.getcwd())
         self._max_output_bytes = max_output_bytes
         self._zygote = ZygoteKeeper(
-            python, self._env, self._cwd, max_result_bytes, self._on_zygote_died
+            python,
+            self._env,
+            self._cwd,
+            max_result_bytes,
+            self._on_zygote_died,
+            tuple(os.path.abspath(path) for path in paths),
+            reload,
         )
         self._pool: list[Child] = []
         self._one_offs: set[Child] = set()
@@ -331,13 +342,15 @@ class PythonExecutor(Executor):
     def _on_change(self, child: Child, unstarted: list[PoolJob]) -> None:
         """Answers arrived from `child`, or it died: jobs it never started go to another, unless
         they were cancelled meanwhile (by close(), say), which ends them here."""
-        if not child.alive and not child.one_off:
-            logger.info("python pool process %d exited; forking a replacement", child.pid)
+        if not child.one_off and (not child.alive or child.stale):
             if child in self._pool:
                 self._pool.remove(child)
-            child.kill()
-            child.close()
-            self._refork()
+                why = "a module it imported changed" if child.alive else "it exited"
+                logger.info("python pool process %d: %s; forking a replacement", child.pid, why)
+                self._refork()
+            if not child.jobs:  # a changed one finishes what it was sent first
+                child.kill()
+                child.close()
         requeued = []
         for job in unstarted:
             if job.timer is not None:

@@ -31,6 +31,12 @@ Job channel (a SOCK_STREAM socket pair, frames of a 4-byte big-endian length + m
   executor -> child   [target, args, kwargs, pickled], each possibly after a MARK_NEXT (nil)
   child -> executor   [True, result, seconds] or [False, error_type, message, traceback, seconds]
                       (seconds: how long the job ran), one per job, in the order sent
+                      nil (with --reload, once): a module it imported has changed since; it goes
+                      on serving what it is sent, and the executor replaces it
+
+Where a child imports jobs' modules from: the worker's --path directories, then its working
+directory (sys.path[0] is '' under `python -c`), then the installed packages. With --reload it
+looks, at most once a RELOAD_POLL, whether a file it imported from those directories changed.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ import importlib
 import inspect
 import os
 import pickle
+import select
 import selectors
 import signal
 import socket
@@ -71,6 +78,10 @@ SPAWN_FAILED = "spawn_failed"
 EXITED = "exited"
 
 _PR_SET_CHILD_SUBREAPER = 36
+#: With --reload, how often a pool child looks at the files it imported (seconds).
+RELOAD_POLL = 1.0
+#: What a child sends when its code changed (--reload).
+STALE = None
 #: Signals Python ignores that a spawned program must start with the default action for.
 _IGNORED = (signal.SIGPIPE, signal.SIGXFSZ)
 
@@ -124,23 +135,35 @@ def type_name(kind: type) -> str:
     return f"{kind.__module__}.{kind.__qualname__}"
 
 
-def zygote_command(python: str, control_fd: int, max_result_bytes: int) -> list[str]:
-    """argv that starts a zygote on the control socket `control_fd` (the caller passes it on).
+def zygote_command(
+    python: str,
+    control_fd: int,
+    max_result_bytes: int,
+    paths: tuple[str, ...] = (),
+    reload: bool = False,
+) -> list[str]:
+    """argv that starts a zygote on the control socket `control_fd` (the caller passes it on);
+    its children import from the directories `paths` first and, with `reload`, watch them.
 
     The file is run by path rather than with -m so that the corral package (and everything it
     imports) is not loaded into the zygote and, through fork, into every child.
     """
     loader = "import runpy, sys; runpy.run_path(sys.argv.pop(1), run_name='__main__')"
-    return [python, "-c", loader, __file__, str(control_fd), str(max_result_bytes)]
+    flags = [str(control_fd), str(max_result_bytes), "reload" if reload else "-", *paths]
+    return [python, "-c", loader, __file__, *flags]
 
 
 # -- the zygote -------------------------------------------------------------------------------
 
 
-def run_zygote(control_fd: int, max_result_bytes: int) -> None:
+def run_zygote(
+    control_fd: int, max_result_bytes: int, paths: tuple[str, ...], reload: bool
+) -> None:
     """Fork and spawn children on request and report their exits, until the executor hangs up;
     then kill every process left below this one."""
     become_subreaper()
+    sys.path[0:0] = paths  # the children inherit it
+    code = CodeSearch(paths, reload)
     # Caught rather than ignored, so that the programs it spawns start with the default action.
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
         signal.signal(signum, lambda signum, frame: None)
@@ -181,7 +204,7 @@ def run_zygote(control_fd: int, max_result_bytes: int) -> None:
                         _spawn(control, request_id, fields, fds, children)
                     else:
                         pid = _fork_child(
-                            control, request_id, fields[0], max_result_bytes, close_in_child
+                            control, request_id, fields[0], max_result_bytes, code, close_in_child
                         )
                         if pid is not None:
                             children[pid] = None
@@ -309,6 +332,7 @@ def _fork_child(
     request_id: int,
     options: dict[str, Any] | None,
     max_result_bytes: int,
+    code: CodeSearch,
     close_in_child: Any,
 ) -> int | None:
     parent_end, child_end = socket.socketpair()
@@ -334,7 +358,7 @@ def _fork_child(
                 os.close(fd)
             parent_end.close()
             close_in_child()
-            serve(child_end, _apply_options(options), max_result_bytes, marker)
+            serve(child_end, _apply_options(options), max_result_bytes, marker, code)
             status = 0
         finally:
             os._exit(status)
@@ -395,8 +419,62 @@ def _apply_options(options: dict[str, Any] | None) -> str | None:
     return None
 
 
+class CodeSearch:
+    """Where a child imports jobs' modules from besides its working directory (--path), and
+    whether it watches what it imported from there for changes (--reload)."""
+
+    __slots__ = ("paths", "reload")
+
+    def __init__(self, paths: tuple[str, ...], reload: bool) -> None:
+        self.paths = paths
+        self.reload = reload
+
+    def directories(self) -> tuple[str, ...]:
+        return (*self.paths, os.getcwd())
+
+
+class CodeWatcher:
+    """Tells whether a module this process imported from `directories` changed on disk since
+    it was imported (or since this process started, for one first seen after that)."""
+
+    def __init__(self, directories: tuple[str, ...]) -> None:
+        self._directories = tuple(os.path.join(d, "") for d in directories)
+        # A virtualenv inside the project is not the project's code.
+        self._installed = tuple(
+            os.path.join(prefix, "") for prefix in {sys.prefix, sys.base_prefix, sys.exec_prefix}
+        )
+        self._started = time.time_ns()
+        self._mtimes: dict[str, int] = {}
+        self.next_look = time.monotonic()
+
+    def changed(self) -> bool:
+        self.next_look = time.monotonic() + RELOAD_POLL
+        for module in list(sys.modules.values()):
+            path = getattr(module, "__file__", None)
+            if (
+                not isinstance(path, str)
+                or not path.startswith(self._directories)
+                or path.startswith(self._installed)
+            ):
+                continue
+            try:
+                mtime = os.stat(path).st_mtime_ns
+            except OSError:  # deleted or moved since: changed too; else not a file (a zip)
+                if path in self._mtimes:
+                    return True
+                continue
+            known = self._mtimes.setdefault(path, mtime)
+            if mtime != known or mtime > self._started:  # the latter: maybe edited once imported
+                return True
+        return False
+
+
 def serve(
-    channel: socket.socket, setup_error: str | None, max_result_bytes: int, marker: bytes
+    channel: socket.socket,
+    setup_error: str | None,
+    max_result_bytes: int,
+    marker: bytes,
+    code: CodeSearch,
 ) -> None:
     """Run the jobs sent over `channel` in order, one at a time, until the executor closes it.
 
@@ -410,7 +488,19 @@ def serve(
             stream.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     reader = FrameReader()
     mark_next = False
+    watcher = CodeWatcher(code.directories()) if code.reload else None
+    poller = select.poll()
+    poller.register(channel, select.POLLIN)
     while True:
+        if watcher is not None:
+            wait = watcher.next_look - time.monotonic()
+            if wait <= 0:
+                if watcher.changed():
+                    channel.sendall(encode_frame(STALE))
+                    watcher = None  # said once: the executor retires this process
+                continue
+            if not poller.poll(wait * 1000):
+                continue
         try:
             data = channel.recv(_RECV_SIZE)
         except OSError:  # the executor is gone
@@ -431,13 +521,14 @@ def serve(
             if setup_error is not None:
                 reply = encode_frame([False, "JobSetupError", setup_error, None, 0.0])
             else:
-                reply = run_request(request, max_result_bytes)
+                reply = run_request(request, max_result_bytes, code)
             _flush_std_streams()
             channel.sendall(reply)
 
 
-def run_request(request: list[Any], max_result_bytes: int) -> bytes:
-    """Run one job and return its encoded reply frame, which ends with the job's run time."""
+def run_request(request: list[Any], max_result_bytes: int, code: CodeSearch) -> bytes:
+    """Run one job and return its encoded reply frame, which ends with the job's run time.
+    `code`: where its module was looked for, named when it is not found."""
     started = time.perf_counter()
 
     def reply(*fields: Any) -> bytes:
@@ -452,7 +543,10 @@ def run_request(request: list[Any], max_result_bytes: int) -> bytes:
             function, args, kwargs = pickle.loads(base64.b64decode(pickled))
     except BaseException as error:  # the job fails, the child lives on
         verb = "import" if pickled is None else "load"
-        return reply(*_error_fields(error, f"cannot {verb} {what}: {error}"))
+        message = f"cannot {verb} {what}: {error}"
+        if isinstance(error, ModuleNotFoundError) and pickled is None:
+            message += _not_found_hint(target, error.name, code.directories())
+        return reply(*_error_fields(error, message))
     try:
         result = function(*args, **kwargs)
         if inspect.iscoroutine(result):
@@ -480,6 +574,21 @@ def run_request(request: list[Any], max_result_bytes: int) -> bytes:
         )
         return reply(False, "SerializationError", message, None)
     return frame
+
+
+def _not_found_hint(target: str, missing: str | None, directories: tuple[str, ...]) -> str:
+    module = target.partition(":")[0]
+    if missing and not (module == missing or module.startswith(missing + ".")):
+        return (
+            f"; {module} imports {missing!r}, which is not installed for this worker's python "
+            f"({sys.executable}): install it there"
+        )
+    where = ", ".join(directories)
+    return (
+        f"; the worker looked in {where} and its installed packages. Start the worker with "
+        "--path DIR (the directory that holds the module), or in your project directory, "
+        "or install your package in the worker's environment"
+    )
 
 
 def import_target(target: str) -> Any:
@@ -514,4 +623,4 @@ def _flush_std_streams() -> None:
 
 
 if __name__ == "__main__":
-    run_zygote(int(sys.argv[1]), int(sys.argv[2]))
+    run_zygote(int(sys.argv[1]), int(sys.argv[2]), tuple(sys.argv[4:]), sys.argv[3] == "reload")

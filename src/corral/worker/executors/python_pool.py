@@ -87,6 +87,7 @@ class Child:
         self.pid = forked.pid
         self.one_off = one_off
         self.alive = True
+        self.stale = False  # a module it imported changed (--reload): take it out of the pool
         self.jobs: deque[PoolJob] = deque()
         self._exit_status = forked.exit_status
         self._on_begin = on_begin
@@ -187,6 +188,9 @@ class Child:
         self._drain_outputs()  # all output of the jobs answered in `data` is in the pipes
         if data:
             for reply in self._frames.feed(data):
+                if reply is python_child.STALE:
+                    self.stale = True
+                    continue
                 answered = self._answered
                 self._answered += 1
                 self.jobs.popleft().settle(reply)

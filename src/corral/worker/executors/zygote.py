@@ -78,11 +78,18 @@ class Zygote:
         cwd: str,
         max_result_bytes: int,
         on_hang_up: Callable[[], None],
+        paths: tuple[str, ...] = (),
+        reload: bool = False,
     ) -> Zygote:
+        """`paths`, `reload`: where its python children import from first, and whether they
+        watch what they import (see python_child.CodeSearch)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        command = python_child.zygote_command(
+            python, theirs.fileno(), max_result_bytes, paths, reload
+        )
         try:
             process = await asyncio.create_subprocess_exec(
-                *python_child.zygote_command(python, theirs.fileno(), max_result_bytes),
+                *command,
                 stdin=asyncio.subprocess.DEVNULL,
                 pass_fds=(theirs.fileno(),),
                 env=dict(env),
@@ -236,8 +243,10 @@ class ZygoteKeeper:
         cwd: str,
         max_result_bytes: int,
         on_hang_up: Callable[[], None],
+        paths: tuple[str, ...] = (),
+        reload: bool = False,
     ) -> None:
-        self._arguments = (python, dict(env), cwd, max_result_bytes, on_hang_up)
+        self._arguments = (python, dict(env), cwd, max_result_bytes, on_hang_up, paths, reload)
         self._zygote: Zygote | None = None
         self._lock = asyncio.Lock()
 
