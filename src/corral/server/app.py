@@ -18,6 +18,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from corral import protocol as p
@@ -245,8 +246,12 @@ def create_app(engine: Engine, tokens: TokenStore) -> FastAPI:
         return engine.list_jobs(job_filter)
 
     @app.get("/api/v1/jobs/{job_id}", dependencies=[read])
-    def get_job(job_id: str) -> JobInfo:
-        return engine.get_job(job_id)
+    async def get_job(job_id: str) -> JobInfo:
+        info = await run_in_threadpool(engine.get_job, job_id)  # the store, off the event loop
+        if info.state is JobState.QUEUED:
+            # The scheduler is the event loop's: asked here, not in the thread.
+            info.waiting_reason = engine.scheduler.waiting_reason(job_id, engine.clock())
+        return info
 
     @app.post("/api/v1/jobs/{job_id}/cancel", dependencies=[submit])
     async def cancel_job(job_id: str) -> dict[str, str]:
