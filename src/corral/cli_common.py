@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import warnings
 from collections.abc import Callable, Iterator
 from enum import IntEnum
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from corral import display
 from corral.client.client import Client
@@ -28,6 +30,7 @@ from corral.errors import (
     InvalidRequest,
     JobTimeout,
     NotFound,
+    NoWorkerWarning,
     ProtocolError,
     SerializationError,
     ServerUnreachable,
@@ -143,9 +146,17 @@ def submit_spec(
 
 
 def _submit_and_report(client: Client, spec: JobSpec, wait: bool, as_json: bool) -> None:
-    """Submit one job and print its id; with `wait`, print how it ended (exit 1 unless it
-    succeeded)."""
-    job = client.submit_many([spec])[0]
+    """Submit one job and print its id (and to stderr, a line per reason no connected worker
+    could take it); with `wait`, print how it ended (exit 1 unless it succeeded)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", NoWorkerWarning)
+        job = client.submit_many([spec])[0]
+    for caught_warning in caught:
+        message, category = caught_warning.message, caught_warning.category
+        if issubclass(category, NoWorkerWarning):
+            err.print(f"[yellow]warning:[/] {escape(str(message))}", soft_wrap=True)
+        else:  # not ours to word: shown as Python would have
+            warnings.showwarning(message, category, caught_warning.filename, caught_warning.lineno)
     if not wait:
         print_json({"id": job.id}) if as_json else print(job.id)
         return

@@ -74,6 +74,11 @@ class SubmitBatch(BaseModel):
 
 class Submitted(BaseModel):
     ids: list[str]
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="Why no connected worker could take some of the jobs, one line per reason; "
+        "they are stored and wait until a worker that can take them connects.",
+    )
 
 
 class TokenRequest(BaseModel):
@@ -226,12 +231,14 @@ def create_app(engine: Engine, tokens: TokenStore) -> FastAPI:
     @app.post("/api/v1/jobs", dependencies=[submit], status_code=201)
     async def submit_job(spec: JobSpec) -> Submitted:
         """Submit one job; answers once it is durably queued."""
-        return Submitted(ids=await engine.submit([spec]))
+        ids = await engine.submit([spec])
+        return Submitted(ids=ids, warnings=engine.unserved_warnings([spec]))
 
     @app.post("/api/v1/jobs/batch", dependencies=[submit], status_code=201)
     async def submit_batch(batch: SubmitBatch) -> Submitted:
         """Submit many jobs in one transaction: all are queued, or none."""
-        return Submitted(ids=await engine.submit(batch.jobs))
+        ids = await engine.submit(batch.jobs)
+        return Submitted(ids=ids, warnings=engine.unserved_warnings(batch.jobs))
 
     @app.get("/api/v1/jobs", dependencies=[read])
     def list_jobs(
@@ -409,7 +416,8 @@ def create_app(engine: Engine, tokens: TokenStore) -> FastAPI:
             return p.Error(frame.request_id, 413, message)
         try:
             specs = _SPECS.validate_python(frame.specs)
-            return p.Submitted(frame.request_id, await engine.submit(specs))
+            ids = await engine.submit(specs)
+            return p.Submitted(frame.request_id, ids, engine.unserved_warnings(specs))
         except ValidationError as exc:
             return p.Error(frame.request_id, 422, describe_validation_error(exc, "jobs"))
         except CorralError as exc:
