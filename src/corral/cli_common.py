@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from corral import display
-from corral.client.client import Client
+from corral.client.client import Client, Job
 from corral.config import ClientSettings
 from corral.errors import (
     AuthError,
@@ -146,17 +146,9 @@ def submit_spec(
 
 
 def _submit_and_report(client: Client, spec: JobSpec, wait: bool, as_json: bool) -> None:
-    """Submit one job and print its id (and to stderr, a line per reason no connected worker
-    could take it); with `wait`, print how it ended (exit 1 unless it succeeded)."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", NoWorkerWarning)
-        job = client.submit_many([spec])[0]
-    for caught_warning in caught:
-        message, category = caught_warning.message, caught_warning.category
-        if issubclass(category, NoWorkerWarning):
-            err.print(f"[yellow]warning:[/] {escape(str(message))}", soft_wrap=True)
-        else:  # not ours to word: shown as Python would have
-            warnings.showwarning(message, category, caught_warning.filename, caught_warning.lineno)
+    """Submit one job and print its id; with `wait`, print how it ended (exit 1 unless it
+    succeeded)."""
+    job = _submit_telling_why_it_waits(client, spec)
     if not wait:
         print_json({"id": job.id}) if as_json else print(job.id)
         return
@@ -168,3 +160,18 @@ def _submit_and_report(client: Client, spec: JobSpec, wait: bool, as_json: bool)
         display.show_job(out, info)
     if info.state is not JobState.SUCCEEDED:
         raise typer.Exit(int(ExitCode.JOB_FAILED))
+
+
+def _submit_telling_why_it_waits(client: Client, spec: JobSpec) -> Job:
+    """Submit the job; print on stderr a `warning:` line per reason no connected worker could
+    take it (the client's NoWorkerWarnings), unwrapped however narrow the terminal."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", NoWorkerWarning)
+        job = client.submit_many([spec])[0]
+    for caught_warning in caught:
+        message, category = caught_warning.message, caught_warning.category
+        if issubclass(category, NoWorkerWarning):
+            err.print(f"[yellow]warning:[/] {escape(str(message))}", soft_wrap=True)
+        else:  # not ours to word: shown as Python would have
+            warnings.showwarning(message, category, caught_warning.filename, caught_warning.lineno)
+    return job

@@ -4,10 +4,16 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
+import pty
+import re
+import select
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import time
 import warnings
 from collections.abc import Callable
@@ -101,6 +107,44 @@ def test_cli_submit_and_run_warn_when_no_connected_worker_could_take_the_job(
     served = run_corral("submit", "--queue=build", "--tag=arm", "--wait", "--", "true", env=env)
     assert served.returncode == ExitCode.OK, served.stderr
     assert served.stderr == ""
+
+
+def _in_a_terminal(args: list[str], env: dict[str, str], columns: int) -> str:
+    """What `corral ARGS` writes to a terminal `columns` wide (stdout and stderr), uncoloured."""
+    main, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    full_env = {**os.environ, **env}
+    full_env.pop("COLUMNS", None)
+    command = [sys.executable, "-m", "corral", *args]
+    proc = subprocess.Popen(command, stdin=terminal, stdout=terminal, stderr=terminal, env=full_env)
+    os.close(terminal)
+    output = b""
+    deadline = time.monotonic() + WAIT
+    try:
+        while time.monotonic() < deadline:
+            if select.select([main], [], [], 1.0)[0]:
+                try:
+                    chunk = os.read(main, 4096)
+                except OSError:  # EIO: the command ended and closed the terminal
+                    break
+                if not chunk:
+                    break
+                output += chunk
+        assert proc.wait(timeout=WAIT) == ExitCode.OK, output
+    finally:
+        os.close(main)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", output.decode()).replace("\r\n", "\n")
+
+
+def test_the_warning_is_one_line_however_narrow_the_terminal(
+    server: ServerProcess, worker: WorkerProcess
+) -> None:
+    env = {"CORRAL_URL": server.url, "CORRAL_TOKEN": server.token}
+    shown = _in_a_terminal(["submit", "--queue=ci", "--tag=linux", "--", "true"], env, columns=50)
+    assert f"\nwarning: {CI_LINUX}; the job waits until one does\n" in f"\n{shown}"
 
 
 def test_client_warns_once_per_reason_and_names_the_callers_line(
