@@ -88,3 +88,15 @@ def test_a_malformed_submit_body_is_rejected_with_its_request_id() -> None:
     with pytest.raises(p.RequestRejected) as rejected:
         p.decode(msgpack.packb(["submit", 4, {"kind": "shell"}]), p.FROM_CLIENT)
     assert rejected.value.request_id == 4 and "submit.specs" in str(rejected.value)
+
+
+def test_submitted_carries_warnings_only_when_there_are_some() -> None:
+    ids = ["01JOB000000000000000000000"]
+    plain = p.Submitted(7, ids)
+    # Without warnings, the frame a client from before them reads.
+    assert plain.encode() == msgpack.packb(["submitted", 7, ids])
+    assert p.decode(plain.encode(), p.TO_CLIENT) == plain
+    warned = p.Submitted(7, ids, ["no connected worker serves queue 'ci'; the job waits"])
+    assert p.decode(warned.encode(), p.TO_CLIENT) == warned
+    with pytest.raises(p.ProtocolError, match=r"submitted\.warnings\[0\]"):
+        p.decode(msgpack.packb(["submitted", 7, ids, [3]]), p.TO_CLIENT)

@@ -22,6 +22,7 @@ from corral.errors import (
     JobFailed,
     JobTimeout,
     NotFound,
+    NoWorkerWarning,
     ProtocolError,
     SerializationError,
     ServerUnreachable,
@@ -55,6 +56,8 @@ __all__ = [
     "SerializationError",
     "ServerUnreachable",
     "StoreUnavailable",
+    # warnings
+    "NoWorkerWarning",
     # models
     "JobInfo",
     "JobKind",

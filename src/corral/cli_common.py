@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from enum import IntEnum
 from pathlib import Path
@@ -17,9 +18,10 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from corral import display
-from corral.client.client import Client
+from corral.client.client import Client, Job
 from corral.config import ClientSettings
 from corral.constants import WORKER_LEASE
 from corral.errors import (
@@ -30,6 +32,7 @@ from corral.errors import (
     InvalidRequest,
     JobTimeout,
     NotFound,
+    NoWorkerWarning,
     ProtocolError,
     SerializationError,
     ServerUnreachable,
@@ -190,7 +193,7 @@ def _submit_and_report(
     submitted: list[str],
 ) -> int:
     """Submit one job and print its id; with `wait`, how it ended. What to exit with."""
-    job = client.submit_many([spec])[0]
+    job = _submit_telling_why_it_waits(client, spec)
     submitted.append(job.id)
     if not wait:
         print_json({"id": job.id}) if as_json else print(job.id, flush=True)
@@ -223,6 +226,21 @@ def exit_code_of(info: JobInfo) -> int:
     return int(ExitCode.JOB_FAILED)
 
 
+def _submit_telling_why_it_waits(client: Client, spec: JobSpec) -> Job:
+    """Submit the job; print on stderr a `warning:` line per reason no connected worker could
+    take it (the client's NoWorkerWarnings), unwrapped however narrow the terminal."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", NoWorkerWarning)
+        job = client.submit_many([spec])[0]
+    for caught_warning in caught:
+        message, category = caught_warning.message, caught_warning.category
+        if issubclass(category, NoWorkerWarning):
+            err.print(f"[yellow]warning:[/] {escape(str(message))}", soft_wrap=True)
+        else:  # not ours to word: shown as Python would have
+            warnings.showwarning(message, category, caught_warning.filename, caught_warning.lineno)
+    return job
+
+
 # -- the options of the commands that run corral's processes (server, worker, up) ----------------
 
 HostOpt = Annotated[str, typer.Option(help="Address to bind")]
@@ -231,7 +249,7 @@ LeaseOpt = Annotated[
     float | None,
     typer.Option(
         help="Seconds a worker may stay silent before its jobs move to others "
-        f"[default: {WORKER_LEASE:g}]"
+        f"(default {WORKER_LEASE:g})"
     ),
 ]
 AllowPickleOpt = Annotated[

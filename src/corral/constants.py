@@ -89,6 +89,13 @@ MAX_JOB_BYTES = MAX_REQUEST_BYTES
 #: Longest error message or traceback in a result; a worker cuts longer ones to fit.
 MAX_ERROR_TEXT = 64 * 1024
 
+#: Jobs that name ssh credentials require the tag SSH_CREDENTIALS_TAG + name; workers that hold
+#: those credentials carry it.
+SSH_CREDENTIALS_TAG = "ssh:"
+#: Reasons one submission's answer gives at most for jobs no connected worker could take (one per
+#: distinct queue and tags); the last one says how many more there were.
+MAX_SUBMIT_WARNINGS = 10
+
 #: Largest WebSocket message either side of a stream sends or accepts. Senders split frames to fit
 #: (protocol.pack); the margin over MAX_REQUEST_BYTES lets any one job or result go in a message.
 MAX_FRAME_BYTES = MAX_REQUEST_BYTES + 1024 * 1024

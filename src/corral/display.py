@@ -147,6 +147,8 @@ def show_job(out: Console, info: JobInfo) -> None:
     spec = info.spec
     out.print(f"[bold]{info.id}[/] {info.name}")
     out.print(f"  state:    {styled(info.state)}")
+    if info.waiting_reason:
+        out.print(f"  waiting:  {info.waiting_reason}", highlight=False, markup=False)
     if spec is None:
         out.print("  spec:     unreadable (stored by another corral version, or altered)")
     else:

@@ -79,6 +79,15 @@ class ProtocolError(CorralError):
     """A peer sent a frame that does not decode, or speaks another protocol version."""
 
 
+class NoWorkerWarning(UserWarning):
+    """No connected worker could take a job just submitted: none serves its queue, or none that
+    does has the tags it needs (for `ssh:<name>`, holds those ssh credentials).
+
+    Not an error: the job is stored and waits until such a worker connects. The message says
+    what is missing; `corral show ID` says why a queued job waits at any time.
+    """
+
+
 # How errors cross HTTP and the client stream; the first match wins, subclasses before bases.
 _BY_STATUS: tuple[tuple[type[CorralError], int], ...] = (
     (Forbidden, 403),

@@ -33,6 +33,7 @@ from corral.constants import (
     MAX_TAGS,
     MAX_TARGET_LENGTH,
     MAX_USER_LENGTH,
+    SSH_CREDENTIALS_TAG,
 )
 
 _TARGET = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
@@ -140,7 +141,7 @@ class SshTask(BaseModel):
     credentials: str | None = Field(
         default=None,
         description="A credential set of the worker.",
-        max_length=MAX_TAG_LENGTH - len("ssh:"),  # jobs naming it require the tag ssh:<name>
+        max_length=MAX_TAG_LENGTH - len(SSH_CREDENTIALS_TAG),  # jobs naming it require that tag
     )
     forks: int = Field(default=100, ge=1, le=10_000)
     command_timeout: float | None = Field(default=None, gt=0)
@@ -239,8 +240,8 @@ class JobSpec(BaseModel):
             ssh.get("credentials") if isinstance(ssh, dict) else getattr(ssh, "credentials", None)
         )
         tags = list(data.get("tags") or [])
-        if credentials and f"ssh:{credentials}" not in tags:
-            data = {**data, "tags": [*tags, f"ssh:{credentials}"]}
+        if credentials and (tag := f"{SSH_CREDENTIALS_TAG}{credentials}") not in tags:
+            data = {**data, "tags": [*tags, tag]}
         return data
 
     @field_validator("queue")
@@ -389,6 +390,11 @@ class JobInfo(BaseModel):
     error_message: str | None = None
     traceback: str | None = None
     exit_code: int | None = None
+    waiting_reason: str | None = Field(
+        default=None,
+        description="Why a queued job has not started (no connected worker serves its queue or "
+        "has its tags, delayed, workers busy); given by GET /api/v1/jobs/{id}, not in listings.",
+    )
 
     def output_cut(self, stream: str) -> int:
         """How many bytes of the stream's output were cut, over the attempts listed."""

@@ -47,6 +47,7 @@ from corral.constants import (
     MAX_ERROR_TEXT,
     MAX_FRAME_BYTES,
     MAX_NAME_LENGTH,
+    MAX_SUBMIT_WARNINGS,
     MAX_WATCH_IDS,
     MAX_WORKER_CAPACITY,
     MAX_WORKER_CONCURRENCY,
@@ -459,9 +460,22 @@ class Submit(Frame):
 @frame
 @dataclass(frozen=True, slots=True)
 class Submitted(Frame):
+    """The jobs are stored. `warnings` says why no connected worker could take some of them
+    (one line per reason, see Scheduler.unserved_warnings); they wait until one can."""
+
     TAG: ClassVar[str] = "submitted"
     request_id: int = checked(integer(0, 2**63))
     job_ids: list[str] = checked(array(_ID))
+    warnings: list[str] = checked(
+        array(text(MAX_ERROR_TEXT), MAX_SUBMIT_WARNINGS + 1), default_factory=list
+    )
+
+    def encode(self) -> bytes:
+        # Without warnings the frame is left as it was before they existed, so that a client
+        # older than them reads every answer that has none.
+        if not self.warnings:
+            return msgpack.packb([self.TAG, self.request_id, self.job_ids], use_bin_type=True)
+        return Frame.encode(self)
 
 
 @frame

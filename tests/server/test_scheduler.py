@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+from corral.constants import MAX_SUBMIT_WARNINGS
 from corral.models import JobState, QueueOrdering
 from corral.server.scheduler import (
     Dispatch,
@@ -238,3 +239,114 @@ def test_changing_queue_ordering_keeps_queued_jobs() -> None:
     scheduler.submit([make_job("a", priority=1), make_job("b", priority=9)], now=0)
     scheduler.declare_queue("default", QueueOrdering.PRIORITY)
     assert drain(scheduler, "w1") == ["b", "a"]
+
+
+# -- why jobs wait --------------------------------------------------------------------------------
+
+
+def test_unserved_names_the_queue_or_the_missing_tags() -> None:
+    scheduler = Scheduler()
+    assert scheduler.unserved("ci", frozenset({"linux"})) == (
+        "no connected worker serves queue 'ci' with tags linux"
+    )
+    join(scheduler, "cpu", queues=("default", "ci"))
+    join(scheduler, "gpu", tags=("gpu",))
+    assert scheduler.unserved("ci", frozenset()) is None
+    assert scheduler.unserved("default", frozenset({"gpu"})) is None
+    assert scheduler.unserved("nightly", frozenset()) == (
+        "no connected worker serves queue 'nightly'"
+    )
+    assert scheduler.unserved("ci", frozenset({"linux", "gpu"})) == (
+        "no connected worker serving queue 'ci' has tags gpu, linux"
+    )
+    assert scheduler.unserved("default", frozenset({"gpu", "fpga", "ssh:prod"})) == (
+        "no connected worker serving queue 'default' has tags fpga and holds ssh credentials 'prod'"
+    )
+    assert scheduler.unserved("default", frozenset({"ssh:prod"})) == (
+        "no connected worker serving queue 'default' holds ssh credentials 'prod'"
+    )
+    join(scheduler, "arm", tags=("arm",))
+    # Each tag is on some worker, none has both.
+    assert scheduler.unserved("default", frozenset({"gpu", "arm"})) == (
+        "no connected worker serving queue 'default' has all of tags arm, gpu"
+    )
+
+
+def test_unserved_counts_only_connected_workers_that_take_jobs() -> None:
+    scheduler = Scheduler()
+    join(scheduler, "cut")
+    join(scheduler, "leaving")
+    scheduler.worker_disconnected("cut", now=1)
+    assert scheduler.unserved("default", frozenset()) is None
+    scheduler.release("leaving", [], now=1)  # departing: takes no new jobs
+    assert scheduler.unserved("default", frozenset()) == (
+        "no connected worker serves queue 'default'"
+    )
+
+
+def test_unserved_warnings_give_one_line_per_reason_with_the_jobs_it_holds() -> None:
+    scheduler = Scheduler()
+    join(scheduler, tags=("linux",))
+    routes = {
+        ("ci", frozenset({"linux"})): 1,
+        ("default", frozenset({"linux"})): 20_000,
+        ("default", frozenset({"gpu"})): 3,
+        ("default", frozenset({"gpu", "linux"})): 2,  # the same reason: gpu is missing
+    }
+    assert scheduler.unserved_warnings(routes) == [
+        "no connected worker serves queue 'ci' with tags linux; the job waits until one does",
+        "no connected worker serving queue 'default' has tags gpu; 5 jobs wait until one does",
+    ]
+    many = {(f"q{n}", frozenset()): 1 for n in range(MAX_SUBMIT_WARNINGS + 3)}
+    lines = scheduler.unserved_warnings(many)
+    assert len(lines) == MAX_SUBMIT_WARNINGS + 1
+    assert lines[-1] == "and 3 more such reasons; `corral show ID` gives a job's"
+
+
+def test_waiting_reason_says_delayed_until_when_and_why() -> None:
+    scheduler = Scheduler(retry_policy=RetryPolicy(base=10.0, jitter=0.0))
+    join(scheduler)
+    later = 1_795_000_000.0
+    scheduler.submit([make_job("later", ready_at=later), make_job("flaky", retries=2)], now=0)
+    assert scheduler.waiting_reason("later", now=later - 42) == (
+        "delayed until 2026-11-18 11:06:40 UTC (in 42s), its not_before"
+    )
+    scheduler.complete("w1", [Outcome("flaky", 1, JobState.FAILED)], now=later)
+    assert scheduler.waiting_reason("flaky", now=later + 1) == (
+        "delayed until 2026-11-18 11:06:50 UTC (in 9s), the backoff before retry 1 of 2"
+    )
+    scheduler.release("w1", [], now=later + 1)
+    assert scheduler.waiting_reason("flaky", now=later + 1).endswith(
+        "retry 1 of 2; then: no connected worker serves queue 'default'"
+    )
+
+
+def test_waiting_reason_says_how_busy_the_workers_are_and_how_many_jobs_are_ahead() -> None:
+    scheduler = Scheduler()
+    scheduler.declare_queue("default", QueueOrdering.PRIORITY)
+    join(scheduler, "w1", capacity=2)
+    join(scheduler, "w2", capacity=1, tags=("gpu",))
+    running = [make_job(f"r{n}") for n in range(3)]
+    scheduler.submit(running, now=0)
+    scheduler.submit(
+        [
+            make_job("urgent", priority=5),
+            make_job("gpu-only", tags=frozenset({"gpu"})),  # ahead for w2 only
+            make_job("mine"),
+            make_job("after"),
+        ],
+        now=0,
+    )
+    assert scheduler.waiting_reason("urgent", now=1) == (
+        "all 2 workers that can take it are busy, their 3 slots full; it is next in queue 'default'"
+    )
+    assert scheduler.waiting_reason("mine", now=1) == (
+        "all 2 workers that can take it are busy, their 3 slots full; "
+        "waiting behind 2 jobs in queue 'default'"
+    )
+    assert scheduler.waiting_reason("gpu-only", now=1) == (
+        "the one worker that can take it is busy, its 1 slot full; "
+        "waiting behind 1 job in queue 'default'"
+    )
+    assert scheduler.waiting_reason("r0", now=1) is None  # running
+    assert scheduler.waiting_reason("nope", now=1) is None

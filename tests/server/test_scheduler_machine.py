@@ -1,7 +1,7 @@
 """A hypothesis state machine over the scheduler: whatever the interleaving of submissions,
 workers joining, dying, reconnecting, results (forged ones too), cancels and time passing, no job
-is ever lost, none is dispatched to two live workers at once, and only the worker that holds an
-attempt can report it."""
+is ever lost, none is dispatched to two live workers at once, only the worker that holds an
+attempt can report it, and every queued job says truly why it waits."""
 
 from __future__ import annotations
 
@@ -187,6 +187,25 @@ class SchedulerMachine(RuleBasedStateMachine):
             owed = any(holder == worker for holder, _ in self.lost_on.values())
             known = self.scheduler.worker(worker) is not None
             assert self.scheduler.claimed(worker) == (known or owed)
+
+    @invariant()
+    def every_queued_job_says_why_it_waits(self) -> None:
+        """And a due job never waits while a connected worker that can take it has room."""
+        for job_id in self.submitted:
+            job = self.scheduler.job(job_id)
+            reason = self.scheduler.waiting_reason(job_id, self.now)
+            if job is None or job.state is not JobState.QUEUED:
+                assert reason is None
+                continue
+            assert reason, f"queued {job_id} gives no reason"
+            if job.ready_at > self.now:
+                assert reason.startswith("delayed until"), reason
+            elif not any(
+                worker.connected and job.tags <= worker.tags for worker in self.scheduler.workers()
+            ):
+                assert reason.startswith("no connected worker"), reason
+            else:
+                assert "busy" in reason, reason
 
     @precondition(lambda self: self.submitted)
     @rule()

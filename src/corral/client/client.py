@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+import warnings
 from collections.abc import (
     AsyncIterator,
     Awaitable,
@@ -34,6 +35,7 @@ from corral.errors import (
     JobFailed,
     JobTimeout,
     NotFound,
+    NoWorkerWarning,
     ServerUnreachable,
     error_for_status,
 )
@@ -157,30 +159,45 @@ class AsyncClient:
 
     # -- submitting ----------------------------------------------------------------------------
 
+    # Every submit method warns with a NoWorkerWarning for jobs that no connected worker could
+    # take; the job is stored all the same and waits.
+
     async def submit(
         self, func: JobTarget, *args: Any, kwargs: dict[str, Any] | None = None, **options: Any
     ) -> AsyncJob:
         """Run `func(*args, **kwargs)` on a worker. `func` is a module-level function or a
         'module:function' string; options are JobSpec fields (queue, timeout, retries, ...)."""
         spec = python_job(func, *args, kwargs=kwargs, pickle=self.pickle, **options)
-        return (await self.submit_many([spec]))[0]
+        return (await self._submit([spec]))[0]
 
     async def submit_shell(self, command: str | list[str], **options: Any) -> AsyncJob:
         """Run a shell command (argv list, or a string for /bin/sh -c) on a worker."""
-        return (await self.submit_many([shell_job(command, **options)]))[0]
+        return (await self._submit([shell_job(command, **options)]))[0]
 
     async def submit_ssh(self, **task: Any) -> AsyncJob:
         """Run a command or playbook on many hosts from a worker; see `corral.ssh_job`."""
-        return (await self.submit_many([ssh_job(**task)]))[0]
+        return (await self._submit([ssh_job(**task)]))[0]
 
     async def submit_many(self, specs: Iterable[JobSpec]) -> list[AsyncJob]:
         """Submit many jobs at once; each batch of up to MAX_BATCH_JOBS is one transaction."""
+        return await self._submit(specs)
+
+    async def _submit(self, specs: Iterable[JobSpec]) -> list[AsyncJob]:
+        jobs, unserved = await self._submit_specs(specs)
+        _warn_unserved(unserved)
+        return jobs
+
+    async def _submit_specs(self, specs: Iterable[JobSpec]) -> tuple[list[AsyncJob], list[str]]:
+        """Submit the jobs; them, and why no connected worker could take some (the warnings)."""
         # Python mode, not JSON: msgpack carries bytes arguments as bytes.
         payload = [spec.model_dump(exclude_defaults=True) for spec in specs]
         ids: list[str] = []
+        unserved: dict[str, None] = {}
         for start in range(0, len(payload), MAX_BATCH_JOBS):
-            ids.extend(await self._stream.submit(payload[start : start + MAX_BATCH_JOBS]))
-        return [AsyncJob(self, job_id) for job_id in ids]
+            submitted = await self._stream.submit(payload[start : start + MAX_BATCH_JOBS])
+            ids.extend(submitted.job_ids)
+            unserved.update(dict.fromkeys(submitted.warnings))
+        return [AsyncJob(self, job_id) for job_id in ids], list(unserved)
 
     def job(self, job_id: str) -> AsyncJob:
         """A handle on a job submitted earlier (by anyone)."""
@@ -469,16 +486,23 @@ class Client:
     def submit(
         self, func: JobTarget, *args: Any, kwargs: dict[str, Any] | None = None, **options: Any
     ) -> Job:
-        return Job(self, self._call(self._async.submit(func, *args, kwargs=kwargs, **options)))
+        spec = python_job(func, *args, kwargs=kwargs, pickle=self._async.pickle, **options)
+        return self._submit([spec])[0]
 
     def submit_shell(self, command: str | list[str], **options: Any) -> Job:
-        return Job(self, self._call(self._async.submit_shell(command, **options)))
+        return self._submit([shell_job(command, **options)])[0]
 
     def submit_ssh(self, **task: Any) -> Job:
-        return Job(self, self._call(self._async.submit_ssh(**task)))
+        return self._submit([ssh_job(**task)])[0]
 
     def submit_many(self, specs: Iterable[JobSpec]) -> list[Job]:
-        return self._wrap(self._call(self._async.submit_many(list(specs))))
+        return self._submit(list(specs))
+
+    def _submit(self, specs: Iterable[JobSpec]) -> list[Job]:
+        # Warned here, in the caller's thread, so that the warning names the caller's line.
+        jobs, unserved = self._call(self._async._submit_specs(specs))
+        _warn_unserved(unserved)
+        return self._wrap(jobs)
 
     def job(self, job_id: str) -> Job:
         return Job(self, self._async.job(job_id))
@@ -560,6 +584,12 @@ class Client:
 
     def revoke_token(self, name: str) -> None:
         self._call(self._async.revoke_token(name))
+
+
+def _warn_unserved(reasons: list[str]) -> None:
+    """Warn the code that called a submit method (it called _submit, which called this)."""
+    for reason in reasons:
+        warnings.warn(reason, NoWorkerWarning, stacklevel=4)
 
 
 async def _make_async_client(url: str | None, token: str | None, options: Any) -> AsyncClient:

@@ -38,7 +38,7 @@ class ClientStream:
         self._reader: asyncio.Task[None] | None = None
         self._connecting: asyncio.Lock | None = None
         self._request_ids = itertools.count(1)
-        self._requests: dict[int, asyncio.Future[list[str]]] = {}
+        self._requests: dict[int, asyncio.Future[p.Submitted]] = {}
         self._waiters: dict[str, list[Callable[[p.Done], None]]] = defaultdict(list)
         self._log_sinks: dict[str, Callable[[p.Frame], None]] = {}
         self._closed = False
@@ -52,10 +52,12 @@ class ClientStream:
         if self._ws:
             await self._ws.close()
 
-    async def submit(self, specs: list[dict[str, Any]]) -> list[str]:
+    async def submit(self, specs: list[dict[str, Any]]) -> p.Submitted:
+        """Submit a batch; the server's answer: the job ids, and warnings for jobs that no
+        connected worker could take."""
         ws = await self._connect()
         request_id = next(self._request_ids)
-        future: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[p.Submitted] = asyncio.get_running_loop().create_future()
         self._requests[request_id] = future
         try:
             await ws.send(p.Submit(request_id, specs).encode())
@@ -177,7 +179,7 @@ class ClientStream:
             if future is None or future.done():
                 return
             if isinstance(frame, p.Submitted):
-                future.set_result(frame.job_ids)
+                future.set_result(frame)
             else:
                 future.set_exception(error_for_status(frame.status)(frame.message))
         elif isinstance(frame, p.Output):

@@ -18,6 +18,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError, field_validator
+from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from corral import protocol as p
@@ -74,6 +75,11 @@ class SubmitBatch(BaseModel):
 
 class Submitted(BaseModel):
     ids: list[str]
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="Why no connected worker could take some of the jobs, one line per reason; "
+        "they are stored and wait until a worker that can take them connects.",
+    )
 
 
 class PurgeRequest(BaseModel):
@@ -254,12 +260,14 @@ def create_app(engine: Engine, tokens: TokenStore, keep: float | None = None) ->
     @app.post("/api/v1/jobs", dependencies=[submit], status_code=201)
     async def submit_job(spec: JobSpec) -> Submitted:
         """Submit one job; answers once it is durably queued."""
-        return Submitted(ids=await engine.submit([spec]))
+        ids = await engine.submit([spec])
+        return Submitted(ids=ids, warnings=engine.unserved_warnings([spec]))
 
     @app.post("/api/v1/jobs/batch", dependencies=[submit], status_code=201)
     async def submit_batch(batch: SubmitBatch) -> Submitted:
         """Submit many jobs in one transaction: all are queued, or none."""
-        return Submitted(ids=await engine.submit(batch.jobs))
+        ids = await engine.submit(batch.jobs)
+        return Submitted(ids=ids, warnings=engine.unserved_warnings(batch.jobs))
 
     @app.get("/api/v1/jobs", dependencies=[read])
     def list_jobs(
@@ -274,8 +282,12 @@ def create_app(engine: Engine, tokens: TokenStore, keep: float | None = None) ->
         return engine.list_jobs(job_filter)
 
     @app.get("/api/v1/jobs/{job_id}", dependencies=[read])
-    def get_job(job_id: str) -> JobInfo:
-        return engine.get_job(job_id)
+    async def get_job(job_id: str) -> JobInfo:
+        info = await run_in_threadpool(engine.get_job, job_id)  # the store, off the event loop
+        if info.state is JobState.QUEUED:
+            # The scheduler is the event loop's: asked here, not in the thread.
+            info.waiting_reason = engine.scheduler.waiting_reason(job_id, engine.clock())
+        return info
 
     @app.post("/api/v1/jobs/{job_id}/cancel", dependencies=[submit])
     async def cancel_job(job_id: str) -> dict[str, str]:
@@ -449,7 +461,8 @@ def create_app(engine: Engine, tokens: TokenStore, keep: float | None = None) ->
             return p.Error(frame.request_id, 413, message)
         try:
             specs = _SPECS.validate_python(frame.specs)
-            return p.Submitted(frame.request_id, await engine.submit(specs))
+            ids = await engine.submit(specs)
+            return p.Submitted(frame.request_id, ids, engine.unserved_warnings(specs))
         except ValidationError as exc:
             return p.Error(frame.request_id, 422, describe_validation_error(exc, "jobs"))
         except CorralError as exc:

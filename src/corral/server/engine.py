@@ -17,7 +17,7 @@ import gc
 import logging
 import secrets
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -289,6 +289,12 @@ class Engine:
     async def declare_queue(self, name: str, ordering: Any) -> None:
         await self.writer.write([SaveQueue(name, ordering)])
         self.scheduler.declare_queue(name, ordering)
+
+    def unserved_warnings(self, specs: Sequence[JobSpec]) -> list[str]:
+        """Why no connected worker could take some of these jobs, one line per reason. Asked
+        once per distinct queue and tags, not per job: a batch is often 10,000 alike."""
+        routes = Counter((spec.queue, frozenset(spec.tags)) for spec in specs)
+        return self.scheduler.unserved_warnings(routes)
 
     def get_job(self, job_id: str) -> JobInfo:
         row = self.store.get_job(job_id)

@@ -9,13 +9,16 @@ What it guarantees:
 - a job is in exactly one place: a queue, the delayed heap, or one worker's in-flight set;
 - a job is never dispatched to two live workers at once;
 - a worker silent for longer than the lease loses its jobs: re-queued, or `lost` when the job is
-  not idempotent; a worker that comes back within the lease keeps the jobs it still holds.
+  not idempotent; a worker that comes back within the lease keeps the jobs it still holds;
+- a queued job that is due never waits while a connected worker that can take it has a free
+  slot; why a queued job waits is a query (waiting_reason), computed only when asked.
 
 Only unfinished jobs are kept here; finished ones live in the store alone.
 """
 
 from __future__ import annotations
 
+import datetime
 import heapq
 import itertools
 import random
@@ -23,9 +26,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from corral.constants import (
+    MAX_SUBMIT_WARNINGS,
     RETRY_BACKOFF_BASE,
     RETRY_BACKOFF_JITTER,
     RETRY_BACKOFF_MAX,
+    SSH_CREDENTIALS_TAG,
     WORKER_LEASE,
 )
 from corral.models import JobState, QueueOrdering
@@ -149,15 +154,16 @@ class _Queue:
         self.ordering = ordering
         self.buckets: dict[frozenset[str], list[tuple[int, int, JobRecord]]] = {}
 
-    def push(self, job: JobRecord) -> None:
-        seq = job.seq
+    def key(self, job: JobRecord) -> tuple[int, int]:
+        """The job's place in this queue: lower goes first."""
         if self.ordering is QueueOrdering.FIFO:
-            key = (0, seq)
-        elif self.ordering is QueueOrdering.LIFO:
-            key = (0, -seq)
-        else:
-            key = (-job.priority, seq)
-        heapq.heappush(self.buckets.setdefault(job.tags, []), (*key, job))
+            return (0, job.seq)
+        if self.ordering is QueueOrdering.LIFO:
+            return (0, -job.seq)
+        return (-job.priority, job.seq)
+
+    def push(self, job: JobRecord) -> None:
+        heapq.heappush(self.buckets.setdefault(job.tags, []), (*self.key(job), job))
 
     def pop_for(self, tags: frozenset[str]) -> JobRecord | None:
         """The best queued job whose required tags the worker has, or None."""
@@ -170,6 +176,21 @@ class _Queue:
             if heap and (best is None or heap[0][:2] < best[0][:2]):
                 best = heap
         return heapq.heappop(best)[2] if best else None
+
+    def ahead_of(self, job: JobRecord, takers: Iterable[frozenset[str]]) -> int:
+        """Queued jobs that go before `job` to a worker with one of the tag sets `takers`."""
+        takers = list(takers)
+        place = self.key(job)
+        ahead: set[str] = set()  # a heap may hold a job twice (lazy deletion): count it once
+        for required, heap in self.buckets.items():
+            if any(required <= tags for tags in takers):
+                ahead.update(
+                    other.id
+                    for first, second, other in heap
+                    if other.state is JobState.QUEUED and (first, second) < place
+                )
+        ahead.discard(job.id)
+        return len(ahead)
 
 
 class Scheduler:
@@ -252,6 +273,77 @@ class Scheduler:
         if self._delayed:
             times.append(self._delayed[0][0])
         return min(times, default=None)
+
+    # -- why jobs wait: asked for on demand (show, submit), never on the dispatch path -----------
+
+    def unserved(self, queue: str, tags: frozenset[str]) -> str | None:
+        """Why no connected worker could ever take a job of `queue` that needs `tags`, naming
+        what is missing; None if one could (now, or once it has a free slot)."""
+        serving = self._serving(queue)
+        if not serving:
+            needs = f" with {_requirements(tags)}" if tags else ""
+            return f"no connected worker serves queue {queue!r}{needs}"
+        if any(tags <= worker.tags for worker in serving):
+            return None
+        missing = tags.difference(*(worker.tags for worker in serving))
+        serving_queue = f"no connected worker serving queue {queue!r}"
+        if missing:
+            return f"{serving_queue} {_requirements(missing, verbs=True)}"
+        return f"{serving_queue} has all of {_requirements(tags)}"
+
+    def unserved_warnings(self, routes: Mapping[tuple[str, frozenset[str]], int]) -> list[str]:
+        """What to tell whoever submitted jobs to these (queue, tags) routes, with the number of
+        jobs on each, when no connected worker could take them: one line per distinct reason."""
+        waiting: dict[str, int] = {}
+        for (queue, tags), count in routes.items():
+            reason = self.unserved(queue, tags)
+            if reason is not None:
+                waiting[reason] = waiting.get(reason, 0) + count
+        lines = [
+            f"{reason}; {'the job waits' if count == 1 else f'{count} jobs wait'} until one does"
+            for reason, count in itertools.islice(waiting.items(), MAX_SUBMIT_WARNINGS)
+        ]
+        if len(waiting) > MAX_SUBMIT_WARNINGS:
+            more = len(waiting) - MAX_SUBMIT_WARNINGS
+            lines.append(f"and {more} more such reasons; `corral show ID` gives a job's")
+        return lines
+
+    def waiting_reason(self, job_id: str, now: float) -> str | None:
+        """Why the job is queued and not running yet; None if it is not queued here."""
+        job = self._jobs.get(job_id)
+        if job is None or job.state is not JobState.QUEUED:
+            return None
+        unserved = self.unserved(job.queue, job.tags)
+        if job.ready_at > now:
+            why = (
+                f"the backoff before retry {job.failures} of {job.retries}"
+                if job.failures
+                else "its not_before"
+            )
+            delayed = f"delayed until {_utc(job.ready_at)} (in {job.ready_at - now:.0f}s), {why}"
+            return delayed if unserved is None else f"{delayed}; then: {unserved}"
+        if unserved is not None:
+            return unserved
+        takers = [worker for worker in self._serving(job.queue) if job.tags <= worker.tags]
+        if any(worker.free > 0 for worker in takers):
+            return "a worker that can take it has a free slot; it starts in a moment"
+        slots = _count(sum(worker.capacity for worker in takers), "slot")
+        if len(takers) == 1:
+            busy = f"the one worker that can take it is busy, its {slots} full"
+        else:
+            busy = f"all {len(takers)} workers that can take it are busy, their {slots} full"
+        ahead = self._queues[job.queue].ahead_of(job, (worker.tags for worker in takers))
+        if not ahead:
+            return f"{busy}; it is next in queue {job.queue!r}"
+        return f"{busy}; waiting behind {_count(ahead, 'job')} in queue {job.queue!r}"
+
+    def _serving(self, queue: str) -> list[WorkerRecord]:
+        """Connected workers that take jobs from `queue` (a departing one takes none)."""
+        return [
+            worker
+            for worker in self._workers.values()
+            if worker.connected and worker.capacity > 0 and queue in worker.queues
+        ]
 
     # -- queues and jobs ---------------------------------------------------------------------------
 
@@ -487,3 +579,26 @@ class Scheduler:
                 worker.inflight[job.id] = job
                 batch.append(job)
         return [Dispatch(worker.id, tuple(batch))] if batch else []
+
+
+def _requirements(tags: frozenset[str], *, verbs: bool = False) -> str:
+    """Required tags as a reader knows them: `tags gpu, linux and ssh credentials 'prod'`."""
+    plain = sorted(tag for tag in tags if not tag.startswith(SSH_CREDENTIALS_TAG))
+    credentials = sorted(
+        repr(tag[len(SSH_CREDENTIALS_TAG) :]) for tag in tags if tag.startswith(SSH_CREDENTIALS_TAG)
+    )
+    parts = []
+    if plain:
+        parts.append(("has " if verbs else "") + "tags " + ", ".join(plain))
+    if credentials:
+        parts.append(("holds " if verbs else "") + "ssh credentials " + ", ".join(credentials))
+    return " and ".join(parts)
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
+def _utc(timestamp: float) -> str:
+    when = datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
+    return when.strftime("%Y-%m-%d %H:%M:%S UTC")

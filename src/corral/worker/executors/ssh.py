@@ -35,6 +35,7 @@ from typing import Any
 
 import yaml
 
+from corral.constants import SSH_CREDENTIALS_TAG
 from corral.errors import CorralError
 from corral.models import JobKind, JobSpec, JobState, SshTask
 from corral.ssh import (
@@ -206,7 +207,7 @@ class SshExecutor(Executor):
 
     def tags(self) -> list[str]:
         """The routing tags of the credential sets this worker holds."""
-        return [f"ssh:{name}" for name in self._credentials]
+        return [f"{SSH_CREDENTIALS_TAG}{name}" for name in self._credentials]
 
     async def start(self) -> None:
         self._run_root.mkdir(parents=True, exist_ok=True, mode=0o700)
