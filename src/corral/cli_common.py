@@ -241,6 +241,25 @@ def _submit_telling_why_it_waits(client: Client, spec: JobSpec) -> Job:
     return job
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def duration(text: str, option: str) -> float:
+    """Seconds in `text`: a number with an optional unit, s, m, h, d or w (seconds without)."""
+    value = text.strip().lower()
+    unit = _UNITS.get(value[-1:], 0)
+    try:
+        seconds = float(value[:-1] if unit else value) * (unit or 1)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise typer.BadParameter(
+            f"{text!r} is not a duration; write a number and a unit, e.g. 30m, 12h or 7d",
+            param_hint=option,
+        )
+    return seconds
+
+
 # -- the options of the commands that run corral's processes (server, worker, up) ----------------
 
 HostOpt = Annotated[str, typer.Option(help="Address to bind")]
