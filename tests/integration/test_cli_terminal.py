@@ -203,11 +203,14 @@ def test_ctrl_c_in_wait_and_logs_follow_says_the_job_goes_on(
     ids=["submit", "run"],
 )
 def test_ctrl_c_in_submit_wait_names_the_submitted_job(
+    server: ServerProcess,
     env: dict[str, str],
     worker: WorkerProcess,
     terminal: Callable[..., Terminal],
     command: list[str],
 ) -> None:
+    with server.connect() as client:  # else the submission warns that no worker could take it
+        wait_for(lambda: any(w.connected for w in client.workers()), WAIT, "the worker to join")
     submitting = terminal(command, env)
     submitting.read_until("started")  # the job's own output, shown as it runs
     submitting.interrupt()
