@@ -10,7 +10,13 @@ from typing import Any
 
 import httpx
 import pytest
-from integration_support import ServerProcess, WorkerProcess, run_corral, wait_for
+from integration_support import (
+    ServerProcess,
+    WorkerProcess,
+    run_corral,
+    wait_for,
+    wait_for_workers,
+)
 
 from corral import __version__
 from corral import connect as corral_connect
@@ -173,8 +179,9 @@ def test_submit_sets_env_and_cwd(
 
 
 def test_options_after_the_command_are_argv_and_say_so(
-    env: dict[str, str], worker: WorkerProcess
+    server: ServerProcess, env: dict[str, str], worker: WorkerProcess
 ) -> None:
+    wait_for_workers(server)  # else the submission also warns that no worker could take it
     late = corral(env, "submit", "printf", "%s|", "a b", "--wait", "--json")
     assert late.returncode == ExitCode.OK
     job_id = late.stdout.strip()  # not waited, not JSON: the options went to printf

@@ -19,7 +19,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from integration_support import TASKS_DIR, ServerProcess, WorkerProcess, run_corral, wait_for
+from integration_support import (
+    TASKS_DIR,
+    ServerProcess,
+    WorkerProcess,
+    run_corral,
+    wait_for,
+    wait_for_workers,
+)
 
 from corral.cli import ExitCode
 
@@ -209,8 +216,7 @@ def test_ctrl_c_in_submit_wait_names_the_submitted_job(
     terminal: Callable[..., Terminal],
     command: list[str],
 ) -> None:
-    with server.connect() as client:  # else the submission warns that no worker could take it
-        wait_for(lambda: any(w.connected for w in client.workers()), WAIT, "the worker to join")
+    wait_for_workers(server)  # else the submission warns that no worker could take it
     submitting = terminal(command, env)
     submitting.read_until("started")  # the job's own output, shown as it runs
     submitting.interrupt()

@@ -163,6 +163,17 @@ def kill_process_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
+def wait_for_workers(server: ServerProcess, count: int = 1, timeout: float = 30.0) -> None:
+    """Until `count` workers are connected to `server` (a job submitted before that warns that
+    no connected worker could take it)."""
+    with server.connect() as client:
+        wait_for(
+            lambda: sum(w.connected for w in client.workers()) >= count,
+            timeout,
+            f"{count} workers to join",
+        )
+
+
 def run_corral(
     *args: str, env: dict[str, str] | None = None, timeout: float = 180
 ) -> subprocess.CompletedProcess[str]:
