@@ -193,3 +193,17 @@ def _alive(pid: int) -> bool:
             return stat.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_a_burst_of_jobs_goes_to_every_worker_not_into_one_prefetch(
+    server: ServerProcess, start_worker: Callable[..., WorkerProcess], client: corral.Client
+) -> None:
+    """8 jobs on two workers of 2 slots: four each, so they take two rounds, not four rounds on
+    one worker while the other idles."""
+    for _ in range(2):
+        start_worker(server, "--concurrency", "2")
+    wait_for(lambda: sum(w.connected for w in client.workers()) == 2, 30, "both workers")
+    jobs = client.submit_many([corral.shell_job("sleep 0.3") for _ in range(8)])
+    assert client.wait(jobs, timeout=60) == [JobState.SUCCEEDED] * 8
+    ran_on = [client.get(job.id).worker for job in jobs]
+    assert sorted(ran_on.count(worker) for worker in set(ran_on)) == [4, 4], ran_on

@@ -96,6 +96,24 @@ def test_prefetch_is_bounded_by_capacity() -> None:
     assert scheduler.counts() == {JobState.QUEUED: 6, JobState.RUNNING: 3}
 
 
+def test_a_burst_of_jobs_is_spread_over_the_workers_in_turn() -> None:
+    """Not all into the first worker's prefetch while the second idles: 8 jobs on two workers
+    that could each hold all of them go four and four."""
+    scheduler = Scheduler()
+    join(scheduler, "w1", capacity=66)
+    join(scheduler, "w2", capacity=66)
+    decisions = scheduler.submit([make_job(f"j{n}") for n in range(8)], now=0)
+    sent = {d.worker_id: [job.id for job in d.jobs] for d in decisions if isinstance(d, Dispatch)}
+    assert sent == {"w1": ["j0", "j2", "j4", "j6"], "w2": ["j1", "j3", "j5", "j7"]}
+    # A worker that fills up, or has no job it can take, leaves the turn to the others.
+    join(scheduler, "w3", capacity=1, tags=("gpu",))
+    decisions = scheduler.submit(
+        [make_job("plain"), make_job("gpu1", tags=frozenset({"gpu"})), make_job("gpu2")], now=0
+    )
+    sent = {d.worker_id: [job.id for job in d.jobs] for d in decisions if isinstance(d, Dispatch)}
+    assert sent == {"w1": ["plain"], "w2": ["gpu2"], "w3": ["gpu1"]}
+
+
 def test_failed_job_is_retried_with_exponential_backoff() -> None:
     scheduler = Scheduler(retry_policy=RetryPolicy(base=2.0, jitter=0.0))
     join(scheduler)

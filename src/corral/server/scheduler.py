@@ -560,26 +560,44 @@ class Scheduler:
         return Finished(job, state, reason)
 
     def _fill_all(self, now: float) -> list[Decision]:
-        decisions: list[Decision] = []
-        for worker in self._workers.values():
-            decisions.extend(self._fill(worker))
-        return decisions
+        """Fill every worker that has room, one job to each in turn: a burst of jobs is spread
+        over the workers rather than taken whole into the first one's prefetch while the
+        others sit idle."""
+        batches: dict[str, list[JobRecord]] = {}
+        hungry = [worker for worker in self._workers.values() if worker.free > 0]
+        while hungry:
+            fed = []
+            for worker in hungry:
+                job = self._next_job_for(worker)
+                if job is not None:
+                    self._assign(job, worker)
+                    batches.setdefault(worker.id, []).append(job)
+                    if worker.free > 0:
+                        fed.append(worker)
+            hungry = fed
+        return [Dispatch(worker_id, tuple(jobs)) for worker_id, jobs in batches.items()]
 
     def _fill(self, worker: WorkerRecord) -> list[Decision]:
-        free = worker.free
-        if free <= 0:
-            return []
         batch: list[JobRecord] = []
-        for name in worker.queues:
-            queue = self._queues[name]
-            while len(batch) < free and (job := queue.pop_for(worker.tags)) is not None:
-                job.state = JobState.RUNNING
-                job.worker = worker.id
-                job.attempts += 1
-                worker.inflight[job.id] = job
-                batch.append(job)
+        while worker.free > 0 and (job := self._next_job_for(worker)) is not None:
+            self._assign(job, worker)
+            batch.append(job)
         return [Dispatch(worker.id, tuple(batch))] if batch else []
 
+    def _next_job_for(self, worker: WorkerRecord) -> JobRecord | None:
+        """The best job for `worker` in the first of its queues that has one it can take."""
+        for name in worker.queues:
+            job = self._queues[name].pop_for(worker.tags)
+            if job is not None:
+                return job
+        return None
+
+    @staticmethod
+    def _assign(job: JobRecord, worker: WorkerRecord) -> None:
+        job.state = JobState.RUNNING
+        job.worker = worker.id
+        job.attempts += 1
+        worker.inflight[job.id] = job
 
 def _requirements(tags: frozenset[str], *, verbs: bool = False) -> str:
     """Required tags as a reader knows them: `tags gpu, linux and ssh credentials 'prod'`."""
