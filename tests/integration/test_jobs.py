@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from corral_test_tasks import square
-from integration_support import ServerProcess, WorkerProcess, wait_for
+from integration_support import ServerProcess, WorkerProcess, wait_for, wait_for_workers
 
 import corral
 from corral import JobFailed, JobState, NotFound, SerializationError
@@ -202,7 +202,7 @@ def test_a_burst_of_jobs_goes_to_every_worker_not_into_one_prefetch(
     one worker while the other idles."""
     for _ in range(2):
         start_worker(server, "--concurrency", "2")
-    wait_for(lambda: sum(w.connected for w in client.workers()) == 2, 30, "both workers")
+    wait_for_workers(server, 2)
     jobs = client.submit_many([corral.shell_job("sleep 0.3") for _ in range(8)])
     assert client.wait(jobs, timeout=60) == [JobState.SUCCEEDED] * 8
     ran_on = [client.get(job.id).worker for job in jobs]

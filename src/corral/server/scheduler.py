@@ -599,6 +599,7 @@ class Scheduler:
         job.attempts += 1
         worker.inflight[job.id] = job
 
+
 def _requirements(tags: frozenset[str], *, verbs: bool = False) -> str:
     """Required tags as a reader knows them: `tags gpu, linux and ssh credentials 'prod'`."""
     plain = sorted(tag for tag in tags if not tag.startswith(SSH_CREDENTIALS_TAG))
