@@ -10,13 +10,17 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from integration_support import ServerProcess, WorkerProcess, _env, process_alive, wait_for
+from integration_support import (
+    ServerProcess,
+    WorkerProcess,
+    corral_up,
+    process_alive,
+    wait_for,
+)
 
 import corral
 from corral import JobState
@@ -91,28 +95,15 @@ def test_python_job_processes_end_with_a_killed_worker_and_the_lost_job_runs_now
 
 def test_ctrl_c_of_corral_up_ends_every_job_process(tmp_path: Path, strays: list[int]) -> None:
     data_dir = tmp_path / "data"
-    command = [sys.executable, "-m", "corral", "up", "--workers", "1", "--concurrency", "2"]
     # release: the workers hand the hour-long jobs back rather than wait for them to end.
-    command += ["--port", "0", "--data-dir", str(data_dir), "--on-shutdown", "release"]
-    # In a process group of its own, as a terminal runs it: Ctrl-C signals the whole group.
-    up = subprocess.Popen(
-        command, stdout=subprocess.PIPE, text=True, env=_env(), start_new_session=True
-    )
-    try:
-        assert up.stdout is not None
-        line = up.stdout.readline()
-        assert line.startswith("READY "), line
+    options = ["--workers", "1", "--concurrency", "2", "--on-shutdown", "release"]
+    with corral_up(data_dir, *options) as up:
         token = (data_dir / "admin.token").read_text().strip()
-        with corral.connect(line.split()[1], token) as client:
+        with corral.connect(up.url, token) as client:
             client.submit_shell(stray_command(tmp_path / "pids"))
             client.submit("containment_tasks:spawn_strays", str(tmp_path / "py-pids"), 60)
             pids = _pids(tmp_path / "pids", strays)
             pids += _pids(tmp_path / "py-pids", strays)
-        os.killpg(up.pid, signal.SIGINT)
-        up.wait(timeout=WAIT)
-    finally:
-        if up.poll() is None:
-            os.killpg(up.pid, signal.SIGKILL)
-            up.wait()
-        up.stdout.close()  # type: ignore[union-attr]
+        os.killpg(up.proc.pid, signal.SIGINT)  # Ctrl-C, as a terminal sends it to the group
+        up.proc.wait(timeout=WAIT)
     _all_gone(pids)

@@ -5,16 +5,13 @@ workers and the `corral` command throughout."""
 from __future__ import annotations
 
 import os
-import signal
 import stat
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from integration_support import ServerProcess, WorkerProcess, run_corral, wait_for
+from integration_support import ServerProcess, WorkerProcess, corral_up, run_corral, wait_for
 from test_security import self_signed
 
 import corral
@@ -22,7 +19,6 @@ from corral import AuthError, ConfigError, Conflict, ServerUnreachable
 from corral.cli import ExitCode
 
 WAIT = 60.0
-UP = [sys.executable, "-m", "corral", "up"]
 
 
 def _one_line(text: str) -> str:
@@ -72,18 +68,8 @@ def test_corral_up_gives_its_workers_a_worker_token(tmp_path: Path) -> None:
     env = {**os.environ, "COLUMNS": "200", "UP_SECRET": "scrubbed"}
     env.pop("CORRAL_TOKEN", None)
     options = ["--workers", "1", "--concurrency", "1", "--scrub-env", "UP_SECRET"]
-    up = subprocess.Popen(
-        [*UP, *options, "--port", "0", "--data-dir", str(data_dir)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=env,
-    )
-    try:
-        assert up.stdout is not None
-        line = up.stdout.readline()
-        assert line.startswith("READY "), line
-        url = line.split()[1]
+    with corral_up(data_dir, *options, env=env) as up:
+        url = up.url
         admin_token = (data_dir / "admin.token").read_text().strip()
         with corral.connect(url, admin_token) as admin:
             submitter = admin.create_token("ci", "submit")
@@ -107,15 +93,6 @@ def test_corral_up_gives_its_workers_a_worker_token(tmp_path: Path) -> None:
             f"{url}/api/v1/tokens", headers={"Authorization": f"Bearer {admin_token}"}
         ).json()
         assert {"name": "up-worker", "role": "worker"} in tokens
-    finally:
-        up.send_signal(signal.SIGTERM)
-        try:
-            up.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            up.kill()
-            up.wait()
-        if up.stdout is not None:
-            up.stdout.close()
 
 
 # -- the database's files ---------------------------------------------------------------------

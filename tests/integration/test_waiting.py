@@ -9,7 +9,6 @@ import os
 import pty
 import re
 import select
-import signal
 import struct
 import subprocess
 import sys
@@ -21,14 +20,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from integration_support import ServerProcess, WorkerProcess, run_corral, wait_for
+from integration_support import ServerProcess, WorkerProcess, corral_up, run_corral, wait_for
 
 import corral
 from corral.cli import ExitCode
 
 WAIT = 60.0
 CI_LINUX = "no connected worker serves queue 'ci' with tags linux"
-UP = [sys.executable, "-m", "corral", "up"]
 
 
 @pytest.fixture
@@ -215,17 +213,7 @@ def test_the_readme_example_under_corral_up_says_why_it_waits(tmp_path: Path) ->
     env = {**os.environ, "CORRAL_DATA_DIR": str(data_dir)}
     for name in ("CORRAL_URL", "CORRAL_TOKEN"):
         env.pop(name, None)
-    up = subprocess.Popen(
-        [*UP, "--workers", "1", "--concurrency", "1", "--port", "0", "--data-dir", str(data_dir)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=env,
-    )
-    try:
-        assert up.stdout is not None
-        line = up.stdout.readline()
-        assert line.startswith("READY "), line
+    with corral_up(data_dir, "--workers", "1", "--concurrency", "1", env=env):
         example = subprocess.run(
             [sys.executable, "-c", README_EXAMPLE],
             capture_output=True,
@@ -236,11 +224,3 @@ def test_the_readme_example_under_corral_up_says_why_it_waits(tmp_path: Path) ->
         assert example.returncode == 0, example.stderr
         assert example.stdout.startswith("submitted ")
         assert f"NoWorkerWarning: {CI_LINUX}; the job waits until one does" in example.stderr
-    finally:
-        up.send_signal(signal.SIGTERM)
-        try:
-            up.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            up.kill()
-            up.wait()
-        up.stdout.close()  # type: ignore[union-attr]

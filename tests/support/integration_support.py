@@ -192,6 +192,44 @@ def run_corral(
     )
 
 
+@dataclass(frozen=True)
+class UpProcess:
+    proc: subprocess.Popen[str]
+    url: str
+
+
+@contextlib.contextmanager
+def corral_up(
+    data_dir: Path, *options: str, env: dict[str, str] | None = None
+) -> Iterator[UpProcess]:
+    """A real `corral up` on a free port, in a session of its own as a terminal runs it (so
+    `os.killpg(up.proc.pid, signal.SIGINT)` is a Ctrl-C). At the end it gets a SIGTERM, and if
+    it has not stopped in 30 s its whole group is killed, its workers included."""
+    command = [sys.executable, "-m", "corral", "up", "--port", "0", "--data-dir", str(data_dir)]
+    proc = subprocess.Popen(
+        [*command, *options],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=_env() if env is None else env,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("READY "), line
+        yield UpProcess(proc, line.split()[1])
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
 @contextlib.contextmanager
 def small_tmpfs(path: Path, size: str) -> Iterator[Path]:
     """A tmpfs of `size` (e.g. "3m") mounted at `path` while the block runs, to fill up for
