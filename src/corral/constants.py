@@ -13,7 +13,7 @@ TOKEN_FILE_NAME = "tokens.json"
 DATABASE_FILE_NAME = "corral.db"
 
 #: Wire protocol between worker and server; a worker speaking another version is refused.
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 
 #: Queue every job goes to unless it names another.
 DEFAULT_QUEUE = "default"
@@ -32,9 +32,9 @@ MAX_WORKER_CAPACITY = MAX_WORKER_CONCURRENCY + 4096
 MAX_WORKER_QUEUES = 64
 MAX_WORKER_TAGS = 256
 
-#: The server stores that an idempotent job runs this long after sending it to a worker, unless
-#: the job has ended by then (its final update then says where and when it ran).
-DISPATCH_RECORD_DELAY = 0.05
+#: The server stores that a job runs this long after its worker said it started it, unless the
+#: job has ended by then (its final update then says where and when it ran).
+START_RECORD_DELAY = 0.05
 
 #: Retry backoff: base * 2**(attempt-1), capped, with up to JITTER of it added at random.
 RETRY_BACKOFF_BASE = 1.0

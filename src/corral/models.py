@@ -421,6 +421,9 @@ class WorkerInfo(BaseModel):
     queues: list[str]
     tags: list[str]
     concurrency: int
-    running: int
+    running: int = Field(description="Jobs it has started and not finished.")
+    held: int = Field(
+        0, description="Jobs waiting in its prefetch for a slot (they show as queued)."
+    )
     connected: bool
     last_seen: float

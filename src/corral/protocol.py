@@ -172,6 +172,7 @@ _ERROR_TEXT = optional(text(MAX_ERROR_TEXT, empty=True))
 _PID = optional(integer(0, 2 * INT32))
 _TIME = optional(number(0.0, 2.0**40))
 _CUTS = optional(_cuts)
+_START = number(0.0, 2.0**40)
 
 
 def result_report(value: Any) -> ResultReport:
@@ -226,6 +227,30 @@ def clip(value: str | None, limit: int = MAX_ERROR_TEXT, *, keep_end: bool = Fal
     if value is None or len(value) <= limit:
         return value
     return "..." + value[3 - limit :] if keep_end else value[: limit - 3] + "..."
+
+
+class StartReport(NamedTuple):
+    """An attempt began to run on the worker (it left the worker's prefetch) at `started`,
+    in epoch seconds."""
+
+    job_id: str
+    attempt: int
+    started: float
+
+
+def start_report(value: Any) -> StartReport:
+    if type(value) is list and len(value) == 3:
+        job_id, attempt, started = value
+        if (
+            good_id(job_id)
+            and type(attempt) is int
+            and 1 <= attempt <= INT32
+            and type(started) is float
+            and 0.0 <= started <= 2.0**40
+        ):
+            return _new_tuple(StartReport, value)
+    job_id, attempt, started = fields_of(value, 3, "[job_id, attempt, started]")
+    return StartReport(id_at(job_id, "job_id"), attempt_at(attempt), at(_START, started, "started"))
 
 
 class LogItem(NamedTuple):
@@ -392,6 +417,15 @@ class Results(Frame):
 
 @frame
 @dataclass(frozen=True, slots=True)
+class Started(Frame):
+    """Attempts that began to run (a job that ends first is reported by its result alone)."""
+
+    TAG: ClassVar[str] = "started"
+    items: list[StartReport] = checked(array(start_report))
+
+
+@frame
+@dataclass(frozen=True, slots=True)
 class Ack(Frame):
     """Results the server is done with (stored, or not the worker's to report): the worker may
     forget them."""
@@ -415,6 +449,25 @@ class Release(Frame):
     """A departing worker hands these jobs back unstarted or unfinished."""
 
     TAG: ClassVar[str] = "release"
+    job_ids: list[str] = checked(array(_ID))
+
+
+@frame
+@dataclass(frozen=True, slots=True)
+class TakeBack(Frame):
+    """Hand back those of these jobs that have not started: another worker has a free slot."""
+
+    TAG: ClassVar[str] = "takeback"
+    job_ids: list[str] = checked(array(_ID))
+
+
+@frame
+@dataclass(frozen=True, slots=True)
+class Returned(Frame):
+    """The answer to a TakeBack: the jobs the worker dropped unstarted. It started the others
+    it was asked for, and said so (Started or Results) before this frame."""
+
+    TAG: ClassVar[str] = "returned"
     job_ids: list[str] = checked(array(_ID))
 
 
@@ -549,8 +602,8 @@ def _table(*classes: type[Frame]) -> Frames:
 
 
 #: What each side accepts from the other (a worker's Hello comes first, see decode_hello).
-FROM_WORKER = _table(Results, Log, Release, Heartbeat)
-TO_WORKER = _table(Welcome, Refuse, Jobs, Ack, KillJobs)
+FROM_WORKER = _table(Started, Results, Log, Returned, Release, Heartbeat)
+TO_WORKER = _table(Welcome, Refuse, Jobs, Ack, KillJobs, TakeBack)
 FROM_CLIENT = _table(Submit, Watch, Follow)
 TO_CLIENT = _table(Submitted, Error, Done, Output, EndOfLog)
 

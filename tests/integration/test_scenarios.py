@@ -112,7 +112,7 @@ def test_worker_killed_mid_task_the_job_completes_elsewhere(
 def _worker_running(
     client: corral.Client, job: corral.Job, workers: list[WorkerProcess]
 ) -> WorkerProcess:
-    # The server records where a job runs DISPATCH_RECORD_DELAY after sending it there.
+    # The server records where a job runs START_RECORD_DELAY after sending it there.
     wait_for(lambda: job.info().worker, WAIT, "the job's worker to be recorded")
     worker_id = job.info().worker
     pid = next(w.pid for w in client.workers() if w.id == worker_id)

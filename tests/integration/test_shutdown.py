@@ -53,7 +53,7 @@ def test_finish_mode_lets_the_running_job_end_and_hands_back_the_rest(
 
 
 def _held_by(client: corral.Client, worker: WorkerProcess) -> int:
-    return sum(w.running for w in client.workers() if w.pid == worker.proc.pid)
+    return sum(w.running + w.held for w in client.workers() if w.pid == worker.proc.pid)
 
 
 def test_release_mode_hands_back_the_running_job_at_once(

@@ -17,7 +17,7 @@ from integration_support import wait_for
 from store_doubles import FullStore
 
 from corral import protocol as p
-from corral.constants import DISPATCH_RECORD_DELAY, PROTOCOL_VERSION
+from corral.constants import PROTOCOL_VERSION, START_RECORD_DELAY
 from corral.errors import Conflict
 from corral.models import JobSpec, JobState
 from corral.server.engine import Engine, Peer, WorkerPeer
@@ -155,17 +155,45 @@ def test_a_job_that_ends_quickly_is_written_once_and_a_longer_one_reads_as_runni
             )
             worker = WorkerPeer(hello("w1", capacity=2))
             engine.worker_joined(worker)
+            started = p.StartReport(quick, 1, 1.0), p.StartReport(slow, 1, 1.5)
+            engine.worker_frame(worker, p.Started(list(started)))
             result = p.ResultReport(quick, 1, JobState.SUCCEEDED, started=1.0)
             engine.worker_frame(worker, p.Results([result]))
             await engine.writer.flush()
             [update] = store.job_updates(quick)
             assert (update.state, update.worker, update.attempts) == (JobState.SUCCEEDED, "w1", 1)
             assert store.get_job(slow).state is JobState.QUEUED  # type: ignore[union-attr]
-            await asyncio.sleep(DISPATCH_RECORD_DELAY * 2)
+            await asyncio.sleep(START_RECORD_DELAY * 2)
             await engine.writer.flush()
             row = store.get_job(slow)
             assert row is not None
-            assert (row.state, row.worker, row.attempts) == (JobState.RUNNING, "w1", 1)
+            assert (row.state, row.worker, row.attempts, row.started) == (
+                JobState.RUNNING,
+                "w1",
+                1,
+                1.5,
+            )
+
+    run(scenario)
+
+
+def test_a_job_waiting_in_a_prefetch_reads_as_queued_until_its_worker_starts_it() -> None:
+    async def scenario() -> None:
+        store = RecordingStore()
+        async with running(store) as engine:
+            [job_id] = await engine.submit([JobSpec(kind="shell", command="sleep 1")])  # type: ignore[arg-type]
+            worker = WorkerPeer(hello("w1", capacity=2))
+            engine.worker_joined(worker)
+            await asyncio.sleep(START_RECORD_DELAY * 2)
+            await engine.writer.flush()
+            assert store.get_job(job_id).state is JobState.QUEUED  # type: ignore[union-attr]
+            reason = engine.scheduler.waiting_reason(job_id, engine.clock())
+            assert reason == "sent to worker w1, which is starting it"
+            engine.worker_frame(worker, p.Started([p.StartReport(job_id, 1, 2.0)]))
+            assert engine.scheduler.waiting_reason(job_id, engine.clock()) is None
+            await asyncio.sleep(START_RECORD_DELAY * 2)
+            await engine.writer.flush()
+            assert store.get_job(job_id).state is JobState.RUNNING  # type: ignore[union-attr]
 
     run(scenario)
 

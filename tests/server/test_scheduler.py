@@ -17,6 +17,7 @@ from corral.server.scheduler import (
     Requeued,
     RetryPolicy,
     Scheduler,
+    TakeBack,
     WorkerExpired,
 )
 
@@ -39,9 +40,16 @@ def join(
     tags: tuple[str, ...] = (),
     held: dict[str, int] | None = None,
     now: float = 0.0,
+    slots: int | None = None,
 ) -> list:
     return scheduler.worker_joined(
-        worker_id, queues=queues, tags=tags, capacity=capacity, held=held or {}, now=now
+        worker_id,
+        queues=queues,
+        tags=tags,
+        capacity=capacity,
+        held=held or {},
+        now=now,
+        slots=slots,
     )
 
 
@@ -93,7 +101,103 @@ def test_prefetch_is_bounded_by_capacity() -> None:
     assert dispatched(decisions) == ["0", "1", "2"]
     decisions = scheduler.complete("w1", [Outcome("0", 1, JobState.SUCCEEDED)], now=1)
     assert dispatched(decisions) == ["3"]
+    # Held until the worker says each started: waiting, not running.
+    assert scheduler.counts() == {JobState.QUEUED: 9, JobState.RUNNING: 0}
+    for job_id in ("1", "2", "3"):
+        assert scheduler.start("w1", job_id, 1)
+    assert not scheduler.start("w1", "1", 1)  # once
+    assert not scheduler.start("w1", "4", 1)  # not given to it
     assert scheduler.counts() == {JobState.QUEUED: 6, JobState.RUNNING: 3}
+
+
+def dispatched_to(decisions: list) -> dict[str, list[str]]:
+    return {d.worker_id: [job.id for job in d.jobs] for d in decisions if isinstance(d, Dispatch)}
+
+
+def take_backs(decisions: list) -> list[TakeBack]:
+    return [d for d in decisions if isinstance(d, TakeBack)]
+
+
+def test_jobs_go_to_idle_slots_before_any_prefetch() -> None:
+    """A worker of one slot with room to prefetch does not take a job that another worker
+    could start now."""
+    scheduler = Scheduler()
+    join(scheduler, "w1", capacity=5, slots=1)
+    join(scheduler, "w2", capacity=3, slots=3)
+    decisions = scheduler.submit([make_job(f"j{n}") for n in range(4)], now=0)
+    assert dispatched_to(decisions) == {"w1": ["j0"], "w2": ["j1", "j2", "j3"]}
+    decisions = scheduler.submit([make_job(f"k{n}") for n in range(2)], now=0)
+    assert dispatched_to(decisions) == {"w1": ["k0", "k1"]}  # only then its prefetch
+
+
+def test_jobs_waiting_in_a_prefetch_are_taken_back_for_a_worker_with_idle_slots() -> None:
+    scheduler = Scheduler()
+    join(scheduler, "w1", capacity=4, slots=1)
+    scheduler.submit([make_job(f"j{n}") for n in range(4)], now=0)
+    assert scheduler.start("w1", "j0", 1)
+    # The last given go first: they would start last there. Only what w1 holds beyond its
+    # one slot, and only as many as w2 has idle slots.
+    decisions = join(scheduler, "w2", capacity=2, slots=2)
+    assert take_backs(decisions) == [TakeBack("w1", ("j3", "j2"))]
+    assert scheduler.waiting_reason("j3", now=0) == (
+        "being handed back by worker w1 to a worker with a free slot"
+    )
+    assert take_backs(scheduler.complete("w2", [], now=0)) == []  # not asked twice
+    decisions = scheduler.returned("w1", ["j3", "j2"], now=1)
+    requeued = [d for d in decisions if isinstance(d, Requeued)]
+    assert [(d.job.id, d.ran) for d in requeued] == [("j3", False), ("j2", False)]
+    assert dispatched_to(decisions) == {"w2": ["j2", "j3"]}  # in their queue order
+    # Never started on w1, so w2 runs them as attempt 1, and only w2 may report them.
+    assert scheduler.holds("w2", "j2", 1) and not scheduler.holds("w1", "j2", 1)
+
+
+def test_a_job_within_its_holders_slots_is_not_taken_back() -> None:
+    """Sent to a worker that has a slot for it, it is about to start there."""
+    scheduler = Scheduler()
+    join(scheduler, "w1", capacity=4, slots=2)
+    scheduler.submit([make_job("j0"), make_job("j1")], now=0)
+    assert take_backs(join(scheduler, "w2", capacity=2, slots=2)) == []
+
+
+def test_a_job_that_started_before_the_take_back_arrived_stays_with_its_worker() -> None:
+    scheduler = Scheduler()
+    join(scheduler, "w1", capacity=3, slots=1)
+    scheduler.submit([make_job(f"j{n}") for n in range(3)], now=0)
+    assert scheduler.start("w1", "j0", 1)
+    assert take_backs(join(scheduler, "w2", capacity=2, slots=2)) == [TakeBack("w1", ("j2", "j1"))]
+    scheduler.complete("w1", [Outcome("j0", 1, JobState.SUCCEEDED)], now=1)
+    assert scheduler.start("w1", "j1", 1)  # w1's slot freed first
+    decisions = scheduler.returned("w1", ["j2"], now=1)
+    assert dispatched_to(decisions) == {"w2": ["j2"]}
+    assert scheduler.holds("w1", "j1", 1)
+    assert scheduler.waiting_reason("j1", now=1) is None  # running
+
+
+def test_a_job_cancelled_while_being_taken_back_ends_cancelled() -> None:
+    scheduler = Scheduler()
+    join(scheduler, "w1", capacity=2, slots=1)
+    scheduler.submit([make_job("j0"), make_job("j1")], now=0)
+    assert scheduler.start("w1", "j0", 1)
+    assert take_backs(join(scheduler, "w2", capacity=1, slots=1)) == [TakeBack("w1", ("j1",))]
+    assert scheduler.cancel("j1", now=0) == [Kill("w1", "j1")]
+    decisions = scheduler.returned("w1", ["j1"], now=1)
+    assert [(type(d), d.state) for d in decisions if isinstance(d, Finished)] == [
+        (Finished, JobState.CANCELLED)
+    ]
+    assert scheduler.job("j1") is None and dispatched(decisions) == []
+
+
+def test_a_worker_that_finishes_its_jobs_takes_back_what_another_holds_waiting() -> None:
+    scheduler = Scheduler()
+    join(scheduler, "w1", capacity=2, slots=1)
+    join(scheduler, "w2", capacity=2, slots=1)
+    scheduler.submit([make_job(f"j{n}") for n in range(4)], now=0)  # two each
+    assert scheduler.start("w1", "j0", 1) and scheduler.start("w2", "j1", 1)
+    decisions = scheduler.complete("w2", [Outcome("j1", 1, JobState.SUCCEEDED)], now=1)
+    assert take_backs(decisions) == []  # its own next job fills its slot
+    assert scheduler.start("w2", "j3", 1)
+    decisions = scheduler.complete("w2", [Outcome("j3", 1, JobState.SUCCEEDED)], now=2)
+    assert take_backs(decisions) == [TakeBack("w1", ("j2",))]
 
 
 def test_a_burst_of_jobs_is_spread_over_the_workers_in_turn() -> None:
@@ -346,6 +450,8 @@ def test_waiting_reason_says_how_busy_the_workers_are_and_how_many_jobs_are_ahea
     join(scheduler, "w2", capacity=1, tags=("gpu",))
     running = [make_job(f"r{n}") for n in range(3)]
     scheduler.submit(running, now=0)
+    for job in running:
+        assert job.worker is not None and scheduler.start(job.worker, job.id, 1)
     scheduler.submit(
         [
             make_job("urgent", priority=5),

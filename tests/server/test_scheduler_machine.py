@@ -1,7 +1,9 @@
 """A hypothesis state machine over the scheduler: whatever the interleaving of submissions,
-workers joining, dying, reconnecting, results (forged ones too), cancels and time passing, no job
-is ever lost, none is dispatched to two live workers at once, only the worker that holds an
-attempt can report it, and every queued job says truly why it waits."""
+workers joining, dying, reconnecting, jobs starting, take-backs answered or not, results (forged
+ones too), cancels and time passing, no job is ever lost, none is dispatched to two live workers
+at once, only the worker that holds an attempt can report it, every job that waits (queued, or
+held in a prefetch) says truly why, and none waits in a prefetch unasked-for while a worker that
+could start it has an idle slot."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from corral.server.scheduler import (
     Requeued,
     RetryPolicy,
     Scheduler,
+    TakeBack,
     WorkerExpired,
 )
 
@@ -40,6 +43,8 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.lost_on: dict[str, tuple[str, int]] = {}  # lost job -> (worker, attempt)
         self.alive: set[str] = set()  # workers that keep heartbeating
         self.held: dict[str, dict[str, int]] = {w: {} for w in WORKERS}  # what each worker has
+        self.started: dict[str, set[str]] = {w: set() for w in WORKERS}  # of held, started
+        self.asked: dict[str, set[str]] = {w: set() for w in WORKERS}  # TakeBacks unanswered
         self.next_id = 0
 
     def apply(self, decisions: list[Decision]) -> None:
@@ -67,6 +72,8 @@ class SchedulerMachine(RuleBasedStateMachine):
                     assert worker != decision.worker_id, f"{job_id} left on expired worker"
             elif isinstance(decision, Kill):
                 self.held[decision.worker_id].pop(decision.job_id, None)
+            elif isinstance(decision, TakeBack) and decision.worker_id in self.alive:
+                self.asked[decision.worker_id].update(decision.job_ids)
 
     @rule(
         count=st.integers(1, 4),
@@ -96,24 +103,60 @@ class SchedulerMachine(RuleBasedStateMachine):
             )
         self.apply(self.scheduler.submit(jobs, self.now))
 
-    @rule(worker=st.sampled_from(WORKERS), capacity=st.integers(1, 3), gpu=st.booleans())
-    def join(self, worker: str, capacity: int, gpu: bool) -> None:
+    @rule(
+        worker=st.sampled_from(WORKERS),
+        slots=st.integers(1, 2),
+        prefetch=st.integers(0, 2),
+        gpu=st.booleans(),
+    )
+    def join(self, worker: str, slots: int, prefetch: int, gpu: bool) -> None:
         self.alive.add(worker)
+        self.asked[worker].clear()  # lost with the old connection
         decisions = self.scheduler.worker_joined(
             worker,
             queues=["default"],
             tags=["gpu"] if gpu else [],
-            capacity=capacity,
+            capacity=slots + prefetch,
             held=dict(self.held[worker]),
             now=self.now,
+            slots=slots,
         )
         self.apply(decisions)
+        for job_id in self.started[worker] & set(self.held[worker]):  # said again on rejoin
+            self.scheduler.start(worker, job_id, self.held[worker][job_id])
+
+    @rule(worker=st.sampled_from(WORKERS), data=st.data())
+    def start_one(self, worker: str, data: st.DataObject) -> None:
+        waiting = sorted(set(self.held[worker]) - self.started[worker])
+        if worker not in self.alive or not waiting:
+            return
+        job_id = data.draw(st.sampled_from(waiting))
+        self.started[worker].add(job_id)
+        if self.scheduler.start(worker, job_id, self.held[worker][job_id]):
+            assert self.scheduler.holds(worker, job_id, self.held[worker][job_id])
+
+    @rule(worker=st.sampled_from(WORKERS))
+    def answer_take_back(self, worker: str) -> None:
+        """The worker drops what it was asked for and has not started, and says which."""
+        if worker not in self.alive or not self.asked[worker]:
+            return
+        dropped = sorted(
+            job_id
+            for job_id in self.asked[worker]
+            if job_id in self.held[worker] and job_id not in self.started[worker]
+        )
+        self.asked[worker].clear()
+        for job_id in dropped:
+            del self.held[worker][job_id]
+        self.apply(self.scheduler.returned(worker, dropped, self.now))
 
     @rule(worker=st.sampled_from(WORKERS))
     def crash(self, worker: str) -> None:
         """The worker process dies: it holds nothing any more and stops heartbeating."""
         self.alive.discard(worker)
         self.held[worker].clear()
+        self.started[worker].clear()
+        self.asked[worker].clear()
         self.scheduler.worker_disconnected(worker, self.now)
 
     @rule(worker=st.sampled_from(WORKERS))
@@ -128,6 +171,7 @@ class SchedulerMachine(RuleBasedStateMachine):
             return
         job_id = data.draw(st.sampled_from(sorted(self.held[worker])))
         attempt = self.held[worker].pop(job_id)
+        self.started[worker].discard(job_id)
         state = data.draw(st.sampled_from(OUTCOMES))
         self.apply(self.scheduler.complete(worker, [Outcome(job_id, attempt, state)], self.now))
 
@@ -194,8 +238,11 @@ class SchedulerMachine(RuleBasedStateMachine):
         for job_id in self.submitted:
             job = self.scheduler.job(job_id)
             reason = self.scheduler.waiting_reason(job_id, self.now)
-            if job is None or job.state is not JobState.QUEUED:
+            if job is None or job.started:
                 assert reason is None
+                continue
+            if job.state is JobState.RUNNING:  # held in a prefetch
+                assert reason.startswith(("sent to", "held ready", "being handed back")), reason
                 continue
             assert reason, f"queued {job_id} gives no reason"
             if job.ready_at > self.now:
@@ -207,13 +254,45 @@ class SchedulerMachine(RuleBasedStateMachine):
             else:
                 assert "busy" in reason, reason
 
+    @invariant()
+    def no_job_waits_in_a_prefetch_while_a_slot_idles_unasked(self) -> None:
+        """Every worker with an idle slot has been promised a job for it, or no other worker
+        holds, beyond its own slots, a job waiting that it could start."""
+        workers = self.scheduler.workers()
+        for idle in workers:
+            if idle.idle_slots == 0:
+                continue
+            promised = sum(
+                job.recalled_for == idle.id and not job.started
+                for worker in workers
+                for job in worker.inflight.values()
+            )
+            if promised >= idle.idle_slots:
+                continue
+            for holder in workers:
+                if holder is idle:
+                    continue
+                waiting = [job for job in holder.inflight.values() if not job.started]
+                beyond = len(holder.inflight) - holder.slots
+                beyond -= sum(job.recalled_for is not None for job in waiting)
+                unasked = [
+                    job
+                    for job in waiting
+                    if job.recalled_for is None
+                    and job.tags <= idle.tags
+                    and job.queue in idle.queues
+                ]
+                assert beyond <= 0 or not unasked, (
+                    f"{[job.id for job in unasked]} wait on {holder.id} while {idle.id} idles"
+                )
+
     @precondition(lambda self: self.submitted)
     @rule()
     def drain_everything(self) -> None:
         """With a healthy worker and time, every job reaches a final state."""
         for worker in WORKERS:
             self.crash(worker)
-        self.join("w0", capacity=3, gpu=True)
+        self.join("w0", slots=2, prefetch=1, gpu=True)
         for _ in range(500):
             if all(job_id in self.final for job_id in self.submitted):
                 break
@@ -226,4 +305,4 @@ class SchedulerMachine(RuleBasedStateMachine):
 
 
 TestScheduler = SchedulerMachine.TestCase
-TestScheduler.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+TestScheduler.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)

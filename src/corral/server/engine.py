@@ -5,8 +5,9 @@ mutations through the group-commit writer, and only once they are durable acknow
 and results and tell waiting clients. A crash at any point therefore leaves the store describing
 something that did happen, never something that is only about to. Two things go ahead of the
 commit because a crash before it costs at most a second run, which at-least-once delivery allows:
-idempotent jobs (and kills) are sent at once (`_send_at_once`), and the record that such a job
-runs is written a little later, or not at all if it ends first (`_record_dispatch`).
+idempotent jobs (and kills) are sent at once (`_send_at_once`), and the record that a job runs,
+which its worker sends when it starts it, is written a little later, or not at all if it ends
+first (`_record_start`).
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ import msgpack
 
 from corral import protocol as p
 from corral.constants import (
-    DISPATCH_RECORD_DELAY,
     HEARTBEAT_INTERVAL,
     MAX_JOB_BYTES,
     MAX_STORED_LOG_BYTES,
+    START_RECORD_DELAY,
     WORKER_LEASE,
 )
 from corral.errors import Conflict, InvalidRequest, NotFound
@@ -45,6 +46,7 @@ from corral.server.scheduler import (
     Outcome,
     Requeued,
     Scheduler,
+    TakeBack,
     WorkerExpired,
 )
 from corral.server.sessions import WorkerSessions
@@ -126,7 +128,7 @@ class Engine:
         self._watchers: dict[str, set[Peer]] = defaultdict(set)
         self._followers: dict[str, set[Peer]] = defaultdict(set)
         self._log_sizes: dict[tuple[str, str], int] = {}
-        self._unsaved_dispatches: dict[str, UpdateJob] = {}  # see _record_dispatch
+        self._unsaved_starts: dict[str, UpdateJob] = {}  # see _record_start
         self._settling: set[str] = set()  # finished jobs being retried or deleted right now
         self._ticker: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -138,21 +140,21 @@ class Engine:
         for name, ordering in self.store.list_queues().items():
             self.scheduler.declare_queue(name, ordering)
         queued: list[JobRecord] = []
-        running: list[tuple[JobRecord, str]] = []
+        given: list[tuple[JobRecord, str, bool]] = []
         # A million long-lived records would make every collection scan them: collect nothing
         # while building them, then move them out of the collector's sight.
         gc.disable()
         try:
             for row in self.store.load_active():
                 record = record_from_row(row)
-                if row.state is JobState.RUNNING and row.worker:
-                    running.append((record, row.worker))
+                if row.worker:  # running there, or held in its prefetch (see _apply)
+                    given.append((record, row.worker, row.state is JobState.RUNNING))
                 else:
                     queued.append(record)
             # Their workers' leases start now, not when reading a large store began.
             now = self.clock()
-            for record, worker_id in running:
-                self.scheduler.restore_running(record, worker_id, now)
+            for record, worker_id, started in given:
+                self.scheduler.restore_running(record, worker_id, now, started=started)
             self.scheduler.submit(queued, now)
         finally:
             gc.enable()
@@ -163,7 +165,7 @@ class Engine:
     async def stop(self) -> None:
         if self._ticker:
             self._ticker.cancel()
-        self._save_dispatches()
+        self._save_starts()
         for peer in list(self._workers.values()):
             peer.close()
         await self.writer.close()
@@ -318,7 +320,8 @@ class Engine:
                     queues=list(worker.queues),
                     tags=sorted(worker.tags),
                     concurrency=hello.concurrency if hello else 0,
-                    running=len(worker.inflight),
+                    running=worker.running(),
+                    held=len(worker.inflight) - worker.running(),
                     connected=worker.connected,
                     last_seen=worker.last_seen,
                 )
@@ -352,6 +355,7 @@ class Engine:
             queues=hello.queues,
             tags=hello.tags,
             capacity=hello.capacity,
+            slots=hello.concurrency,
             # A new session holds nothing of ours, whatever it says: it may not adopt jobs.
             held=hello.held_attempts() if admission.returning else {},
             now=self.clock(),
@@ -373,8 +377,12 @@ class Engine:
         self.scheduler.heartbeat(worker_id, now)
         if isinstance(frame, p.Results):
             self._results(peer, frame.items, now)
+        elif isinstance(frame, p.Started):
+            self._started(worker_id, frame.items)
         elif isinstance(frame, p.Log):
             self._logs(worker_id, frame.items)
+        elif isinstance(frame, p.Returned):
+            self._apply(self.scheduler.returned(worker_id, frame.job_ids, now))
         elif isinstance(frame, p.Release):
             self._apply(self.scheduler.release(worker_id, frame.job_ids, now))
         elif not isinstance(frame, p.Heartbeat):
@@ -411,6 +419,21 @@ class Engine:
         decisions = self.scheduler.complete(hello.worker_id, outcomes, now)
         ack = p.Ack([p.AttemptRef(report.job_id, report.attempt) for report in reports])
         self._apply(decisions, details, attempts, then=lambda: peer.send(ack))
+
+    def _started(self, worker_id: str, reports: list[p.StartReport]) -> None:
+        """Attempts the worker began: from now on (once recorded) the jobs show as running."""
+        start = self.scheduler.start
+        for job_id, attempt, started in reports:
+            if start(worker_id, job_id, attempt):
+                self._record_start(
+                    UpdateJob(
+                        job_id,
+                        JobState.RUNNING,
+                        worker=worker_id,
+                        attempts=attempt,
+                        started=started,
+                    )
+                )
 
     def _logs(self, worker_id: str, items: list[p.LogItem]) -> None:
         """Store output of the attempts the worker holds; drop the rest."""
@@ -513,21 +536,19 @@ class Engine:
         notices: list[p.Done] = []
         for decision in decisions:
             if isinstance(decision, Dispatch):
-                for job in decision.jobs:
-                    dispatched = UpdateJob(
-                        job.id,
-                        JobState.RUNNING,
-                        worker=decision.worker_id,
-                        attempts=job.attempts,
-                        started=now,
+                # A job that must not run twice is on record as given to its worker (still
+                # queued, held in its prefetch) before it leaves: a restart then gives it back
+                # to that worker only, or marks it lost. Others are recorded once they start.
+                mutations.extend(
+                    UpdateJob(
+                        job.id, JobState.QUEUED, worker=decision.worker_id, attempts=job.attempts
                     )
-                    if job.idempotent:
-                        self._record_dispatch(dispatched)
-                    else:
-                        mutations.append(dispatched)
+                    for job in decision.jobs
+                    if not job.idempotent
+                )
             elif isinstance(decision, Requeued):
                 job = decision.job
-                if (job.id, decision.attempt) not in details:  # lost worker or hand-back
+                if decision.ran and (job.id, decision.attempt) not in details:  # lost, handed back
                     mutations.append(
                         SaveAttempt(
                             job.id,
@@ -540,7 +561,7 @@ class Engine:
                             ),
                         )
                     )
-                self._unsaved_dispatches.pop(job.id, None)
+                self._unsaved_starts.pop(job.id, None)
                 mutations.append(UpdateJob(job.id, JobState.QUEUED, attempts=job.attempts))
             elif isinstance(decision, Finished):
                 job = decision.job
@@ -576,23 +597,23 @@ class Engine:
         commit.add_done_callback(act)
         return commit
 
-    def _record_dispatch(self, dispatched: UpdateJob) -> None:
-        """Store that an idempotent job runs, DISPATCH_RECORD_DELAY from now, unless it ends
-        first: then its final update, which says where and when it ran, is the only write.
+    def _record_start(self, started: UpdateJob) -> None:
+        """Store that a job runs, START_RECORD_DELAY from now, unless it ends first: then its
+        final update, which says where and when it ran, is the only write.
 
         Most jobs in a busy queue take milliseconds, so this halves the writes per job. Until the
         record is stored the job reads as queued, and a server that dies meanwhile queues it
         again on restart, as at-least-once delivery allows. Jobs that must not run twice are
-        recorded before they leave (see _send_at_once).
+        on record as given to their worker before they leave (see _apply).
         """
-        if not self._unsaved_dispatches:
-            asyncio.get_running_loop().call_later(DISPATCH_RECORD_DELAY, self._save_dispatches)
-        self._unsaved_dispatches[dispatched.id] = dispatched
+        if not self._unsaved_starts:
+            asyncio.get_running_loop().call_later(START_RECORD_DELAY, self._save_starts)
+        self._unsaved_starts[started.id] = started
 
-    def _save_dispatches(self) -> None:
-        if self._unsaved_dispatches:
-            self.writer.submit_nowait(list(self._unsaved_dispatches.values()))
-            self._unsaved_dispatches.clear()
+    def _save_starts(self) -> None:
+        if self._unsaved_starts:
+            self.writer.submit_nowait(list(self._unsaved_starts.values()))
+            self._unsaved_starts.clear()
 
     def _send_at_once(self, decisions: list[Decision]) -> list[Decision]:
         """Send kills and idempotent jobs now, in order, without waiting for the commit; return
@@ -609,6 +630,9 @@ class Engine:
         for decision in decisions:
             if isinstance(decision, Kill):
                 self._send_kill(decision)
+            elif isinstance(decision, TakeBack):
+                if worker := self._workers.get(decision.worker_id):
+                    worker.send(p.TakeBack(list(decision.job_ids)))
             elif isinstance(decision, Dispatch):
                 now = tuple(job for job in decision.jobs if job.idempotent)
                 if now:
@@ -646,15 +670,13 @@ class Engine:
     ) -> tuple[UpdateJob, p.Done]:
         job, state = decision.job, decision.state
         detail = report or _NO_REPORT
-        dispatched = self._unsaved_dispatches.pop(job.id, None)
+        start = self._unsaved_starts.pop(job.id, None)
         result = detail.result
         error_message = detail.error_message or decision.reason
         update = UpdateJob(
             job.id,
             state,
-            # While it ran, the job showed when it was dispatched; now the worker says when it
-            # really started (it may have waited in the worker's prefetch queue).
-            started=detail.started or (dispatched.started if dispatched else None),
+            started=detail.started or (start.started if start else None),
             finished=detail.finished or now,
             worker=job.worker,
             attempts=job.attempts,

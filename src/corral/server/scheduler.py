@@ -8,6 +8,9 @@ and lets tests drive it through every interleaving (tests/server/test_scheduler*
 What it guarantees:
 - a job is in exactly one place: a queue, the delayed heap, or one worker's in-flight set;
 - a job is never dispatched to two live workers at once;
+- a job runs (`started`) only once its worker says it began; until then it waits in that
+  worker's prefetch, counts as waiting, and may be taken back (TakeBack) for a worker with an
+  idle slot, which a job is never held back from: jobs go to idle slots before prefetch room;
 - a worker silent for longer than the lease loses its jobs: re-queued, or `lost` when the job is
   not idempotent; a worker that comes back within the lease keeps the jobs it still holds;
 - a queued job that is due never waits while a connected worker that can take it has a free
@@ -52,6 +55,9 @@ class JobRecord:
     attempts: int = 0  # attempts started, ever (numbers the next attempt)
     failures: int = 0  # failed attempts since (re)submission, against `retries`
     worker: str | None = None
+    started: bool = False  # its worker began running it (else it waits in its prefetch)
+    # The worker with an idle slot that its holder was asked to hand it back for (TakeBack).
+    recalled_for: str | None = None
     cancel_requested: bool = False
     seq: int = -1  # place in its queue, kept when re-queued so the job does not lose its turn
 
@@ -61,19 +67,33 @@ class WorkerRecord:
     id: str
     queues: tuple[str, ...]
     tags: frozenset[str]
-    capacity: int
+    capacity: int  # jobs it may hold: its slots and its prefetch
     last_seen: float
     connected: bool = True
-    inflight: dict[str, JobRecord] = field(default_factory=dict)
+    inflight: dict[str, JobRecord] = field(default_factory=dict)  # in the order it got them
+    slots: int = 0  # jobs it runs at once (its concurrency)
+    awaited: set[str] = field(default_factory=set)  # ids being taken back for it
 
     @property
     def free(self) -> int:
         return self.capacity - len(self.inflight) if self.connected else 0
 
+    @property
+    def idle_slots(self) -> int:
+        """Slots that nothing it holds will fill: it could start that many more jobs now."""
+        if not self.connected:
+            return 0
+        return max(0, min(self.slots, self.capacity) - len(self.inflight))
+
+    def running(self) -> int:
+        """Jobs it started and has not finished."""
+        return sum(job.started for job in self.inflight.values())
+
 
 @dataclass(frozen=True, slots=True)
 class Dispatch:
-    """Send these jobs to the worker; each is now running there as attempt `job.attempts`."""
+    """Send these jobs to the worker, each as attempt `job.attempts`: it runs them, or holds
+    them in its prefetch until a slot frees."""
 
     worker_id: str
     jobs: tuple[JobRecord, ...]
@@ -91,6 +111,7 @@ class Requeued:
     reason: str
     attempt: int = 0
     worker: str | None = None
+    ran: bool = True  # False: the attempt was taken back unstarted, and its number reused
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,13 +132,22 @@ class Kill:
 
 
 @dataclass(frozen=True, slots=True)
+class TakeBack:
+    """Ask the worker to hand back these jobs if they have not started: another worker has an
+    idle slot for them. It answers with the ones it dropped (see `returned`)."""
+
+    worker_id: str
+    job_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class WorkerExpired:
     """The worker's lease ran out; its connection, if any, should be closed."""
 
     worker_id: str
 
 
-Decision = Dispatch | Requeued | Finished | Kill | WorkerExpired
+Decision = Dispatch | Requeued | Finished | Kill | TakeBack | WorkerExpired
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,25 +275,25 @@ class Scheduler:
         return {name: queue.ordering for name, queue in self._queues.items()}
 
     def counts(self) -> dict[JobState, int]:
-        """Unfinished jobs by state."""
+        """Unfinished jobs by the state they show: held in a prefetch is queued."""
         counts = dict.fromkeys((JobState.QUEUED, JobState.RUNNING), 0)
         for job in self._jobs.values():
-            counts[job.state] += 1
+            counts[JobState.RUNNING if job.started else JobState.QUEUED] += 1
         return counts
 
     def depth(self) -> dict[str, int]:
-        """Queued (including delayed) jobs per queue."""
+        """Jobs waiting per queue: queued, delayed, or held in a worker's prefetch."""
         depth = dict.fromkeys(self._queues, 0)
         for job in self._jobs.values():
-            if job.state is JobState.QUEUED:
+            if not job.started:
                 depth[job.queue] = depth.get(job.queue, 0) + 1
         return depth
 
     def running(self) -> dict[str, int]:
-        """Jobs out on workers per queue: running, or held ready in a worker's prefetch."""
+        """Jobs running per queue (started on a worker)."""
         running = dict.fromkeys(self._queues, 0)
         for job in self._jobs.values():
-            if job.state is JobState.RUNNING:
+            if job.started:
                 running[job.queue] = running.get(job.queue, 0) + 1
         return running
 
@@ -311,8 +341,10 @@ class Scheduler:
     def waiting_reason(self, job_id: str, now: float) -> str | None:
         """Why the job is queued and not running yet; None if it is not queued here."""
         job = self._jobs.get(job_id)
-        if job is None or job.state is not JobState.QUEUED:
+        if job is None or job.started:
             return None
+        if job.state is JobState.RUNNING:
+            return self._held_reason(job)
         unserved = self.unserved(job.queue, job.tags)
         if job.ready_at > now:
             why = (
@@ -336,6 +368,19 @@ class Scheduler:
         if not ahead:
             return f"{busy}; it is next in queue {job.queue!r}"
         return f"{busy}; waiting behind {_count(ahead, 'job')} in queue {job.queue!r}"
+
+    def _held_reason(self, job: JobRecord) -> str:
+        assert job.worker is not None
+        holder = self._workers[job.worker]
+        if job.recalled_for is not None:
+            return f"being handed back by worker {holder.id} to a worker with a free slot"
+        if holder.running() < holder.slots:
+            return f"sent to worker {holder.id}, which is starting it"
+        slots = _count(holder.slots, "slot")
+        return (
+            f"held ready by worker {holder.id}, whose {slots} are busy; it starts when one "
+            "frees, or goes to another worker whose slot frees first"
+        )
 
     def _serving(self, queue: str) -> list[WorkerRecord]:
         """Connected workers that take jobs from `queue` (a departing one takes none)."""
@@ -374,8 +419,11 @@ class Scheduler:
             self._enqueue(job, now)
         return self._fill_all(now)
 
-    def restore_running(self, job: JobRecord, worker_id: str, now: float) -> None:
-        """After a server restart: a job the store says was running on `worker_id`.
+    def restore_running(
+        self, job: JobRecord, worker_id: str, now: float, *, started: bool = True
+    ) -> None:
+        """After a server restart: a job the store says was given to `worker_id` (running, or
+        if not `started` held in its prefetch).
 
         The worker gets one lease to come back and claim it; otherwise it is re-queued or lost.
         """
@@ -385,6 +433,7 @@ class Scheduler:
             self._workers[worker_id] = worker
         job.state = JobState.RUNNING
         job.worker = worker_id
+        job.started = started
         job.seq = next(self._seq)
         worker.inflight[job.id] = job
         self._jobs[job.id] = job
@@ -411,20 +460,26 @@ class Scheduler:
         capacity: int,
         held: Mapping[str, int],
         now: float,
+        slots: int | None = None,
     ) -> list[Decision]:
-        """A worker (re)connected. `held` maps every job it still has (running, waiting locally,
-        or finished with the result not yet acknowledged) to the attempt it has."""
+        """A worker (re)connected. It runs `slots` jobs at once (default: `capacity`, no
+        prefetch) and holds up to `capacity`. `held` maps every job it still has (running,
+        waiting locally, or finished with the result not yet acknowledged) to the attempt it
+        has; it says again which of them started."""
+        slots = capacity if slots is None else slots
         for name in queues:
             if name not in self._queues:
                 self.declare_queue(name, QueueOrdering.FIFO)
         worker = self._workers.get(worker_id)
         decisions: list[Decision] = []
         if worker is None:
-            worker = WorkerRecord(worker_id, tuple(queues), frozenset(tags), capacity, now)
+            worker = WorkerRecord(
+                worker_id, tuple(queues), frozenset(tags), capacity, now, slots=slots
+            )
             self._workers[worker_id] = worker
         else:
             worker.queues, worker.tags, worker.capacity = tuple(queues), frozenset(tags), capacity
-            worker.last_seen, worker.connected = now, True
+            worker.last_seen, worker.connected, worker.slots = now, True, slots
             # Dispatched but never received (the connection dropped): safe to run elsewhere.
             for job_id in [j for j in worker.inflight if j not in held]:
                 undelivered = worker.inflight.pop(job_id)
@@ -438,6 +493,8 @@ class Scheduler:
             reassigned = held_job is None and job_id not in self._lost
             if reassigned or (held_job is not None and held_job.cancel_requested):
                 decisions.append(Kill(worker_id, job_id))
+            elif held_job is not None:
+                held_job.recalled_for = None  # a TakeBack's answer may be lost with the link
         return decisions + self._fill_all(now)
 
     def _adopt(self, worker: WorkerRecord, job_id: str, attempt: int) -> bool:
@@ -454,8 +511,42 @@ class Scheduler:
         job.state = JobState.RUNNING  # its place in the queue is skipped from now on
         job.worker = worker.id
         job.attempts = attempt
+        job.started = False  # until the worker says it again
         worker.inflight[job_id] = job
         return True
+
+    def start(self, worker_id: str, job_id: str, attempt: int) -> bool:
+        """The worker began running that attempt: it left its prefetch. False if the attempt
+        is not the worker's, or was already known to run."""
+        worker = self._workers.get(worker_id)
+        job = worker.inflight.get(job_id) if worker is not None else None
+        if job is None or job.attempts != attempt or job.started:
+            return False
+        job.started = True
+        return True
+
+    def returned(self, worker_id: str, job_ids: Iterable[str], now: float) -> list[Decision]:
+        """The worker's answer to a TakeBack: it dropped `job_ids` unstarted; whatever else it
+        was asked for had started (it said so first). The dropped jobs keep their place in the
+        queue and go to a worker with an idle slot."""
+        worker = self._workers.get(worker_id)
+        if worker is None:
+            return []
+        decisions: list[Decision] = []
+        for job_id in job_ids:
+            job = worker.inflight.get(job_id)
+            if job is None or job.started:
+                continue
+            # (Asked for or not: a job its worker dropped must be queued again. Flags of jobs
+            # it kept, started, are moot; those of a later TakeBack await its own answer.)
+            del worker.inflight[job_id]
+            if job.cancel_requested:
+                decisions.append(self._finish(job, JobState.CANCELLED, "cancelled while queued"))
+                continue
+            job.attempts -= 1  # it never ran: its next dispatch is the same attempt
+            reason = f"taken back from worker {worker_id}"
+            decisions.append(self._requeue(job, now, reason, ran=False))
+        return decisions + self._fill_all(now)
 
     def heartbeat(self, worker_id: str, now: float) -> None:
         worker = self._workers.get(worker_id)
@@ -504,7 +595,12 @@ class Scheduler:
                 lost.state = JobState.RUNNING
                 decisions.append(self._finish(lost, outcome.state, "result arrived after loss"))
         if worker is not None:
-            decisions.extend(self._fill(worker))
+            refill = self._fill(worker)
+            decisions.extend(refill)
+            if worker.idle_slots:
+                decisions.extend(self._recall_for(worker))
+            elif refill and len(worker.inflight) > worker.slots:
+                decisions.extend(self._recall_all())
         return decisions
 
     def tick(self, now: float) -> list[Decision]:
@@ -538,10 +634,11 @@ class Scheduler:
         else:
             self._queues[job.queue].push(job)
 
-    def _requeue(self, job: JobRecord, now: float, reason: str) -> Requeued:
-        requeued = Requeued(job, reason, job.attempts, job.worker)
+    def _requeue(self, job: JobRecord, now: float, reason: str, *, ran: bool = True) -> Requeued:
+        requeued = Requeued(job, reason, job.attempts, job.worker, ran)
         job.state = JobState.QUEUED
         job.worker = None
+        job.started, job.recalled_for = False, None
         self._enqueue(job, now)
         return requeued
 
@@ -560,22 +657,77 @@ class Scheduler:
         return Finished(job, state, reason)
 
     def _fill_all(self, now: float) -> list[Decision]:
-        """Fill every worker that has room, one job to each in turn: a burst of jobs is spread
-        over the workers rather than taken whole into the first one's prefetch while the
-        others sit idle."""
+        """Fill every worker that has room, one job to each in turn, idle slots before any
+        prefetch: a burst of jobs is spread over the workers and starts at once where it can,
+        rather than waiting in one worker's prefetch while another worker sits idle."""
         batches: dict[str, list[JobRecord]] = {}
-        hungry = [worker for worker in self._workers.values() if worker.free > 0]
-        while hungry:
-            fed = []
-            for worker in hungry:
-                job = self._next_job_for(worker)
-                if job is not None:
-                    self._assign(job, worker)
-                    batches.setdefault(worker.id, []).append(job)
-                    if worker.free > 0:
-                        fed.append(worker)
-            hungry = fed
-        return [Dispatch(worker_id, tuple(jobs)) for worker_id, jobs in batches.items()]
+        for room in (_idle_slots, _free_room):
+            hungry = [worker for worker in self._workers.values() if room(worker) > 0]
+            while hungry:
+                fed = []
+                for worker in hungry:
+                    job = self._next_job_for(worker)
+                    if job is not None:
+                        self._assign(job, worker)
+                        batches.setdefault(worker.id, []).append(job)
+                        if room(worker) > 0:
+                            fed.append(worker)
+                hungry = fed
+        dispatches: list[Decision] = [
+            Dispatch(worker_id, tuple(jobs)) for worker_id, jobs in batches.items()
+        ]
+        return dispatches + self._recall_all()
+
+    def _recall_all(self) -> list[Decision]:
+        """Take back, for every worker with an idle slot, what others hold waiting that it
+        could start. (Dealing is greedy: a job another worker could have started may be in the
+        slot of the one worker that takes some other job, which then waits in its prefetch.)"""
+        asks: list[Decision] = []
+        for worker in self._workers.values():
+            if worker.idle_slots:
+                asks.extend(self._recall_for(worker))
+        return asks
+
+    def _recall_for(self, worker: WorkerRecord) -> list[Decision]:
+        """Ask other workers to hand back jobs waiting in their prefetch that `worker` could
+        start now, as many as it has idle slots (so no job is recalled twice, and nothing
+        comes back to its holder's prefetch: idle slots are dealt before prefetch room).
+
+        A holder gives up only what it holds beyond its slots, the jobs it got last (they
+        would start last there); one it started meanwhile it keeps.
+        """
+        if worker.idle_slots == 0:
+            return []
+        worker.awaited = {job_id for job_id in worker.awaited if self._awaits(worker, job_id)}
+        wanted = worker.idle_slots - len(worker.awaited)
+        asks: list[Decision] = []
+        for holder in self._workers.values():
+            spare = len(holder.inflight) - holder.slots
+            if holder is worker or spare <= 0 or wanted <= 0:
+                continue
+            spare -= sum(
+                job.recalled_for is not None and not job.started for job in holder.inflight.values()
+            )
+            recalled = []
+            for job in reversed(holder.inflight.values()):
+                if spare <= 0 or wanted <= 0:
+                    break
+                takes = job.queue in worker.queues and job.tags <= worker.tags
+                if takes and not job.started and job.recalled_for is None:
+                    job.recalled_for = worker.id
+                    worker.awaited.add(job.id)
+                    recalled.append(job.id)
+                    spare -= 1
+                    wanted -= 1
+            if recalled:
+                asks.append(TakeBack(holder.id, tuple(recalled)))
+        return asks
+
+    def _awaits(self, worker: WorkerRecord, job_id: str) -> bool:
+        """Whether a job taken back for `worker` is still on its way (not started meanwhile,
+        not returned, not finished)."""
+        job = self._jobs.get(job_id)
+        return job is not None and job.recalled_for == worker.id and not job.started
 
     def _fill(self, worker: WorkerRecord) -> list[Decision]:
         batch: list[JobRecord] = []
@@ -597,7 +749,16 @@ class Scheduler:
         job.state = JobState.RUNNING
         job.worker = worker.id
         job.attempts += 1
+        job.started, job.recalled_for = False, None
         worker.inflight[job.id] = job
+
+
+def _idle_slots(worker: WorkerRecord) -> int:
+    return worker.idle_slots
+
+
+def _free_room(worker: WorkerRecord) -> int:
+    return worker.free
 
 
 def _requirements(tags: frozenset[str], *, verbs: bool = False) -> str:

@@ -1,8 +1,11 @@
 """The worker's connection loop: holds one WebSocket to the server and feeds the executors.
 
 A worker keeps every job it was given until the server acknowledges the result, so nothing is lost
-when the connection drops: on reconnect it says which jobs it still holds (`Hello.held`) and sends
-the unacknowledged results again. Executors (shell, python, ssh) know nothing of the server.
+when the connection drops: on reconnect it says which jobs it still holds (`Hello.held`), which of
+them started, and sends the unacknowledged results again. Jobs beyond its concurrency wait in its
+prefetch; it tells the server when each starts, and hands back unstarted ones when asked
+(TakeBack), so they can start on a worker with a free slot. Executors (shell, python, ssh) know
+nothing of the server.
 """
 
 from __future__ import annotations
@@ -97,7 +100,7 @@ class _Assignment:
     job_id: str
     attempt: int
     spec: JobSpec
-    started: bool = False
+    started: float | None = None  # when it was handed to its executor
 
 
 class Worker:
@@ -127,6 +130,7 @@ class Worker:
         self._ready: asyncio.Queue[_Assignment] = asyncio.Queue()
         self._outgoing: list[p.Frame] = []
         self._pending_results: list[p.ResultReport] = []
+        self._pending_starts: dict[tuple[str, int], p.StartReport] = {}
         self._pending_logs: list[p.LogItem] = []
         self._wake_sender = asyncio.Event()
         self._results_waiting_since = 0.0  # loop time the oldest unsent result arrived
@@ -192,7 +196,7 @@ class Worker:
     async def _shutdown(self) -> None:
         """Hand back what has not started; finish or stop what runs; wait for the last acks."""
         self._draining = True
-        unstarted = [a.job_id for a in self._assigned.values() if not a.started]
+        unstarted = [a.job_id for a in self._assigned.values() if a.started is None]
         for job_id in unstarted:
             del self._assigned[job_id]
         if unstarted:
@@ -305,6 +309,11 @@ class Worker:
         logger.info("connected to %s as %s", self.settings.server_url, self.settings.worker_id)
         self._ws = ws
         self._pending_results = list(self._unacked.values())
+        self._pending_starts = {  # the last session may have lost them
+            (a.job_id, a.attempt): p.StartReport(a.job_id, a.attempt, a.started)
+            for a in self._assigned.values()
+            if a.started is not None
+        }
         self._results_waiting_since = asyncio.get_running_loop().time()
         self._wake_sender.set()
         sender = asyncio.create_task(self._send_forever(ws))
@@ -356,6 +365,8 @@ class Worker:
         elif isinstance(frame, p.KillJobs):
             for job_id in frame.job_ids:
                 self._kill(job_id)
+        elif isinstance(frame, p.TakeBack):
+            self._send(p.Returned([job_id for job_id in frame.job_ids if self._hand_back(job_id)]))
         else:
             logger.warning("ignoring unexpected %r frame from the server", frame.TAG)
 
@@ -381,6 +392,14 @@ class Worker:
             )
         return spec
 
+    def _hand_back(self, job_id: str) -> bool:
+        """Drop a job that has not started; its place in `_ready` is skipped."""
+        assignment = self._assigned.get(job_id)
+        if assignment is None or assignment.started is not None:
+            return False
+        del self._assigned[job_id]
+        return True
+
     def _kill(self, job_id: str) -> None:
         assignment = self._assigned.get(job_id)
         if assignment is None:
@@ -388,7 +407,7 @@ class Worker:
         if job_id in self._running:
             task = asyncio.ensure_future(self._executor_for(assignment.spec).cancel(job_id))
             task.add_done_callback(lambda t: t.exception())
-        elif not assignment.started:
+        elif assignment.started is None:
             # Not started yet: report it cancelled without running it.
             del self._assigned[job_id]
             now = time.time()
@@ -401,13 +420,15 @@ class Worker:
         results gather for up to RESULTS_HOLD, so that a busy worker sends one frame (and costs
         the server one commit, one ack and one refill) per several jobs rather than per job; not
         longer, because a result is also how the server learns that the worker can take another
-        job, and a worker whose results wait runs out of work.
+        job, and a worker whose results wait runs out of work. Start reports wait with them (a
+        job that ends meanwhile needs none), and go before any other frame, which may depend on
+        them (a Returned).
         """
         loop = asyncio.get_running_loop()
         last_sent = loop.time()
         while True:
             timeout = last_sent + self.heartbeat_interval - loop.time()
-            if self._pending_results:
+            if self._pending_results or self._pending_starts:
                 timeout = min(timeout, self._results_waiting_since + RESULTS_HOLD - loop.time())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake_sender.wait(), max(0.0, timeout))
@@ -417,11 +438,17 @@ class Worker:
             if self._pending_logs:
                 frames.append(p.Log(self._pending_logs))
                 self._pending_logs = []
-            if self._pending_results and (
-                not self._running or now - self._results_waiting_since >= RESULTS_HOLD
+            if (self._pending_results or self._pending_starts) and (
+                not self._running
+                or self._outgoing
+                or now - self._results_waiting_since >= RESULTS_HOLD
             ):
-                frames.append(p.Results(self._pending_results))
-                self._pending_results = []
+                if self._pending_starts:
+                    frames.append(p.Started(list(self._pending_starts.values())))
+                    self._pending_starts = {}
+                if self._pending_results:
+                    frames.append(p.Results(self._pending_results))
+                    self._pending_results = []
             frames.extend(self._outgoing)
             self._outgoing = []
             if frames or now - last_sent >= self.heartbeat_interval:
@@ -462,10 +489,19 @@ class Worker:
                 await self._job_ended.wait()
             if self._assigned.get(assignment.job_id) is not assignment or self._draining:
                 continue  # killed or handed back before it started
-            assignment.started = True
+            assignment.started = time.time()
+            self._reported_start(assignment)
             task = asyncio.ensure_future(self._run_job(assignment))
             self._running[assignment.job_id] = task
             self._running_kinds[kind] += 1
+
+    def _reported_start(self, assignment: _Assignment) -> None:
+        assert assignment.started is not None
+        key = (assignment.job_id, assignment.attempt)
+        if not self._pending_results and not self._pending_starts:
+            self._results_waiting_since = asyncio.get_running_loop().time()
+        self._pending_starts[key] = p.StartReport(*key, assignment.started)
+        self._wake_sender.set()
 
     def _busy_slots(self) -> int:
         return len(self._running) - sum(e.queued() for e in self.executors.values())
@@ -528,7 +564,8 @@ class Worker:
         )
         self._unacked[(job_id, attempt)] = item
         self._all_acked.clear()
-        if not self._pending_results:
+        self._pending_starts.pop((job_id, attempt), None)  # the result says when it started
+        if not self._pending_results and not self._pending_starts:
             self._results_waiting_since = asyncio.get_running_loop().time()
         self._pending_results.append(item)
         self._wake_sender.set()
