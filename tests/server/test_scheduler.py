@@ -125,7 +125,7 @@ def test_jobs_go_to_idle_slots_before_any_prefetch() -> None:
     join(scheduler, "w1", capacity=5, slots=1)
     join(scheduler, "w2", capacity=3, slots=3)
     decisions = scheduler.submit([make_job(f"j{n}") for n in range(4)], now=0)
-    assert dispatched_to(decisions) == {"w1": ["j0"], "w2": ["j1", "j2", "j3"]}
+    assert dispatched_to(decisions) == {"w1": ["j1"], "w2": ["j0", "j2", "j3"]}
     decisions = scheduler.submit([make_job(f"k{n}") for n in range(2)], now=0)
     assert dispatched_to(decisions) == {"w1": ["k0", "k1"]}  # only then its prefetch
 

@@ -663,6 +663,7 @@ class Scheduler:
         batches: dict[str, list[JobRecord]] = {}
         for room in (_idle_slots, _free_room):
             hungry = [worker for worker in self._workers.values() if room(worker) > 0]
+            hungry.sort(key=_waiting_there)  # (stable) prefetch the least-queued first
             while hungry:
                 fed = []
                 for worker in hungry:
@@ -759,6 +760,11 @@ def _idle_slots(worker: WorkerRecord) -> int:
 
 def _free_room(worker: WorkerRecord) -> int:
     return worker.free
+
+
+def _waiting_there(worker: WorkerRecord) -> int:
+    """How many jobs wait in the worker's prefetch, roughly (some may be starting)."""
+    return len(worker.inflight) - worker.slots
 
 
 def _requirements(tags: frozenset[str], *, verbs: bool = False) -> str:
