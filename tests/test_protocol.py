@@ -9,14 +9,15 @@ import pytest
 
 from corral import protocol as p
 from corral.constants import MAX_FRAME_BYTES, PROTOCOL_VERSION
+from corral.models import JobState
 
 
 def test_frames_too_big_for_one_message_are_split_and_arrive_whole() -> None:
     big = [
-        p.ResultReport(f"j{n}", 1, p.JobState.SUCCEEDED, result="r" * 3_000_000) for n in range(9)
+        p.ResultReport(f"j{n}", 1, JobState.SUCCEEDED, result="r" * 3_000_000) for n in range(9)
     ]
     small = [
-        p.ResultReport(f"s{n}", 1, p.JobState.FAILED, 1, None, "E", "m", "t") for n in range(5000)
+        p.ResultReport(f"s{n}", 1, JobState.FAILED, 1, None, "E", "m", "t") for n in range(5000)
     ]
     output = p.Log([p.LogItem("j0", 1, "stdout", b"o")])
     messages = p.messages([p.Results(big), p.Heartbeat(), p.Results(small), output])
@@ -45,7 +46,7 @@ def test_each_direction_decodes_only_its_own_frames() -> None:
 
 def report(**fields: object) -> list[object]:
     """A result report as it goes on the wire, with fields replaced."""
-    return list(p.ResultReport("j", 1, p.JobState.FAILED)._replace(**fields))
+    return list(p.ResultReport("j", 1, JobState.FAILED)._replace(**fields))
 
 
 @pytest.mark.parametrize(
@@ -68,9 +69,37 @@ def test_a_result_report_that_does_not_fit_is_named(item: list[object], named: s
         p.decode(msgpack.packb(["results", [item]]), p.FROM_WORKER)
 
 
+@pytest.mark.parametrize(
+    ("item", "named"),
+    [
+        (["j", 1, "soon"], "[0].started"),
+        (["j", 1, float("inf")], "[0].started"),
+        (["j", 0, 1.0], "[0].attempt"),
+        (["", 1, 1.0], "[0].job_id"),
+        (["j", 1], "[0]"),
+    ],
+)
+def test_a_start_report_that_does_not_fit_is_named(item: list[object], named: str) -> None:
+    with pytest.raises(p.ProtocolError, match=re.escape(f"started.items{named}")):
+        p.decode(msgpack.packb(["started", [item]]), p.FROM_WORKER)
+
+
+def test_take_back_goes_to_workers_and_its_answer_comes_from_them() -> None:
+    started = p.Started([p.StartReport("j", 1, 1.5), p.StartReport("k", 2, 3)])
+    assert p.decode(started.encode(), p.FROM_WORKER) == started
+    take_back = p.TakeBack(["j", "k"])
+    assert p.decode(take_back.encode(), p.TO_WORKER) == take_back
+    with pytest.raises(p.ProtocolError, match="unexpected 'takeback' frame"):
+        p.decode(take_back.encode(), p.FROM_WORKER)
+    returned = p.Returned(["k"])
+    assert p.decode(returned.encode(), p.FROM_WORKER) == returned
+    with pytest.raises(p.ProtocolError, match="unexpected 'returned' frame"):
+        p.decode(returned.encode(), p.TO_WORKER)
+
+
 def test_a_report_with_every_detail_passes_its_checks() -> None:
     full = p.ResultReport(
-        "j", 2, p.JobState.TIMED_OUT, -9, [1], "E", "m", "tb", 7, 1, 2.5, {"stdout": 10}
+        "j", 2, JobState.TIMED_OUT, -9, [1], "E", "m", "tb", 7, 1, 2.5, {"stdout": 10}
     )
     [decoded] = p.decode(p.Results([full]).encode(), p.FROM_WORKER).items  # type: ignore[attr-defined]
     assert decoded == full._replace(started=1.0)

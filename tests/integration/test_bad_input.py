@@ -24,8 +24,7 @@ import websockets
 from integration_support import ServerProcess, WorkerProcess, run_corral
 
 import corral
-from corral import JobState
-from corral import protocol as p
+from corral import JobState, protocol as p
 from corral.cli import ExitCode
 from corral.constants import (
     DATABASE_FILE_NAME,

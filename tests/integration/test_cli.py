@@ -18,8 +18,7 @@ from integration_support import (
     wait_for_workers,
 )
 
-from corral import __version__
-from corral import connect as corral_connect
+from corral import __version__, connect as corral_connect
 from corral.cli import ExitCode
 from corral.constants import MAX_LOG_BYTES_PER_JOB
 

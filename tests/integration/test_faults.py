@@ -25,8 +25,7 @@ from integration_support import (
 from tcp_proxy import TcpProxy
 
 import corral
-from corral import JobState
-from corral import protocol as p
+from corral import JobState, protocol as p
 from corral.server.store import open_store
 
 

@@ -23,8 +23,7 @@ from integration_support import (
     start_worker_process,
     wait_for,
 )
-from sshlab import Sshd, SshLab
-from sshlab import corral as corral_cli
+from sshlab import Sshd, SshLab, corral as corral_cli
 
 import corral
 from corral.cli_common import ExitCode

@@ -35,8 +35,16 @@ from corral.constants import (
 )
 from corral.errors import Conflict, InvalidRequest, NotFound
 from corral.ids import IdGenerator
-from corral.models import Attempt, JobInfo, JobSpec, JobState, WorkerInfo
-from corral.server.records import done_frame, job_info, job_record, record_from_row, spec_fields
+from corral.models import JobInfo, JobSpec, JobState, WorkerInfo
+from corral.server.records import (
+    done_frame,
+    job_info,
+    job_record,
+    record_from_row,
+    reported_attempt,
+    spec_fields,
+    unreported_attempt,
+)
 from corral.server.scheduler import (
     Decision,
     Dispatch,
@@ -401,20 +409,7 @@ class Engine:
                 continue
             outcomes.append(Outcome(report.job_id, report.attempt, report.state))
             details[report.job_id, report.attempt] = report
-            attempt = Attempt(
-                number=report.attempt,
-                worker=hello.worker_id,
-                host=hello.host,
-                pid=report.pid,
-                started=report.started,
-                finished=report.finished,
-                state=report.state,
-                exit_code=report.exit_code,
-                error_type=report.error_type,
-                error_message=report.error_message,
-                traceback=report.traceback,
-                truncated=report.truncated or {},
-            )
+            attempt = reported_attempt(report, hello.worker_id, hello.host)
             attempts.append(SaveAttempt(report.job_id, attempt))
         decisions = self.scheduler.complete(hello.worker_id, outcomes, now)
         ack = p.Ack([p.AttemptRef(report.job_id, report.attempt) for report in reports])
@@ -549,18 +544,10 @@ class Engine:
             elif isinstance(decision, Requeued):
                 job = decision.job
                 if decision.ran and (job.id, decision.attempt) not in details:  # lost, handed back
-                    mutations.append(
-                        SaveAttempt(
-                            job.id,
-                            Attempt(
-                                number=decision.attempt,
-                                worker=decision.worker,
-                                finished=now,
-                                state=JobState.LOST,
-                                error_message=decision.reason,
-                            ),
-                        )
+                    ended = unreported_attempt(
+                        decision.attempt, decision.worker, now, JobState.LOST, decision.reason
                     )
+                    mutations.append(SaveAttempt(job.id, ended))
                 self._unsaved_starts.pop(job.id, None)
                 mutations.append(UpdateJob(job.id, JobState.QUEUED, attempts=job.attempts))
             elif isinstance(decision, Finished):
@@ -568,18 +555,10 @@ class Engine:
                 if (job.id, job.attempts) not in details and job.worker is not None:
                     # Ended on a worker that will never report it (lost, or cancelled as its
                     # lease ran out): the history still gets the attempt, and why it ended.
-                    mutations.append(
-                        SaveAttempt(
-                            job.id,
-                            Attempt(
-                                number=job.attempts,
-                                worker=job.worker,
-                                finished=now,
-                                state=decision.state,
-                                error_message=decision.reason,
-                            ),
-                        )
+                    ended = unreported_attempt(
+                        job.attempts, job.worker, now, decision.state, decision.reason
                     )
+                    mutations.append(SaveAttempt(job.id, ended))
                 update, notice = self._finished(decision, details.get((job.id, job.attempts)), now)
                 mutations.append(update)
                 notices.append(notice)

@@ -13,7 +13,7 @@ import msgpack
 
 from corral import protocol as p
 from corral.constants import DEFAULT_QUEUE
-from corral.models import Attempt, JobInfo, JobSpec
+from corral.models import Attempt, JobInfo, JobSpec, JobState
 from corral.server.scheduler import JobRecord
 from corral.server.store.base import JobRow
 
@@ -96,3 +96,29 @@ def done_frame(row: JobRow) -> p.Done:
         row.traceback,
         row.exit_code,
     )
+
+
+def reported_attempt(report: p.ResultReport, worker_id: str, host: str) -> Attempt:
+    """The history's record of an attempt, as its worker reported it."""
+    return Attempt(
+        number=report.attempt,
+        worker=worker_id,
+        host=host,
+        pid=report.pid,
+        started=report.started,
+        finished=report.finished,
+        state=report.state,
+        exit_code=report.exit_code,
+        error_type=report.error_type,
+        error_message=report.error_message,
+        traceback=report.traceback,
+        truncated=report.truncated or {},
+    )
+
+
+def unreported_attempt(
+    number: int, worker_id: str | None, now: float, state: JobState, reason: str | None
+) -> Attempt:
+    """The history's record of an attempt that ended on a worker that will never report it
+    (lost, handed back, cancelled as its lease ran out): when, how and why it ended."""
+    return Attempt(number=number, worker=worker_id, finished=now, state=state, error_message=reason)

@@ -21,22 +21,22 @@ Only unfinished jobs are kept here; finished ones live in the store alone.
 
 from __future__ import annotations
 
-import datetime
 import heapq
 import itertools
 import random
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from corral.constants import (
-    MAX_SUBMIT_WARNINGS,
     RETRY_BACKOFF_BASE,
     RETRY_BACKOFF_JITTER,
     RETRY_BACKOFF_MAX,
-    SSH_CREDENTIALS_TAG,
     WORKER_LEASE,
 )
 from corral.models import JobState, QueueOrdering
+from corral.server import waiting
+from corral.server.job_queue import JobQueue
 
 
 @dataclass(slots=True, eq=False)
@@ -172,57 +172,6 @@ class RetryPolicy:
         return delay + delay * self.jitter * rng.random()
 
 
-class _Queue:
-    """One named queue: a heap per tag set, ordered by the queue's ordering.
-
-    Cancelled jobs are left in the heap and skipped when they surface (lazy deletion).
-    """
-
-    __slots__ = ("buckets", "ordering")
-
-    def __init__(self, ordering: QueueOrdering) -> None:
-        self.ordering = ordering
-        self.buckets: dict[frozenset[str], list[tuple[int, int, JobRecord]]] = {}
-
-    def key(self, job: JobRecord) -> tuple[int, int]:
-        """The job's place in this queue: lower goes first."""
-        if self.ordering is QueueOrdering.FIFO:
-            return (0, job.seq)
-        if self.ordering is QueueOrdering.LIFO:
-            return (0, -job.seq)
-        return (-job.priority, job.seq)
-
-    def push(self, job: JobRecord) -> None:
-        heapq.heappush(self.buckets.setdefault(job.tags, []), (*self.key(job), job))
-
-    def pop_for(self, tags: frozenset[str]) -> JobRecord | None:
-        """The best queued job whose required tags the worker has, or None."""
-        best: list[tuple[int, int, JobRecord]] | None = None
-        for required, heap in self.buckets.items():
-            if not required <= tags:
-                continue
-            while heap and heap[0][2].state is not JobState.QUEUED:
-                heapq.heappop(heap)
-            if heap and (best is None or heap[0][:2] < best[0][:2]):
-                best = heap
-        return heapq.heappop(best)[2] if best else None
-
-    def ahead_of(self, job: JobRecord, takers: Iterable[frozenset[str]]) -> int:
-        """Queued jobs that go before `job` to a worker with one of the tag sets `takers`."""
-        takers = list(takers)
-        place = self.key(job)
-        ahead: set[str] = set()  # a heap may hold a job twice (lazy deletion): count it once
-        for required, heap in self.buckets.items():
-            if any(required <= tags for tags in takers):
-                ahead.update(
-                    other.id
-                    for first, second, other in heap
-                    if other.state is JobState.QUEUED and (first, second) < place
-                )
-        ahead.discard(job.id)
-        return len(ahead)
-
-
 class Scheduler:
     """Pure scheduling state. Every method takes `now` and returns the decisions to carry out."""
 
@@ -237,7 +186,7 @@ class Scheduler:
         self.retry_policy = retry_policy or RetryPolicy()
         self._rng = rng or random.Random()
         self._seq = itertools.count()
-        self._queues: dict[str, _Queue] = {}
+        self._queues: dict[str, JobQueue] = {}
         self._jobs: dict[str, JobRecord] = {}
         self._delayed: list[tuple[float, int, JobRecord]] = []
         self._workers: dict[str, WorkerRecord] = {}
@@ -307,79 +256,35 @@ class Scheduler:
     # -- why jobs wait: asked for on demand (show, submit), never on the dispatch path -----------
 
     def unserved(self, queue: str, tags: frozenset[str]) -> str | None:
-        """Why no connected worker could ever take a job of `queue` that needs `tags`, naming
-        what is missing; None if one could (now, or once it has a free slot)."""
-        serving = self._serving(queue)
-        if not serving:
-            needs = f" with {_requirements(tags)}" if tags else ""
-            return f"no connected worker serves queue {queue!r}{needs}"
-        if any(tags <= worker.tags for worker in serving):
-            return None
-        missing = tags.difference(*(worker.tags for worker in serving))
-        serving_queue = f"no connected worker serving queue {queue!r}"
-        if missing:
-            return f"{serving_queue} {_requirements(missing, verbs=True)}"
-        return f"{serving_queue} has all of {_requirements(tags)}"
+        """Why no connected worker could ever take a job of `queue` that needs `tags`; None if
+        one could (now, or once it has a free slot)."""
+        return waiting.unserved(self._serving(queue), queue, tags)
 
     def unserved_warnings(self, routes: Mapping[tuple[str, frozenset[str]], int]) -> list[str]:
         """What to tell whoever submitted jobs to these (queue, tags) routes, with the number of
         jobs on each, when no connected worker could take them: one line per distinct reason."""
-        waiting: dict[str, int] = {}
+        reasons: Counter[str] = Counter()
         for (queue, tags), count in routes.items():
             reason = self.unserved(queue, tags)
             if reason is not None:
-                waiting[reason] = waiting.get(reason, 0) + count
-        lines = [
-            f"{reason}; {'the job waits' if count == 1 else f'{count} jobs wait'} until one does"
-            for reason, count in itertools.islice(waiting.items(), MAX_SUBMIT_WARNINGS)
-        ]
-        if len(waiting) > MAX_SUBMIT_WARNINGS:
-            more = len(waiting) - MAX_SUBMIT_WARNINGS
-            lines.append(f"and {more} more such reasons; `corral show ID` gives a job's")
-        return lines
+                reasons[reason] += count
+        return waiting.submit_warnings(reasons)
 
     def waiting_reason(self, job_id: str, now: float) -> str | None:
-        """Why the job is queued and not running yet; None if it is not queued here."""
+        """Why the job waits (queued, or held in a worker's prefetch); None if it runs or is
+        not here."""
         job = self._jobs.get(job_id)
         if job is None or job.started:
             return None
         if job.state is JobState.RUNNING:
-            return self._held_reason(job)
-        unserved = self.unserved(job.queue, job.tags)
-        if job.ready_at > now:
-            why = (
-                f"the backoff before retry {job.failures} of {job.retries}"
-                if job.failures
-                else "its not_before"
-            )
-            delayed = f"delayed until {_utc(job.ready_at)} (in {job.ready_at - now:.0f}s), {why}"
-            return delayed if unserved is None else f"{delayed}; then: {unserved}"
-        if unserved is not None:
-            return unserved
-        takers = [worker for worker in self._serving(job.queue) if job.tags <= worker.tags]
-        if any(worker.free > 0 for worker in takers):
-            return "a worker that can take it has a free slot; it starts in a moment"
-        slots = _count(sum(worker.capacity for worker in takers), "slot")
-        if len(takers) == 1:
-            busy = f"the one worker that can take it is busy, its {slots} full"
-        else:
-            busy = f"all {len(takers)} workers that can take it are busy, their {slots} full"
-        ahead = self._queues[job.queue].ahead_of(job, (worker.tags for worker in takers))
-        if not ahead:
-            return f"{busy}; it is next in queue {job.queue!r}"
-        return f"{busy}; waiting behind {_count(ahead, 'job')} in queue {job.queue!r}"
-
-    def _held_reason(self, job: JobRecord) -> str:
-        assert job.worker is not None
-        holder = self._workers[job.worker]
-        if job.recalled_for is not None:
-            return f"being handed back by worker {holder.id} to a worker with a free slot"
-        if holder.running() < holder.slots:
-            return f"sent to worker {holder.id}, which is starting it"
-        slots = _count(holder.slots, "slot")
-        return (
-            f"held ready by worker {holder.id}, whose {slots} are busy; it starts when one "
-            "frees, or goes to another worker whose slot frees first"
+            assert job.worker is not None
+            return waiting.held_reason(job, self._workers[job.worker])
+        queue = self._queues[job.queue]
+        return waiting.queued_reason(
+            job,
+            now,
+            self._serving(job.queue),
+            lambda takers: queue.ahead_of(job, (worker.tags for worker in takers)),
         )
 
     def _serving(self, queue: str) -> list[WorkerRecord]:
@@ -397,7 +302,7 @@ class Scheduler:
         queue = self._queues.get(name)
         if queue is None or queue.ordering is not ordering:
             old = queue
-            self._queues[name] = queue = _Queue(ordering)
+            self._queues[name] = queue = JobQueue(ordering)
             if old is not None:
                 for heap in old.buckets.values():
                     for _, _, job in heap:
@@ -765,26 +670,3 @@ def _free_room(worker: WorkerRecord) -> int:
 def _waiting_there(worker: WorkerRecord) -> int:
     """How many jobs wait in the worker's prefetch, roughly (some may be starting)."""
     return len(worker.inflight) - worker.slots
-
-
-def _requirements(tags: frozenset[str], *, verbs: bool = False) -> str:
-    """Required tags as a reader knows them: `tags gpu, linux and ssh credentials 'prod'`."""
-    plain = sorted(tag for tag in tags if not tag.startswith(SSH_CREDENTIALS_TAG))
-    credentials = sorted(
-        repr(tag[len(SSH_CREDENTIALS_TAG) :]) for tag in tags if tag.startswith(SSH_CREDENTIALS_TAG)
-    )
-    parts = []
-    if plain:
-        parts.append(("has " if verbs else "") + "tags " + ", ".join(plain))
-    if credentials:
-        parts.append(("holds " if verbs else "") + "ssh credentials " + ", ".join(credentials))
-    return " and ".join(parts)
-
-
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
-
-
-def _utc(timestamp: float) -> str:
-    when = datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
-    return when.strftime("%Y-%m-%d %H:%M:%S UTC")
