@@ -27,20 +27,36 @@ from pathlib import Path
 from typing import Any, Literal, TextIO
 
 from corral.errors import ConfigError, StoreUnavailable
-from corral.models import Attempt, JobState, QueueOrdering
+from corral.models import Attempt, JobState, PrimitiveKind, QueueOrdering
 from corral.server.lockfile import LockHeld, hold_lock
 from corral.server.store.base import (
+    AckItems,
     AppendLog,
+    DeclarePrimitive,
+    DeleteEntries,
     DeleteJobs,
     DuplicateJob,
+    EntryRow,
+    FinishTasks,
+    GrantLock,
+    HolderRow,
     InsertJobs,
+    ItemRow,
     JobFilter,
     JobRow,
+    LeaseItems,
     LogChunk,
     Mutation,
+    PrimitiveMutation,
+    PrimitiveRow,
+    PushItems,
+    PutEntries,
+    ReleaseLock,
+    ReturnItems,
     SaveAttempt,
     SaveQueue,
     Store,
+    TakeItems,
     UpdateJob,
     finished_states,
     fit_log,
@@ -49,7 +65,7 @@ from corral.server.store.base import (
 Durability = Literal["normal", "full"]
 
 #: Stored in PRAGMA user_version; bump it with a migration when the schema changes.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Purging walks finished jobs of one state, longest finished first. Only finished jobs have a
 # `finished` time, so queued and running ones (the hot path's inserts) add nothing to it: it
@@ -57,7 +73,7 @@ SCHEMA_VERSION = 3
 _FINISHED_INDEX = (
     "CREATE INDEX jobs_by_finished ON jobs (state, finished) WHERE finished IS NOT NULL"
 )
-_SCHEMA = (
+_SCHEMA: tuple[str, ...] = (
     """CREATE TABLE jobs (
         id TEXT PRIMARY KEY,
         name TEXT NOT NULL,
@@ -117,11 +133,47 @@ _SCHEMA = (
     ) WITHOUT ROWID""",
     "CREATE TABLE queues (name TEXT PRIMARY KEY, ordering TEXT NOT NULL) WITHOUT ROWID",
 )
-# _MIGRATIONS[n - 1] takes a database of schema version n to n + 1.
-_MIGRATIONS = (
+# Named primitives (see base.py). Items and entries hold blobs of any size, so they are rowid
+# tables (a WITHOUT ROWID table suits small rows only); holders are a few small rows.
+_PRIMITIVE_SCHEMA = (
+    """CREATE TABLE primitives (
+        name TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        options BLOB NOT NULL,
+        counter INTEGER NOT NULL DEFAULT 0,
+        unfinished INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID""",
+    """CREATE TABLE primitive_items (
+        name TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        key BLOB NOT NULL,
+        data BLOB NOT NULL,
+        delivery INTEGER,
+        lease REAL,
+        PRIMARY KEY (name, seq)
+    )""",
+    """CREATE TABLE primitive_holders (
+        name TEXT NOT NULL,
+        token INTEGER NOT NULL,
+        holder TEXT NOT NULL,
+        lease REAL NOT NULL,
+        PRIMARY KEY (name, token)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE primitive_entries (
+        name TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        key BLOB NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (name, seq)
+    )""",
+)
+_SCHEMA += _PRIMITIVE_SCHEMA
+# _MIGRATIONS[n - 1] holds the statements that take a database of schema version n to n + 1.
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # Bytes cut from the output per stream, as JSON; NULL when nothing was cut.
-    "ALTER TABLE attempts ADD COLUMN truncated TEXT",
-    _FINISHED_INDEX,
+    ("ALTER TABLE attempts ADD COLUMN truncated TEXT",),
+    (_FINISHED_INDEX,),
+    _PRIMITIVE_SCHEMA,
 )
 
 _JOB_COLUMNS = (
@@ -245,8 +297,9 @@ class SQLiteStore(Store):
                     f" {SCHEMA_VERSION}); upgrade corral"
                 )
             elif version < SCHEMA_VERSION:
-                for statement in _MIGRATIONS[version - 1 :]:
-                    connection.execute(statement)
+                for migration in _MIGRATIONS[version - 1 :]:
+                    for statement in migration:
+                        connection.execute(statement)
                 connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @contextmanager
@@ -440,6 +493,36 @@ class SQLiteStore(Store):
         rows = self._reader().execute("SELECT state, count(*) FROM jobs GROUP BY state")
         return {_STATES[state]: count for state, count in rows}
 
+    def load_primitives(self) -> list[PrimitiveRow]:
+        connection = self._reader()
+        connection.execute("BEGIN")  # one snapshot of the declarations and their rows
+        try:
+            declared = {
+                name: PrimitiveRow(name, PrimitiveKind(kind), options, counter, unfinished)
+                for name, kind, options, counter, unfinished in connection.execute(
+                    "SELECT name, kind, options, counter, unfinished FROM primitives ORDER BY name"
+                )
+            }
+            for name, *item in connection.execute(
+                "SELECT name, seq, key, data, delivery, lease FROM primitive_items"
+                " ORDER BY name, seq"
+            ):
+                if name in declared:
+                    declared[name].items.append(ItemRow(*item))
+            for name, *holder in connection.execute(
+                "SELECT name, token, holder, lease FROM primitive_holders ORDER BY name, token"
+            ):
+                if name in declared:
+                    declared[name].holders.append(HolderRow(*holder))
+            for name, *entry in connection.execute(
+                "SELECT name, seq, key, data FROM primitive_entries ORDER BY name, seq"
+            ):
+                if name in declared:
+                    declared[name].entries.append(EntryRow(*entry))
+        finally:
+            connection.execute("COMMIT")
+        return list(declared.values())
+
     def close(self) -> None:
         with self._readers_lock:
             readers, self._readers = self._readers, []
@@ -531,8 +614,80 @@ def _apply(connection: sqlite3.Connection, batch: Sequence[Mutation]) -> None:
             pending.write(connection)
             _delete_jobs(connection, mutation.ids)
         else:
-            raise TypeError(f"not a store mutation: {mutation!r}")
+            # Other tables than the jobs' ones, written in order as they come.
+            _apply_primitive(connection, mutation)
     pending.write(connection)
+
+
+def _apply_primitive(connection: sqlite3.Connection, mutation: PrimitiveMutation) -> None:
+    name = mutation.name
+    if isinstance(mutation, DeclarePrimitive):
+        connection.execute(
+            "INSERT OR IGNORE INTO primitives (name, kind, options) VALUES (?, ?, ?)",
+            (name, PrimitiveKind(mutation.kind).value, mutation.options),
+        )
+    elif isinstance(mutation, PushItems):
+        connection.executemany(
+            "INSERT OR REPLACE INTO primitive_items VALUES (?, ?, ?, ?, ?, ?)",
+            [(name, i.seq, i.key, i.data, i.delivery, i.lease) for i in mutation.items],
+        )
+        _count(connection, name, unfinished=len(mutation.items))
+    elif isinstance(mutation, LeaseItems):
+        connection.executemany(
+            "UPDATE primitive_items SET delivery = ?, lease = ? WHERE name = ? AND seq = ?",
+            [(lease.delivery, lease.lease, name, lease.seq) for lease in mutation.leases],
+        )
+        last = max((lease.delivery for lease in mutation.leases), default=0)
+        _count(connection, name, counter=last)
+    elif isinstance(mutation, ReturnItems):
+        connection.executemany(
+            "UPDATE primitive_items SET delivery = NULL, lease = NULL WHERE name = ? AND seq = ?",
+            [(name, seq) for seq in mutation.seqs],
+        )
+    elif isinstance(mutation, TakeItems | AckItems):
+        before = connection.total_changes
+        connection.executemany(
+            "DELETE FROM primitive_items WHERE name = ? AND seq = ?",
+            [(name, seq) for seq in mutation.seqs],
+        )
+        if isinstance(mutation, AckItems):
+            _count(connection, name, unfinished=before - connection.total_changes)
+    elif isinstance(mutation, FinishTasks):
+        _count(connection, name, unfinished=-mutation.count)
+    elif isinstance(mutation, GrantLock):
+        holder = mutation.holder
+        connection.execute(
+            "INSERT OR REPLACE INTO primitive_holders VALUES (?, ?, ?, ?)",
+            (name, holder.token, holder.holder, holder.lease),
+        )
+        _count(connection, name, counter=holder.token)
+    elif isinstance(mutation, ReleaseLock):
+        connection.execute(
+            "DELETE FROM primitive_holders WHERE name = ? AND token = ?", (name, mutation.token)
+        )
+    elif isinstance(mutation, PutEntries):
+        connection.executemany(
+            "INSERT OR REPLACE INTO primitive_entries VALUES (?, ?, ?, ?)",
+            [(name, entry.seq, entry.key, entry.data) for entry in mutation.entries],
+        )
+    elif isinstance(mutation, DeleteEntries):
+        connection.executemany(
+            "DELETE FROM primitive_entries WHERE name = ? AND seq = ?",
+            [(name, seq) for seq in mutation.seqs],
+        )
+    else:
+        raise TypeError(f"not a store mutation: {mutation!r}")
+
+
+def _count(
+    connection: sqlite3.Connection, name: str, *, counter: int = 0, unfinished: int = 0
+) -> None:
+    """Raise a declared primitive's counter to `counter`, add `unfinished` to its count."""
+    connection.execute(
+        "UPDATE primitives SET counter = max(counter, ?), unfinished = unfinished + ?"
+        " WHERE name = ?",
+        (counter, unfinished, name),
+    )
 
 
 @dataclass(slots=True)
