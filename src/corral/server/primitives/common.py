@@ -98,9 +98,11 @@ def check_name(name: str) -> str:
         )
     if not _NAME.fullmatch(name):
         bad = _NAME_CHARACTER.search(name)
-        where = f"{bad.group()!r} at position {bad.start()}" if bad else "its first character"
+        wrong = (
+            f"has {bad.group()!r} at position {bad.start()}" if bad else f"starts with {name[0]!r}"
+        )
         raise InvalidName(
-            f"name {name!r} has {where}; a name is made of {PRIMITIVE_NAME_CHARACTERS} and"
+            f"name {name!r} {wrong}; a name is made of {PRIMITIVE_NAME_CHARACTERS} and"
             " starts with a letter or a digit, like 'tasks' or 'results/2026'"
         )
     return name
