@@ -140,6 +140,18 @@ class NamedQueue(Primitive):
         """Items handed out under a lease and not acknowledged yet."""
         return len(self._delivered)
 
+    def held(self, delivery: int) -> bool:
+        """Whether that delivery is still out under its lease (and may be acknowledged)."""
+        return delivery in self._delivered
+
+    def contents(self) -> list[bytes]:
+        """The items ready to get, in the order gets would take them."""
+        return [entry[2].data for entry in sorted(self._ready)]
+
+    def waiting_to_go_in(self) -> int:
+        """Items of blocked puts, waiting for room."""
+        return sum(len(putter.items) for putter in self._putters)
+
     # -- calls ---------------------------------------------------------------------------------
 
     def put(
