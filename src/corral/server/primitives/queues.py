@@ -115,6 +115,9 @@ class NamedQueue(Primitive):
         self._items: dict[int, _Item] = {}  # every item, ready or handed out
         self._ready: list[tuple[bytes, int, _Item]] = []  # heap: (key, signed seq, item)
         self._delivered: dict[int, _Item] = {}
+        # (expires, delivery), a heap: a tick looks at the leases that ran out, not at all of
+        # them; an entry left by a renewal or an ack is skipped when it surfaces.
+        self._expiries: list[tuple[float, int]] = []
         self._next_seq = 0
         self._deliveries = 0  # the last delivery number handed out
         self._getters: deque[_Getter] = deque()
@@ -164,7 +167,8 @@ class NamedQueue(Primitive):
         now: float,
     ) -> Effects:
         """Put the items (all or none); the call is answered with None once they are in."""
-        check_count(max(len(items), 1), "the number of items to put")
+        if items:
+            check_count(len(items), "the number of items to put")
         items = [self._checked(item) for item in items]
         if self.maxsize and len(items) > self.maxsize:
             raise InvalidRequest(
@@ -266,8 +270,7 @@ class NamedQueue(Primitive):
             )
         if lease is not None:
             item.lease = check_lease(lease)
-        item.expires = now + item.lease
-        self._wake_at(item.expires)
+        self._lease(item, now + item.lease)
         return item.expires
 
     def tick(self, now: float) -> Effects:
@@ -278,13 +281,17 @@ class NamedQueue(Primitive):
         full = f"queue {self.name!r} stayed full until the timeout"
         effects.replies += [Reply(g.call, error=queue.Empty(empty)) for g in late_getters]
         effects.replies += [Reply(p.call, error=queue.Full(full)) for p in late_putters]
-        back = [(d, item) for d, item in self._delivered.items() if item.expires <= now]
-        for delivery, item in back:
-            del self._delivered[delivery]
-            item.delivery = None
-            heapq.heappush(self._ready, self._place(item))
+        back = []
+        while self._expiries and self._expiries[0][0] <= now:
+            delivery = heapq.heappop(self._expiries)[1]
+            item = self._delivered.get(delivery)
+            if item is not None and item.expires <= now:
+                del self._delivered[delivery]
+                item.delivery = None
+                heapq.heappush(self._ready, self._place(item))
+                back.append(item.seq)
         if back:
-            effects.mutations.append(ReturnItems(self.name, [item.seq for _, item in back]))
+            effects.mutations.append(ReturnItems(self.name, back))
         return effects.add(self._settle(now))
 
     def cancel(self, call: CallId, now: float) -> Effects:
@@ -304,10 +311,9 @@ class NamedQueue(Primitive):
                 self._ready.append(self._place(item))
             else:
                 item.delivery, item.lease = stored.delivery, stored.lease or 0.0
-                item.expires = now + item.lease
                 self._delivered[stored.delivery] = item
                 self._deliveries = max(self._deliveries, stored.delivery)
-                self._wake_at(item.expires)
+                self._lease(item, now + item.lease)
         heapq.heapify(self._ready)
 
     # -- internals -----------------------------------------------------------------------------
@@ -356,10 +362,10 @@ class NamedQueue(Primitive):
         for item in taken:
             self._deliveries += 1
             item.delivery, item.lease = self._deliveries, getter.lease
-            item.expires = now + getter.lease
             self._delivered[item.delivery] = item
+            self._lease(item, now + getter.lease, wake=False)
             leases.append(ItemLease(item.seq, item.delivery, item.lease))
-        self._wake_at(now + getter.lease)
+        self._wake_at(now + getter.lease)  # once for all of them
         got = [GotItem(item.data, item.delivery) for item in taken]
         return Effects([LeaseItems(self.name, leases)], [Reply(getter.call, got)])
 
@@ -384,6 +390,14 @@ class NamedQueue(Primitive):
             return Effects()
         joiners, self._joiners = self._joiners, []
         return Effects(replies=[Reply(call, None) for call in joiners])
+
+    def _lease(self, item: _Item, expires: float, *, wake: bool = True) -> None:
+        """Hand out (or extend) the delivered item's lease until `expires`."""
+        assert item.delivery is not None
+        item.expires = expires
+        heapq.heappush(self._expiries, (expires, item.delivery))
+        if wake:
+            self._wake_at(expires)
 
     def _wake_at(self, when: float | None) -> None:
         if when is not None:
