@@ -41,6 +41,7 @@ from corral.server.store import (
     TakeItems,
     UpdateJob,
 )
+from corral.server.store.base import rows_written
 from corral.sortkey import sort_key
 
 
@@ -667,3 +668,15 @@ def test_primitives_survive_a_restart_and_fencing_tokens_keep_growing(
     assert [hold.token for hold in twice.lock("lock").holds()] == [bob + 1]
     assert twice.queue("tasks").unfinished == 2
     store.close()
+
+
+def test_rows_written_counts_every_item_lease_and_entry() -> None:
+    batch = [
+        PushItems("q", [ItemRow(n, b"", b"x") for n in range(3)]),
+        LeaseItems("q", [ItemLease(0, 1, 1.0), ItemLease(1, 2, 1.0)]),
+        AckItems("q", [0, 1]),
+        PutEntries("d", [EntryRow(0, b"k", b"v")]),
+        DeclarePrimitive("l", PrimitiveKind.LOCK, b""),
+        InsertJobs([job(1), job(2)]),
+    ]
+    assert rows_written(batch) == 3 + 2 + 2 + 1 + 1 + 2

@@ -17,6 +17,13 @@ What it guarantees, beyond each kind's own guarantees (queues.py, locks.py, stat
 - errors are the standard library's where it has one (queue.Full, queue.Empty, ValueError,
   KeyError, IndexError, threading.BrokenBarrierError), CorralError subclasses otherwise
   (InvalidName, InvalidRequest, PrimitiveMismatch, NotHeld, NotFound).
+
+How a server drives it: `restore(store.load_primitives(), now)` on start; for each request, the
+call on the primitive, then its Effects' mutations to the store writer and, once they commit, its
+replies to the callers; `tick(now)` at `next_wakeup()`; `cancel(name, call, now)` for the calls
+of a connection that closed. The core has changed when a call returns, so the mutations record
+what is done (like a dispatch): check that the store takes writes before the call
+(GroupCommitWriter.check_available) and hand them over to be stored until they are.
 """
 
 from corral.server.primitives.common import CallId, Effects, Reply, deadline_for
