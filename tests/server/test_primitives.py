@@ -175,7 +175,13 @@ class CorralQueue(Outcomes):
         lease_for = lease if self.ack else None
         try:
             effects = self.queue.get(
-                call, count, block=block, deadline=deadline, now=self.now, lease=lease_for
+                call,
+                count,
+                block=block,
+                deadline=deadline,
+                now=self.now,
+                lease=lease_for,
+                holder="me",
             )
         except BaseException:
             self.pending.pop(call)
@@ -204,7 +210,7 @@ class CorralQueue(Outcomes):
 
     def task_done(self) -> None:
         if self.ack:
-            self._carry_out(self.queue.ack_items([self.deliveries.pop(0)], self.now))
+            self._carry_out(self.queue.ack_items([self.deliveries.pop(0)], "me", self.now))
         else:
             self._carry_out(self.queue.task_done())
 
@@ -471,14 +477,16 @@ def test_an_unacknowledged_item_comes_back_to_its_place_when_its_lease_runs_out(
     q.put_many(["a", "b", "c"], block=False)
     assert q.get_many(2, block=False, lease=5.0).value == ["a", "b"]
     [a, b] = q.deliveries
-    q._carry_out(q.queue.ack_items([b], q.now))
+    with pytest.raises(NotHeld, match=f"delivery {b} of queue 'q' is not held by 'you'"):
+        q.queue.ack_items([b], "you", q.now)  # only its holder may
+    q._carry_out(q.queue.ack_items([b], "me", q.now))
     assert q.qsize() == 1
     q.advance(4.9)
     assert q.qsize() == 1
     q.advance(0.1)
     assert [q.get(block=False).value for _ in range(2)] == ["a", "c"]  # "a" where it was
     with pytest.raises(NotHeld, match=f"delivery {a}"):
-        q.queue.ack_items([a], q.now)
+        q.queue.ack_items([a], "me", q.now)
     assert q.queue.unfinished == 2
 
 
@@ -499,12 +507,12 @@ def test_renewing_a_delivery_keeps_the_item_and_join_waits_for_the_ack() -> None
     joined = q.join()
     for _ in range(3):
         q.advance(4.0)
-        q.queue.renew(delivery, q.now)
+        q.queue.renew(delivery, "me", q.now)
     assert (q.queue.delivered(), q.qsize(), joined.ended.is_set()) == (1, 0, False)
     q.task_done()
     assert joined.ended.is_set()
     with pytest.raises(NotHeld):
-        q.queue.renew(delivery, q.now)
+        q.queue.renew(delivery, "me", q.now)
 
 
 def test_delivered_items_keep_their_room_in_a_bounded_queue() -> None:
@@ -525,7 +533,7 @@ def test_ack_and_task_done_belong_to_their_own_kind_of_queue() -> None:
     with pytest.raises(InvalidRequest, match="give each get a lease"):
         acked.queue.get("c", block=False, deadline=None, now=0.0)
     with pytest.raises(InvalidRequest, match="does not take acknowledgements"):
-        plain.queue.ack_items([1], 0.0)
+        plain.queue.ack_items([1], "me", 0.0)
 
 
 def test_a_queue_opened_again_differently_is_an_error_not_reused() -> None:

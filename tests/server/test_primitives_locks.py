@@ -131,7 +131,8 @@ class CoreSemaphore(Core):
         return super().carry_out(effects)
 
     def release(self) -> None:
-        self.carry_out(self.semaphore.release(self.tokens.pop(0), self.now))
+        token = self.tokens.pop(0)
+        self.carry_out(self.semaphore.release(token, self.semaphore.holds()[0].holder, self.now))
 
 
 @pytest.fixture(params=["threading", "corral"])
@@ -193,7 +194,7 @@ def test_every_acquisition_gets_a_larger_fencing_token() -> None:
     tokens = [first]
     for turn in range(1, 8):
         if turn % 2:
-            lock.release(tokens[-1], core.now)
+            lock.release(tokens[-1], "h" if turn > 1 else "alice", core.now)
         else:
             core.advance(5.0)  # or its lease runs out
         call = core.start(
@@ -213,9 +214,9 @@ def test_a_holder_whose_lease_runs_out_loses_the_lock_to_the_next_waiter() -> No
     assert bob.value > alice
     assert [(hold.token, hold.holder) for hold in lock.holds()] == [(bob.value, "bob")]
     with pytest.raises(NotHeld, match=f"under token {alice}"):
-        lock.release(alice, core.now)
+        lock.release(alice, "alice", core.now)
     with pytest.raises(NotHeld, match="acquire it again"):
-        lock.renew(alice, core.now)
+        lock.renew(alice, "alice", core.now)
     assert lock.held(bob.value) and not lock.held(alice)
 
 
@@ -226,13 +227,15 @@ def test_renewing_keeps_the_lease_and_waiters_are_served_in_order() -> None:
         for _ in range(3)
     ]
     for now in (4.0, 8.0, 12.0):
-        assert lock.renew(alice, now) == now + 5.0
+        assert lock.renew(alice, "alice", now) == now + 5.0
         core.carry_out(core.core.tick(now))
     assert lock.holds()[0].token == alice and not any(w.ended.is_set() for w in waiters)
-    core.carry_out(lock.release(alice, 13.0))
+    with pytest.raises(NotHeld, match="'w1' does not hold it"):
+        lock.release(alice, "w1", 13.0)  # only its holder may, whatever the token
+    core.carry_out(lock.release(alice, "alice", 13.0))
     assert [w.ended.is_set() for w in waiters] == [True, False, False]
     core.carry_out(core.core.cancel("l", 2, 13.0))  # the second waiter's caller went away
-    core.carry_out(lock.release(waiters[0].value, 14.0))
+    core.carry_out(lock.release(waiters[0].value, "w1", 14.0))
     assert waiters[2].value == waiters[0].value + 1
     assert not waiters[1].ended.is_set()
 

@@ -33,37 +33,34 @@ class PrimitivesMachine(RuleBasedStateMachine):
         self.core = Primitives()
         self.now = 0.0
         self.calls = itertools.count()
-        self.waiting: dict[int, tuple[str, str]] = {}  # call -> (what, on which primitive)
+        self.waiting: dict[int, tuple[str, str, str]] = {}  # call -> (what, on what, by whom)
         self.carry_out(self.core.open_lock("lock"))
         self.carry_out(self.core.open_semaphore("pool", LOCKS["pool"]))
         self.carry_out(self.core.open_queue("q", QueueOrdering.FIFO, MAXSIZE, ack=True))
         self.last_token = dict.fromkeys(LOCKS, 0)
-        self.tokens_seen: dict[str, list[int]] = {name: [] for name in LOCKS}
+        self.holder_of: dict[str, dict[int, str]] = {name: {} for name in LOCKS}  # every token
         self.put_items: set[bytes] = set()
         self.acked: set[bytes] = set()
-        self.deliveries: dict[int, bytes] = {}  # every delivery handed out, held or not
+        self.deliveries: dict[int, tuple[bytes, str]] = {}  # every one: (item, holder)
         self.next_item = itertools.count()
 
     def carry_out(self, effects: Effects) -> None:
         self.store.write(effects.mutations)  # committed before any reply goes out
         for reply in effects.replies:
-            what, name = self.waiting.pop(reply.call)  # type: ignore[call-overload]
+            what, name, holder = self.waiting.pop(reply.call)  # type: ignore[call-overload]
             result: Any = reply.result
             if what == "acquire" and result is not None:
-                self.granted(name, result)
+                assert result > self.last_token[name], f"token {result} of {name} did not grow"
+                self.last_token[name] = result
+                self.holder_of[name][result] = holder
             elif what == "get" and reply.error is None:
                 for item in result:
                     assert item.data in self.put_items and item.data not in self.acked
-                    self.deliveries[item.delivery] = item.data
+                    self.deliveries[item.delivery] = (item.data, holder)
 
-    def granted(self, name: str, token: int) -> None:
-        assert token > self.last_token[name], f"token {token} of {name} did not grow"
-        self.last_token[name] = token
-        self.tokens_seen[name].append(token)
-
-    def call(self, what: str, name: str) -> int:
+    def call(self, what: str, name: str, holder: str = "") -> int:
         number = next(self.calls)
-        self.waiting[number] = (what, name)
+        self.waiting[number] = (what, name, holder)
         return number
 
     # -- locks ---------------------------------------------------------------------------------
@@ -77,46 +74,35 @@ class PrimitivesMachine(RuleBasedStateMachine):
     def acquire(self, name: str, holder: str, block: bool, timeout: float | None) -> None:
         deadline = None if timeout is None else self.now + timeout
         lock = self.core.semaphore(name)
-        call = self.call("acquire", name)
+        call = self.call("acquire", name, holder)
         self.carry_out(
             lock.acquire(call, holder, LEASE, block=block, deadline=deadline, now=self.now)
         )
 
-    @precondition(lambda self: any(self.tokens_seen.values()))
-    @rule(data=st.data(), name=st.sampled_from(sorted(LOCKS)))
-    def release(self, data: st.DataObject, name: str) -> None:
-        """Release under any token ever given: a held one goes, a stale one is refused."""
-        if not self.tokens_seen[name]:
+    @precondition(lambda self: any(self.holder_of.values()))
+    @rule(
+        data=st.data(),
+        name=st.sampled_from(sorted(LOCKS)),
+        holder=st.sampled_from(HOLDERS),
+        renew=st.booleans(),
+    )
+    def release_or_renew(self, data: st.DataObject, name: str, holder: str, renew: bool) -> None:
+        """Under any token ever given and any holder: only the holder of a held token may."""
+        if not self.holder_of[name]:
             return
-        token = data.draw(st.sampled_from(self.tokens_seen[name]))
+        token = data.draw(st.sampled_from(sorted(self.holder_of[name])))
         lock = self.core.semaphore(name)
-        if lock.held(token):
-            self.carry_out(lock.release(token, self.now))
-            assert not lock.held(token)
-        else:
-            try:
-                lock.release(token, self.now)
-            except NotHeld:
-                pass
+        allowed = lock.held(token) and self.holder_of[name][token] == holder
+        try:
+            if renew:
+                assert lock.renew(token, holder, self.now) == self.now + LEASE
             else:
-                raise AssertionError(f"released {name} under stale token {token}")
-
-    @precondition(lambda self: any(self.tokens_seen.values()))
-    @rule(data=st.data(), name=st.sampled_from(sorted(LOCKS)))
-    def renew(self, data: st.DataObject, name: str) -> None:
-        if not self.tokens_seen[name]:
-            return
-        token = data.draw(st.sampled_from(self.tokens_seen[name]))
-        lock = self.core.semaphore(name)
-        if lock.held(token):
-            assert lock.renew(token, self.now) == self.now + LEASE
+                self.carry_out(lock.release(token, holder, self.now))
+                assert not lock.held(token)
+        except NotHeld:
+            assert not allowed, f"{holder} could not use its token {token} of {name}"
         else:
-            try:
-                lock.renew(token, self.now)
-            except NotHeld:
-                pass
-            else:
-                raise AssertionError(f"renewed {name} under stale token {token}")
+            assert allowed, f"{holder} used token {token} of {name}, not its own or stale"
 
     # -- the queue -----------------------------------------------------------------------------
 
@@ -135,12 +121,17 @@ class PrimitivesMachine(RuleBasedStateMachine):
         self.put_items.update(items)  # in now, or once there is room
         self.carry_out(effects)
 
-    @rule(count=st.integers(1, 3), timeout=st.sampled_from([0.0, 3.0]))
-    def get(self, count: int, timeout: float) -> None:
-        call = self.call("get", "q")
+    @rule(
+        count=st.integers(1, 3),
+        timeout=st.sampled_from([0.0, 3.0]),
+        holder=st.sampled_from(HOLDERS),
+    )
+    def get(self, count: int, timeout: float, holder: str) -> None:
+        call = self.call("get", "q", holder)
+        deadline = self.now + timeout
         try:
             effects = self.core.queue("q").get(
-                call, count, block=True, deadline=self.now + timeout, now=self.now, lease=LEASE
+                call, count, block=True, deadline=deadline, now=self.now, lease=LEASE, holder=holder
             )
         except queue.Empty:
             del self.waiting[call]
@@ -149,15 +140,20 @@ class PrimitivesMachine(RuleBasedStateMachine):
         self.carry_out(effects)
 
     @precondition(lambda self: self.deliveries)
-    @rule(data=st.data())
-    def ack(self, data: st.DataObject) -> None:
+    @rule(data=st.data(), holder=st.sampled_from(HOLDERS))
+    def ack(self, data: st.DataObject, holder: str) -> None:
+        """Any delivery ever made, by any holder: only a held one, by its holder, is acked."""
         delivery = data.draw(st.sampled_from(sorted(self.deliveries)))
+        item, given_to = self.deliveries[delivery]
         q = self.core.queue("q")
+        allowed = q.held(delivery) and given_to == holder
         try:
-            effects = q.ack_items([delivery], self.now)
+            effects = q.ack_items([delivery], holder, self.now)
         except NotHeld:
-            return  # its lease ran out: the item went back, and may be handed out again
-        self.acked.add(self.deliveries[delivery])
+            assert not allowed, f"{holder} could not ack its delivery {delivery}"
+            return  # its lease ran out (the item went back), or it is not this holder's
+        assert allowed, f"{holder} acked delivery {delivery}, not its own or stale"
+        self.acked.add(item)
         self.carry_out(effects)
 
     # -- time and restarts ---------------------------------------------------------------------
@@ -177,7 +173,7 @@ class PrimitivesMachine(RuleBasedStateMachine):
         assert self.snapshot() == before
         # Blocked puts were never answered, so those items may or may not be in: forget them.
         q = self.core.queue("q")
-        kept = self.acked | set(self.deliveries.values()) | set(q.contents())
+        kept = self.acked | {item for item, _ in self.deliveries.values()} | set(q.contents())
         self.put_items &= kept
 
     def snapshot(self) -> object:
@@ -201,7 +197,7 @@ class PrimitivesMachine(RuleBasedStateMachine):
     def every_item_is_in_one_place(self) -> None:
         q = self.core.queue("q")
         ready = set(q.contents())
-        held = {data for delivery, data in self.deliveries.items() if q.held(delivery)}
+        held = {item for delivery, (item, _) in self.deliveries.items() if q.held(delivery)}
         assert len(ready) == q.qsize() and len(held) == q.delivered()
         assert not ready & held and not ready & self.acked and not held & self.acked
         in_queue = len(ready) + len(held) + len(self.acked) + q.waiting_to_go_in()

@@ -506,7 +506,7 @@ def test_queue_items_are_pushed_leased_returned_taken_and_acked(store: Store) ->
         [PushItems("q", [ItemRow(n, f"k{n}".encode(), f"item {n}".encode()) for n in range(5)])]
     )
     store.write([PushItems("r", [ItemRow(0, b"", b"other queue")])])
-    store.write([LeaseItems("q", [ItemLease(1, 7, 30.0), ItemLease(2, 8, 5.0)])])
+    store.write([LeaseItems("q", [ItemLease(1, 7, 30.0, "c1"), ItemLease(2, 8, 5.0, "c2")])])
     store.write([ReturnItems("q", [2]), TakeItems("q", [3]), AckItems("q", [1, 99])])
     store.write([FinishTasks("q", 1)])
     q, r = store.load_primitives()
@@ -524,9 +524,12 @@ def test_a_leased_item_keeps_its_delivery_and_lease(store: Store) -> None:
     store.write(
         [DeclarePrimitive("q", PrimitiveKind.QUEUE, b""), PushItems("q", [ItemRow(4, b"", b"x")])]
     )
-    store.write([LeaseItems("q", [ItemLease(4, 12, 2.5)])])
+    store.write([LeaseItems("q", [ItemLease(4, 12, 2.5, "consumer")])])
     [q] = store.load_primitives()
-    assert q.items == [ItemRow(4, b"", b"x", delivery=12, lease=2.5)]
+    assert q.items == [ItemRow(4, b"", b"x", delivery=12, lease=2.5, holder="consumer")]
+    store.write([ReturnItems("q", [4])])
+    assert store.load_primitives()[0].items == [ItemRow(4, b"", b"x")]
+    store.write([LeaseItems("q", [ItemLease(4, 13, 2.5, "consumer")])])
     store.write([PushItems("q", [ItemRow(4, b"", b"replaced")])])  # the same seq: replaced
     assert store.load_primitives()[0].items == [ItemRow(4, b"", b"replaced")]
 
@@ -615,14 +618,15 @@ def test_primitives_survive_a_restart_and_fencing_tokens_keep_growing(
             now=0.0,
         ),
     )
-    [soon] = carry_out(store, tasks.get("g", block=False, deadline=None, now=0.0, lease=10.0))
+    took = tasks.get("g", block=False, deadline=None, now=0.0, lease=10.0, holder="worker")
+    [soon] = carry_out(store, took)
     carry_out(
         store, plain.put("p", [NewItem(b"a"), NewItem(b"b")], block=False, deadline=None, now=0.0)
     )
     carry_out(store, plain.get("g", block=False, deadline=None, now=0.0))
     lock = core.lock("lock")
     first = carry_out(store, lock.acquire("a1", "alice", 5.0, block=False, deadline=None, now=0.0))
-    carry_out(store, lock.release(first, now=1.0))
+    carry_out(store, lock.release(first, "alice", now=1.0))
     bob = carry_out(store, lock.acquire("a2", "bob", 5.0, block=False, deadline=None, now=1.0))
     carry_out(
         store,
@@ -642,9 +646,13 @@ def test_primitives_survive_a_restart_and_fencing_tokens_keep_growing(
 
     tasks = restarted.queue("tasks")
     assert (tasks.qsize(), tasks.delivered(), tasks.unfinished) == (2, 1, 3)
-    after = carry_out(store, tasks.get("g2", 5, block=False, deadline=None, now=100.0, lease=10.0))
+    after = carry_out(
+        store, tasks.get("g2", 5, block=False, deadline=None, now=100.0, lease=10.0, holder="w2")
+    )
     assert [item.data for item in after] == [b"mid", b"late"]
-    carry_out(store, tasks.ack_items([soon.delivery], now=101.0))  # still held after the restart
+    carry_out(
+        store, tasks.ack_items([soon.delivery], "worker", now=101.0)
+    )  # still held after the restart
     plain = restarted.queue("plain")
     assert (plain.qsize(), plain.unfinished) == (1, 2)
     lock = restarted.lock("lock")
@@ -673,7 +681,7 @@ def test_primitives_survive_a_restart_and_fencing_tokens_keep_growing(
 def test_rows_written_counts_every_item_lease_and_entry() -> None:
     batch = [
         PushItems("q", [ItemRow(n, b"", b"x") for n in range(3)]),
-        LeaseItems("q", [ItemLease(0, 1, 1.0), ItemLease(1, 2, 1.0)]),
+        LeaseItems("q", [ItemLease(0, 1, 1.0, "c"), ItemLease(1, 2, 1.0, "c")]),
         AckItems("q", [0, 1]),
         PutEntries("d", [EntryRow(0, b"k", b"v")]),
         DeclarePrimitive("l", PrimitiveKind.LOCK, b""),

@@ -6,8 +6,9 @@ Guarantees (time passed in, nothing read from a clock):
 - every acquisition gets a fencing token larger than any this lock or semaphore ever gave,
   across restarts (the counter is stored with each grant), so that a holder paused past its
   lease can be told from the new one by whatever it writes to;
-- release and renew name the token; one that is not held (released, or its lease ran out)
-  raises NotHeld, so that a late holder learns it lost the lock;
+- release and renew name the token and the holder; a token that is not held (released, or its
+  lease ran out) or is another holder's raises NotHeld, so that a late holder learns it lost
+  the lock and nobody releases a lock by guessing a token;
 - waiting acquirers are served in the order they came; one whose deadline passes is answered
   None (not acquired), as threading.Lock.acquire(timeout=...) returns False;
 - an event answers its waiters True when set, False when their deadline passes first;
@@ -109,7 +110,8 @@ class NamedSemaphore(Primitive):
         deadline: float | None,
         now: float,
     ) -> Effects:
-        """Answer the call with a fencing token once acquired, or None if it gives up."""
+        """Answer the call with a fencing token once acquired, or None if it gives up.
+        `holder` is the caller's lasting identity (one that survives its reconnections)."""
         acquirer = _Acquirer(call, holder, check_lease(lease), deadline)
         if not self.locked():
             return self._grant(acquirer, now)
@@ -120,15 +122,15 @@ class NamedSemaphore(Primitive):
             self._schedule(deadline)
         return Effects()
 
-    def release(self, token: int, now: float) -> Effects:
+    def release(self, token: int, holder: str, now: float) -> Effects:
         """Give the lease back; the next waiter gets it with a new token."""
-        self._held(token, "release")
+        self._held(token, holder, "release")
         del self._holds[token]
         return Effects([ReleaseLock(self.name, token)]).add(self._grant_waiting(now))
 
-    def renew(self, token: int, now: float, lease: float | None = None) -> float:
+    def renew(self, token: int, holder: str, now: float, lease: float | None = None) -> float:
         """Extend a held lease (by its own length, or by `lease`); when it now ends."""
-        hold = self._held(token, "renew")
+        hold = self._held(token, holder, "renew")
         if lease is not None:
             hold.lease = check_lease(lease)
         hold.expires = now + hold.lease
@@ -159,13 +161,18 @@ class NamedSemaphore(Primitive):
 
     # -- internals -----------------------------------------------------------------------------
 
-    def _held(self, token: int, verb: str) -> Hold:
+    def _held(self, token: int, holder: str, verb: str) -> Hold:
         hold = self._holds.get(token)
         if hold is None:
             raise NotHeld(
                 f"cannot {verb} {self.kind.value} {self.name!r} under token {token}: it is not"
                 " held under that token (released already, or its lease ran out and it may"
                 " have gone to another holder); acquire it again"
+            )
+        if hold.holder != holder:
+            raise NotHeld(
+                f"cannot {verb} {self.kind.value} {self.name!r} under token {token}: {holder!r}"
+                f" does not hold it; only the holder that acquired it may {verb} it"
             )
         return hold
 

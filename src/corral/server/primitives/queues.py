@@ -13,8 +13,10 @@ Guarantees (time passed in, nothing read from a clock):
   often than items were put raises ValueError;
 - with ack=True a get hands an item out under a lease with a delivery number: `ack` (the
   task_done of that delivery) removes it; a lease that runs out puts the item back at the place
-  it had. Handed-out items keep their room in a bounded queue (they may come back), so `full()`
-  can be true while `qsize()`, which counts items ready to get, is below maxsize.
+  it had. Only the holder the item was handed to may acknowledge or renew it (delivery numbers
+  are small and easy to guess). Handed-out items keep their room in a bounded queue (they may
+  come back), so `full()` can be true while `qsize()`, which counts items ready to get, is
+  below maxsize.
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ class _Item:
     delivery: int | None = None
     lease: float = 0.0
     expires: float = 0.0
+    holder: str = ""
 
 
 @dataclass(slots=True, eq=False)
@@ -84,6 +87,7 @@ class _Getter:
     call: CallId
     count: int
     lease: float
+    holder: str
     deadline: float | None
 
 
@@ -195,9 +199,11 @@ class NamedQueue(Primitive):
         deadline: float | None,
         now: float,
         lease: float | None = None,
+        holder: str = "",
     ) -> Effects:
         """Take at most `count` items; the call is answered with a list of GotItem, at least
-        one. An acknowledged queue hands them out under `lease` seconds."""
+        one. An acknowledged queue hands them to `holder` (the caller's lasting identity) under
+        `lease` seconds."""
         check_count(count, "the number of items to get")
         if self.ack:
             if lease is None:
@@ -205,7 +211,7 @@ class NamedQueue(Primitive):
                     f"queue {self.name!r} takes acknowledgements: give each get a lease"
                 )
             lease = check_lease(lease)
-        getter = _Getter(call, count, lease or 0.0, deadline)
+        getter = _Getter(call, count, lease or 0.0, holder, deadline)
         if self._ready:
             return self._serve(getter, now).add(self._settle(now))
         if not block or expired(deadline, now):
@@ -237,21 +243,17 @@ class NamedQueue(Primitive):
         self.unfinished -= count
         return Effects([FinishTasks(self.name, count)]).add(self._release_joiners())
 
-    def ack_items(self, deliveries: Sequence[int], now: float) -> Effects:
-        """Acknowledge delivered items (all or none): they are gone and their tasks done.
-        NotHeld names a delivery whose lease ran out (the item went back) or that is unknown."""
+    def ack_items(self, deliveries: Sequence[int], holder: str, now: float) -> Effects:
+        """Acknowledge items delivered to `holder` (all or none): they are gone and their tasks
+        done. NotHeld names a delivery whose lease ran out (the item went back), that another
+        holder has, or that is unknown."""
         if not self.ack:
             raise InvalidRequest(
                 f"queue {self.name!r} does not take acknowledgements; call task_done()"
             )
         deliveries = list(dict.fromkeys(deliveries))
         for delivery in deliveries:
-            if delivery not in self._delivered:
-                raise NotHeld(
-                    f"delivery {delivery} of queue {self.name!r} is not held: its lease ran out"
-                    " and the item went back to the queue, or it was acknowledged already;"
-                    " renew leases of items that take long"
-                )
+            self._held_item(delivery, holder)
         seqs = []
         for delivery in deliveries:
             item = self._delivered.pop(delivery)
@@ -260,14 +262,10 @@ class NamedQueue(Primitive):
         self.unfinished -= len(seqs)
         return Effects([AckItems(self.name, seqs)]).add(self._settle(now))
 
-    def renew(self, delivery: int, now: float, lease: float | None = None) -> float:
-        """Extend a delivered item's lease (by its own length, or by `lease`); when it ends."""
-        item = self._delivered.get(delivery)
-        if item is None:
-            raise NotHeld(
-                f"delivery {delivery} of queue {self.name!r} is not held any more: its lease"
-                " ran out and the item went back to the queue; get it again"
-            )
+    def renew(self, delivery: int, holder: str, now: float, lease: float | None = None) -> float:
+        """Extend the lease of an item delivered to `holder` (by its own length, or by
+        `lease`); when it now ends."""
+        item = self._held_item(delivery, holder)
         if lease is not None:
             item.lease = check_lease(lease)
         self._lease(item, now + item.lease)
@@ -287,7 +285,7 @@ class NamedQueue(Primitive):
             item = self._delivered.get(delivery)
             if item is not None and item.expires <= now:
                 del self._delivered[delivery]
-                item.delivery = None
+                item.delivery, item.holder = None, ""
                 heapq.heappush(self._ready, self._place(item))
                 back.append(item.seq)
         if back:
@@ -311,6 +309,7 @@ class NamedQueue(Primitive):
                 self._ready.append(self._place(item))
             else:
                 item.delivery, item.lease = stored.delivery, stored.lease or 0.0
+                item.holder = stored.holder or ""
                 self._delivered[stored.delivery] = item
                 self._deliveries = max(self._deliveries, stored.delivery)
                 self._lease(item, now + item.lease)
@@ -361,10 +360,10 @@ class NamedQueue(Primitive):
         leases = []
         for item in taken:
             self._deliveries += 1
-            item.delivery, item.lease = self._deliveries, getter.lease
+            item.delivery, item.lease, item.holder = self._deliveries, getter.lease, getter.holder
             self._delivered[item.delivery] = item
             self._lease(item, now + getter.lease, wake=False)
-            leases.append(ItemLease(item.seq, item.delivery, item.lease))
+            leases.append(ItemLease(item.seq, item.delivery, item.lease, item.holder))
         self._wake_at(now + getter.lease)  # once for all of them
         got = [GotItem(item.data, item.delivery) for item in taken]
         return Effects([LeaseItems(self.name, leases)], [Reply(getter.call, got)])
@@ -390,6 +389,21 @@ class NamedQueue(Primitive):
             return Effects()
         joiners, self._joiners = self._joiners, []
         return Effects(replies=[Reply(call, None) for call in joiners])
+
+    def _held_item(self, delivery: int, holder: str) -> _Item:
+        item = self._delivered.get(delivery)
+        if item is None or item.holder != holder:
+            why = (
+                "its lease ran out and the item went back to the queue, or it was acknowledged"
+                " already"
+                if item is None
+                else "it was handed to another holder"
+            )
+            raise NotHeld(
+                f"delivery {delivery} of queue {self.name!r} is not held by {holder!r}: {why};"
+                " get the item again, and renew the leases of items that take long"
+            )
+        return item
 
     def _lease(self, item: _Item, expires: float, *, wake: bool = True) -> None:
         """Hand out (or extend) the delivered item's lease until `expires`."""

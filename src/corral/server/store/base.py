@@ -42,9 +42,9 @@ a `counter` that only grows (the last fencing token or delivery number handed ou
   one per item to the queue's `unfinished`. `TakeItems` deletes items (a get without ack: the
   task stays unfinished until `FinishTasks`). `AckItems` deletes items and takes one per item it
   deleted off `unfinished`. `FinishTasks` takes its count off `unfinished`.
-- `LeaseItems` marks items as handed out under a delivery number and a lease (seconds), and
-  raises `counter` to the largest delivery number if it is larger; `ReturnItems` puts items back
-  (no delivery, no lease) where their seq places them.
+- `LeaseItems` marks items as handed out to a holder under a delivery number and a lease
+  (seconds), and raises `counter` to the largest delivery number if it is larger; `ReturnItems`
+  puts items back (no delivery, lease or holder) where their seq places them.
 - `GrantLock` stores a holder under its token and raises `counter` to the token if it is larger:
   so the counter never goes down, whatever order grants come in. `ReleaseLock` deletes the holder
   with that token (an unknown token is ignored).
@@ -162,14 +162,15 @@ class DeclarePrimitive:
 @dataclass(frozen=True, slots=True)
 class ItemRow:
     """A queue item: `seq` numbers it within its queue (its place in fifo and lifo order, the
-    tie-break among equal `key`s in priority order); `delivery` and `lease` are set while it is
-    handed out under an acknowledgement lease."""
+    tie-break among equal `key`s in priority order); `delivery`, `lease` and `holder` are set
+    while it is handed out under an acknowledgement lease."""
 
     seq: int
     key: bytes
     data: bytes
     delivery: int | None = None
     lease: float | None = None
+    holder: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +184,7 @@ class ItemLease:
     seq: int
     delivery: int
     lease: float
+    holder: str
 
 
 @dataclass(frozen=True, slots=True)

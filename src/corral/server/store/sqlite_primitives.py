@@ -44,6 +44,7 @@ PRIMITIVE_SCHEMA = (
         data BLOB NOT NULL,
         delivery INTEGER,
         lease REAL,
+        holder TEXT,
         PRIMARY KEY (name, seq)
     )""",
     """CREATE TABLE primitive_holders (
@@ -73,20 +74,25 @@ def apply_primitive(connection: sqlite3.Connection, mutation: PrimitiveMutation)
         )
     elif isinstance(mutation, PushItems):
         connection.executemany(
-            "INSERT OR REPLACE INTO primitive_items VALUES (?, ?, ?, ?, ?, ?)",
-            [(name, i.seq, i.key, i.data, i.delivery, i.lease) for i in mutation.items],
+            "INSERT OR REPLACE INTO primitive_items VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(name, i.seq, i.key, i.data, i.delivery, i.lease, i.holder) for i in mutation.items],
         )
         _count(connection, name, unfinished=len(mutation.items))
     elif isinstance(mutation, LeaseItems):
         connection.executemany(
-            "UPDATE primitive_items SET delivery = ?, lease = ? WHERE name = ? AND seq = ?",
-            [(lease.delivery, lease.lease, name, lease.seq) for lease in mutation.leases],
+            "UPDATE primitive_items SET delivery = ?, lease = ?, holder = ?"
+            " WHERE name = ? AND seq = ?",
+            [
+                (lease.delivery, lease.lease, lease.holder, name, lease.seq)
+                for lease in mutation.leases
+            ],
         )
         last = max((lease.delivery for lease in mutation.leases), default=0)
         _count(connection, name, counter=last)
     elif isinstance(mutation, ReturnItems):
         connection.executemany(
-            "UPDATE primitive_items SET delivery = NULL, lease = NULL WHERE name = ? AND seq = ?",
+            "UPDATE primitive_items SET delivery = NULL, lease = NULL, holder = NULL"
+            " WHERE name = ? AND seq = ?",
             [(name, seq) for seq in mutation.seqs],
         )
     elif isinstance(mutation, TakeItems | AckItems):
@@ -144,7 +150,8 @@ def load_primitives(connection: sqlite3.Connection) -> list[PrimitiveRow]:
         )
     }
     for name, *item in connection.execute(
-        "SELECT name, seq, key, data, delivery, lease FROM primitive_items ORDER BY name, seq"
+        "SELECT name, seq, key, data, delivery, lease, holder FROM primitive_items"
+        " ORDER BY name, seq"
     ):
         if name in declared:
             declared[name].items.append(ItemRow(*item))
