@@ -131,21 +131,23 @@ class CorralQueue(Outcomes):
         self.key = key
         self.now = 1000.0
         self.calls = itertools.count()
-        self.pending: dict[int, Pending] = {}
+        self.pending: dict[int, tuple[Pending, bool]] = {}  # call -> (pending, one item)
         self.deliveries: list[int] = []
 
     def _carry_out(self, effects: Effects) -> None:
         for reply in effects.replies:
-            value = reply.result
+            pending, one = self.pending.pop(reply.call)  # type: ignore[call-overload]
+            value: Any = reply.result
             if isinstance(value, list):  # a get's items
                 self.deliveries += [item.delivery for item in value if item.delivery]
                 value = [msgpack.unpackb(item.data) for item in value]
-            self.pending.pop(reply.call).finish(value, reply.error)  # type: ignore[call-overload]
+                value = value[0] if one else value
+            pending.finish(value, reply.error)
 
-    def _start(self) -> tuple[int, Pending]:
+    def _start(self, one: bool = False) -> tuple[int, Pending]:
         call = next(self.calls)
-        self.pending[call] = Pending()
-        return call, self.pending[call]
+        self.pending[call] = (Pending(), one)
+        return call, self.pending[call][0]
 
     def new_item(self, item: Any) -> NewItem:
         return NewItem(msgpack.packb(item), sort_key(self.key(item)))
@@ -168,9 +170,14 @@ class CorralQueue(Outcomes):
         return self.put_many([item], block, timeout)
 
     def get_many(
-        self, count: int, block: bool = True, timeout: float | None = None, lease: float = 10.0
+        self,
+        count: int,
+        block: bool = True,
+        timeout: float | None = None,
+        lease: float = 10.0,
+        one: bool = False,
     ) -> Pending:
-        call, pending = self._start()
+        call, pending = self._start(one)
         deadline = deadline_for(timeout, self.now)
         lease_for = lease if self.ack else None
         try:
@@ -190,18 +197,7 @@ class CorralQueue(Outcomes):
         return pending
 
     def get(self, block: bool = True, timeout: float | None = None) -> Pending:
-        pending = self.get_many(1, block, timeout)
-        single = Pending()
-        original = pending.finish
-
-        def unwrap(value: Any = None, error: BaseException | None = None) -> None:
-            original(value, error)
-            single.finish(value[0] if value else None, error)
-
-        pending.finish = unwrap  # type: ignore[method-assign]
-        if pending.ended.is_set():
-            unwrap(pending.value, pending.error)
-        return single
+        return self.get_many(1, block, timeout, one=True)
 
     def join(self) -> Pending:
         call, pending = self._start()
@@ -531,7 +527,9 @@ def test_ack_and_task_done_belong_to_their_own_kind_of_queue() -> None:
     with pytest.raises(InvalidRequest, match="acknowledge the delivery"):
         acked.queue.task_done()
     with pytest.raises(InvalidRequest, match="give each get a lease"):
-        acked.queue.get("c", block=False, deadline=None, now=0.0)
+        acked.queue.get("c", block=False, deadline=None, now=0.0, holder="me")
+    with pytest.raises(InvalidRequest, match="identity of the holder"):
+        acked.queue.get("c", block=False, deadline=None, now=0.0, lease=5.0)
     with pytest.raises(InvalidRequest, match="does not take acknowledgements"):
         plain.queue.ack_items([1], "me", 0.0)
 

@@ -250,6 +250,8 @@ def test_bad_values_and_leases_are_refused() -> None:
     for lease in (0, -1, 10**9, float("nan")):
         with pytest.raises(InvalidRequest, match="lease"):
             core.lock("l").acquire("c", "h", lease, block=False, deadline=None, now=0.0)
+    with pytest.raises(InvalidRequest, match="needs a holder's identity"):
+        core.lock("l").acquire("c", "", 5.0, block=False, deadline=None, now=0.0)
 
 
 # -- events -----------------------------------------------------------------------------------

@@ -112,6 +112,10 @@ class NamedSemaphore(Primitive):
     ) -> Effects:
         """Answer the call with a fencing token once acquired, or None if it gives up.
         `holder` is the caller's lasting identity (one that survives its reconnections)."""
+        if not holder:
+            raise InvalidRequest(
+                f"acquiring {self.kind.value} {self.name!r} needs a holder's identity"
+            )
         acquirer = _Acquirer(call, holder, check_lease(lease), deadline)
         if not self.locked():
             return self._grant(acquirer, now)

@@ -206,9 +206,10 @@ class NamedQueue(Primitive):
         `lease` seconds."""
         check_count(count, "the number of items to get")
         if self.ack:
-            if lease is None:
+            if lease is None or not holder:
                 raise InvalidRequest(
-                    f"queue {self.name!r} takes acknowledgements: give each get a lease"
+                    f"queue {self.name!r} takes acknowledgements: give each get a lease and the"
+                    " identity of the holder who will acknowledge it"
                 )
             lease = check_lease(lease)
         getter = _Getter(call, count, lease or 0.0, holder, deadline)
