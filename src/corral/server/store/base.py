@@ -37,8 +37,8 @@ keeps what it decided). Each is one row under its name, with a kind, options opa
 a `counter` that only grows (the last fencing token or delivery number handed out) and a queue's
 `unfinished` count; under that name it holds queue items, lock holders and entries (shared state).
 - `DeclarePrimitive` is put-if-absent: a name that is stored keeps its first kind and options.
-  The server declares a name before (or in the same batch as) anything else under it: `counter`
-  and `unfinished` exist for declared names only, and only they are loaded.
+  The server declares a name before anything else under it (earlier in the batch or in an
+  earlier one): `counter` and `unfinished` exist for declared names only, and only those load.
 - `PushItems` stores queue items by (name, seq), replacing one stored under the same seq, and adds
   one per item to the queue's `unfinished`. `TakeItems` deletes items (a get without ack: the
   task stays unfinished until `FinishTasks`). `AckItems` deletes items and takes one per item it
