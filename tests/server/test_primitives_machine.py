@@ -1,9 +1,11 @@
-"""A hypothesis state machine over a lock, a semaphore and an acknowledged queue, with every
-mutation written to a store and server restarts rebuilding the core from it: whatever the
-interleaving of acquires, releases (under stale tokens too), renewals, puts, gets, acks and time
-passing, no lock is ever held by two holders at once, no semaphore by more than its value, every
-fencing token is larger than all before it (across restarts), no holder keeps a lease past its
-end, and every item put is exactly once ready, handed out or acknowledged, never lost."""
+"""A hypothesis state machine over a lock, a semaphore, an acknowledged queue and a joinable
+one, with every mutation written to a store and server restarts rebuilding the core from it:
+whatever the interleaving of acquires, releases and renewals (under stale tokens and by other
+holders too), puts, gets, acks, task_done, join and time passing, no lock is ever held by two
+holders at once, no semaphore by more than its value, every fencing token is larger than all
+before it (across restarts), no holder keeps a lease past its end, every item put is exactly
+once ready, handed out or acknowledged, never lost, and join is answered exactly when every
+task put is done."""
 
 from __future__ import annotations
 
@@ -37,6 +39,8 @@ class PrimitivesMachine(RuleBasedStateMachine):
         self.carry_out(self.core.open_lock("lock"))
         self.carry_out(self.core.open_semaphore("pool", LOCKS["pool"]))
         self.carry_out(self.core.open_queue("q", QueueOrdering.FIFO, MAXSIZE, ack=True))
+        self.carry_out(self.core.open_queue("jobs", QueueOrdering.LIFO))  # joinable, no ack
+        self.tasks_put = self.tasks_done = 0
         self.last_token = dict.fromkeys(LOCKS, 0)
         self.holder_of: dict[str, dict[int, str]] = {name: {} for name in LOCKS}  # every token
         self.put_items: set[bytes] = set()
@@ -53,6 +57,8 @@ class PrimitivesMachine(RuleBasedStateMachine):
                 assert result > self.last_token[name], f"token {result} of {name} did not grow"
                 self.last_token[name] = result
                 self.holder_of[name][result] = holder
+            elif what == "join":
+                assert self.tasks_put == self.tasks_done, "join answered with tasks unfinished"
             elif what == "get" and reply.error is None:
                 for item in result:
                     assert item.data in self.put_items and item.data not in self.acked
@@ -156,6 +162,46 @@ class PrimitivesMachine(RuleBasedStateMachine):
         self.acked.add(item)
         self.carry_out(effects)
 
+    # -- a joinable queue without acknowledgements --------------------------------------------
+
+    @rule(count=st.integers(1, 3))
+    def put_task(self, count: int) -> None:
+        items = [NewItem(b"task")] * count
+        call = self.call("put", "jobs")
+        self.carry_out(self.core.queue("jobs").put(call, items, block=False, deadline=None, now=0))
+        self.tasks_put += count
+
+    @rule()
+    def get_task(self) -> None:
+        call = self.call("get_task", "jobs")
+        try:
+            self.carry_out(
+                self.core.queue("jobs").get(call, block=False, deadline=None, now=self.now)
+            )
+        except queue.Empty:
+            del self.waiting[call]
+
+    @rule()
+    def task_done(self) -> None:
+        try:
+            effects = self.core.queue("jobs").task_done()
+        except ValueError:
+            assert self.tasks_done == self.tasks_put, "task_done refused with tasks unfinished"
+            return
+        self.tasks_done += 1
+        self.carry_out(effects)
+
+    @rule()
+    def join(self) -> None:
+        self.carry_out(self.core.queue("jobs").join(self.call("join", "jobs")))
+
+    @invariant()
+    def joinable_queue_counts_unfinished_tasks(self) -> None:
+        jobs = self.core.queue("jobs")
+        assert jobs.unfinished == self.tasks_put - self.tasks_done
+        joining = [call for call, (what, _, _) in self.waiting.items() if what == "join"]
+        assert not joining or jobs.unfinished > 0, "join waits with nothing unfinished"
+
     # -- time and restarts ---------------------------------------------------------------------
 
     @rule(seconds=st.sampled_from([0.5, 2.0, 4.9, 5.0, 11.0]))
@@ -180,8 +226,8 @@ class PrimitivesMachine(RuleBasedStateMachine):
         locks = {
             name: [(h.token, h.holder) for h in self.core.semaphore(name).holds()] for name in LOCKS
         }
-        q = self.core.queue("q")
-        return locks, q.contents(), q.delivered(), q.unfinished
+        q, jobs = self.core.queue("q"), self.core.queue("jobs")
+        return locks, q.contents(), q.delivered(), q.unfinished, jobs.qsize(), jobs.unfinished
 
     # -- invariants ----------------------------------------------------------------------------
 
