@@ -118,3 +118,21 @@ PURGE_BATCH = 500
 
 #: On SIGTERM a worker waits this long for running jobs before handing them back.
 GRACEFUL_SHUTDOWN_TIMEOUT = 30.0
+
+#: Named primitives (queues, shared state, locks): one namespace for all kinds. A name is 1 to
+#: MAX_PRIMITIVE_NAME_LENGTH characters of PRIMITIVE_NAME_CHARACTERS, starting with a letter or
+#: a digit, so that it reads the same in a URL, a log line and a shell.
+MAX_PRIMITIVE_NAME_LENGTH = 200
+PRIMITIVE_NAME_CHARACTERS = "letters, digits and . _ - : /"
+#: One queue item, dict or list entry as the client encoded it; bigger data belongs in a file or
+#: a job result, with its name in the item.
+MAX_PRIMITIVE_ITEM_BYTES = MAX_RESULT_BYTES
+#: A priority queue item's sort key (corral.sortkey), in bytes.
+MAX_SORT_KEY_BYTES = 4096
+#: Items one put_many or get_many moves at once, as many as one batch of job submissions.
+MAX_PRIMITIVE_BATCH = MAX_BATCH_JOBS
+#: Leases of locks, semaphores and items taken from an acknowledged queue: the default a client
+#: asks for (it renews well before the end) and the longest one the server grants. A holder that
+#: dies keeps the lock for at most its lease.
+DEFAULT_PRIMITIVE_LEASE = 30.0
+MAX_PRIMITIVE_LEASE = 24 * 3600.0

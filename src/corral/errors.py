@@ -35,6 +35,23 @@ class Conflict(CorralError):
     """The request does not fit the object's state (e.g. retrying a job that is still running)."""
 
 
+class InvalidName(InvalidRequest):
+    """A queue, lock or other primitive name is empty, too long or has characters names cannot
+    have; the message says which and what names look like."""
+
+
+class PrimitiveMismatch(Conflict):
+    """A name is opened as something other than what it was created as: another kind (a lock
+    named like a queue), or a queue with another ordering, maxsize or ack setting. Use another
+    name, or open it as it was created."""
+
+
+class NotHeld(Conflict):
+    """A lock, semaphore or delivered queue item is released, renewed or acknowledged under a
+    token its caller does not hold (any more): it was released already, or its lease ran out and
+    it went to someone else. Acquire (or get) it again."""
+
+
 class StoreUnavailable(CorralError):
     """The server cannot write to its store for now (disk full, disk I/O error, database locked).
 

@@ -112,6 +112,20 @@ class QueueOrdering(StrEnum):
     PRIORITY = "priority"
 
 
+class PrimitiveKind(StrEnum):
+    """What a named primitive is; one name is one primitive of one kind."""
+
+    QUEUE = "queue"
+    DICT = "dict"
+    LIST = "list"
+    VALUE = "value"
+    ARRAY = "array"
+    LOCK = "lock"
+    SEMAPHORE = "semaphore"
+    EVENT = "event"
+    BARRIER = "barrier"
+
+
 class SshTask(BaseModel):
     """What an `ssh` job does: a command or a playbook on a set of hosts, run by a worker.
 

@@ -4,25 +4,45 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from corral.constants import MAX_LOG_BYTES_PER_JOB, MAX_STORED_LOG_BYTES, MAX_WATCH_IDS
-from corral.models import Attempt, JobState, QueueOrdering
+from corral.models import Attempt, JobState, PrimitiveKind, QueueOrdering
+from corral.server.primitives import Effects, NewItem, Primitives
 from corral.server.store import (
+    AckItems,
     AppendLog,
+    DeclarePrimitive,
+    DeleteEntries,
     DeleteJobs,
     DuplicateJob,
+    EntryRow,
+    FinishTasks,
+    GrantLock,
+    HolderRow,
     InsertJobs,
+    ItemLease,
+    ItemRow,
     JobFilter,
     JobRow,
+    LeaseItems,
     MemoryStore,
+    PrimitiveRow,
+    PushItems,
+    PutEntries,
+    ReleaseLock,
+    ReturnItems,
     SaveAttempt,
     SaveQueue,
     SQLiteStore,
     Store,
+    TakeItems,
     UpdateJob,
 )
+from corral.server.store.base import rows_written
+from corral.sortkey import sort_key
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -456,3 +476,215 @@ def test_a_requeued_job_is_not_finished_any_more(store: Store) -> None:
     store.write([InsertJobs([finished(1, JobState.FAILED, at=1.0)])])
     store.write([UpdateJob(job(1).id, JobState.QUEUED)])
     assert store.finished_before(10.0, None, 10) == []
+
+
+# -- named primitives ------------------------------------------------------------------------
+
+
+def test_declare_primitive_is_put_if_absent(store: Store) -> None:
+    store.write([DeclarePrimitive("b", PrimitiveKind.LOCK, b"first")])
+    store.write(
+        [
+            DeclarePrimitive("a", PrimitiveKind.QUEUE, b"q"),
+            DeclarePrimitive("b", PrimitiveKind.DICT, b"second"),
+        ]
+    )
+    assert store.load_primitives() == [
+        PrimitiveRow("a", PrimitiveKind.QUEUE, b"q"),
+        PrimitiveRow("b", PrimitiveKind.LOCK, b"first"),
+    ]
+
+
+def test_queue_items_are_pushed_leased_returned_taken_and_acked(store: Store) -> None:
+    store.write(
+        [
+            DeclarePrimitive("q", PrimitiveKind.QUEUE, b""),
+            DeclarePrimitive("r", PrimitiveKind.QUEUE, b""),
+        ]
+    )
+    store.write(
+        [PushItems("q", [ItemRow(n, f"k{n}".encode(), f"item {n}".encode()) for n in range(5)])]
+    )
+    store.write([PushItems("r", [ItemRow(0, b"", b"other queue")])])
+    store.write([LeaseItems("q", [ItemLease(1, 7, 30.0, "c1"), ItemLease(2, 8, 5.0, "c2")])])
+    store.write([ReturnItems("q", [2]), TakeItems("q", [3]), AckItems("q", [1, 99])])
+    store.write([FinishTasks("q", 1)])
+    q, r = store.load_primitives()
+    assert q.items == [
+        ItemRow(0, b"k0", b"item 0"),
+        ItemRow(2, b"k2", b"item 2"),
+        ItemRow(4, b"k4", b"item 4"),
+    ]
+    # 5 pushed, 1 acked (99 is unknown and counts nothing), 1 task done: 3 unfinished
+    assert (q.unfinished, q.counter) == (3, 8)
+    assert (r.items, r.unfinished, r.counter) == ([ItemRow(0, b"", b"other queue")], 1, 0)
+
+
+def test_a_leased_item_keeps_its_delivery_and_lease(store: Store) -> None:
+    store.write(
+        [DeclarePrimitive("q", PrimitiveKind.QUEUE, b""), PushItems("q", [ItemRow(4, b"", b"x")])]
+    )
+    store.write([LeaseItems("q", [ItemLease(4, 12, 2.5, "consumer")])])
+    [q] = store.load_primitives()
+    assert q.items == [ItemRow(4, b"", b"x", delivery=12, lease=2.5, holder="consumer")]
+    store.write([ReturnItems("q", [4])])
+    assert store.load_primitives()[0].items == [ItemRow(4, b"", b"x")]
+    store.write([LeaseItems("q", [ItemLease(4, 13, 2.5, "consumer")])])
+    store.write([PushItems("q", [ItemRow(4, b"", b"replaced")])])  # the same seq: replaced
+    assert store.load_primitives()[0].items == [ItemRow(4, b"", b"replaced")]
+
+
+def test_lock_holders_are_granted_and_released_and_the_counter_never_goes_down(
+    store: Store,
+) -> None:
+    store.write([DeclarePrimitive("s", PrimitiveKind.SEMAPHORE, b"")])
+    store.write(
+        [GrantLock("s", HolderRow(5, "alice", 30.0)), GrantLock("s", HolderRow(3, "bob", 9.0))]
+    )
+    [s] = store.load_primitives()
+    assert (s.counter, s.holders) == (5, [HolderRow(3, "bob", 9.0), HolderRow(5, "alice", 30.0)])
+    store.write([ReleaseLock("s", 5), ReleaseLock("s", 42)])
+    [s] = store.load_primitives()
+    assert (s.counter, s.holders) == (5, [HolderRow(3, "bob", 9.0)])
+
+
+def test_entries_are_put_by_seq_replaced_and_deleted(store: Store) -> None:
+    store.write([DeclarePrimitive("d", PrimitiveKind.DICT, b"")])
+    store.write([PutEntries("d", [EntryRow(2, b"b", b"2"), EntryRow(0, b"a", b"1")])])
+    store.write([PutEntries("d", [EntryRow(0, b"a", b"one"), EntryRow(7, b"c", b"3")])])
+    store.write([DeleteEntries("d", [2, 99])])
+    [d] = store.load_primitives()
+    assert d.entries == [EntryRow(0, b"a", b"one"), EntryRow(7, b"c", b"3")]
+
+
+def test_a_refused_batch_stores_nothing_of_its_primitives(store: Store) -> None:
+    store.write([InsertJobs([job(1)]), DeclarePrimitive("q", PrimitiveKind.QUEUE, b"")])
+    with pytest.raises(DuplicateJob):
+        store.write(
+            [
+                PushItems("q", [ItemRow(0, b"", b"x")]),
+                DeclarePrimitive("l", PrimitiveKind.LOCK, b""),
+                GrantLock("l", HolderRow(1, "h", 1.0)),
+                InsertJobs([job(1)]),
+            ]
+        )
+    assert store.load_primitives() == [PrimitiveRow("q", PrimitiveKind.QUEUE, b"")]
+
+
+def reopened(store: Store, path: Path) -> Store:
+    """The store after a server restart: the same SQLite file opened again; a memory store
+    (which lives as long as its process) as it is."""
+    if isinstance(store, SQLiteStore):
+        store.close()
+        return SQLiteStore(path)
+    return store
+
+
+def carry_out(store: Store, effects: Effects) -> Any:
+    """What the server does with a core's effects: commit the mutations, then answer the call
+    (here: return the result of the first reply)."""
+    store.write(effects.mutations)
+    return effects.replies[0].result if effects.replies else None
+
+
+def test_primitives_survive_a_restart_and_fencing_tokens_keep_growing(
+    store: Store, tmp_path: Path
+) -> None:
+    core = Primitives()
+    for opened in (
+        core.open_queue("tasks", QueueOrdering.PRIORITY, maxsize=10, ack=True),
+        core.open_queue("plain"),
+        core.open_lock("lock"),
+        core.open_semaphore("pool", 2),
+        core.open_event("ready"),
+        core.open_dict("config"),
+        core.open_list("log"),
+        core.open_value("counter", "i", 40),
+        core.open_array("grid", "d", [0.0, 0.5, 1.0]),
+    ):
+        carry_out(store, opened)
+    tasks, plain = core.queue("tasks"), core.queue("plain")
+    carry_out(
+        store,
+        tasks.put(
+            "p",
+            [
+                NewItem(b"late", sort_key(9)),
+                NewItem(b"soon", sort_key(1)),
+                NewItem(b"mid", sort_key(5)),
+            ],
+            block=False,
+            deadline=None,
+            now=0.0,
+        ),
+    )
+    took = tasks.get("g", block=False, deadline=None, now=0.0, lease=10.0, holder="worker")
+    [soon] = carry_out(store, took)
+    carry_out(
+        store, plain.put("p", [NewItem(b"a"), NewItem(b"b")], block=False, deadline=None, now=0.0)
+    )
+    carry_out(store, plain.get("g", block=False, deadline=None, now=0.0))
+    lock = core.lock("lock")
+    first = carry_out(store, lock.acquire("a1", "alice", 5.0, block=False, deadline=None, now=0.0))
+    carry_out(store, lock.release(first, "alice", now=1.0))
+    bob = carry_out(store, lock.acquire("a2", "bob", 5.0, block=False, deadline=None, now=1.0))
+    carry_out(
+        store,
+        core.semaphore("pool").acquire("s1", "carol", 5.0, block=False, deadline=None, now=1.0),
+    )
+    carry_out(store, core.event("ready").set())
+    carry_out(store, core.dict("config").update([(b"retries", b"3"), (b"mode", b"fast")]))
+    carry_out(store, core.dict("config").delete(b"retries"))
+    carry_out(store, core.list("log").extend([b"one", b"two", b"three"]))
+    carry_out(store, core.list("log").pop(0))
+    carry_out(store, core.value("counter").add(2))
+    carry_out(store, core.array("grid").set(1, 7.5))
+
+    store = reopened(store, tmp_path / "c.db")
+    restarted = Primitives()
+    restarted.restore(store.load_primitives(), now=100.0)
+
+    tasks = restarted.queue("tasks")
+    assert (tasks.qsize(), tasks.delivered(), tasks.unfinished) == (2, 1, 3)
+    after = carry_out(
+        store, tasks.get("g2", 5, block=False, deadline=None, now=100.0, lease=10.0, holder="w2")
+    )
+    assert [item.data for item in after] == [b"mid", b"late"]
+    carry_out(
+        store, tasks.ack_items([soon.delivery], "worker", now=101.0)
+    )  # still held after the restart
+    plain = restarted.queue("plain")
+    assert (plain.qsize(), plain.unfinished) == (1, 2)
+    lock = restarted.lock("lock")
+    assert [(hold.token, hold.holder) for hold in lock.holds()] == [(bob, "bob")]
+    assert restarted.semaphore("pool").locked() is False
+    assert len(restarted.semaphore("pool").holds()) == 1
+    # bob gets a whole lease from the restart; once it runs out the next holder's token is larger
+    assert restarted.tick(104.0).mutations == []
+    carry_out(store, restarted.tick(105.0))
+    again = carry_out(store, lock.acquire("a3", "dave", 5.0, block=False, deadline=None, now=105.0))
+    assert again == bob + 1
+    assert restarted.event("ready").is_set()
+    assert restarted.dict("config").items() == [(b"mode", b"fast")]
+    assert restarted.list("log").items() == [b"two", b"three"]
+    assert restarted.value("counter").get() == 42
+    assert restarted.array("grid").get_slice(None, None) == [0.0, 7.5, 1.0]
+
+    store = reopened(store, tmp_path / "c.db")  # a second restart keeps the newest token
+    twice = Primitives()
+    twice.restore(store.load_primitives(), now=200.0)
+    assert [hold.token for hold in twice.lock("lock").holds()] == [bob + 1]
+    assert twice.queue("tasks").unfinished == 2
+    store.close()
+
+
+def test_rows_written_counts_every_item_lease_and_entry() -> None:
+    batch = [
+        PushItems("q", [ItemRow(n, b"", b"x") for n in range(3)]),
+        LeaseItems("q", [ItemLease(0, 1, 1.0, "c"), ItemLease(1, 2, 1.0, "c")]),
+        AckItems("q", [0, 1]),
+        PutEntries("d", [EntryRow(0, b"k", b"v")]),
+        DeclarePrimitive("l", PrimitiveKind.LOCK, b""),
+        InsertJobs([job(1), job(2)]),
+    ]
+    assert rows_written(batch) == 3 + 2 + 2 + 1 + 1 + 2

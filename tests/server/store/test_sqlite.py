@@ -14,11 +14,14 @@ import pytest
 from integration_support import fill_disk, small_tmpfs
 
 from corral.errors import ConfigError, StoreUnavailable
-from corral.models import Attempt, JobState
+from corral.models import Attempt, JobState, PrimitiveKind
 from corral.server.store import (
+    DeclarePrimitive,
     InsertJobs,
+    ItemRow,
     JobFilter,
     JobRow,
+    PushItems,
     SaveAttempt,
     SQLiteStore,
     UpdateJob,
@@ -179,6 +182,7 @@ def test_a_database_of_schema_1_gains_the_attempts_truncation_on_open(tmp_path: 
     store.write([SaveAttempt("a", Attempt(number=1, worker="w"))])
     store.close()
     with sqlite3.connect(path) as connection:  # as the first corral wrote it
+        drop_primitive_tables(connection)
         connection.execute("ALTER TABLE attempts DROP COLUMN truncated")
         connection.execute("DROP INDEX jobs_by_finished")
         connection.execute("PRAGMA user_version = 1")
@@ -200,6 +204,7 @@ def test_a_database_of_schema_2_gains_the_index_purging_walks(tmp_path: Path) ->
     store.write([InsertJobs([old])])
     store.close()
     with sqlite3.connect(path) as connection:  # as corral wrote it before purging existed
+        drop_primitive_tables(connection)
         connection.execute("DROP INDEX jobs_by_finished")
         connection.execute("PRAGMA user_version = 2")
     connection.close()
@@ -213,6 +218,39 @@ def test_a_database_of_schema_2_gains_the_index_purging_walks(tmp_path: Path) ->
         assert "jobs_by_finished" in " ".join(str(row) for row in plan)
     finally:
         reopened.close()
+
+
+def drop_primitive_tables(connection: sqlite3.Connection) -> None:
+    """Make the database as corral wrote it before it had named primitives (schema 3)."""
+    for table in ("primitives", "primitive_items", "primitive_holders", "primitive_entries"):
+        connection.execute(f"DROP TABLE {table}")
+
+
+def test_a_database_of_schema_3_gains_the_primitive_tables(tmp_path: Path) -> None:
+    path = tmp_path / "corral.db"
+    store = SQLiteStore(path)
+    store.write([InsertJobs([JobRow("J1", "n", "q", 0, JobState.QUEUED, 1.0, b"spec")])])
+    store.close()
+    with sqlite3.connect(path) as connection:
+        drop_primitive_tables(connection)
+        connection.execute("PRAGMA user_version = 3")
+    connection.close()
+    reopened = SQLiteStore(path)
+    try:
+        assert [row.id for row in reopened.load_active()] == ["J1"]
+        reopened.write(
+            [
+                DeclarePrimitive("q", PrimitiveKind.QUEUE, b"options"),
+                PushItems("q", [ItemRow(0, b"", b"item")]),
+            ]
+        )
+        [queue] = reopened.load_primitives()
+        assert (queue.name, queue.unfinished, queue.items) == ("q", 1, [ItemRow(0, b"", b"item")])
+    finally:
+        reopened.close()
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("PRAGMA user_version").fetchone() == (4,)
+    connection.close()
 
 
 def test_bad_files_and_options_are_refused_clearly(tmp_path: Path) -> None:

@@ -31,6 +31,29 @@ Contract every implementation meets (tests/server/store/test_contract.py runs it
   the longest finished first. A job without a `finished` time is never returned. Asking for a
   state that is not finished raises ValueError. Deleting what it returns and asking again walks
   all such jobs in bounded batches, however many there are.
+
+Named primitives (queues, shared state, locks; corral.server.primitives decides, the store only
+keeps what it decided). Each is one row under its name, with a kind, options opaque to the store,
+a `counter` that only grows (the last fencing token or delivery number handed out) and a queue's
+`unfinished` count; under that name it holds queue items, lock holders and entries (shared state).
+- `DeclarePrimitive` is put-if-absent: a name that is stored keeps its first kind and options.
+  The server declares a name before anything else under it (earlier in the batch or in an
+  earlier one): `counter` and `unfinished` exist for declared names only, and only those load.
+- `PushItems` stores queue items by (name, seq), replacing one stored under the same seq, and adds
+  one per item to the queue's `unfinished`. `TakeItems` deletes items (a get without ack: the
+  task stays unfinished until `FinishTasks`). `AckItems` deletes items and takes one per item it
+  deleted off `unfinished`. `FinishTasks` takes its count off `unfinished`.
+- `LeaseItems` marks items as handed out to a holder under a delivery number and a lease
+  (seconds), and raises `counter` to the largest delivery number if it is larger; `ReturnItems`
+  puts items back (no delivery, lease or holder) where their seq places them.
+- `GrantLock` stores a holder under its token and raises `counter` to the token if it is larger:
+  so the counter never goes down, whatever order grants come in. `ReleaseLock` deletes the holder
+  with that token (an unknown token is ignored).
+- `PutEntries` stores entries by (name, seq), replacing one stored under the same seq;
+  `DeleteEntries` deletes those seqs (unknown ones ignored).
+- `load_primitives()` returns every declared primitive, by name, with its items, holders and
+  entries in seq (token) order: what a restarted server rebuilds its primitives from. Leases
+  are stored as durations, not times: a restart gives every holder a whole lease to come back.
 """
 
 from __future__ import annotations
@@ -41,7 +64,7 @@ from dataclasses import dataclass, field
 
 from corral.constants import MAX_STORED_LOG_BYTES
 from corral.errors import CorralError
-from corral.models import Attempt, JobState, QueueOrdering
+from corral.models import Attempt, JobState, PrimitiveKind, QueueOrdering
 
 
 class DuplicateJob(CorralError):
@@ -125,7 +148,155 @@ class DeleteJobs:
     ids: Sequence[str]
 
 
-Mutation = InsertJobs | UpdateJob | SaveAttempt | AppendLog | SaveQueue | DeleteJobs
+# -- named primitives (see the module docstring) ------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DeclarePrimitive:
+    """Create the primitive unless one of that name is stored (put-if-absent)."""
+
+    name: str
+    kind: PrimitiveKind
+    options: bytes  # encoded by corral.server.primitives, opaque to the store
+
+
+@dataclass(frozen=True, slots=True)
+class ItemRow:
+    """A queue item: `seq` numbers it within its queue (its place in fifo and lifo order, the
+    tie-break among equal `key`s in priority order); `delivery`, `lease` and `holder` are set
+    while it is handed out under an acknowledgement lease."""
+
+    seq: int
+    key: bytes
+    data: bytes
+    delivery: int | None = None
+    lease: float | None = None
+    holder: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PushItems:
+    name: str
+    items: Sequence[ItemRow]
+
+
+@dataclass(frozen=True, slots=True)
+class ItemLease:
+    seq: int
+    delivery: int
+    lease: float
+    holder: str
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseItems:
+    name: str
+    leases: Sequence[ItemLease]
+
+
+@dataclass(frozen=True, slots=True)
+class ReturnItems:
+    """Leases that ran out: the items are queued again, at their place."""
+
+    name: str
+    seqs: Sequence[int]
+
+
+@dataclass(frozen=True, slots=True)
+class TakeItems:
+    """Items got from a queue without acknowledgement: gone, but their tasks stay unfinished."""
+
+    name: str
+    seqs: Sequence[int]
+
+
+@dataclass(frozen=True, slots=True)
+class AckItems:
+    """Delivered items acknowledged: gone, and their tasks done."""
+
+    name: str
+    seqs: Sequence[int]
+
+
+@dataclass(frozen=True, slots=True)
+class FinishTasks:
+    """task_done() on a queue without acknowledgement, `count` times."""
+
+    name: str
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class HolderRow:
+    token: int
+    holder: str
+    lease: float
+
+
+@dataclass(frozen=True, slots=True)
+class GrantLock:
+    name: str
+    holder: HolderRow
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseLock:
+    name: str
+    token: int
+
+
+@dataclass(frozen=True, slots=True)
+class EntryRow:
+    """One entry of shared state: a dict's key and value, a list's or array's element, a value.
+    `seq` orders them (a dict's insertion order, a list's or array's index)."""
+
+    seq: int
+    key: bytes
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PutEntries:
+    name: str
+    entries: Sequence[EntryRow]
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteEntries:
+    name: str
+    seqs: Sequence[int]
+
+
+@dataclass(slots=True)
+class PrimitiveRow:
+    """A declared primitive as stored, with everything stored under its name."""
+
+    name: str
+    kind: PrimitiveKind
+    options: bytes
+    counter: int = 0
+    unfinished: int = 0
+    items: list[ItemRow] = field(default_factory=list)
+    holders: list[HolderRow] = field(default_factory=list)
+    entries: list[EntryRow] = field(default_factory=list)
+
+
+PrimitiveMutation = (
+    DeclarePrimitive
+    | PushItems
+    | LeaseItems
+    | ReturnItems
+    | TakeItems
+    | AckItems
+    | FinishTasks
+    | GrantLock
+    | ReleaseLock
+    | PutEntries
+    | DeleteEntries
+)
+Mutation = (
+    InsertJobs | UpdateJob | SaveAttempt | AppendLog | SaveQueue | DeleteJobs | PrimitiveMutation
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,11 +318,24 @@ class LogChunk:
 
 
 def rows_written(mutations: Sequence[Mutation]) -> int:
-    """How many rows `mutations` write (an InsertJobs or DeleteJobs one per job)."""
-    return sum(
-        len(m.jobs) if isinstance(m, InsertJobs) else len(m.ids) if isinstance(m, DeleteJobs) else 1
-        for m in mutations
-    )
+    """How many rows `mutations` write (one per job, item, lease or entry they name)."""
+    return sum(_rows(mutation) for mutation in mutations)
+
+
+def _rows(mutation: Mutation) -> int:
+    if isinstance(mutation, InsertJobs):
+        return len(mutation.jobs)
+    if isinstance(mutation, DeleteJobs):
+        return len(mutation.ids)
+    if isinstance(mutation, PushItems):
+        return len(mutation.items)
+    if isinstance(mutation, LeaseItems):
+        return len(mutation.leases)
+    if isinstance(mutation, PutEntries):
+        return len(mutation.entries)
+    if isinstance(mutation, ReturnItems | TakeItems | AckItems | DeleteEntries):
+        return len(mutation.seqs)
+    return 1
 
 
 def finished_states(states: Sequence[JobState] | None) -> list[JobState]:
@@ -224,6 +408,10 @@ class Store(ABC):
     @abstractmethod
     def count_by_state(self) -> dict[JobState, int]:
         """How many stored jobs are in each state (states with none may be omitted)."""
+
+    @abstractmethod
+    def load_primitives(self) -> list[PrimitiveRow]:
+        """Every declared primitive with its items, holders and entries, by name."""
 
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release connections and files."""

@@ -13,19 +13,35 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from corral.models import Attempt, JobState, QueueOrdering
+from corral.models import Attempt, JobState, PrimitiveKind, QueueOrdering
 from corral.server.store.base import (
+    AckItems,
     AppendLog,
+    DeclarePrimitive,
+    DeleteEntries,
     DeleteJobs,
     DuplicateJob,
+    EntryRow,
+    FinishTasks,
+    GrantLock,
+    HolderRow,
     InsertJobs,
+    ItemRow,
     JobFilter,
     JobRow,
+    LeaseItems,
     LogChunk,
     Mutation,
+    PrimitiveMutation,
+    PrimitiveRow,
+    PushItems,
+    PutEntries,
+    ReleaseLock,
+    ReturnItems,
     SaveAttempt,
     SaveQueue,
     Store,
+    TakeItems,
     UpdateJob,
     finished_states,
     fit_log,
@@ -38,6 +54,15 @@ _ACTIVE = (JobState.QUEUED, JobState.RUNNING)
 class _Log:
     data: bytearray
     truncated: bool = False
+
+
+@dataclasses.dataclass(slots=True)
+class _Rows:
+    """Everything stored under one primitive name (declared or not yet)."""
+
+    items: dict[int, ItemRow] = dataclasses.field(default_factory=dict)
+    holders: dict[int, HolderRow] = dataclasses.field(default_factory=dict)
+    entries: dict[int, EntryRow] = dataclasses.field(default_factory=dict)
 
 
 class MemoryStore(Store):
@@ -55,6 +80,8 @@ class MemoryStore(Store):
         self._attempts: dict[str, dict[int, Attempt]] = {}
         self._logs: dict[tuple[str, str], _Log] = {}
         self._queues: dict[str, QueueOrdering] = {}
+        self._primitives: dict[str, PrimitiveRow] = {}  # declarations and counters, no rows
+        self._rows: dict[str, _Rows] = {}
 
     def write(self, batch: Sequence[Mutation]) -> None:
         with self._lock:
@@ -96,6 +123,52 @@ class MemoryStore(Store):
             self._queues[mutation.name] = mutation.ordering
         elif isinstance(mutation, DeleteJobs):
             self._delete(mutation.ids)
+        else:
+            self._apply_primitive(mutation)
+
+    def _apply_primitive(self, mutation: PrimitiveMutation) -> None:
+        name = mutation.name
+        if isinstance(mutation, DeclarePrimitive):
+            if name not in self._primitives:
+                kind = PrimitiveKind(mutation.kind)
+                self._primitives[name] = PrimitiveRow(name, kind, mutation.options)
+            return
+        declared = self._primitives.get(mutation.name)
+        rows = self._rows.setdefault(mutation.name, _Rows())
+        if isinstance(mutation, PushItems):
+            rows.items.update((item.seq, item) for item in mutation.items)
+            _count(declared, unfinished=len(mutation.items))
+        elif isinstance(mutation, LeaseItems):
+            for lease in mutation.leases:
+                item = rows.items.get(lease.seq)
+                if item is not None:
+                    rows.items[lease.seq] = dataclasses.replace(
+                        item, delivery=lease.delivery, lease=lease.lease, holder=lease.holder
+                    )
+                _count(declared, counter=lease.delivery)
+        elif isinstance(mutation, ReturnItems):
+            for seq in mutation.seqs:
+                item = rows.items.get(seq)
+                if item is not None:
+                    rows.items[seq] = dataclasses.replace(
+                        item, delivery=None, lease=None, holder=None
+                    )
+        elif isinstance(mutation, TakeItems | AckItems):
+            removed = sum(rows.items.pop(seq, None) is not None for seq in mutation.seqs)
+            if isinstance(mutation, AckItems):
+                _count(declared, unfinished=-removed)
+        elif isinstance(mutation, FinishTasks):
+            _count(declared, unfinished=-mutation.count)
+        elif isinstance(mutation, GrantLock):
+            rows.holders[mutation.holder.token] = mutation.holder
+            _count(declared, counter=mutation.holder.token)
+        elif isinstance(mutation, ReleaseLock):
+            rows.holders.pop(mutation.token, None)
+        elif isinstance(mutation, PutEntries):
+            rows.entries.update((entry.seq, entry) for entry in mutation.entries)
+        elif isinstance(mutation, DeleteEntries):
+            for seq in mutation.seqs:
+                rows.entries.pop(seq, None)
         else:
             raise TypeError(f"not a store mutation: {mutation!r}")
 
@@ -189,6 +262,28 @@ class MemoryStore(Store):
             for job in self._jobs.values():
                 counts[job.state] = counts.get(job.state, 0) + 1
         return counts
+
+    def load_primitives(self) -> list[PrimitiveRow]:
+        with self._lock:
+            loaded = []
+            for name in sorted(self._primitives):
+                rows = self._rows.get(name, _Rows())
+                loaded.append(
+                    dataclasses.replace(
+                        self._primitives[name],
+                        items=[rows.items[seq] for seq in sorted(rows.items)],
+                        holders=[rows.holders[token] for token in sorted(rows.holders)],
+                        entries=[rows.entries[seq] for seq in sorted(rows.entries)],
+                    )
+                )
+            return loaded
+
+
+def _count(declared: PrimitiveRow | None, *, counter: int = 0, unfinished: int = 0) -> None:
+    """Raise a declared primitive's counter to `counter`, add `unfinished` to its count."""
+    if declared is not None:
+        declared.counter = max(declared.counter, counter)
+        declared.unfinished += unfinished
 
 
 def _updated(job: JobRow, update: UpdateJob) -> JobRow:

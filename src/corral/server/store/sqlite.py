@@ -38,6 +38,7 @@ from corral.server.store.base import (
     JobRow,
     LogChunk,
     Mutation,
+    PrimitiveRow,
     SaveAttempt,
     SaveQueue,
     Store,
@@ -45,11 +46,16 @@ from corral.server.store.base import (
     finished_states,
     fit_log,
 )
+from corral.server.store.sqlite_primitives import (
+    PRIMITIVE_SCHEMA,
+    apply_primitive,
+    load_primitives,
+)
 
 Durability = Literal["normal", "full"]
 
 #: Stored in PRAGMA user_version; bump it with a migration when the schema changes.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Purging walks finished jobs of one state, longest finished first. Only finished jobs have a
 # `finished` time, so queued and running ones (the hot path's inserts) add nothing to it: it
@@ -57,7 +63,7 @@ SCHEMA_VERSION = 3
 _FINISHED_INDEX = (
     "CREATE INDEX jobs_by_finished ON jobs (state, finished) WHERE finished IS NOT NULL"
 )
-_SCHEMA = (
+_SCHEMA: tuple[str, ...] = (
     """CREATE TABLE jobs (
         id TEXT PRIMARY KEY,
         name TEXT NOT NULL,
@@ -117,11 +123,13 @@ _SCHEMA = (
     ) WITHOUT ROWID""",
     "CREATE TABLE queues (name TEXT PRIMARY KEY, ordering TEXT NOT NULL) WITHOUT ROWID",
 )
-# _MIGRATIONS[n - 1] takes a database of schema version n to n + 1.
-_MIGRATIONS = (
+_SCHEMA += PRIMITIVE_SCHEMA
+# _MIGRATIONS[n - 1] holds the statements that take a database of schema version n to n + 1.
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # Bytes cut from the output per stream, as JSON; NULL when nothing was cut.
-    "ALTER TABLE attempts ADD COLUMN truncated TEXT",
-    _FINISHED_INDEX,
+    ("ALTER TABLE attempts ADD COLUMN truncated TEXT",),
+    (_FINISHED_INDEX,),
+    PRIMITIVE_SCHEMA,
 )
 
 _JOB_COLUMNS = (
@@ -245,8 +253,9 @@ class SQLiteStore(Store):
                     f" {SCHEMA_VERSION}); upgrade corral"
                 )
             elif version < SCHEMA_VERSION:
-                for statement in _MIGRATIONS[version - 1 :]:
-                    connection.execute(statement)
+                for migration in _MIGRATIONS[version - 1 :]:
+                    for statement in migration:
+                        connection.execute(statement)
                 connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @contextmanager
@@ -440,6 +449,14 @@ class SQLiteStore(Store):
         rows = self._reader().execute("SELECT state, count(*) FROM jobs GROUP BY state")
         return {_STATES[state]: count for state, count in rows}
 
+    def load_primitives(self) -> list[PrimitiveRow]:
+        connection = self._reader()
+        connection.execute("BEGIN")  # one snapshot of the declarations and their rows
+        try:
+            return load_primitives(connection)
+        finally:
+            connection.execute("COMMIT")
+
     def close(self) -> None:
         with self._readers_lock:
             readers, self._readers = self._readers, []
@@ -531,7 +548,8 @@ def _apply(connection: sqlite3.Connection, batch: Sequence[Mutation]) -> None:
             pending.write(connection)
             _delete_jobs(connection, mutation.ids)
         else:
-            raise TypeError(f"not a store mutation: {mutation!r}")
+            # Other tables than the jobs' ones, written in order as they come.
+            apply_primitive(connection, mutation)
     pending.write(connection)
 
 
