@@ -13,9 +13,7 @@ from corral.models import JobState
 
 
 def test_frames_too_big_for_one_message_are_split_and_arrive_whole() -> None:
-    big = [
-        p.ResultReport(f"j{n}", 1, JobState.SUCCEEDED, result="r" * 3_000_000) for n in range(9)
-    ]
+    big = [p.ResultReport(f"j{n}", 1, JobState.SUCCEEDED, result="r" * 3_000_000) for n in range(9)]
     small = [
         p.ResultReport(f"s{n}", 1, JobState.FAILED, 1, None, "E", "m", "t") for n in range(5000)
     ]

@@ -14,8 +14,7 @@ from typing import Any
 
 import msgpack
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from corral.errors import InvalidName, InvalidRequest, NotFound, NotHeld, PrimitiveMismatch
 from corral.models import QueueOrdering

@@ -9,8 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from corral.errors import InvalidRequest, PrimitiveMismatch
 from corral.server.primitives import Effects, Primitives
