@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import os
 import sys
 import warnings
 from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from corral.constants import GC_THRESHOLDS
 
@@ -25,6 +26,16 @@ def run_worker(main: Coroutine[Any, Any, T]) -> T:
             asyncio.set_child_watcher(asyncio.PidfdChildWatcher())
     gc.set_threshold(*GC_THRESHOLDS)
     return asyncio.run(main)
+
+
+def exit_now(code: int = 0) -> NoReturn:
+    """End a process whose work is done and whose resources are released: flush what it
+    wrote and exit, without tearing its modules down one by one, which takes a process that
+    imported the server's stack 0.2 to 0.5 s (and `corral up` waits for its workers)."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:

@@ -420,8 +420,8 @@ def queues(
     data_dir_flag: DataDirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """List the queues: ordering, jobs queued (delayed ones too), and running (out on
-    workers: started, or held ready in their prefetch)."""
+    """List the queues: ordering, jobs waiting (queued, delayed, or held ready in a worker's
+    prefetch), and running (started on a worker)."""
     found = with_client(server_url, token, ca, data_dir_flag, lambda c: c.queues())
     if as_json:
         print_json([q.model_dump(mode="json") for q in found])

@@ -179,6 +179,7 @@ def worker(
             await agent.run()
 
         aio.run_worker(run())
+    aio.exit_now()  # stopped as asked: its jobs are handed back or reported, its children gone
 
 
 def up(

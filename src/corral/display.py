@@ -110,7 +110,7 @@ def print_jobs(out: Console, infos: list[JobInfo]) -> None:
 
 
 def print_workers(out: Console, workers: list[WorkerInfo]) -> None:
-    headers = ("id", "host", "pid", "queues", "tags", "concurrency", "running", "connected")
+    headers = ("id", "host", "pid", "queues", "tags", "concurrency", "running", "held", "connected")
     rows = [
         (
             w.id,
@@ -120,6 +120,7 @@ def print_workers(out: Console, workers: list[WorkerInfo]) -> None:
             ",".join(w.tags) or "-",
             str(w.concurrency),
             str(w.running),
+            str(w.held),
             "yes" if w.connected else Text("no", style="red"),
         )
         for w in workers

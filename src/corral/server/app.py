@@ -324,12 +324,13 @@ def create_app(engine: Engine, tokens: TokenStore, keep: float | None = None) ->
         }
         return Response(chunk.data, media_type="text/plain; charset=utf-8", headers=headers)
 
+    # The scheduler's state is the event loop's: read on it (async def), never in a thread.
     @app.get("/api/v1/workers", dependencies=[read])
-    def list_workers() -> list[WorkerInfo]:
+    async def list_workers() -> list[WorkerInfo]:
         return engine.list_workers()
 
     @app.get("/api/v1/queues", dependencies=[read])
-    def list_queues() -> list[QueueInfo]:
+    async def list_queues() -> list[QueueInfo]:
         depth, running = engine.scheduler.depth(), engine.scheduler.running()
         orderings = engine.scheduler.queue_orderings()
         return [

@@ -173,8 +173,8 @@ class Worker:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            for executor in self.executors.values():
-                await executor.close()
+            # Together: each waits for its own processes to exit.
+            await asyncio.gather(*(executor.close() for executor in self.executors.values()))
         if connection.done() and not connection.cancelled() and connection.exception():
             raise connection.exception()  # type: ignore[misc]
 
