@@ -29,6 +29,7 @@ from corral.cli_common import (
     out,
     print_json,
     submit_spec,
+    telling_why_jobs_wait,
     with_client,
 )
 from corral.cli_jobs import (
@@ -307,7 +308,8 @@ def _each(
 
     def each(client: Client) -> None:
         for job_id in job_ids:
-            done.append({"id": job_id, "status": action(client, job_id)})
+            with telling_why_jobs_wait():
+                done.append({"id": job_id, "status": action(client, job_id)})
 
     try:
         with_client(server_url, token, ca, data_dir_flag, each)

@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from corral import display
-from corral.client.client import Client, Job
+from corral.client.client import Client
 from corral.config import ClientSettings
 from corral.constants import WORKER_LEASE
 from corral.errors import (
@@ -193,7 +193,8 @@ def _submit_and_report(
     submitted: list[str],
 ) -> int:
     """Submit one job and print its id; with `wait`, how it ended. What to exit with."""
-    job = _submit_telling_why_it_waits(client, spec)
+    with telling_why_jobs_wait():
+        job = client.submit_many([spec])[0]
     submitted.append(job.id)
     if not wait:
         print_json({"id": job.id}) if as_json else print(job.id, flush=True)
@@ -226,19 +227,26 @@ def exit_code_of(info: JobInfo) -> int:
     return int(ExitCode.JOB_FAILED)
 
 
-def _submit_telling_why_it_waits(client: Client, spec: JobSpec) -> Job:
-    """Submit the job; print on stderr a `warning:` line per reason no connected worker could
-    take it (the client's NoWorkerWarnings), unwrapped however narrow the terminal."""
+@contextlib.contextmanager
+def telling_why_jobs_wait() -> Iterator[None]:
+    """Around a submit or retry: print on stderr a `warning:` line per reason no connected
+    worker could take the jobs (the client's NoWorkerWarnings), unwrapped however narrow the
+    terminal."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", NoWorkerWarning)
-        job = client.submit_many([spec])[0]
+        try:
+            yield
+        finally:
+            _print_caught(caught)
+
+
+def _print_caught(caught: list[warnings.WarningMessage]) -> None:
     for caught_warning in caught:
         message, category = caught_warning.message, caught_warning.category
         if issubclass(category, NoWorkerWarning):
             err.print(f"[yellow]warning:[/] {escape(str(message))}", soft_wrap=True)
         else:  # not ours to word: shown as Python would have
             warnings.showwarning(message, category, caught_warning.filename, caught_warning.lineno)
-    return job
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}

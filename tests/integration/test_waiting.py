@@ -107,6 +107,31 @@ def test_cli_submit_and_run_warn_when_no_connected_worker_could_take_the_job(
     assert served.stderr == ""
 
 
+def test_retry_warns_when_no_connected_worker_could_take_the_job(
+    server: ServerProcess, client: corral.Client, worker: WorkerProcess
+) -> None:
+    job = client.submit_shell(["make", "test"], queue="ci", tags=["linux"])
+    client.cancel(job.id)
+    assert job.wait(timeout=WAIT) is corral.JobState.CANCELLED
+    env = {"CORRAL_URL": server.url, "CORRAL_TOKEN": server.token}
+    retried = run_corral("retry", job.id, env=env)
+    assert retried.returncode == ExitCode.OK, retried.stderr
+    assert retried.stderr == f"warning: {CI_LINUX}; the job waits until one does\n"
+
+    client.cancel(job.id)
+    wait_for(lambda: client.get(job.id).state == "cancelled", WAIT, "the cancel")
+    with pytest.warns(corral.NoWorkerWarning) as caught:
+        assert client.retry(job.id) == "queued"
+    assert [str(w.message) for w in caught] == [f"{CI_LINUX}; the job waits until one does"]
+    assert caught[0].filename == __file__
+
+    served = client.submit_shell("false", queue="build", tags=["arm"])
+    assert served.wait(timeout=WAIT) is corral.JobState.FAILED
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", corral.NoWorkerWarning)
+        client.retry(served.id)  # its worker is there: no warning
+
+
 def _in_a_terminal(args: list[str], env: dict[str, str], columns: int) -> str:
     """What `corral ARGS` writes to a terminal `columns` wide (stdout and stderr), uncoloured."""
     main, terminal = pty.openpty()

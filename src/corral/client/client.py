@@ -306,8 +306,15 @@ class AsyncClient:
         return str((await self._request("POST", f"/jobs/{job_id}/cancel"))["status"])
 
     async def retry(self, job_id: str) -> str:
-        """Queue a finished job again; the server's status ('queued')."""
-        return str((await self._request("POST", f"/jobs/{job_id}/retry"))["status"])
+        """Queue a finished job again; the server's status ('queued'). Warns NoWorkerWarning
+        when no connected worker could take it."""
+        status, unserved = await self._retry(job_id)
+        _warn_unserved(unserved, stacklevel=3)
+        return status
+
+    async def _retry(self, job_id: str) -> tuple[str, list[str]]:
+        answer = await self._request("POST", f"/jobs/{job_id}/retry")
+        return str(answer["status"]), list(answer.get("warnings", ()))
 
     async def delete(self, job_id: str) -> None:
         """Delete a finished job with its attempts and output; Conflict while it is queued or
@@ -556,7 +563,9 @@ class Client:
         return self._call(self._async.cancel(job_id))
 
     def retry(self, job_id: str) -> str:
-        return self._call(self._async.retry(job_id))
+        status, unserved = self._call(self._async._retry(job_id))
+        _warn_unserved(unserved, stacklevel=3)
+        return status
 
     def delete(self, job_id: str) -> None:
         self._call(self._async.delete(job_id))
@@ -586,10 +595,11 @@ class Client:
         self._call(self._async.revoke_token(name))
 
 
-def _warn_unserved(reasons: list[str]) -> None:
-    """Warn the code that called a submit method (it called _submit, which called this)."""
+def _warn_unserved(reasons: list[str], stacklevel: int = 4) -> None:
+    """Warn the code that called a client method; by default one that called _submit, which
+    called this."""
     for reason in reasons:
-        warnings.warn(reason, NoWorkerWarning, stacklevel=4)
+        warnings.warn(reason, NoWorkerWarning, stacklevel=stacklevel)
 
 
 async def _make_async_client(url: str | None, token: str | None, options: Any) -> AsyncClient:

@@ -73,6 +73,15 @@ class SubmitBatch(BaseModel):
     jobs: list[JobSpec] = Field(max_length=MAX_BATCH_JOBS)
 
 
+class Retried(BaseModel):
+    id: str
+    status: str = "queued"
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="Why no connected worker could take the job, if none could; it waits.",
+    )
+
+
 class Submitted(BaseModel):
     ids: list[str]
     warnings: list[str] = Field(
@@ -295,9 +304,8 @@ def create_app(engine: Engine, tokens: TokenStore, keep: float | None = None) ->
         return {"id": job_id, "status": "cancel requested"}
 
     @app.post("/api/v1/jobs/{job_id}/retry", dependencies=[submit])
-    async def retry_job(job_id: str) -> dict[str, str]:
-        await engine.retry(job_id)
-        return {"id": job_id, "status": "queued"}
+    async def retry_job(job_id: str) -> Retried:
+        return Retried(id=job_id, warnings=await engine.retry(job_id))
 
     @app.delete("/api/v1/jobs/{job_id}", dependencies=[submit])
     async def delete_job(job_id: str) -> dict[str, str]:

@@ -242,8 +242,9 @@ class Engine:
             raise Conflict(f"job {job_id} already {row.state}; nothing to cancel")
         await self._apply(self.scheduler.cancel(job_id, self.clock()))
 
-    async def retry(self, job_id: str) -> None:
-        """Run a finished job again (failed, lost, cancelled, ...), keeping its history."""
+    async def retry(self, job_id: str) -> list[str]:
+        """Run a finished job again (failed, lost, cancelled, ...), keeping its history; why
+        no connected worker could take it, if none could (see unserved_warnings)."""
         if self.scheduler.job(job_id) is not None:
             raise Conflict(f"job {job_id} is still queued or running; cancel it first")
         self._refuse_settling(job_id)
@@ -259,6 +260,7 @@ class Engine:
             self._settling.discard(job_id)
         await self._apply(self.scheduler.submit([record], self.clock()))
         self._wake.set()
+        return self.scheduler.unserved_warnings({(record.queue, record.tags): 1})
 
     async def delete(self, job_id: str) -> None:
         """Delete a finished job, its attempts and its output."""
