@@ -79,6 +79,14 @@ class CronTimes:
         except (CroniterBadCronError, CroniterError, ValueError, KeyError) as exc:
             raise FlowInvalid([f"cron {expression!r} is not a cron expression ({exc})"]) from None
 
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, CronTimes) and (self.expression, self.zone.key) == (
+            other.expression,
+            other.zone.key,
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
     def due_times(self, after: float, until: float) -> Iterator[float]:
         """The fire times t with after < t <= until, ascending."""
         for fire in self.fire_times(after):

@@ -16,6 +16,7 @@ definition whose fingerprint equals the stored version's is no change (no new ve
 from __future__ import annotations
 
 import hashlib
+import re
 import types
 import typing
 from collections import Counter
@@ -50,7 +51,7 @@ from corral.constants import (
     MAX_USER_LENGTH,
 )
 from corral.errors import FlowInvalid
-from corral.models import JobSpec, SshTask, describe_validation_error
+from corral.models import JobSpec, SshTask
 from corral.server.flows.dag import Dag
 from corral.server.flows.parameters import (
     FlowParameter,
@@ -60,8 +61,8 @@ from corral.server.flows.parameters import (
 )
 from corral.server.flows.schedule import FlowSchedule
 
-FLOW_NAME_PATTERN = rf"^[A-Za-z0-9][A-Za-z0-9_.\-]{{0,{MAX_FLOW_NAME_LENGTH - 1}}}$"
-JOB_NAME_PATTERN = rf"^[A-Za-z0-9_][A-Za-z0-9_\-]{{0,{MAX_FLOW_JOB_NAME_LENGTH - 1}}}$"
+_FLOW_NAME = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_.\-]{{0,{MAX_FLOW_NAME_LENGTH - 1}}}")
+_JOB_NAME = re.compile(rf"[A-Za-z0-9_][A-Za-z0-9_\-]{{0,{MAX_FLOW_JOB_NAME_LENGTH - 1}}}")
 
 # Stand-ins for parameter values when checking a definition's placeholders.
 _PROBES: dict[ParameterType, ParameterValue] = {
@@ -95,7 +96,7 @@ class FlowJob(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    name: str = Field(pattern=JOB_NAME_PATTERN, description="Unique in its flow.")
+    name: str = Field(description="Unique in its flow.")
     shell: str | list[str] | None = Field(
         default=None, description="A command string for /bin/sh -c, or an argv list."
     )
@@ -117,6 +118,16 @@ class FlowJob(BaseModel):
     depends_on: list[str] = Field(default_factory=list)
     trigger: Trigger = Trigger.ALL_SUCCEEDED
 
+    @field_validator("name")
+    @classmethod
+    def _job_name(cls, value: str) -> str:
+        if not _JOB_NAME.fullmatch(value):
+            raise ValueError(
+                f"job names are 1-{MAX_FLOW_JOB_NAME_LENGTH} letters, digits, '_' or '-' "
+                "(not starting with '-')"
+            )
+        return value
+
     @model_validator(mode="after")
     def _is_a_job_spec(self) -> FlowJob:
         given = [key for key in ("shell", "python", "ssh") if getattr(self, key) is not None]
@@ -128,9 +139,7 @@ class FlowJob(BaseModel):
         try:
             JobSpec.model_validate(self.spec_fields(self.name))
         except ValidationError as exc:
-            text = describe_validation_error(exc)
-            text = text.replace("command:", "shell:").replace("target:", "python:")
-            raise ValueError(text) from None
+            raise ValueError(_spec_problems(exc)) from None
         return self
 
     def spec_fields(self, name: str, placeholders: Placeholders | None = None) -> dict[str, Any]:
@@ -179,7 +188,7 @@ class FlowDefinition(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    name: str = Field(pattern=FLOW_NAME_PATTERN)
+    name: str
     description: str = Field(default="", max_length=MAX_FLOW_DESCRIPTION_LENGTH)
     parameters: dict[str, FlowParameter] = Field(
         default_factory=dict, max_length=MAX_FLOW_PARAMETERS
@@ -191,6 +200,16 @@ class FlowDefinition(BaseModel):
 
     _dag: Dag = PrivateAttr()
     _by_name: dict[str, FlowJob] = PrivateAttr()
+
+    @field_validator("name")
+    @classmethod
+    def _flow_name(cls, value: str) -> str:
+        if not _FLOW_NAME.fullmatch(value):
+            raise ValueError(
+                f"flow names are 1-{MAX_FLOW_NAME_LENGTH} letters, digits, '_', '.' or '-' "
+                "(starting with a letter or digit)"
+            )
+        return value
 
     @field_validator("parameters")
     @classmethod
@@ -277,9 +296,8 @@ class FlowDefinition(BaseModel):
         try:
             return JobSpec.model_validate(fields)
         except ValidationError as exc:
-            raise FlowInvalid(
-                [f"job {name!r} with these values: {describe_validation_error(exc)}"], self.name
-            ) from None
+            problem = f"job {name!r} with these values: {_spec_problems(exc)}"
+            raise FlowInvalid([problem], self.name) from None
 
     def fingerprint(self) -> str:
         """A digest of what the definition means (see the module's docstring)."""
@@ -342,6 +360,17 @@ def _problems(exc: ValidationError, data: Mapping[str, Any]) -> list[str]:
         for line in message.split("\n"):
             problems.append(f"{location}: {line}" if location else line)
     return problems
+
+
+def _spec_problems(exc: ValidationError) -> str:
+    """A JobSpec's ValidationError, its fields named as a flow job names them."""
+    renamed = {"command": "shell", "target": "python"}
+    lines = []
+    for error in exc.errors():
+        path = " ".join(renamed.get(str(part), str(part)) for part in error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        lines.append(f"{path}: {message}" if path else message)
+    return "; ".join(lines)
 
 
 def _location(loc: tuple[int | str, ...], data: Mapping[str, Any]) -> str:
