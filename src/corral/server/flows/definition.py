@@ -249,6 +249,8 @@ class FlowDefinition(BaseModel):
             placeholders = Placeholders(probes)
             job.spec_fields(job.name, placeholders)
             problems += placeholders.problems
+            if not placeholders.results_used:
+                continue  # (finding ancestors for every job of a long chain is quadratic)
             upstream = self._dag.ancestors(job.name)
             for source in sorted(placeholders.results_used - upstream):
                 fix = (

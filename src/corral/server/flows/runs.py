@@ -11,7 +11,7 @@ Triggers, over a job's upstream jobs (only jobs with depends_on may use the `one
 - all_succeeded: runs once each upstream job succeeded or was skipped; `upstream_failed` as soon
   as one failed, was cancelled or is upstream_failed. A skipped job (disabled for the run, or
   whose trigger could not hold) counts as done without failure, so disabling a job lets the
-  jobs after it run, as in Azkaban;
+  jobs after it run, as in Azkaban (a disabled job is skipped when it would have started);
 - all_done: runs once every upstream job is final, whatever its state;
 - one_failed: runs as soon as one upstream job failed, was cancelled or is upstream_failed;
   `skipped` once all are final and none did;
@@ -27,9 +27,9 @@ on_failure, once a job of the run failed (or its core job was cancelled):
 cancel() (the run is cancelled) acts as cancel_all, and the run ends `cancelled`.
 
 What it guarantees:
-- a job is released only while it is pending and its trigger holds, and never after cancel()
-  or (under cancel_all) a failure; a job that left `pending` is never released again, so a
-  machine rebuilt from stored states never runs a succeeded job twice;
+- a job is released only while it is pending, not disabled, and its trigger holds, never after
+  cancel() or (under cancel_all) a failure; a job that left `pending` is never released again,
+  so a machine rebuilt from stored states never runs a succeeded job twice;
 - every job reaches a final state once every released job has reported one, and the run then
   finishes exactly once: `cancelled` if cancel() was called, else `failed` if a job failed, was
   cancelled or is upstream_failed, else `succeeded`;
@@ -184,8 +184,10 @@ class _Halt(StrEnum):
 class RunMachine:
     """The state of one run of a flow (see the module's docstring).
 
-    `states` holds the stored state of each job (jobs not named are pending); `disabled` jobs
-    are settled `skipped` if still pending; `cancelled` says cancel() was called before.
+    `states` holds the stored state of each job (jobs not named are pending); `cancelled` says
+    cancel() was called before. A `disabled` job is settled `skipped` when its trigger would
+    release it, so the jobs after it still wait for the jobs before it (and an upstream
+    failure still reaches them: it is settled upstream_failed like any other job).
     """
 
     def __init__(
@@ -244,9 +246,6 @@ class RunMachine:
         """Decide everything the current states call for: at a run's start, on resuming it
         after a restart, and for a retry. Idempotent."""
         decisions: list[RunDecision] = []
-        for name in self._dag.order:
-            if name in self.disabled and self._states[name] is FlowJobState.PENDING:
-                self._settle(name, FlowJobState.SKIPPED, "disabled for this run", decisions)
         if self._halt is not None:
             self._stop(self._halt, decisions)
         elif failed := next((n for n in self._dag.order if self._states[n].failure), None):
@@ -332,8 +331,11 @@ class RunMachine:
                 reason = f"no upstream job succeeded and one failed (trigger {trigger})"
             self._settle(name, FlowJobState.UPSTREAM_FAILED, reason, decisions)
         elif self._halt is None or (self._halt is _Halt.FINISH_RUNNING and trigger in _HANDLERS):
-            self._states[name] = FlowJobState.QUEUED
-            decisions.append(ReleaseJob(name))
+            if name in self.disabled:
+                self._settle(name, FlowJobState.SKIPPED, "disabled for this run", decisions)
+            else:
+                self._states[name] = FlowJobState.QUEUED
+                decisions.append(ReleaseJob(name))
         else:
             reason = f"not started: {self._halt_reason()}"
             self._settle(name, FlowJobState.CANCELLED, reason, decisions)
