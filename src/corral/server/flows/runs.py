@@ -244,7 +244,8 @@ class RunMachine:
 
     def start(self) -> list[RunDecision]:
         """Decide everything the current states call for: at a run's start, on resuming it
-        after a restart, and for a retry. Idempotent."""
+        after a restart, and for a retry. Called again, it repeats at most its CancelJob
+        decisions (cancelling a core job twice is harmless)."""
         decisions: list[RunDecision] = []
         if self._halt is not None:
             self._stop(self._halt, decisions)
@@ -256,8 +257,9 @@ class RunMachine:
         return decisions
 
     def job_changed(self, name: str, state: FlowJobState) -> list[RunDecision]:
-        """Job `name` reached `state` in the core. A report for a job already final is ignored
-        (reports may repeat); so is one that would move a job back to pending."""
+        """Job `name` reached `state` in the core (FlowJobState.of_core maps core states).
+        A report for a job already final is ignored (reports may repeat); so is one that would
+        move a job back to pending. KeyError for a job the flow does not have."""
         previous = self._states[name]
         if previous.final or state is FlowJobState.PENDING or state is previous:
             return []
