@@ -409,6 +409,10 @@ def test_export_round_trips_any_definition(
     flow = parse_flow(with_jobs(*jobs))
     assert parse_flow(flow.export()) == flow
     assert parse_flow(flow.export()).fingerprint() == flow.fingerprint()
+    shuffled = data.draw(st.permutations(jobs))
+    for job in shuffled:
+        job["depends_on"] = data.draw(st.permutations(job["depends_on"]))
+    assert parse_flow(with_jobs(*shuffled)).fingerprint() == flow.fingerprint()
 
 
 # -- parameters and results ------------------------------------------------------------------

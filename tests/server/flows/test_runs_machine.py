@@ -177,4 +177,4 @@ class RunStateMachine(RuleBasedStateMachine):
 
 
 TestRunStateMachine = RunStateMachine.TestCase
-TestRunStateMachine.settings = settings(max_examples=300, stateful_step_count=30, deadline=None)
+TestRunStateMachine.settings = settings(max_examples=200, stateful_step_count=30, deadline=None)
