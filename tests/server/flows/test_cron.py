@@ -186,3 +186,5 @@ def test_due_times_of_adjacent_ranges_join_up(
         assert times.latest(end) == whole[-1]
     before = [t for t in whole if t <= middle]
     assert times.latest(middle) == (before[-1] if before else times.latest(after))
+    backwards = itertools.takewhile(lambda t: t > after, times.fire_times_back(end))
+    assert list(backwards)[::-1] == whole

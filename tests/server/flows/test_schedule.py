@@ -153,6 +153,21 @@ def test_catch_up_all_after_a_long_downtime_is_bounded_and_costs_no_enumeration(
     assert decided[-1].due == T0 + 365 * 86400
 
 
+def test_catch_up_all_of_a_per_second_cron_keeps_the_latest_missed_ones() -> None:
+    every_second = schedule("* * * * * *", catch_up=CatchUp.ALL, overlap=Overlap.ALLOW_ALL)
+    now = T0 + 86400 + 0.5
+    result = plan(every_second, T0, now)
+    started = [d.due for d in result.decisions if isinstance(d, StartRun)]
+    on_time_from = now - FLOW_SCHEDULE_GRACE
+    assert started[:MAX_CATCH_UP_RUNS] == [
+        on_time_from - 0.5 - MAX_CATCH_UP_RUNS + 1 + i for i in range(MAX_CATCH_UP_RUNS)
+    ]
+    assert len(started) == MAX_CATCH_UP_RUNS + FLOW_SCHEDULE_GRACE  # and the on-time ones
+    assert result.decisions[0] == SkipMissed(
+        T0, started[0] - 1, f"missed, beyond the {MAX_CATCH_UP_RUNS} caught up"
+    )
+
+
 @pytest.mark.parametrize(
     ("overlap", "buffered", "expected"),
     [

@@ -117,19 +117,27 @@ class CronTimes:
 
     def latest(self, at_or_before: float) -> float | None:
         """The last fire time t <= at_or_before, or None if there is none."""
+        return next(self.fire_times_back(at_or_before), None)
+
+    def fire_times_back(self, at_or_before: float) -> Iterator[float]:
+        """Every fire time t <= at_or_before, descending (the caller stops)."""
         now = datetime.datetime.fromtimestamp(at_or_before, self.zone)
         wall = now.replace(tzinfo=None)
         if now.fold:  # in a repeated hour's second pass: its first pass's times come earlier
             wall += _offset(wall, self.zone, 0) - _offset(wall, self.zone, 1)
         walk = self._walk(wall + datetime.timedelta(seconds=1))
+        last = math.inf
         while True:
             try:
                 candidate = walk.get_prev(datetime.datetime)
             except CroniterBadDateError:
-                return None
+                return
             fire = self._instant(candidate)
-            if fire <= at_or_before:  # instants fall with wall times: the first one that fits
-                return fire
+            # Instants fall with wall times: skip those past `at_or_before` (from the repeated
+            # hour's second pass) and repeats (missing local times share one instant).
+            if fire <= at_or_before and fire < last:
+                last = fire
+                yield fire
 
     def _walk(self, start: datetime.datetime) -> croniter:
         return croniter(self.expression, start, second_at_beginning=self._seconds_first)

@@ -28,9 +28,9 @@ What it guarantees:
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -279,11 +279,15 @@ def _catch_up(
                 SkipMissed(last, too_old, f"missed, older than catch_up_window ({window:g}s)")
             )
             keep_from = too_old
-        kept: deque[float] = deque(times.due_times(keep_from, on_time_from), MAX_CATCH_UP_RUNS)
-        if kept and (cut := times.latest(kept[0] - 1)) is not None and cut > keep_from:
-            decisions.append(
-                SkipMissed(keep_from, cut, f"missed, beyond the {MAX_CATCH_UP_RUNS} caught up")
-            )
+        # Walk back from the latest, so that a per-second cron costs MAX_CATCH_UP_RUNS steps.
+        back = itertools.takewhile(
+            lambda due: due > keep_from, times.fire_times_back(latest_missed)
+        )
+        kept = list(itertools.islice(back, MAX_CATCH_UP_RUNS))[::-1]
+        cut = times.latest(kept[0] - 1) if len(kept) == MAX_CATCH_UP_RUNS else None
+        if cut is not None and cut > keep_from:
+            reason = f"missed, beyond the {MAX_CATCH_UP_RUNS} caught up"
+            decisions.append(SkipMissed(keep_from, cut, reason))
         return [*kept, *on_time]
     reason = {
         CatchUp.NONE: "missed; catch_up none",
