@@ -136,3 +136,25 @@ MAX_PRIMITIVE_BATCH = MAX_BATCH_JOBS
 #: dies keeps the lock for at most its lease.
 DEFAULT_PRIMITIVE_LEASE = 30.0
 MAX_PRIMITIVE_LEASE = 24 * 3600.0
+
+#: Flows (DAGs of jobs, optionally on a cron schedule). Limits on one definition, checked when it
+#: is applied: names go into URLs and into their jobs' names (flow/job, within MAX_NAME_LENGTH).
+MAX_FLOW_NAME_LENGTH = 128
+MAX_FLOW_JOB_NAME_LENGTH = 120
+#: Jobs in one flow: room for a fan-out of 10,000 jobs between a first and a last one.
+MAX_FLOW_JOBS = 20_000
+MAX_FLOW_PARAMETERS = 256
+MAX_FLOW_DESCRIPTION_LENGTH = 4096
+#: Runs of one flow at once (`max_active_runs`): its default, and the most it may be set to.
+DEFAULT_MAX_ACTIVE_RUNS = 1
+MAX_FLOW_ACTIVE_RUNS = 1_000
+#: A schedule's time zone unless it names one, and how far back it catches up after downtime.
+DEFAULT_FLOW_TIMEZONE = "UTC"
+DEFAULT_CATCH_UP_WINDOW = 24 * 3600.0
+#: A due time seen at most this many seconds after it is on time (the server was busy or
+#: restarting); an older one was missed, and the schedule's `catch_up` decides what becomes of it.
+FLOW_SCHEDULE_GRACE = 60.0
+#: Missed due times one catch-up (`catch_up: all`) starts or buffers at most: the latest ones.
+MAX_CATCH_UP_RUNS = 1_000
+#: Due times one backfill may create runs for; a wider range is refused (split it).
+MAX_BACKFILL_RUNS = 10_000

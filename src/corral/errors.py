@@ -31,6 +31,20 @@ class InvalidRequest(CorralError):
     """The server refused the request as malformed; the message names the field."""
 
 
+class FlowInvalid(InvalidRequest):
+    """A flow definition, or what a run of it was given, is wrong; nothing of it was applied.
+
+    `problems` holds one line per problem, each naming what is wrong and what to do; `flow` is the
+    flow's name when known (a bulk apply names the bad flow this way).
+    """
+
+    def __init__(self, problems: list[str], flow: str | None = None) -> None:
+        self.problems = list(problems)
+        self.flow = flow
+        where = f"flow {flow!r}: " if flow else ""
+        super().__init__(where + "; ".join(self.problems))
+
+
 class Conflict(CorralError):
     """The request does not fit the object's state (e.g. retrying a job that is still running)."""
 
