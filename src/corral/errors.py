@@ -71,8 +71,12 @@ class JobFailed(CorralError):
         super().__init__(text)
 
 
-class JobTimeout(CorralError):
-    """Waiting for a job took longer than the timeout given to wait() or result()."""
+class JobTimeout(CorralError, TimeoutError):
+    """Waiting for a job took longer than the timeout given to wait() or result().
+
+    Also a TimeoutError, which is what concurrent.futures and multiprocessing raise, so code
+    that catches theirs catches this. The job goes on: wait again, or cancel it.
+    """
 
 
 class ProtocolError(CorralError):
