@@ -202,6 +202,10 @@ class AsyncClient:
 
         await self._stream.on_done(list(handles), arrived)
 
+    async def _on_done(self, job_ids: list[str], callback: Callable[[p.Done], None]) -> None:
+        """Call `callback(done)` once for each job when it finishes, with no AsyncJob made."""
+        await self._stream.on_done(job_ids, callback)
+
     def _watch_in_background(self, jobs: list[AsyncJob]) -> None:
         """Start watching the jobs without waiting for the watch to be sent. If it cannot be
         (the server refused the token), the jobs finish with that error, as when it is lost."""
