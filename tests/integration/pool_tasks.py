@@ -70,3 +70,10 @@ def remember(value: object, path: str) -> None:
 
 def remembered(n: int) -> list[object]:
     return [n, os.getpid(), _remembered]
+
+
+def timed(seconds: float) -> list[float]:
+    """When the call started and ended (epoch seconds), having slept `seconds` between."""
+    start = time.time()
+    time.sleep(seconds)
+    return [start, time.time()]

@@ -12,7 +12,7 @@ from integration_support import ServerProcess, WorkerProcess, wait_for, wait_for
 from pool_tasks import Unlucky, add, mark_then_sleep, needs_two, power, sleep_then, square, unlucky
 
 import corral
-from corral import CorralError, JobFailed, JobState, JobTimeout, SerializationError
+from corral import CorralError, JobFailed, JobState, JobTimeout, NoWorkerWarning, SerializationError
 
 
 @pytest.fixture
@@ -200,3 +200,15 @@ def test_map_survives_a_worker_killed_with_kill_9(
         jobs = client.jobs(name="mark_then_sleep")
         attempts = [len(client.get(job.id).attempts) for job in jobs]
         assert len(attempts) == 8 and max(attempts) >= 2  # what the dead worker held ran again
+
+
+def test_a_future_no_worker_can_take_warns_its_waiter(
+    client: corral.Client, worker: WorkerProcess
+) -> None:
+    with corral.Executor(client=client, queue="nowhere") as executor:
+        future = executor.submit(square, 2)
+        with pytest.warns(NoWorkerWarning, match="nowhere") as caught, pytest.raises(JobTimeout):
+            future.result(timeout=1)
+        assert caught[0].filename == __file__  # it names the caller's line
+        executor.shutdown(cancel_futures=True)
+    assert future.cancelled()

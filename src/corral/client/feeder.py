@@ -177,15 +177,18 @@ class JobFeeder:
                 *filter(None, [self._flush_task, *self._cancelling]), return_exceptions=True
             )
 
-    def warn_unserved(self, future: JobFuture | None = None, timeout: float | None = None) -> None:
+    def warn_unserved(
+        self, future: JobFuture | None = None, timeout: float | None = None, stacklevel: int = 3
+    ) -> None:
         """Issue, in the calling thread, the server's warnings that no connected worker could
-        take some jobs (NoWorkerWarning); first wait up to `timeout` for `future`'s job to be
-        stored, so that a caller waiting on it hears of its own."""
+        take some jobs (NoWorkerWarning), naming the line `stacklevel` frames up; first wait up
+        to `timeout` for `future`'s job to be stored, so that a caller waiting on it hears of
+        its own."""
         if future is not None and future.job_id is None:
             with self._stored:
                 self._stored.wait_for(lambda: future.job_id is not None or future.done(), timeout)
         while self._unserved:
-            warnings.warn(self._unserved.popleft(), NoWorkerWarning, stacklevel=3)
+            warnings.warn(self._unserved.popleft(), NoWorkerWarning, stacklevel=stacklevel)
 
     # -- the client's loop ---------------------------------------------------------------------
 
@@ -256,6 +259,7 @@ class JobFeeder:
         was sent, cancel the job too. Its slot under the limit frees when the job's notice
         comes, since until then the job is still on the server."""
         self._discard(future)
+        self._notify_stored()  # a result() waiting for it to be stored gives up waiting
         if cancel_job and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._cancel_sent, future)
 

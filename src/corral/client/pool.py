@@ -137,7 +137,7 @@ class Executor(concurrent.futures.Executor):
         with self._shutdown_lock:
             if self._shut:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-        self._feeder.warn_unserved()
+        self._feeder.warn_unserved(stacklevel=4)  # the caller of submit
         return self._feeder.submit(spec)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -407,7 +407,7 @@ class Pool:
         return max(chunksize + bool(extra), 1)
 
     def _submit(self, spec: JobSpec) -> JobFuture:
-        self._feeder.warn_unserved()
+        self._feeder.warn_unserved(stacklevel=4)  # the caller of apply_async
         return self._feeder.submit(spec)
 
     def _check_running(self) -> None:
