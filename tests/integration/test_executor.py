@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import threading
 from collections.abc import Callable
@@ -157,7 +158,7 @@ def test_shutdown_with_cancel_futures_cancels_running_and_queued_jobs(
         wait_for(started(marker), what="the first job to start")
         executor.shutdown(wait=True, cancel_futures=True)
         assert all(f.cancelled() for f in futures)
-        ids = [f.job_id for f in futures if f.job_id]  # type: ignore[attr-defined]
+        ids = [f.job_id for f in futures if f.job_id]
         assert len(ids) == 3
         wait_for(
             lambda: all(client.get(i).state is JobState.CANCELLED for i in ids),
@@ -212,3 +213,31 @@ def test_a_future_no_worker_can_take_warns_its_waiter(
         assert caught[0].filename == __file__  # it names the caller's line
         executor.shutdown(cancel_futures=True)
     assert future.cancelled()
+
+
+def test_async_job_answers_as_a_future_does(server: ServerProcess, worker: WorkerProcess) -> None:
+    async def scenario() -> None:
+        async with corral.AsyncClient(server.url, server.token) as client:
+            job = await client.submit(sleep_then, 0.5, "late")
+            finished = asyncio.Event()
+            job.add_done_callback(lambda _: finished.set())
+            assert not await job.done() and not await job.cancelled()
+            assert await job.exception(timeout=30) is None
+            await asyncio.wait_for(finished.wait(), 10)
+            assert await job.done() and not await job.running()
+            failure = await (await client.submit(unlucky, 13)).exception(timeout=30)
+            assert isinstance(failure, JobFailed) and failure.error_type == "pool_tasks.Unlucky"
+
+    asyncio.run(scenario())
+
+
+def test_a_job_cancelled_by_someone_else_cancels_its_future(
+    client: corral.Client, worker: WorkerProcess
+) -> None:
+    with corral.Executor(client=client) as executor:
+        future = executor.submit(sleep_then, 30)
+        wait_for(lambda: future.job_id is not None, what="the job to be stored")
+        assert future.job_id is not None
+        client.cancel(future.job_id)
+        done, _ = concurrent.futures.wait([future], timeout=30)
+        assert done == {future} and future.cancelled()

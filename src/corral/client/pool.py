@@ -103,7 +103,7 @@ class Executor(concurrent.futures.Executor):
         self._shut = False
         self._shutdown_lock = threading.Lock()
 
-    def submit(self, fn: JobTarget, /, *args: Any, **kwargs: Any) -> Future[Any]:
+    def submit(self, fn: JobTarget, /, *args: Any, **kwargs: Any) -> JobFuture:
         """Run `fn(*args, **kwargs)` as one job; its future, at once (the job is sent with
         those submitted around the same time, in one batch)."""
         return self._submit_spec(self._calls.call(fn, args, kwargs))
