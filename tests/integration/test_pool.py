@@ -200,3 +200,21 @@ def test_initializer_runs_once_per_worker_process(
     with corral.Pool(initializer=remember, initargs=("bye", str(other)), client=client) as pool:
         assert {value for _, _, value in pool.map(remembered, range(10))} == {"bye"}
     assert other.exists()
+
+
+def test_a_map_survives_a_worker_killed_with_kill_9(
+    server: ServerProcess,
+    start_worker: Callable[..., WorkerProcess],
+    client: corral.Client,
+    tmp_path: Path,
+) -> None:
+    # The server fixture's lease is 2 s: the killed worker's jobs are queued again after it.
+    doomed = start_worker(server, "--concurrency", "1")
+    start_worker(server, "--concurrency", "1")
+    wait_for_workers(server, 2)
+    marker = tmp_path / "started"
+    with corral.Pool(client=client) as pool:
+        result = pool.starmap_async(mark_then_sleep, [(str(marker), 0.5)] * 8, chunksize=1)
+        wait_for(lambda: len(marker.read_text().split()) >= 2 if marker.exists() else False)
+        doomed.kill()
+        assert len(result.get(timeout=90)) == 8
