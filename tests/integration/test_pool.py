@@ -130,6 +130,20 @@ def test_maps_in_order_unordered_and_starred(client: corral.Client, worker: Work
 
         with pytest.raises(Unlucky):
             pool.map(unlucky, range(20))
+        # As multiprocessing's imap: an error at its place, then the rest; next(timeout).
+        results = pool.imap(unlucky, [12, 13, 14])
+        assert next(results) == 12
+        with pytest.raises(Unlucky):
+            next(results)
+        assert list(results) == [14]
+        waiting = pool.imap(sleep_then, [0.5])
+        with pytest.raises(multiprocessing.TimeoutError):
+            waiting.next(timeout=0.01)
+        assert waiting.next(timeout=30) is None
+        unordered = pool.imap_unordered(sleep_then, [0.5])
+        with pytest.raises(multiprocessing.TimeoutError):
+            unordered.next(timeout=0.01)
+        assert list(unordered) == [None]
         pool.close()
         with pytest.raises(ValueError, match="Pool not running"):
             pool.map(square, range(3))

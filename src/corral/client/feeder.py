@@ -289,30 +289,63 @@ class InOrder(Iterator[Any]):
 
     Up to `ahead` futures are drawn from the lazy `futures` (which submits as it is drawn) at
     once, and one more each time one is taken, so the cluster stays busy while memory stays
-    bounded. `timeout` counts from now, for all of them. The futures not taken are cancelled
-    if the iteration stops early: an exception (a failed job, a timeout), close(), or the
-    iterator dropped, even before its first result.
+    bounded. `timeout` counts from now, for all of them; `next(timeout)` waits at most that for
+    the next one, and raises `timeout_error` if it has not finished, leaving the iterator as
+    it was. With `stop_on_error` (concurrent.futures' map), a failed call ends the iteration
+    and cancels the futures not taken; without (multiprocessing's imap), its exception is
+    raised at its place and the next call goes on. Those not taken are cancelled, too, on
+    close() or when the iterator is dropped, even before its first result.
     """
 
-    def __init__(self, futures: Iterator[JobFuture], ahead: int, timeout: float | None) -> None:
+    def __init__(
+        self,
+        futures: Iterator[JobFuture],
+        ahead: int,
+        timeout: float | None = None,
+        *,
+        stop_on_error: bool = True,
+        timeout_error: type[JobTimeout] = JobTimeout,
+    ) -> None:
         self._deadline = _deadline(timeout)
         self._source = futures
         self._window = deque(islice(futures, ahead))
+        self._stop_on_error = stop_on_error
+        self._timeout_error = timeout_error
 
     def __iter__(self) -> InOrder:
         return self
 
     def __next__(self) -> Any:
+        return self.next()
+
+    def next(self, timeout: float | None = None) -> Any:
         if not self._window:
             raise StopIteration
-        future = self._window.popleft()
+        future = self._window[0]
         try:
-            self._window.extend(islice(self._source, 1))
-            return future.result(_remaining(self._deadline))
-        except BaseException:
-            future.cancel()
-            self.close()
+            value = future.result(self._wait(timeout))
+        except BaseException as error:
+            if future.done():  # the call failed, or its job was cancelled
+                self._window.popleft()
+                if self._stop_on_error:
+                    self.close()
+                else:
+                    self._window.extend(islice(self._source, 1))
+            elif self._deadline is not None and time.monotonic() >= self._deadline:
+                self.close()  # the whole map's time is up
+            elif isinstance(error, JobTimeout):
+                raise self._timeout_error(str(error)) from None
             raise
+        self._window.popleft()
+        self._window.extend(islice(self._source, 1))
+        return value
+
+    def _wait(self, timeout: float | None) -> float | None:
+        """How long to wait for the next result: `timeout`, within what the deadline leaves."""
+        left = _remaining(self._deadline)
+        if left is None or timeout is None:
+            return timeout if left is None else left
+        return min(left, timeout)
 
     def close(self) -> None:
         window, self._window = self._window, deque()
@@ -324,21 +357,36 @@ class InOrder(Iterator[Any]):
 
 class AsFinished(Iterator[Future[Any]]):
     """The futures as they finish, whatever the order; drawn from `futures` as InOrder draws
-    them, and cancelled as there if the iteration stops early."""
+    them, and cancelled as there on close() or when the iterator is dropped. `next(timeout)`
+    raises `timeout_error` if none finishes in time, leaving the iterator as it was."""
 
-    def __init__(self, futures: Iterator[JobFuture], ahead: int) -> None:
+    def __init__(
+        self,
+        futures: Iterator[JobFuture],
+        ahead: int,
+        *,
+        timeout_error: type[JobTimeout] = JobTimeout,
+    ) -> None:
         self._source = futures
         self._finished: queue.SimpleQueue[Future[Any]] = queue.SimpleQueue()
         self._window: set[Future[Any]] = set()
+        self._timeout_error = timeout_error
         self._draw(ahead)
 
     def __iter__(self) -> AsFinished:
         return self
 
     def __next__(self) -> Future[Any]:
+        return self.next()
+
+    def next(self, timeout: float | None = None) -> Future[Any]:
         if not self._window:
             raise StopIteration
-        future = self._finished.get()
+        try:
+            future = self._finished.get(timeout=timeout)
+        except queue.Empty:
+            message = f"none of {len(self._window)} jobs finished within {timeout}s"
+            raise self._timeout_error(message) from None
         self._window.discard(future)
         try:
             self._draw(1)

@@ -22,6 +22,7 @@ import itertools
 import logging
 import threading
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from enum import StrEnum
@@ -76,6 +77,7 @@ def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
 
 
 def _flatten(chunk_results: Iterator[list[Any]]) -> Iterator[Any]:
+    # A generator: dropping it drops the InOrder in its frame, which cancels what it holds.
     for results in chunk_results:
         yield from results
 
@@ -160,6 +162,29 @@ class Executor(concurrent.futures.Executor):
     def _close_own_client(self) -> None:
         if self._own_client:
             self._client.close()
+
+
+class IMapIterator(Iterator[Any]):
+    """What Pool.imap and imap_unordered return, as multiprocessing's: the results one at a
+    time; `next(timeout)` raises multiprocessing.TimeoutError (as corral.PoolTimeout) if the
+    next is not there in time, and the iterator goes on; a failed call raises its exception
+    at its place, and the next result follows. Dropped, it cancels the jobs it submitted
+    ahead."""
+
+    def __init__(self, next_chunk: Callable[[float | None], list[Any]]) -> None:
+        self._next_chunk = next_chunk  # the results of the next chunk, waiting up to a timeout
+        self._ready: deque[Any] = deque()
+
+    def __iter__(self) -> IMapIterator:
+        return self
+
+    def __next__(self) -> Any:
+        return self.next()
+
+    def next(self, timeout: float | None = None) -> Any:
+        while not self._ready:
+            self._ready.extend(self._next_chunk(timeout))
+        return self._ready.popleft()
 
 
 class PoolState(StrEnum):
@@ -359,19 +384,27 @@ class Pool:
     ) -> AsyncResult:
         return self._map_async(func, iterable, chunksize, True, callback, error_callback)
 
-    def imap(self, func: JobTarget, iterable: Iterable[Any], chunksize: int = 1) -> Iterator[Any]:
+    def imap(self, func: JobTarget, iterable: Iterable[Any], chunksize: int = 1) -> IMapIterator:
         """Results in order, as they come: streamed, with only MAP_CHUNKS_AHEAD chunks read and
         submitted ahead of the one waited for, however long `iterable` is."""
-        return _flatten(
-            InOrder(self._chunk_futures(func, iterable, chunksize), MAP_CHUNKS_AHEAD, None)
+        chunks = InOrder(
+            self._chunk_futures(func, iterable, chunksize),
+            MAP_CHUNKS_AHEAD,
+            stop_on_error=False,
+            timeout_error=PoolTimeout,
         )
+        return IMapIterator(chunks.next)
 
     def imap_unordered(
         self, func: JobTarget, iterable: Iterable[Any], chunksize: int = 1
-    ) -> Iterator[Any]:
+    ) -> IMapIterator:
         """Results in the order their chunks finish; streamed as imap is."""
-        finished = AsFinished(self._chunk_futures(func, iterable, chunksize), MAP_CHUNKS_AHEAD)
-        return _flatten(future.result() for future in finished)
+        finished = AsFinished(
+            self._chunk_futures(func, iterable, chunksize),
+            MAP_CHUNKS_AHEAD,
+            timeout_error=PoolTimeout,
+        )
+        return IMapIterator(lambda timeout: finished.next(timeout).result())
 
     def _map_async(
         self,
