@@ -10,7 +10,17 @@ from pathlib import Path
 
 import pytest
 from integration_support import ServerProcess, WorkerProcess, wait_for, wait_for_workers
-from pool_tasks import Unlucky, add, mark_then_sleep, needs_two, power, sleep_then, square, unlucky
+from pool_tasks import (
+    Unlucky,
+    add,
+    mark_then_sleep,
+    needs_two,
+    power,
+    sleep_then,
+    square,
+    times_out,
+    unlucky,
+)
 
 import corral
 from corral import CorralError, JobFailed, JobState, JobTimeout, NoWorkerWarning, SerializationError
@@ -88,6 +98,21 @@ def test_callback_that_calls_the_server_is_told_why_not(
     assert called.wait(30)
     assert len(errors) == 1 and "callback" in str(errors[0])
 
+    # So is one that waits for an unfinished future of an Executor.
+    refusals: concurrent.futures.Future[Exception] = concurrent.futures.Future()
+    with corral.Executor(client=client) as executor:
+        slow = executor.submit(sleep_then, 30)
+
+        def wait_for_slow(_: object) -> None:
+            try:
+                slow.result()
+            except CorralError as error:
+                refusals.set_result(error)
+
+        executor.submit(square, 2).add_done_callback(wait_for_slow)
+        assert "callback" in str(refusals.result(30))
+        slow.cancel()
+
 
 # -- corral.Executor -----------------------------------------------------------------------------
 
@@ -122,6 +147,11 @@ def test_remote_exceptions_raise_as_their_own_type_with_the_remote_traceback(
         with pytest.raises(TypeError) as builtin:
             executor.submit(power, "two").result(timeout=30)
         assert isinstance(builtin.value.__cause__, JobFailed)
+
+        # The job's own TimeoutError is not mistaken for a wait that timed out.
+        with pytest.raises(TimeoutError, match="remote clock") as timed_out:
+            executor.submit(times_out).result(timeout=30)
+        assert not isinstance(timed_out.value, JobTimeout)
 
         # A type whose constructor wants more than the message stays a JobFailed.
         failure = executor.submit(needs_two).exception(timeout=30)

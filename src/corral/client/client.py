@@ -386,15 +386,23 @@ class Client:
         await asyncio.gather(*left, return_exceptions=True)
         await self._loop.shutdown_asyncgens()
 
-    def _call(self, coro: Coroutine[Any, Any, T] | Awaitable[T]) -> T:
+    def _refuse_to_block_own_thread(self) -> None:
+        """CorralError if called in the client's own thread (a done callback), where waiting
+        for the server, or for a job, would wait for ever: that thread is what would answer."""
         if threading.current_thread() is self._thread:
+            raise CorralError(
+                "a done callback called a client method that waits for the server or for a job, "
+                "which would block the client's own thread for ever; keep callbacks short, and "
+                "wait from another thread"
+            )
+
+    def _call(self, coro: Coroutine[Any, Any, T] | Awaitable[T]) -> T:
+        try:
+            self._refuse_to_block_own_thread()
+        except CorralError:
             if asyncio.iscoroutine(coro):
                 coro.close()
-            raise CorralError(
-                "a done callback called a client method that waits for the server, which would "
-                "block the client's own thread for ever; keep callbacks short, and call such "
-                "methods from another thread"
-            )
+            raise
         future: Future[T] = asyncio.run_coroutine_threadsafe(coro, self._loop)  # type: ignore[arg-type]
         try:
             return future.result()

@@ -30,9 +30,16 @@ from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from corral import protocol as p
-from corral.client.failures import check_reached, remote_exception
+from corral.client.failures import check_reached, remote_exception, value_of
 from corral.constants import MAX_BATCH_JOBS, MAX_CONCURRENT_CANCELS
-from corral.errors import Conflict, CorralError, JobTimeout, NotFound, NoWorkerWarning
+from corral.errors import (
+    Conflict,
+    CorralError,
+    JobTimeout,
+    NotFound,
+    NoWorkerWarning,
+    ServerUnreachable,
+)
 from corral.models import JobSpec, JobState
 
 if TYPE_CHECKING:
@@ -65,20 +72,31 @@ class JobFuture(Future[Any]):
         return self._cancel(on_server=True)
 
     def result(self, timeout: float | None = None) -> Any:
-        deadline = _deadline(timeout)
-        self._feeder.warn_unserved(self, timeout)
+        """The job's return value; raises its exception, CancelledError, or JobTimeout (a
+        TimeoutError) if it has not finished within `timeout` seconds."""
+        deadline = self._before_waiting(timeout)
         try:
             return super().result(_remaining(deadline))
         except TimeoutError:
+            if self.done():  # the job's own TimeoutError
+                raise
             raise self._timeout(timeout) from None
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
-        deadline = _deadline(timeout)
-        self._feeder.warn_unserved(self, timeout)
+        deadline = self._before_waiting(timeout)
         try:
             return super().exception(_remaining(deadline))
         except TimeoutError:
             raise self._timeout(timeout) from None
+
+    def _before_waiting(self, timeout: float | None) -> float | None:
+        """The deadline of a wait of `timeout`, after refusing one that could never end and
+        telling the caller if no connected worker could take the job."""
+        deadline = _deadline(timeout)
+        if not self.done():
+            self._feeder._client._refuse_to_block_own_thread()
+            self._feeder.warn_unserved(self, timeout, stacklevel=4)
+        return deadline
 
     def _timeout(self, timeout: float | None) -> JobTimeout:
         return JobTimeout(f"job {self.job_id or '(not yet stored)'} unfinished after {timeout}s")
@@ -105,7 +123,7 @@ class JobFuture(Future[Any]):
         if done.state == JobState.CANCELLED:
             self._cancel(on_server=False)
         elif done.state == JobState.SUCCEEDED:
-            self._set(done.result if done.result is not None else done.exit_code, None)
+            self._set(value_of(done), None)
         else:
             self._set(None, remote_exception(done))
 
@@ -220,10 +238,11 @@ class JobFeeder:
         try:
             jobs, unserved = await self._client._async._submit_specs(spec for spec, _ in batch)
         except Exception as error:  # refused or unreachable: those futures fail with it
-            for _, future in batch:
-                future._set(None, error)
-            self._notify_stored()
+            self._fail(batch, error)
             return
+        except asyncio.CancelledError:  # the client is closing
+            self._fail(batch, ServerUnreachable("the client was closed before these were sent"))
+            raise
         self._unserved.extend(unserved)
         ids = [job.id for job in jobs]
         for (_, future), job_id in zip(batch, ids, strict=True):
@@ -237,6 +256,11 @@ class JobFeeder:
         except CorralError as error:  # the server refused the watch (a revoked token)
             for job_id in ids:
                 self._arrived(p.Done(job_id, "error", error_message=str(error)))
+
+    def _fail(self, batch: list[tuple[JobSpec, JobFuture]], error: BaseException) -> None:
+        for _, future in batch:
+            future._set(None, error)
+        self._notify_stored()
 
     def _notify_stored(self) -> None:
         with self._stored:

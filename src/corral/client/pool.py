@@ -203,11 +203,13 @@ class AsyncResult:
 
     def __init__(
         self,
+        client: Client,
         futures: list[JobFuture],
         assemble: Callable[[list[Any]], Any],
         callback: Callable[[Any], object] | None,
         error_callback: Callable[[BaseException], object] | None,
     ) -> None:
+        self._client = client
         self._futures = futures
         self._assemble = assemble
         self._callback = callback
@@ -229,14 +231,19 @@ class AsyncResult:
     def get(self, timeout: float | None = None) -> Any:
         """The result; the job's exception if one failed; multiprocessing.TimeoutError (as
         corral.PoolTimeout) if it is not ready within `timeout` seconds."""
-        if not self._ready.wait(timeout):
+        if not self._wait(timeout):
             raise PoolTimeout(f"the result was not ready within {timeout}s; its jobs go on")
         if self._error is not None:
             raise self._error
         return self._value
 
     def wait(self, timeout: float | None = None) -> None:
-        self._ready.wait(timeout)
+        self._wait(timeout)
+
+    def _wait(self, timeout: float | None) -> bool:
+        if not self._ready.is_set():
+            self._client._refuse_to_block_own_thread()
+        return self._ready.wait(timeout)
 
     def ready(self) -> bool:
         return self._ready.is_set()
@@ -349,7 +356,9 @@ class Pool:
     ) -> AsyncResult:
         self._check_running()
         future = self._submit(self._calls.call(func, args, dict(kwds or {})))
-        return AsyncResult([future], lambda values: values[0], callback, error_callback)
+        return AsyncResult(
+            self._client, [future], lambda values: values[0], callback, error_callback
+        )
 
     # -- maps ------------------------------------------------------------------------------------
 
@@ -420,7 +429,7 @@ class Pool:
         if chunksize is None:
             chunksize = self._default_chunksize(len(items))  # type: ignore[arg-type]
         futures = list(self._chunk_futures(func, items, chunksize, star))
-        return AsyncResult(futures, _concatenate, callback, error_callback)
+        return AsyncResult(self._client, futures, _concatenate, callback, error_callback)
 
     def _chunk_futures(
         self, func: JobTarget, iterable: Iterable[Any], chunksize: int, star: bool = False
