@@ -24,6 +24,7 @@ from pool_tasks import (
 
 import corral
 from corral import CorralError, JobFailed, JobState, JobTimeout, NoWorkerWarning, SerializationError
+from corral.constants import MAP_CHUNKS_AHEAD
 
 
 @pytest.fixture
@@ -210,6 +211,11 @@ def test_map_keeps_order_chunks_and_times_out(client: corral.Client, worker: Wor
         del slow
     # The timed-out map cancelled its jobs, as concurrent.futures cancels its futures.
     wait_for(lambda: not client.jobs(state=["queued", "running"]), what="the cancels")
+
+    # Read after the shutdown, a map longer than its window still gives every result.
+    with corral.Executor(client=client) as executor:
+        late = executor.map(square, range(MAP_CHUNKS_AHEAD + 20), chunksize=1)
+    assert list(late) == [n * n for n in range(MAP_CHUNKS_AHEAD + 20)]
 
 
 def test_map_survives_a_worker_killed_with_kill_9(

@@ -364,6 +364,11 @@ class InOrder(Iterator[Any]):
         self._window.extend(islice(self._source, 1))
         return value
 
+    def draw_all(self) -> None:
+        """Submit everything left in the source now (an executor shutting down, which waits
+        for every call its maps were given, as concurrent.futures' maps submit them all)."""
+        self._window.extend(self._source)
+
     def _wait(self, timeout: float | None) -> float | None:
         """How long to wait for the next result: `timeout`, within what the deadline leaves."""
         left = _remaining(self._deadline)

@@ -22,6 +22,7 @@ import itertools
 import logging
 import threading
 import uuid
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
@@ -102,6 +103,7 @@ class Executor(concurrent.futures.Executor):
             self._close_own_client()
             raise
         self._feeder = JobFeeder(self._client)
+        self._maps: weakref.WeakSet[InOrder] = weakref.WeakSet()  # the maps still being read
         self._shut = False
         self._shutdown_lock = threading.Lock()
 
@@ -128,12 +130,16 @@ class Executor(concurrent.futures.Executor):
         calls = zip(*iterables, strict=False)
         if chunksize == 1:
             futures = (self._submit_spec(self._calls.call(fn, args, {})) for args in calls)
-            return InOrder(futures, MAP_CHUNKS_AHEAD, timeout)
+            return self._track(InOrder(futures, MAP_CHUNKS_AHEAD, timeout))
         chunks = (
             self._submit_spec(self._calls.chunk(fn, chunk, star=True))
             for chunk in _chunks(calls, chunksize)
         )
-        return _flatten(InOrder(chunks, MAP_CHUNKS_AHEAD, timeout))
+        return _flatten(self._track(InOrder(chunks, MAP_CHUNKS_AHEAD, timeout)))
+
+    def _track(self, results: InOrder) -> InOrder:
+        self._maps.add(results)
+        return results
 
     def _submit_spec(self, spec: JobSpec) -> JobFuture:
         with self._shutdown_lock:
@@ -145,7 +151,13 @@ class Executor(concurrent.futures.Executor):
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """No more submissions. `cancel_futures`: cancel every unfinished future and its job,
         queued or running. `wait`: return once every future is done. The client this executor
-        made is closed once they are (at once with `wait`, else by a thread that waits)."""
+        made is closed once they are (at once with `wait`, else by a thread that waits). With
+        `wait` and without `cancel_futures`, what the maps have not yet read of their iterables
+        is submitted first, so that their results can be read after it, as in concurrent.futures
+        (whose maps read everything at once)."""
+        if wait and not cancel_futures:
+            for results in list(self._maps):
+                results.draw_all()
         with self._shutdown_lock:
             self._shut = True
         if cancel_futures:
