@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import itertools
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,7 @@ from pool_tasks import (
     power,
     sleep_then,
     square,
+    timed,
     times_out,
     unlucky,
 )
@@ -209,13 +211,25 @@ def test_map_keeps_order_chunks_and_times_out(client: corral.Client, worker: Wor
         with pytest.raises(TimeoutError):
             list(executor.map(sleep_then, [30, 30], timeout=0.5))
         del slow
-    # The timed-out map cancelled its jobs, as concurrent.futures cancels its futures.
+    # The timed-out map, and the one dropped unread, cancelled their jobs (as concurrent.futures
+    # cancels its futures).
     wait_for(lambda: not client.jobs(state=["queued", "running"]), what="the cancels")
 
     # Read after the shutdown, a map longer than its window still gives every result.
     with corral.Executor(client=client) as executor:
         late = executor.map(square, range(MAP_CHUNKS_AHEAD + 20), chunksize=1)
     assert list(late) == [n * n for n in range(MAP_CHUNKS_AHEAD + 20)]
+
+
+def test_max_workers_caps_the_executors_jobs_on_the_cluster(
+    client: corral.Client, worker: WorkerProcess
+) -> None:
+    with corral.Executor(1, client=client) as executor:
+        spans = sorted(executor.map(timed, [0.2] * 3))
+    # Two free slots on the worker, yet the calls ran one after another.
+    assert all(end <= next_start for (_, end), (next_start, _) in itertools.pairwise(spans))
+    with pytest.raises(ValueError, match="max_workers"):
+        corral.Executor(0, client=client)
 
 
 def test_map_survives_a_worker_killed_with_kill_9(

@@ -86,15 +86,21 @@ def _flatten(chunk_results: Iterator[list[Any]]) -> Iterator[Any]:
 class Executor(concurrent.futures.Executor):
     """A concurrent.futures.Executor whose calls run as corral jobs on the cluster.
 
-    `client` defaults to `corral.connect()` (CORRAL_URL / CORRAL_TOKEN, or the server on this
-    machine), closed at shutdown; `job_options` are JobSpec fields given to every job (queue,
-    timeout, retries, tags, priority, ...). The futures are concurrent.futures.Future objects,
+    `max_workers` caps how many of its jobs are on the cluster, unfinished, at once (the rest
+    wait here, unsent), as it caps a ProcessPoolExecutor's processes; None for no cap. `client`
+    defaults to `corral.connect()` (CORRAL_URL / CORRAL_TOKEN, or the server on this machine),
+    closed at shutdown; `job_options` are JobSpec fields given to every job (queue, timeout,
+    retries, tags, priority, ...). The futures are concurrent.futures.Future objects,
     so `concurrent.futures.wait` and `as_completed` take them; `cancel()` on one cancels its
     job, queued or running. However many futures are outstanding, they cost no thread or
     socket each: the client's one WebSocket tells them all their outcomes.
     """
 
-    def __init__(self, *, client: Client | None = None, **job_options: Any) -> None:
+    def __init__(
+        self, max_workers: int | None = None, *, client: Client | None = None, **job_options: Any
+    ) -> None:
+        if max_workers is not None and max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
         self._own_client = client is None
         self._client = client if client is not None else connect()
         try:
@@ -102,7 +108,7 @@ class Executor(concurrent.futures.Executor):
         except BaseException:
             self._close_own_client()
             raise
-        self._feeder = JobFeeder(self._client)
+        self._feeder = JobFeeder(self._client, limit=max_workers)
         self._maps: weakref.WeakSet[InOrder] = weakref.WeakSet()  # the maps still being read
         self._shut = False
         self._shutdown_lock = threading.Lock()
