@@ -232,3 +232,22 @@ def test_a_map_survives_a_worker_killed_with_kill_9(
         wait_for(lambda: len(marker.read_text().split()) >= 2 if marker.exists() else False)
         doomed.kill()
         assert len(result.get(timeout=90)) == 8
+
+
+def test_closures_run_where_pickling_is_allowed(
+    start_server: Callable[..., ServerProcess], start_worker: Callable[..., WorkerProcess]
+) -> None:
+    offset = 10
+    server = start_server("--lease", "2", "--allow-pickle")
+    start_worker(server, "--allow-pickle", "--concurrency", "2")
+    wait_for_workers(server)
+    with server.connect(pickle=True) as client:
+        with corral.Executor(client=client) as executor:
+            assert executor.submit(lambda n: n + offset, 1).result(timeout=30) == 11
+            assert list(executor.map(lambda n: n * offset, range(5), chunksize=2)) == [
+                n * offset for n in range(5)
+            ]
+        # The initializer, a closure too, travels pickled and runs on the workers.
+        with corral.Pool(2, initializer=lambda: print(offset), client=client) as pool:
+            assert pool.map(lambda n: n - offset, range(6)) == [n - offset for n in range(6)]
+            assert pool.apply(lambda: offset) == offset
