@@ -291,3 +291,18 @@ def test_a_job_cancelled_by_someone_else_cancels_its_future(
         client.cancel(future.job_id)
         done, _ = concurrent.futures.wait([future], timeout=30)
         assert done == {future} and future.cancelled()
+
+
+def test_an_executor_finds_the_server_from_the_environment_and_closes_its_client(
+    server: ServerProcess, worker: WorkerProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CORRAL_URL", server.url)
+    monkeypatch.setenv("CORRAL_TOKEN", server.token)
+    executor = corral.Executor()
+    future = executor.submit(sleep_then, 0.3, "made with connect()")
+    executor.shutdown(wait=False)  # returns at once; the client closes once the future is done
+    assert not future.done()
+    assert future.result(timeout=30) == "made with connect()"
+    wait_for(lambda: executor._client._loop.is_closed(), what="the executor's own client to close")
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        executor.submit(square, 1)

@@ -169,13 +169,18 @@ class Executor(concurrent.futures.Executor):
         if cancel_futures:
             self._feeder.cancel_all()
         if wait:
-            concurrent.futures.wait(self._feeder.unfinished())
+            self._close_own_client_when_done()
             self._feeder.warn_unserved()
-            self._close_own_client()
         elif self._own_client:
             threading.Thread(
-                target=self.shutdown, name="corral-executor-shutdown", daemon=True
+                target=self._close_own_client_when_done,
+                name="corral-executor-shutdown",
+                daemon=True,
             ).start()
+
+    def _close_own_client_when_done(self) -> None:
+        concurrent.futures.wait(self._feeder.unfinished())
+        self._close_own_client()
 
     def _close_own_client(self) -> None:
         if self._own_client:
