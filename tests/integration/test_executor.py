@@ -188,14 +188,15 @@ def test_shutdown_with_cancel_futures_cancels_running_and_queued_jobs(
     with server.connect() as client:
         executor = corral.Executor(client=client)
         futures = [executor.submit(mark_then_sleep, str(marker), 30) for _ in range(3)]
-        wait_for(started(marker), what="the first job to start")
+        wait_for(started(marker), 60, what="the first job to start")
         executor.shutdown(wait=True, cancel_futures=True)
         assert all(f.cancelled() for f in futures)
         ids = [f.job_id for f in futures if f.job_id]
         assert len(ids) == 3
         wait_for(
             lambda: all(client.get(i).state is JobState.CANCELLED for i in ids),
-            what="the jobs to be cancelled",
+            60,
+            "the jobs to be cancelled",
         )
 
 
@@ -244,7 +245,7 @@ def test_map_survives_a_worker_killed_with_kill_9(
     marker = tmp_path / "started"
     with server.connect() as client, corral.Executor(client=client) as executor:
         results = executor.map(mark_then_sleep, [str(marker)] * 8, [0.5] * 8, timeout=90)
-        wait_for(started(marker, 2), what="both workers to start a job")
+        wait_for(started(marker, 2), 60, what="both workers to start a job")
         doomed.kill()
         pids = list(results)
         assert len(pids) == 8

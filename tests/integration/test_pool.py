@@ -183,7 +183,7 @@ def test_terminate_cancels_queued_and_running_jobs(
     marker = tmp_path / "started"
     pool = corral.Pool(client=client)
     results = [pool.apply_async(mark_then_sleep, (str(marker), 30)) for _ in range(3)]
-    wait_for(marker.exists, what="the first job to start")
+    wait_for(marker.exists, 60, what="the first job to start")
     pool.terminate()
     pool.join()
     for result in results:
@@ -193,7 +193,8 @@ def test_terminate_cancels_queued_and_running_jobs(
     assert len(jobs) == 3
     wait_for(
         lambda: all(client.get(job.id).state is JobState.CANCELLED for job in jobs),
-        what="the jobs to be cancelled",
+        60,
+        "the jobs to be cancelled",
     )
 
 
@@ -229,7 +230,7 @@ def test_a_map_survives_a_worker_killed_with_kill_9(
     marker = tmp_path / "started"
     with corral.Pool(client=client) as pool:
         result = pool.starmap_async(mark_then_sleep, [(str(marker), 0.5)] * 8, chunksize=1)
-        wait_for(lambda: len(marker.read_text().split()) >= 2 if marker.exists() else False)
+        wait_for(lambda: marker.exists() and len(marker.read_text().split()) >= 2, 60)
         doomed.kill()
         assert len(result.get(timeout=90)) == 8
 
