@@ -307,3 +307,17 @@ def test_an_executor_finds_the_server_from_the_environment_and_closes_its_client
     wait_for(lambda: executor._client._loop.is_closed(), what="the executor's own client to close")
     with pytest.raises(RuntimeError, match="after shutdown"):
         executor.submit(square, 1)
+
+
+def test_a_call_not_safe_to_run_twice_raises_when_its_worker_dies(
+    server: ServerProcess, start_worker: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    doomed = start_worker(server, "--concurrency", "1")
+    wait_for_workers(server)
+    marker = tmp_path / "started"
+    with server.connect() as client, corral.Executor(client=client, idempotent=False) as executor:
+        future = executor.submit(mark_then_sleep, str(marker), 30)
+        wait_for(started(marker), 60, what="the job to start")
+        doomed.kill()
+        failure = future.exception(timeout=60)  # after the 2 s lease: lost, never run again
+        assert isinstance(failure, JobFailed) and failure.state == JobState.LOST
