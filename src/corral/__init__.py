@@ -5,8 +5,11 @@ from __future__ import annotations
 from corral.client import (
     AsyncClient,
     AsyncJob,
+    AsyncResult,
     Client,
+    Executor,
     Job,
+    Pool,
     connect,
     python_job,
     shell_job,
@@ -23,6 +26,7 @@ from corral.errors import (
     JobTimeout,
     NotFound,
     NoWorkerWarning,
+    PoolTimeout,
     ProtocolError,
     SerializationError,
     ServerUnreachable,
@@ -42,6 +46,10 @@ __all__ = [
     "python_job",
     "shell_job",
     "ssh_job",
+    # multiprocessing and concurrent.futures over the cluster
+    "Pool",
+    "AsyncResult",
+    "Executor",
     # errors
     "AuthError",
     "ConfigError",
@@ -52,6 +60,7 @@ __all__ = [
     "JobFailed",
     "JobTimeout",
     "NotFound",
+    "PoolTimeout",
     "ProtocolError",
     "SerializationError",
     "ServerUnreachable",

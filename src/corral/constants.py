@@ -63,6 +63,13 @@ MAX_LIST_LIMIT = 10_000
 #: one frame cannot hold the server's event loop for long; as many as one batch of submissions.
 MAX_WATCH_IDS = MAX_BATCH_JOBS
 
+#: corral.Executor and corral.Pool: cancel requests one of them has in flight at once (cancelling
+#: a map of thousands of jobs sends thousands), and the chunks a streaming map (Executor.map,
+#: Pool.imap, Pool.imap_unordered) submits ahead of the one the caller waits for, so that the
+#: cluster stays busy while the client's memory stays bounded however long the iterable.
+MAX_CONCURRENT_CANCELS = 32
+MAP_CHUNKS_AHEAD = 256
+
 #: Limits on one job spec, checked at submit. Together they keep a job's spec far below the
 #: 16 MiB frame limit (MAX_REQUEST_BYTES), so that many fit in one frame to a worker.
 #: A shell job's argv (or /bin/sh -c string), in UTF-8 bytes; Linux refuses to exec much more

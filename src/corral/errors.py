@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import multiprocessing
+
 
 class CorralError(Exception):
     """Base class of every error corral raises on purpose."""
@@ -102,8 +104,17 @@ class JobFailed(CorralError):
         super().__init__(text)
 
 
-class JobTimeout(CorralError):
-    """Waiting for a job took longer than the timeout given to wait() or result()."""
+class JobTimeout(CorralError, TimeoutError):
+    """Waiting for a job took longer than the timeout given to wait() or result().
+
+    Also a TimeoutError, which is what concurrent.futures and multiprocessing raise, so code
+    that catches theirs catches this. The job goes on: wait again, or cancel it.
+    """
+
+
+class PoolTimeout(JobTimeout, multiprocessing.TimeoutError):
+    """A corral.Pool result was not ready in time; also multiprocessing.TimeoutError, which is
+    what code written for multiprocessing.Pool catches."""
 
 
 class ProtocolError(CorralError):

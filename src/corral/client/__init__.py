@@ -2,12 +2,16 @@
 
 from corral.client.client import AsyncClient, AsyncJob, Client, Job, connect
 from corral.client.jobs import python_job, shell_job, ssh_job
+from corral.client.pool import AsyncResult, Executor, Pool
 
 __all__ = [
     "AsyncClient",
     "AsyncJob",
+    "AsyncResult",
     "Client",
+    "Executor",
     "Job",
+    "Pool",
     "connect",
     "python_job",
     "shell_job",

@@ -26,100 +26,23 @@ from typing import Any, TypeVar
 import httpx
 
 from corral import protocol as p
+from corral.client.job import AsyncJob, Job
 from corral.client.jobs import JobTarget, python_job, shell_job, ssh_job
 from corral.client.stream import ClientStream
 from corral.config import ClientSettings
 from corral.constants import MAX_BATCH_JOBS
 from corral.errors import (
     ConfigError,
-    JobFailed,
+    CorralError,
     JobTimeout,
     NotFound,
     NoWorkerWarning,
-    ServerUnreachable,
     error_for_status,
 )
 from corral.models import JobInfo, JobSpec, JobState, QueueInfo, QueueOrdering, WorkerInfo
 from corral.transport import auth_headers, ssl_context, unreachable
 
 T = TypeVar("T")
-
-
-class AsyncJob:
-    """A submitted job. Await `result()` for its return value (or exit code for shell jobs)."""
-
-    __slots__ = ("_client", "_done", "_finished", "_watched", "id")
-
-    def __init__(self, client: AsyncClient, job_id: str) -> None:
-        self.id = job_id
-        self._client = client
-        self._done: p.Done | None = None
-        self._watched = False  # a callback will set _done when the job finishes
-        self._finished: asyncio.Event | None = None  # made only for a wait on this one job
-
-    def __repr__(self) -> str:
-        state = self._done.state if self._done else "pending"
-        return f"<Job {self.id} {state}>"
-
-    async def wait(self, timeout: float | None = None) -> JobState:
-        """Wait until the job finishes; its final state. Raises JobTimeout."""
-        await self._wait(timeout)
-        return self._state()
-
-    async def result(self, timeout: float | None = None) -> Any:
-        """The function's return value (shell jobs: the exit code). Raises JobFailed with the
-        remote traceback when the job did not succeed, JobTimeout when waiting took too long."""
-        await self._wait(timeout)
-        return self._value()
-
-    async def info(self) -> JobInfo:
-        return await self._client.get(self.id)
-
-    async def cancel(self) -> None:
-        await self._client.cancel(self.id)
-
-    async def retry(self) -> None:
-        await self._client.retry(self.id)
-        self._done = None
-        self._watched = False
-        self._finished = None
-
-    async def _wait(self, timeout: float | None) -> None:
-        if self._done is not None:
-            return
-        if self._finished is None:
-            self._finished = asyncio.Event()
-        await self._client._watch([self])
-        try:
-            async with asyncio.timeout(timeout):
-                await self._finished.wait()
-        except TimeoutError:
-            raise JobTimeout(f"job {self.id} did not finish within {timeout}s") from None
-
-    def _outcome(self) -> p.Done:
-        """The finished job's notice; NotFound or ServerUnreachable if it never came."""
-        assert self._done is not None
-        if self._done.state == "unknown":
-            raise NotFound(f"no job {self.id} on the server")
-        if self._done.state == "error":
-            raise ServerUnreachable(self._done.error_message or "lost the server")
-        return self._done
-
-    def _state(self) -> JobState:
-        return JobState(self._outcome().state)
-
-    def _value(self) -> Any:
-        done = self._outcome()
-        if done.state != JobState.SUCCEEDED:
-            raise JobFailed(
-                self.id, done.state, done.error_type, done.error_message, done.traceback
-            )
-        return done.exit_code if done.result is None and done.exit_code is not None else done.result
-
-    def _set_done(self, done: p.Done) -> None:
-        self._done = done
-        if self._finished is not None:
-            self._finished.set()
 
 
 class AsyncClient:
@@ -146,6 +69,7 @@ class AsyncClient:
             trust_env=False,
         )
         self._stream = ClientStream(settings.url, settings.token, settings.ca)
+        self._background: set[asyncio.Task[None]] = set()  # kept so that they are not collected
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -278,6 +202,32 @@ class AsyncClient:
 
         await self._stream.on_done(list(handles), arrived)
 
+    async def _on_done(self, job_ids: list[str], callback: Callable[[p.Done], None]) -> None:
+        """Call `callback(done)` once for each job when it finishes, with no AsyncJob made."""
+        await self._stream.on_done(job_ids, callback)
+
+    def _watch_in_background(self, jobs: list[AsyncJob]) -> None:
+        """Start watching the jobs without waiting for the watch to be sent. If it cannot be
+        (the server refused the token), the jobs finish with that error, as when it is lost."""
+
+        async def watch() -> None:
+            try:
+                await self._watch(jobs)
+            except CorralError as error:
+                for job in jobs:
+                    job._set_done(
+                        p.Done(
+                            job.id,
+                            "error",
+                            error_type=type(error).__name__,
+                            error_message=str(error),
+                        )
+                    )
+
+        task = asyncio.get_running_loop().create_task(watch())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     # -- inspecting and controlling ------------------------------------------------------------
 
     async def get(self, job_id: str) -> JobInfo:
@@ -408,42 +358,6 @@ def _describe(detail: Any) -> str:
     return str(detail)
 
 
-class Job:
-    """A submitted job, for synchronous code (see AsyncJob)."""
-
-    __slots__ = ("_async", "_client")
-
-    def __init__(self, client: Client, async_job: AsyncJob) -> None:
-        self._client = client
-        self._async = async_job
-
-    @property
-    def id(self) -> str:
-        return self._async.id
-
-    def __repr__(self) -> str:
-        return repr(self._async)
-
-    def result(self, timeout: float | None = None) -> Any:
-        if self._async._done is not None:  # known already: no trip through the client's loop
-            return self._async._value()
-        return self._client._call(self._async.result(timeout))
-
-    def wait(self, timeout: float | None = None) -> JobState:
-        if self._async._done is not None:
-            return self._async._state()
-        return self._client._call(self._async.wait(timeout))
-
-    def info(self) -> JobInfo:
-        return self._client._call(self._async.info())
-
-    def cancel(self) -> None:
-        self._client._call(self._async.cancel())
-
-    def retry(self) -> None:
-        self._client._call(self._async.retry())
-
-
 class Client:
     """A connection to a corral server for synchronous code; see `corral.connect()`."""
 
@@ -479,7 +393,23 @@ class Client:
         await asyncio.gather(*left, return_exceptions=True)
         await self._loop.shutdown_asyncgens()
 
+    def _refuse_to_block_own_thread(self) -> None:
+        """CorralError if called in the client's own thread (a done callback), where waiting
+        for the server, or for a job, would wait for ever: that thread is what would answer."""
+        if threading.current_thread() is self._thread:
+            raise CorralError(
+                "a done callback called a client method that waits for the server or for a job, "
+                "which would block the client's own thread for ever; keep callbacks short, and "
+                "wait from another thread"
+            )
+
     def _call(self, coro: Coroutine[Any, Any, T] | Awaitable[T]) -> T:
+        try:
+            self._refuse_to_block_own_thread()
+        except CorralError:
+            if asyncio.iscoroutine(coro):
+                coro.close()
+            raise
         future: Future[T] = asyncio.run_coroutine_threadsafe(coro, self._loop)  # type: ignore[arg-type]
         try:
             return future.result()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import inspect
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -36,12 +37,24 @@ def target_of(func: JobTarget) -> str:
             "corral.connect(pickle=True) with the server and workers started with --allow-pickle"
         )
     if module == "__main__":
+        module = _main_module_name()
+    if module == "__main__":
         raise SerializationError(
             f"{qualname} is defined in the __main__ script, which workers cannot import; move it "
-            "to a module importable on the workers (e.g. tasks.py), or opt in to cloudpickle: "
+            "to a module importable on the workers (e.g. tasks.py), run the script as "
+            "`python -m module` from where the workers import it, or opt in to cloudpickle: "
             "corral.connect(pickle=True) with the server and workers started with --allow-pickle"
         )
     return f"{module}:{qualname}"
+
+
+def _main_module_name() -> str:
+    """The importable name of the __main__ module when it was run with `python -m name`
+    (workers import it by that name, its `if __name__ == "__main__":` block not run), else
+    '__main__' (a script run by its path, which workers cannot import)."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    name = getattr(spec, "name", None)
+    return name if isinstance(name, str) and name and name != "__main__" else "__main__"
 
 
 def _spec(**fields: Any) -> JobSpec:

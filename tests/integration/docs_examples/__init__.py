@@ -1,0 +1,1 @@
+"""Examples of the standard library's documentation, run on corral with only the import changed."""
