@@ -5,8 +5,7 @@ from __future__ import annotations
 import builtins
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 from corral import protocol as p
 from corral.client.failures import remote_exception, value_of

@@ -7,8 +7,7 @@ from concurrent.futures import CancelledError, Future
 from typing import Any
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 from corral.client.feeder import AsFinished, InOrder
 from corral.errors import JobTimeout

@@ -102,7 +102,7 @@ class CronTimes:
     def fire_times(self, after: float) -> Iterator[float]:
         """Every fire time after `after`, ascending, without end (the caller stops)."""
         # Fire times are whole seconds: from a whole second, croniter steps exactly.
-        after = math.floor(after)
+        after = float(math.floor(after))
         walk = self._walk(self._wall(after))
         last = after
         while True:
@@ -123,7 +123,7 @@ class CronTimes:
 
     def fire_times_back(self, at_or_before: float) -> Iterator[float]:
         """Every fire time t <= at_or_before, descending (the caller stops)."""
-        at_or_before = math.floor(at_or_before)  # as in fire_times
+        at_or_before = float(math.floor(at_or_before))  # as in fire_times
         now = datetime.datetime.fromtimestamp(at_or_before, self.zone)
         wall = now.replace(tzinfo=None)
         if now.fold:  # in a repeated hour's second pass: its first pass's times come earlier
