@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from store_support import reopened
 
 from corral.constants import MAX_LOG_BYTES_PER_JOB, MAX_STORED_LOG_BYTES, MAX_WATCH_IDS
 from corral.models import Attempt, JobState, PrimitiveKind, QueueOrdering
@@ -28,7 +28,6 @@ from corral.server.store import (
     JobFilter,
     JobRow,
     LeaseItems,
-    MemoryStore,
     PrimitiveRow,
     PushItems,
     PutEntries,
@@ -36,20 +35,12 @@ from corral.server.store import (
     ReturnItems,
     SaveAttempt,
     SaveQueue,
-    SQLiteStore,
     Store,
     TakeItems,
     UpdateJob,
 )
 from corral.server.store.base import rows_written
 from corral.sortkey import sort_key
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    opened: Store = MemoryStore() if request.param == "memory" else SQLiteStore(tmp_path / "c.db")
-    yield opened
-    opened.close()
 
 
 def job(number: int, **fields: object) -> JobRow:
@@ -569,15 +560,6 @@ def test_a_refused_batch_stores_nothing_of_its_primitives(store: Store) -> None:
             ]
         )
     assert store.load_primitives() == [PrimitiveRow("q", PrimitiveKind.QUEUE, b"")]
-
-
-def reopened(store: Store, path: Path) -> Store:
-    """The store after a server restart: the same SQLite file opened again; a memory store
-    (which lives as long as its process) as it is."""
-    if isinstance(store, SQLiteStore):
-        store.close()
-        return SQLiteStore(path)
-    return store
 
 
 def carry_out(store: Store, effects: Effects) -> Any:

@@ -17,15 +17,18 @@ from corral.errors import ConfigError, StoreUnavailable
 from corral.models import Attempt, JobState, PrimitiveKind
 from corral.server.store import (
     DeclarePrimitive,
+    FlowRow,
     InsertJobs,
     ItemRow,
     JobFilter,
     JobRow,
     PushItems,
     SaveAttempt,
+    SaveFlow,
     SQLiteStore,
     UpdateJob,
 )
+from corral.server.store.sqlite import SCHEMA_VERSION
 
 JOBS_PER_BATCH = 100
 
@@ -220,10 +223,19 @@ def test_a_database_of_schema_2_gains_the_index_purging_walks(tmp_path: Path) ->
         reopened.close()
 
 
-def drop_primitive_tables(connection: sqlite3.Connection) -> None:
-    """Make the database as corral wrote it before it had named primitives (schema 3)."""
-    for table in ("primitives", "primitive_items", "primitive_holders", "primitive_entries"):
-        connection.execute(f"DROP TABLE {table}")
+_ADDED_IN = {
+    4: ("primitives", "primitive_items", "primitive_holders", "primitive_entries"),
+    5: ("flows", "flow_versions", "flow_runs", "flow_run_jobs", "flow_buffered"),
+}
+
+
+def drop_primitive_tables(connection: sqlite3.Connection, schema: int = 3) -> None:
+    """Make the database as corral wrote it at `schema` (3: before named primitives and flows):
+    drop the tables added after it."""
+    for version, tables in _ADDED_IN.items():
+        if version > schema:
+            for table in tables:
+                connection.execute(f"DROP TABLE {table}")
 
 
 def test_a_database_of_schema_3_gains_the_primitive_tables(tmp_path: Path) -> None:
@@ -249,8 +261,24 @@ def test_a_database_of_schema_3_gains_the_primitive_tables(tmp_path: Path) -> No
     finally:
         reopened.close()
     with sqlite3.connect(path) as connection:
-        assert connection.execute("PRAGMA user_version").fetchone() == (4,)
+        assert connection.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
     connection.close()
+
+
+def test_a_database_of_schema_4_gains_the_flow_tables(tmp_path: Path) -> None:
+    path = tmp_path / "corral.db"
+    SQLiteStore(path).close()
+    with sqlite3.connect(path) as connection:
+        drop_primitive_tables(connection, schema=4)
+        connection.execute("PRAGMA user_version = 4")
+    connection.close()
+    reopened = SQLiteStore(path)
+    try:
+        flow = FlowRow("etl", 1, "f1", b"definition", 1.0)
+        reopened.write([SaveFlow(flow)])
+        assert reopened.get_flow("etl") == flow
+    finally:
+        reopened.close()
 
 
 def test_bad_files_and_options_are_refused_clearly(tmp_path: Path) -> None:

@@ -38,6 +38,24 @@ from corral.server.store.base import (
     TakeItems,
     UpdateJob,
 )
+from corral.server.store.flow_rows import (
+    AdvanceSchedule,
+    BufferDue,
+    DeleteFlow,
+    DropDue,
+    DuplicateRun,
+    FlowMutation,
+    FlowRow,
+    FlowRunRow,
+    FlowVersionConflict,
+    InsertRun,
+    PauseFlow,
+    RunJobRow,
+    SaveFlow,
+    ScheduleRow,
+    UpdateRun,
+    UpdateRunJobs,
+)
 from corral.server.store.memory import MemoryStore
 from corral.server.store.sqlite import SQLiteStore
 
@@ -68,6 +86,24 @@ __all__ = [
     "ReleaseLock",
     "ReturnItems",
     "TakeItems",
+    # mutations of flows
+    "AdvanceSchedule",
+    "BufferDue",
+    "DeleteFlow",
+    "DropDue",
+    "FlowMutation",
+    "InsertRun",
+    "PauseFlow",
+    "SaveFlow",
+    "UpdateRun",
+    "UpdateRunJobs",
+    # rows of flows, and their conflicts
+    "FlowRow",
+    "FlowRunRow",
+    "RunJobRow",
+    "ScheduleRow",
+    "DuplicateRun",
+    "FlowVersionConflict",
     # rows and queries
     "JobFilter",
     "JobRow",

@@ -54,6 +54,7 @@ a `counter` that only grows (the last fencing token or delivery number handed ou
 - `load_primitives()` returns every declared primitive, by name, with its items, holders and
   entries in seq (token) order: what a restarted server rebuilds its primitives from. Leases
   are stored as durations, not times: a restart gives every holder a whole lease to come back.
+- Flows (their versions, runs and schedules) have their part of the contract in flow_rows.py.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ from dataclasses import dataclass, field
 from corral.constants import MAX_STORED_LOG_BYTES
 from corral.errors import CorralError
 from corral.models import Attempt, JobState, PrimitiveKind, QueueOrdering
+from corral.server.store.flow_rows import FlowMutation, FlowRow, FlowRunRow, ScheduleRow
 
 
 class DuplicateJob(CorralError):
@@ -295,7 +297,14 @@ PrimitiveMutation = (
     | DeleteEntries
 )
 Mutation = (
-    InsertJobs | UpdateJob | SaveAttempt | AppendLog | SaveQueue | DeleteJobs | PrimitiveMutation
+    InsertJobs
+    | UpdateJob
+    | SaveAttempt
+    | AppendLog
+    | SaveQueue
+    | DeleteJobs
+    | PrimitiveMutation
+    | FlowMutation
 )
 
 
@@ -412,6 +421,36 @@ class Store(ABC):
     @abstractmethod
     def load_primitives(self) -> list[PrimitiveRow]:
         """Every declared primitive with its items, holders and entries, by name."""
+
+    # -- flows (the contract is in flow_rows.py) --------------------------------------------------
+
+    @abstractmethod
+    def get_flow(self, name: str, version: int | None = None) -> FlowRow | None:
+        """The flow's current version, or the given one; None if there is none."""
+
+    @abstractmethod
+    def list_flows(self, after: str | None = None, limit: int = 100) -> list[FlowRow]:
+        """Current versions of the flows named after `after`, by name, at most `limit`."""
+
+    @abstractmethod
+    def flow_versions(self, name: str) -> list[FlowRow]:
+        """Every version of the flow, newest first."""
+
+    @abstractmethod
+    def get_run(self, run_id: str) -> FlowRunRow | None:
+        """The run with its jobs, or None."""
+
+    @abstractmethod
+    def list_runs(self, flow: str, before: str | None = None, limit: int = 100) -> list[FlowRunRow]:
+        """The flow's runs, newest first, before the run id `before`; without their jobs."""
+
+    @abstractmethod
+    def load_active_runs(self) -> list[FlowRunRow]:
+        """Every running run with its jobs, oldest first: what a restart resumes."""
+
+    @abstractmethod
+    def load_schedules(self) -> list[ScheduleRow]:
+        """Every flow's schedule cursor and buffered due times, by flow name."""
 
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release connections and files."""

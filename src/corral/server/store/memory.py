@@ -46,6 +46,8 @@ from corral.server.store.base import (
     finished_states,
     fit_log,
 )
+from corral.server.store.flow_rows import FlowMutation, FlowRow, FlowRunRow, ScheduleRow
+from corral.server.store.memory_flows import MemoryFlows
 
 _ACTIVE = (JobState.QUEUED, JobState.RUNNING)
 
@@ -81,12 +83,14 @@ class MemoryStore(Store):
         self._logs: dict[tuple[str, str], _Log] = {}
         self._queues: dict[str, QueueOrdering] = {}
         self._primitives: dict[str, PrimitiveRow] = {}  # declarations and counters, no rows
+        self._flows = MemoryFlows()
         self._rows: dict[str, _Rows] = {}
 
     def write(self, batch: Sequence[Mutation]) -> None:
         with self._lock:
             # Duplicates are the only way a batch can fail, so checking them first makes it atomic.
             self._check_new_ids(batch)
+            self._flows.check(batch)
             for mutation in batch:
                 self._apply(mutation)
 
@@ -123,6 +127,8 @@ class MemoryStore(Store):
             self._queues[mutation.name] = mutation.ordering
         elif isinstance(mutation, DeleteJobs):
             self._delete(mutation.ids)
+        elif isinstance(mutation, FlowMutation):
+            self._flows.apply(mutation)
         else:
             self._apply_primitive(mutation)
 
@@ -277,6 +283,34 @@ class MemoryStore(Store):
                     )
                 )
             return loaded
+
+    def get_flow(self, name: str, version: int | None = None) -> FlowRow | None:
+        with self._lock:
+            return self._flows.get_flow(name, version)
+
+    def list_flows(self, after: str | None = None, limit: int = 100) -> list[FlowRow]:
+        with self._lock:
+            return self._flows.list_flows(after, limit)
+
+    def flow_versions(self, name: str) -> list[FlowRow]:
+        with self._lock:
+            return self._flows.flow_versions(name)
+
+    def get_run(self, run_id: str) -> FlowRunRow | None:
+        with self._lock:
+            return self._flows.get_run(run_id)
+
+    def list_runs(self, flow: str, before: str | None = None, limit: int = 100) -> list[FlowRunRow]:
+        with self._lock:
+            return self._flows.list_runs(flow, before, limit)
+
+    def load_active_runs(self) -> list[FlowRunRow]:
+        with self._lock:
+            return self._flows.load_active_runs()
+
+    def load_schedules(self) -> list[ScheduleRow]:
+        with self._lock:
+            return self._flows.load_schedules()
 
 
 def _count(declared: PrimitiveRow | None, *, counter: int = 0, unfinished: int = 0) -> None:

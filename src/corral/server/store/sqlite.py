@@ -14,6 +14,7 @@ flush per group commit.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import json
 import os
@@ -29,6 +30,7 @@ from typing import Any, Literal, TextIO
 from corral.errors import ConfigError, StoreUnavailable
 from corral.models import Attempt, JobState, QueueOrdering
 from corral.server.lockfile import LockHeld, hold_lock
+from corral.server.store import sqlite_flows
 from corral.server.store.base import (
     AppendLog,
     DeleteJobs,
@@ -46,6 +48,8 @@ from corral.server.store.base import (
     finished_states,
     fit_log,
 )
+from corral.server.store.flow_rows import FlowMutation, FlowRow, FlowRunRow, ScheduleRow
+from corral.server.store.sqlite_flows import FLOW_SCHEMA, apply_flow
 from corral.server.store.sqlite_primitives import (
     PRIMITIVE_SCHEMA,
     apply_primitive,
@@ -55,7 +59,7 @@ from corral.server.store.sqlite_primitives import (
 Durability = Literal["normal", "full"]
 
 #: Stored in PRAGMA user_version; bump it with a migration when the schema changes.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # Purging walks finished jobs of one state, longest finished first. Only finished jobs have a
 # `finished` time, so queued and running ones (the hot path's inserts) add nothing to it: it
@@ -123,13 +127,14 @@ _SCHEMA: tuple[str, ...] = (
     ) WITHOUT ROWID""",
     "CREATE TABLE queues (name TEXT PRIMARY KEY, ordering TEXT NOT NULL) WITHOUT ROWID",
 )
-_SCHEMA += PRIMITIVE_SCHEMA
+_SCHEMA += PRIMITIVE_SCHEMA + FLOW_SCHEMA
 # _MIGRATIONS[n - 1] holds the statements that take a database of schema version n to n + 1.
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # Bytes cut from the output per stream, as JSON; NULL when nothing was cut.
     ("ALTER TABLE attempts ADD COLUMN truncated TEXT",),
     (_FINISHED_INDEX,),
     PRIMITIVE_SCHEMA,
+    FLOW_SCHEMA,
 )
 
 _JOB_COLUMNS = (
@@ -450,10 +455,40 @@ class SQLiteStore(Store):
         return {_STATES[state]: count for state, count in rows}
 
     def load_primitives(self) -> list[PrimitiveRow]:
-        connection = self._reader()
-        connection.execute("BEGIN")  # one snapshot of the declarations and their rows
-        try:
+        with self._snapshot() as connection:  # the declarations and their rows at one moment
             return load_primitives(connection)
+
+    def get_flow(self, name: str, version: int | None = None) -> FlowRow | None:
+        return sqlite_flows.get_flow(self._reader(), name, version)
+
+    def list_flows(self, after: str | None = None, limit: int = 100) -> list[FlowRow]:
+        return sqlite_flows.list_flows(self._reader(), after, limit)
+
+    def flow_versions(self, name: str) -> list[FlowRow]:
+        return sqlite_flows.flow_versions(self._reader(), name)
+
+    def get_run(self, run_id: str) -> FlowRunRow | None:
+        with self._snapshot() as connection:  # the run and its jobs as of one moment
+            return sqlite_flows.get_run(connection, run_id)
+
+    def list_runs(self, flow: str, before: str | None = None, limit: int = 100) -> list[FlowRunRow]:
+        return sqlite_flows.list_runs(self._reader(), flow, before, limit)
+
+    def load_active_runs(self) -> list[FlowRunRow]:
+        with self._snapshot() as connection:
+            return sqlite_flows.load_active_runs(connection)
+
+    def load_schedules(self) -> list[ScheduleRow]:
+        with self._snapshot() as connection:
+            return sqlite_flows.load_schedules(connection)
+
+    @contextlib.contextmanager
+    def _snapshot(self) -> Iterator[sqlite3.Connection]:
+        """This thread's reader, inside one read transaction: reads that see one moment."""
+        connection = self._reader()
+        connection.execute("BEGIN")
+        try:
+            yield connection
         finally:
             connection.execute("COMMIT")
 
@@ -547,8 +582,9 @@ def _apply(connection: sqlite3.Connection, batch: Sequence[Mutation]) -> None:
         elif isinstance(mutation, DeleteJobs):
             pending.write(connection)
             _delete_jobs(connection, mutation.ids)
+        elif isinstance(mutation, FlowMutation):  # other tables, written in order as they come
+            apply_flow(connection, mutation)
         else:
-            # Other tables than the jobs' ones, written in order as they come.
             apply_primitive(connection, mutation)
     pending.write(connection)
 
