@@ -322,3 +322,40 @@ def test_a_retry_and_a_delete_of_one_job_at_once_refuse_the_second() -> None:
                 await engine.delete("J2")
 
     run(scenario)
+
+
+def test_finish_hooks_hear_of_each_finished_job_once_it_is_stored() -> None:
+    async def scenario() -> None:
+        store = RecordingStore()
+        async with running(store) as engine:
+            heard: list[tuple[str, str, bool]] = []
+            told = asyncio.Event()
+
+            def failing(notices: Sequence[p.Done]) -> None:
+                raise RuntimeError("a subscriber's bug")
+
+            def listening(notices: Sequence[p.Done]) -> None:
+                for notice in notices:
+                    row = store.get_job(notice.job_id)
+                    heard.append(
+                        (notice.job_id, notice.state, row is not None and row.state.finished)
+                    )
+
+            engine.add_finish_hook(failing)
+            engine.add_finish_hook(listening)
+            known: list[tuple[str, int]] = []
+            worker = WorkerPeer(hello("w1"))
+            engine.worker_joined(worker)
+            welcomed = worker.outbox.qsize()
+            [job_id] = await engine.submit(
+                [JobSpec(kind="shell", command="true")],  # type: ignore[arg-type]
+                before_dispatch=lambda ids: known.extend((i, worker.outbox.qsize()) for i in ids),
+            )
+            assert known == [(job_id, welcomed)]  # told before the job went to its worker
+            assert worker.outbox.qsize() == welcomed + 1
+            result = p.ResultReport(job_id, 1, JobState.SUCCEEDED, started=1.0)
+            engine.worker_frame(worker, p.Results([result]))
+            await asyncio.wait_for(told.wait(), DEADLINE)
+            assert heard == [(job_id, "succeeded", True)]
+
+    run(scenario)

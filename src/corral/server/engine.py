@@ -44,6 +44,7 @@ from corral.server.records import (
     reported_attempt,
     spec_fields,
     unreported_attempt,
+    worker_info,
 )
 from corral.server.scheduler import (
     Decision,
@@ -73,6 +74,9 @@ from corral.server.store.base import (
 from corral.server.writer import GroupCommitWriter
 
 logger = logging.getLogger("corral.server")
+
+#: Told of jobs that finished, once that is durable (see Engine.add_finish_hook).
+FinishHook = Callable[[Sequence[p.Done]], None]
 
 
 class Peer:
@@ -140,6 +144,7 @@ class Engine:
         self._settling: set[str] = set()  # finished jobs being retried or deleted right now
         self._ticker: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._finish_hooks: list[FinishHook] = []
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -193,8 +198,20 @@ class Engine:
 
     # -- jobs ----------------------------------------------------------------------------------
 
-    async def submit(self, specs: Sequence[JobSpec]) -> list[str]:
-        """Store the jobs, then queue them; returns their ids once the insert has committed."""
+    def add_finish_hook(self, hook: FinishHook) -> None:
+        """Call `hook` with the notices of the jobs that finished, once each finish is durable
+        (after waiting clients are told), in the order they finished. A hook must not block; one
+        that raises is logged, and the others still run."""
+        self._finish_hooks.append(hook)
+
+    async def submit(
+        self,
+        specs: Sequence[JobSpec],
+        before_dispatch: Callable[[list[str]], None] | None = None,
+    ) -> list[str]:
+        """Store the jobs, then queue them; returns their ids once the insert has committed.
+        `before_dispatch(ids)` runs once they are stored, before any of them can run: a caller
+        that must know its jobs before they finish (a flow) learns their ids there."""
         if not self.allow_pickle and any(spec.pickled for spec in specs):
             raise InvalidRequest(
                 "this server does not accept pickled functions; start it with --allow-pickle "
@@ -227,6 +244,8 @@ class Engine:
             records.append(job_record(job_id, fields, payload))
         await self.writer.write([InsertJobs(rows)])
         self.stats.submitted += len(rows)
+        if before_dispatch is not None:
+            before_dispatch([row.id for row in rows])
         self._apply(self.scheduler.submit(records, self.clock()))
         self._wake.set()
         return [row.id for row in rows]
@@ -321,21 +340,7 @@ class Engine:
         infos = []
         for worker in self.scheduler.workers():
             peer = self._workers.get(worker.id)
-            hello = peer.hello if peer else None
-            infos.append(
-                WorkerInfo(
-                    id=worker.id,
-                    host=hello.host if hello else "?",
-                    pid=hello.pid if hello else 0,
-                    queues=list(worker.queues),
-                    tags=sorted(worker.tags),
-                    concurrency=hello.concurrency if hello else 0,
-                    running=worker.running(),
-                    held=len(worker.inflight) - worker.running(),
-                    connected=worker.connected,
-                    last_seen=worker.last_seen,
-                )
-            )
+            infos.append(worker_info(worker, peer.hello if peer else None))
         return infos
 
     # -- workers -------------------------------------------------------------------------------
@@ -645,6 +650,12 @@ class Engine:
             self._log_sizes.pop((notice.job_id, "stdout"), None)
             self._log_sizes.pop((notice.job_id, "stderr"), None)
             self._end_follow(notice.job_id, JobState(notice.state))
+        if notices:
+            for hook in self._finish_hooks:
+                try:
+                    hook(notices)
+                except Exception:  # one subscriber's bug must not stop the others, or the engine
+                    logger.exception("a finish hook failed")
 
     def _finished(
         self, decision: Finished, report: p.ResultReport | None, now: float

@@ -13,8 +13,8 @@ import msgpack
 
 from corral import protocol as p
 from corral.constants import DEFAULT_QUEUE
-from corral.models import Attempt, JobInfo, JobSpec, JobState
-from corral.server.scheduler import JobRecord
+from corral.models import Attempt, JobInfo, JobSpec, JobState, WorkerInfo
+from corral.server.scheduler import JobRecord, WorkerRecord
 from corral.server.store.base import JobRow
 
 
@@ -122,3 +122,19 @@ def unreported_attempt(
     """The history's record of an attempt that ended on a worker that will never report it
     (lost, handed back, cancelled as its lease ran out): when, how and why it ended."""
     return Attempt(number=number, worker=worker_id, finished=now, state=state, error_message=reason)
+
+
+def worker_info(worker: WorkerRecord, hello: p.Hello | None) -> WorkerInfo:
+    """The API's view of a worker: the scheduler's record, and its hello while connected."""
+    return WorkerInfo(
+        id=worker.id,
+        host=hello.host if hello else "?",
+        pid=hello.pid if hello else 0,
+        queues=list(worker.queues),
+        tags=sorted(worker.tags),
+        concurrency=hello.concurrency if hello else 0,
+        running=worker.running(),
+        held=len(worker.inflight) - worker.running(),
+        connected=worker.connected,
+        last_seen=worker.last_seen,
+    )
