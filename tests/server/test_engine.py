@@ -340,6 +340,7 @@ def test_finish_hooks_hear_of_each_finished_job_once_it_is_stored() -> None:
                     heard.append(
                         (notice.job_id, notice.state, row is not None and row.state.finished)
                     )
+                told.set()
 
             engine.add_finish_hook(failing)
             engine.add_finish_hook(listening)
