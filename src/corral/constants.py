@@ -136,3 +136,7 @@ MAX_PRIMITIVE_BATCH = MAX_BATCH_JOBS
 #: dies keeps the lock for at most its lease.
 DEFAULT_PRIMITIVE_LEASE = 30.0
 MAX_PRIMITIVE_LEASE = 24 * 3600.0
+#: A call on a primitive over the client stream (protocol.Call): the longest op or error name,
+#: and the most arguments one call takes.
+MAX_OP_LENGTH = 32
+MAX_CALL_ARGS = 8

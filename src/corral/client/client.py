@@ -28,6 +28,7 @@ import httpx
 from corral import protocol as p
 from corral.client.jobs import JobTarget, python_job, shell_job, ssh_job
 from corral.client.stream import ClientStream
+from corral.client.sync_primitives import AsyncPrimitiveFactories, PrimitiveFactories
 from corral.config import ClientSettings
 from corral.constants import MAX_BATCH_JOBS
 from corral.errors import (
@@ -122,7 +123,7 @@ class AsyncJob:
             self._finished.set()
 
 
-class AsyncClient:
+class AsyncClient(AsyncPrimitiveFactories):
     """A connection to a corral server, for asyncio code."""
 
     def __init__(
@@ -154,6 +155,7 @@ class AsyncClient:
         await self.close()
 
     async def close(self) -> None:
+        await self._close_primitives()
         await self._stream.close()
         await self._http.aclose()
 
@@ -437,7 +439,7 @@ class Job:
         self._client._call(self._async.retry())
 
 
-class Client:
+class Client(PrimitiveFactories):
     """A connection to a corral server for synchronous code; see `corral.connect()`."""
 
     def __init__(self, url: str | None = None, token: str | None = None, **options: Any) -> None:

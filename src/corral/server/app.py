@@ -50,6 +50,7 @@ from corral.models import (
 from corral.server.auth import Role, TokenStore, allows
 from corral.server.engine import Engine, Peer, WorkerPeer
 from corral.server.metrics import metrics_text
+from corral.server.primitives.service import PrimitiveService
 from corral.server.retention import keep_finished, purge_finished
 from corral.server.sockets import SocketsByToken
 from corral.server.store.base import JobFilter
@@ -195,13 +196,21 @@ def _bearer(value: str | None) -> str | None:
     return None
 
 
-def create_app(engine: Engine, tokens: TokenStore, keep: float | None = None) -> FastAPI:
-    """The ASGI application for one engine, which it starts and stops; finished jobs older than
-    `keep` seconds are deleted in the background (None keeps them all)."""
+def create_app(
+    engine: Engine,
+    tokens: TokenStore,
+    keep: float | None = None,
+    primitives: PrimitiveService | None = None,
+) -> FastAPI:
+    """The ASGI application for one engine, which it starts and stops, with the named
+    primitives beside it (made on the engine's store and writer unless given); finished jobs
+    older than `keep` seconds are deleted in the background (None keeps them all)."""
+    service = primitives or PrimitiveService(engine.store, engine.writer, engine.clock)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await engine.start()
+        await service.start()
         retention = None if keep is None else asyncio.create_task(keep_finished(engine, keep))
         try:
             yield
@@ -210,6 +219,7 @@ def create_app(engine: Engine, tokens: TokenStore, keep: float | None = None) ->
                 retention.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await retention
+            await service.stop()
             await engine.stop()
 
     app = FastAPI(
@@ -438,6 +448,8 @@ def create_app(engine: Engine, tokens: TokenStore, keep: float | None = None) ->
                     engine.watch(peer, frame.job_ids)
                 elif isinstance(frame, p.Follow):
                     engine.follow(peer, frame.job_id)
+                elif isinstance(frame, p.Call):
+                    service.call(peer, frame, role)
                 else:
                     raise ProtocolError(f"unexpected {frame.TAG!r} frame from a client")
         except WebSocketDisconnect:
@@ -448,6 +460,7 @@ def create_app(engine: Engine, tokens: TokenStore, keep: float | None = None) ->
                 await ws.close(code=CLOSE_BAD_FRAME, reason=close_reason(str(exc)))
         finally:
             engine.forget(peer)
+            service.forget(peer)
             sender.cancel()
 
     async def _submit_frame(peer: Peer, frame: p.Submit, role: Role) -> None:

@@ -23,6 +23,7 @@ from corral.server.app import create_app
 from corral.server.auth import TokenStore
 from corral.server.engine import Engine
 from corral.server.lockfile import LockHeld, hold_lock
+from corral.server.primitives.service import PrimitiveService
 from corral.server.sessions import load_worker_key
 from corral.server.store import open_store
 
@@ -89,7 +90,8 @@ def _prepare(settings: ServerSettings) -> Prepared:
         allow_pickle=settings.allow_pickle,
         worker_key=load_worker_key(settings.data_dir),
     )
-    app = create_app(engine, tokens, keep=settings.keep)
+    primitives = PrimitiveService(store, engine.writer, engine.clock)
+    app = create_app(engine, tokens, keep=settings.keep, primitives=primitives)
     return Prepared(app, engine, tokens, new_token, lock)
 
 
