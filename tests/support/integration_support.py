@@ -256,3 +256,15 @@ def fill_disk(directory: Path, name: str, leave: int = 0) -> Path:
     with open(filler, "wb") as out:
         out.write(bytes(max(free.f_bavail * free.f_frsize - leave, 0)))
     return filler
+
+
+def start_python(
+    server: ServerProcess, *args: str, cwd: Path | None = None
+) -> subprocess.Popen[str]:
+    """`python *args` connected to `server` by CORRAL_URL / CORRAL_TOKEN, with the task modules
+    importable, its stdout a pipe to read what it says."""
+    env = _env()
+    env.update(CORRAL_URL=server.url, CORRAL_TOKEN=server.token)
+    return subprocess.Popen(
+        [sys.executable, *args], stdout=subprocess.PIPE, text=True, env=env, cwd=cwd
+    )

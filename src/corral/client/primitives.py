@@ -258,7 +258,8 @@ class AsyncQueue:
         return [data, sort_key(item if self._key is None else self._key(item))]
 
     async def _put(self, items: list[list[bytes]], block: bool, timeout: float | None) -> None:
-        timeout = check_timeout(block, timeout)
+        # An unbounded queue never waits, so its puts ignore the timeout, as queue.Queue's do.
+        timeout = check_timeout(block, timeout) if self.maxsize else None
         await self._session.call(Op.PUT, self.name, items, block, timeout)
 
     async def _get(self, n: int, block: bool, timeout: float | None) -> list[Any]:
