@@ -103,22 +103,26 @@ def _acquire(core: Primitives, call: CallId, name: str, a: list[Any], now: float
 
 
 OPERATIONS: dict[str, Operation] = {
-    # opening: creates the primitive, or checks it is what the caller asks for
-    Op.OPEN_QUEUE: Operation(_open_queue, (_ORDERING, integer(-(2**31), 2**62), boolean)),
-    Op.OPEN_LOCK: Operation(lambda c, _, n, a, t: c.open_lock(n)),
+    # opening: creates the primitive, or checks it is what the caller asks for; a read token
+    # may open one that exists (the service refuses it the creation of another)
+    Op.OPEN_QUEUE: Operation(_open_queue, (_ORDERING, integer(-(2**31), 2**62), boolean), True),
+    Op.OPEN_LOCK: Operation(lambda c, _, n, a, t: c.open_lock(n), reads=True),
     Op.OPEN_SEMAPHORE: Operation(
-        lambda c, _, n, a, t: c.open_semaphore(n, a[0]), (integer(-(2**31), 2**31),)
+        lambda c, _, n, a, t: c.open_semaphore(n, a[0]), (integer(-(2**31), 2**31),), True
     ),
-    Op.OPEN_EVENT: Operation(lambda c, _, n, a, t: c.open_event(n)),
+    Op.OPEN_EVENT: Operation(lambda c, _, n, a, t: c.open_event(n), reads=True),
     Op.OPEN_BARRIER: Operation(
-        lambda c, _, n, a, t: c.open_barrier(n, a[0]), (integer(-(2**31), 2**31),)
+        lambda c, _, n, a, t: c.open_barrier(n, a[0]), (integer(-(2**31), 2**31),), True
     ),
-    Op.OPEN_DICT: Operation(lambda c, _, n, a, t: c.open_dict(n)),
-    Op.OPEN_LIST: Operation(lambda c, _, n, a, t: c.open_list(n)),
-    Op.OPEN_VALUE: Operation(lambda c, _, n, a, t: c.open_value(n, a[0], a[1]), (text(1), _NUMBER)),
+    Op.OPEN_DICT: Operation(lambda c, _, n, a, t: c.open_dict(n), reads=True),
+    Op.OPEN_LIST: Operation(lambda c, _, n, a, t: c.open_list(n), reads=True),
+    Op.OPEN_VALUE: Operation(
+        lambda c, _, n, a, t: c.open_value(n, a[0], a[1]), (text(1), _NUMBER), True
+    ),
     Op.OPEN_ARRAY: Operation(
         lambda c, _, n, a, t: c.open_array(n, a[0], a[1]),
         (text(1), array(_NUMBER, MAX_PRIMITIVE_BATCH * 100)),
+        reads=True,
     ),
     # queues
     Op.PUT: Operation(_put, (_ITEMS, boolean, _TIMEOUT), waits=True),
