@@ -416,7 +416,8 @@ class Call(Request):
     TAG: ClassVar[str] = "call"
     request_id: int = checked(_REQUEST_ID)
     op: str = checked(text(MAX_OP_LENGTH))
-    name: str = checked(text(MAX_PRIMITIVE_NAME_LENGTH, empty=True))
+    # Looser than a name's own limit, so that the server can say what is wrong with it.
+    name: str = checked(text(4 * MAX_PRIMITIVE_NAME_LENGTH, empty=True))
     args: list[Any] = checked(array(anything, MAX_CALL_ARGS))
 
 
