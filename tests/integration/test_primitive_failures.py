@@ -31,9 +31,7 @@ def children() -> Iterator[Callable[..., tuple[subprocess.Popen[str], str]]]:
     yield start
     for child in started:
         child.kill()
-        child.wait()
-        if child.stdout is not None:
-            child.stdout.close()
+        child.communicate()  # reads what is left and closes the pipes
 
 
 def _kill(child: subprocess.Popen[str]) -> None:

@@ -114,9 +114,8 @@ def test_atomic_updates_from_several_processes_lose_nothing(shared_server: Serve
     )
     children = [start_python(shared_server, "-c", script) for _ in range(processes)]
     for child in children:
-        assert child.wait(60) == 0
-        assert child.stdout is not None
-        child.stdout.close()
+        _, errors = child.communicate(timeout=60)
+        assert child.returncode == 0, errors
     with shared_server.connect() as client:
         assert client.value(name, "q").value == per_process * processes
         winner = client.dict(name + "-d")["winner"]
@@ -185,7 +184,7 @@ def test_an_event_wakes_its_waiters_and_a_barrier_its_parties(client: corral.Cli
 
 def test_an_unserialisable_item_fails_at_put_naming_its_type(client: corral.Client) -> None:
     q = client.queue(_name("queue"))
-    with pytest.raises(SerializationError, match="type function.*pickle=True"):
+    with pytest.raises(SerializationError, match=r"type function.*pickle=True"):
         q.put(lambda: None)
     with pytest.raises(SerializationError, match="type set"):
         client.dict(_name("dict"))["key"] = {1, 2}
@@ -248,9 +247,8 @@ def test_task_done_and_releases_that_do_not_match_a_take(client: corral.Client) 
 
 
 def test_a_wrong_token_fails_and_a_read_token_only_reads(shared_server: ServerProcess) -> None:
-    with corral.connect(shared_server.url, "not-a-token") as stranger:
-        with pytest.raises(AuthError):
-            stranger.queue("anything")
+    with corral.connect(shared_server.url, "not-a-token") as stranger, pytest.raises(AuthError):
+        stranger.queue("anything")
     name = _name("readable")
     with shared_server.connect() as admin:
         admin.queue(name).put("item")

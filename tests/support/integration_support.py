@@ -259,12 +259,16 @@ def fill_disk(directory: Path, name: str, leave: int = 0) -> Path:
 
 
 def start_python(
-    server: ServerProcess, *args: str, cwd: Path | None = None
+    server: ServerProcess, *args: str, token: str | None = None
 ) -> subprocess.Popen[str]:
-    """`python *args` connected to `server` by CORRAL_URL / CORRAL_TOKEN, with the task modules
-    importable, its stdout a pipe to read what it says."""
+    """`python *args` connected to `server` by CORRAL_URL / CORRAL_TOKEN (its admin token unless
+    `token` is given), with the task modules importable; its stdout and stderr are pipes."""
     env = _env()
-    env.update(CORRAL_URL=server.url, CORRAL_TOKEN=server.token)
+    env.update(CORRAL_URL=server.url, CORRAL_TOKEN=token or server.token)
     return subprocess.Popen(
-        [sys.executable, *args], stdout=subprocess.PIPE, text=True, env=env, cwd=cwd
+        [sys.executable, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
