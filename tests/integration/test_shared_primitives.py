@@ -269,3 +269,35 @@ def test_a_name_never_opened_is_not_found(client: corral.Client) -> None:
     stray = AsyncQueue(client._async._primitive_session(), _name("never"))
     with pytest.raises(NotFound, match="open it first"):
         client._call(stray.qsize())
+
+
+def test_a_pipe_carries_messages_both_ways_between_processes(
+    shared_server: ServerProcess, client: corral.Client
+) -> None:
+    name = _name("pipe")
+    echo = (
+        "import corral; c = corral.connect()\n"
+        f"_, end = c.pipe({name!r})\n"
+        "while True:\n"
+        "    try:\n"
+        "        n = end.recv()\n"
+        "    except EOFError:\n"
+        "        break\n"
+        "    end.send(n * 2)\n"
+        "end.close(); print('done')\n"
+    )
+    mine, _ = client.pipe(name)
+    child = start_python(shared_server, "-c", echo)
+    for n in (1, 2, (3,)):
+        mine.send(n)
+    assert [mine.recv(), mine.recv(), mine.recv()] == [2, 4, (3, 3)]
+    assert not mine.poll(0.1)
+    mine.close()
+    with pytest.raises(OSError, match="closed"):
+        mine.send(4)
+    out, errors = child.communicate(timeout=60)
+    assert child.returncode == 0 and out == "done\n", errors
+    again, _ = client.pipe(name)  # the child closed its end: nothing more will come
+    assert again.poll(5)
+    with pytest.raises(EOFError):
+        again.recv()

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from corral.client.pipes import AsyncPipeEnd
 from corral.client.primitives import (
     AsyncBarrier,
     AsyncEvent,
@@ -298,6 +299,28 @@ class Array(_Sync):
         return self._run(self._inner.tolist())
 
 
+class PipeEnd(_Sync):
+    """One end of a named pipe, as a multiprocessing Connection: send, recv, poll, close."""
+
+    _inner: AsyncPipeEnd
+
+    @property
+    def closed(self) -> bool:
+        return self._inner.closed
+
+    def send(self, obj: Any) -> None:
+        self._run(self._inner.send(obj))
+
+    def recv(self) -> Any:
+        return self._run(self._inner.recv())
+
+    def poll(self, timeout: float | None = 0.0) -> bool:
+        return self._run(self._inner.poll(timeout))
+
+    def close(self) -> None:
+        self._run(self._inner.close())
+
+
 class AsyncPrimitiveFactories:
     """The methods of AsyncClient that open named primitives (each creates it on first use;
     opening one as another kind, or a queue with other options, raises PrimitiveMismatch)."""
@@ -357,6 +380,14 @@ class AsyncPrimitiveFactories:
         session = self._primitive_session()
         return await AsyncArray(session, name, typecode, size_or_initial)._open()
 
+    async def pipe(
+        self, name: str, lease: float = DEFAULT_PRIMITIVE_LEASE
+    ) -> tuple[AsyncPipeEnd, AsyncPipeEnd]:
+        """Both ends of the named pipe; each process uses one (see corral.client.pipes)."""
+        session = self._primitive_session()
+        ends = [await AsyncPipeEnd(session, name, side, lease)._open() for side in (0, 1)]
+        return ends[0], ends[1]
+
 
 class PrimitiveFactories:
     """The methods of Client that open named primitives (see AsyncPrimitiveFactories)."""
@@ -400,3 +431,7 @@ class PrimitiveFactories:
 
     def array(self, name: str, typecode: str, size_or_initial: Any) -> Array:
         return Array(self, self._call(self._async.array(name, typecode, size_or_initial)))
+
+    def pipe(self, name: str, lease: float = DEFAULT_PRIMITIVE_LEASE) -> tuple[PipeEnd, PipeEnd]:
+        first, second = self._call(self._async.pipe(name, lease))
+        return PipeEnd(self, first), PipeEnd(self, second)
