@@ -136,6 +136,9 @@ MAX_PRIMITIVE_BATCH = MAX_BATCH_JOBS
 #: dies keeps the lock for at most its lease.
 DEFAULT_PRIMITIVE_LEASE = 30.0
 MAX_PRIMITIVE_LEASE = 24 * 3600.0
+#: How long a blocking get, acquire, join or wait keeps trying to reach a server that went away
+#: (a restart) before it raises ServerUnreachable; it waits again once it is back.
+PRIMITIVE_RECONNECT_PATIENCE = 60.0
 #: A call on a primitive over the client stream (protocol.Call): the longest op or error name,
 #: and the most arguments one call takes.
 MAX_OP_LENGTH = 32

@@ -18,6 +18,12 @@ class ServerUnreachable(CorralError):
     """No server answered at the URL tried; start one with `corral server` or set CORRAL_URL."""
 
 
+class CallInterrupted(ServerUnreachable):
+    """The connection to the server dropped while a call on a queue, lock or shared value was in
+    flight, so whether the server carried it out is unknown: check, then call again. (Blocking
+    gets, acquires, joins and waits are made again by the client itself.)"""
+
+
 class AuthError(CorralError):
     """The token is missing, wrong or lacks the role the call needs."""
 

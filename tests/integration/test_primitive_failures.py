@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import queue
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -142,3 +143,30 @@ def test_a_holder_keeps_its_lock_while_the_server_restarts(
         assert token is not None
         next_token = rival.acquire(timeout=5)
         assert next_token is not None and next_token > token
+
+
+def test_a_blocked_get_and_acquire_wait_again_across_a_server_restart(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    server = start_server()
+    with server.connect() as waiting:
+        holder = server.connect()
+        holder.lock("busy", lease=RESTART_LEASE).acquire()
+        tasks = waiting.queue("later", ack=True, lease=RESTART_LEASE)
+        lock = waiting.lock("busy", lease=RESTART_LEASE)
+        got: dict[str, object] = {}
+        getter = threading.Thread(target=lambda: got.update(item=tasks.get(timeout=60)))
+        acquirer = threading.Thread(target=lambda: got.update(token=lock.acquire(timeout=60)))
+        getter.start()
+        acquirer.start()
+        time.sleep(0.3)  # both wait on the server
+        holder.close()  # its lock will run out after the restart, with nobody to renew it
+        server.kill()
+        server.restart()
+        with server.connect() as producer:
+            producer.queue("later", ack=True).put("after the restart")
+        getter.join(30)
+        acquirer.join(30)
+        assert got == {"item": "after the restart", "token": 2}  # the second token ever granted
+        tasks.task_done()
+        lock.release()

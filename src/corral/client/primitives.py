@@ -13,8 +13,10 @@ What the standard library does not have:
 - a priority queue orders items by the item itself, or by `key(item)`, with fifo among equals.
 
 Items are sent as python job arguments are (msgpack: numbers, str, bytes, lists, tuples, dicts);
-objects of other types only with `connect(pickle=True)`. A call in flight when the connection
-drops raises ServerUnreachable: whether it happened is unknown.
+objects of other types only with `connect(pickle=True)`. A call that waits (get, acquire, join,
+an event's wait) and is waiting when the connection drops waits again once the client has
+reconnected; any other call in flight then raises CallInterrupted: whether it happened is
+unknown.
 """
 
 from __future__ import annotations
@@ -37,14 +39,23 @@ from corral.constants import (
     DEFAULT_PRIMITIVE_LEASE,
     MAX_PRIMITIVE_BATCH,
     MAX_PRIMITIVE_ITEM_BYTES,
+    PRIMITIVE_RECONNECT_PATIENCE,
 )
-from corral.errors import CorralError, NotHeld, SerializationError
+from corral.errors import (
+    CallInterrupted,
+    CorralError,
+    NotHeld,
+    SerializationError,
+    ServerUnreachable,
+)
 from corral.models import PrimitiveOp as Op, QueueOrdering
 from corral.sortkey import sort_key
 
 logger = logging.getLogger("corral.client")
 
 _TUPLE, _PICKLED = 1, 2  # msgpack extension types of encoded items
+#: Between tries to make a waiting call again while the server is away.
+RECONNECT_PAUSE = 0.2
 #: Bytes of items one put_many call sends at most: several calls for more, so that each fits.
 _PUT_BYTES = 4 * MAX_PRIMITIVE_ITEM_BYTES
 
@@ -77,6 +88,8 @@ class ItemCodec:
     def _default(self, value: Any) -> msgpack.ExtType:
         if type(value) is tuple:
             return msgpack.ExtType(_TUPLE, self._pack(list(value)))
+        if type(value) is int:  # msgpack hands over those it cannot hold
+            raise OverflowError(f"{value} does not fit in 64 bits; send it as a str")
         if self.allow_pickle:
             import cloudpickle  # optional dependency, only for those who opt in
 
@@ -114,6 +127,27 @@ class PrimitiveSession:
 
     async def call(self, op: Op, name: str, *args: Any) -> Any:
         return await self._stream.call(op.value, name, list(args))
+
+    async def wait_call(self, op: Op, name: str, args: list[Any], timeout_at: int | None) -> Any:
+        """Make a call that waits (a get, an acquire, a join), and make it again if the
+        connection drops meanwhile, once the server is back, with what is left of its timeout
+        (`args[timeout_at]`). Safe for these calls: an item or a lock granted to an answer that
+        was lost goes back after its lease (an item of a queue without ack is lost with it)."""
+        loop = asyncio.get_running_loop()
+        timeout = None if timeout_at is None else args[timeout_at]
+        deadline = None if timeout is None else loop.time() + timeout
+        give_up = loop.time() + PRIMITIVE_RECONNECT_PATIENCE
+        while True:
+            try:
+                return await self.call(op, name, *args)
+            except CallInterrupted:
+                give_up = loop.time() + PRIMITIVE_RECONNECT_PATIENCE
+            except ServerUnreachable:
+                if self._stream.closed or loop.time() > give_up:
+                    raise
+            await asyncio.sleep(RECONNECT_PAUSE)
+            if deadline is not None and timeout_at is not None:
+                args[timeout_at] = max(0.0, deadline - loop.time())
 
     def hold(self, renew: Op, name: str, token: int, lease: float) -> None:
         """Renew this lease while it is held (until `drop`)."""
@@ -249,7 +283,7 @@ class AsyncQueue:
 
     async def join(self) -> None:
         """Wait until every item put has been marked done."""
-        await self._session.call(Op.JOIN, self.name)
+        await self._session.wait_call(Op.JOIN, self.name, [], timeout_at=None)
 
     def _item(self, item: Any) -> list[bytes]:
         data = self._session.codec.encode(item, f"an item of queue {self.name!r}")
@@ -266,7 +300,8 @@ class AsyncQueue:
         timeout = check_timeout(block, timeout)
         session = self._session
         lease, holder = (self._lease, session.holder) if self.ack else (None, "")
-        got = await session.call(Op.GET, self.name, n, block, timeout, lease, holder)
+        args = [n, block, timeout, lease, holder]
+        got = await session.wait_call(Op.GET, self.name, args, timeout_at=2)
         items = []
         for data, delivery in got:
             if delivery is not None:
@@ -322,7 +357,8 @@ class AsyncSemaphore:
         """Acquire; the fencing token, or None if not acquired (not blocking, or timed out)."""
         wait = _acquire_timeout(block, timeout)
         session = self._session
-        token = await session.call(Op.ACQUIRE, self.name, session.holder, self.lease, block, wait)
+        args = [session.holder, self.lease, block, wait]
+        token = await session.wait_call(Op.ACQUIRE, self.name, args, timeout_at=3)
         if token is not None:
             self._tokens.append(token)
             session.hold(Op.RENEW, self.name, token, self.lease)
@@ -387,7 +423,7 @@ class AsyncEvent:
     async def wait(self, timeout: float | None = None) -> bool:
         """True once the event is set; False if `timeout` passes first."""
         wait = check_timeout(True, None if timeout is None else max(timeout, 0.0))
-        return bool(await self._session.call(Op.EVENT_WAIT, self.name, wait))
+        return bool(await self._session.wait_call(Op.EVENT_WAIT, self.name, [wait], timeout_at=0))
 
 
 class AsyncBarrier:

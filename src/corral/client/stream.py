@@ -22,7 +22,13 @@ from websockets.exceptions import ConnectionClosed
 
 from corral import protocol as p
 from corral.constants import MAX_WATCH_IDS
-from corral.errors import ProtocolError, ServerUnreachable, error_for_status, wire_error
+from corral.errors import (
+    CallInterrupted,
+    ProtocolError,
+    ServerUnreachable,
+    error_for_status,
+    wire_error,
+)
 from corral.transport import CLOSE_BAD_FRAME, closed_error, open_websocket
 
 logger = logging.getLogger("corral.client")
@@ -44,6 +50,10 @@ class ClientStream:
         self._waiters: dict[str, list[Callable[[p.Done], None]]] = defaultdict(list)
         self._log_sinks: dict[str, Callable[[p.Frame], None]] = {}
         self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     async def close(self) -> None:
         self._closed = True
@@ -77,7 +87,9 @@ class ClientStream:
 
     async def call(self, op: str, name: str, args: list[Any]) -> Any:
         """Call `op` on the named primitive; its result, or the error it ended with (queue.Empty,
-        NotHeld, ...). A call in flight when the connection drops raises ServerUnreachable."""
+        NotHeld, ...). A call in flight when the connection drops raises CallInterrupted."""
+        if self._closed:
+            raise ServerUnreachable("the client is closed; connect again")
         ws = await self._connect()
         request_id = next(self._request_ids)
         pending = _PendingCall(asyncio.get_running_loop().create_future())
@@ -162,7 +174,7 @@ class ClientStream:
                 )
         self._requests.clear()
         self._fail_calls(
-            ServerUnreachable(
+            CallInterrupted(
                 "the connection to the server dropped during a call on a queue, lock or shared"
                 " value; whether it was carried out is unknown: check, then call again"
             )
