@@ -483,6 +483,18 @@ class QueueInfo(BaseModel):
     running: int = 0
 
 
+class PrimitiveInfo(BaseModel):
+    """A named queue, lock or shared value, as GET /api/v1/primitives lists it."""
+
+    name: str
+    kind: PrimitiveKind
+    size: int | None = Field(
+        None,
+        description="Items ready in a queue, entries of a dict, list or array, holders of a lock "
+        "or semaphore, parties waiting at a barrier; none for a value or an event",
+    )
+
+
 class WorkerInfo(BaseModel):
     id: str
     host: str

@@ -9,6 +9,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from integration_support import ServerProcess, start_python
 
@@ -301,3 +302,20 @@ def test_a_pipe_carries_messages_both_ways_between_processes(
     assert again.poll(5)
     with pytest.raises(EOFError):
         again.recv()
+
+
+def test_the_primitives_are_listed_with_their_sizes(shared_server: ServerProcess) -> None:
+    with shared_server.connect() as client:
+        ready = _name("listed-queue")
+        client.queue(ready).put_many(["a", "b"])
+        held = _name("listed-lock")
+        client.lock(held).acquire()
+        response = httpx.get(
+            f"{shared_server.url}/api/v1/primitives",
+            headers={"Authorization": f"Bearer {shared_server.token}"},
+        )
+        response.raise_for_status()
+        listed = {entry["name"]: entry for entry in response.json()}
+        assert listed[ready] == {"name": ready, "kind": "queue", "size": 2}
+        assert listed[held] == {"name": held, "kind": "lock", "size": 1}
+        assert httpx.get(f"{shared_server.url}/api/v1/primitives").status_code == 401

@@ -41,6 +41,7 @@ from corral.models import (
     JobInfo,
     JobSpec,
     JobState,
+    PrimitiveInfo,
     QueueInfo,
     QueueOrdering,
     QueueSpec,
@@ -351,6 +352,12 @@ def create_app(
             )
             for name, ordering in sorted(orderings.items())
         ]
+
+    @app.get("/api/v1/primitives", dependencies=[read])
+    async def list_primitives() -> list[PrimitiveInfo]:
+        """The named queues, locks and shared values (docs/multiprocessing.md), by name."""
+        # async: the primitives belong to the event loop, not to a thread of the pool
+        return service.summary()
 
     @app.put("/api/v1/queues/{name}", dependencies=[admin])
     async def declare_queue(name: str, spec: QueueSpec) -> QueueInfo:

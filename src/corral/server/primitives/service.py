@@ -23,6 +23,7 @@ from typing import Any
 
 from corral import protocol as p
 from corral.errors import CorralError, Forbidden, StoreUnavailable, wire_name
+from corral.models import PrimitiveInfo, PrimitiveKind
 from corral.server.auth import Role, allows
 from corral.server.engine import Peer
 from corral.server.primitives.common import Effects, Reply
@@ -87,6 +88,27 @@ class PrimitiveService:
         self._carry_out(effects)
         if self.core.next_wakeup() != wakeup:
             self._wake.set()
+
+    def summary(self) -> list[PrimitiveInfo]:
+        """Every primitive, by name, with its size (see PrimitiveInfo)."""
+        return [
+            PrimitiveInfo(name=name, kind=kind, size=self._size(name, kind))
+            for name, kind in self.core.kinds().items()
+        ]
+
+    def _size(self, name: str, kind: PrimitiveKind) -> int | None:
+        core = self.core
+        if kind is PrimitiveKind.QUEUE:
+            return core.queue(name).qsize()
+        if kind in (PrimitiveKind.LOCK, PrimitiveKind.SEMAPHORE):
+            return len(core.semaphore(name).holds())
+        if kind is PrimitiveKind.BARRIER:
+            return core.barrier(name).n_waiting()
+        if kind is PrimitiveKind.DICT:
+            return len(core.dict(name))
+        if kind is PrimitiveKind.LIST:
+            return len(core.list(name))
+        return len(core.array(name)) if kind is PrimitiveKind.ARRAY else None
 
     def forget(self, peer: Peer) -> None:
         """A client connection closed: cancel the calls it waits on."""
