@@ -174,3 +174,36 @@ def test_a_long_list_is_answered_in_parts_that_each_fit() -> None:
     assert len(parts) > 1 and all(len(part.encode()) <= 8000 for part in parts)
     assert [part.more for part in parts] == [True] * (len(parts) - 1) + [False]
     assert [item for part in parts for item in part.result] == result
+
+
+def test_a_call_that_does_not_fit_is_refused_naming_what_is_wrong() -> None:
+    async def scenario() -> None:
+        store = MemoryStore()
+        writer = GroupCommitWriter(store)
+        service = PrimitiveService(store, writer, time.time)
+        await service.start()
+        call = Calls(service)
+        call("open_queue", "q", "fifo", 0, False)
+        call("no_such_op", "q")
+        call("put", "q", [_item(1)], "yes", None)
+        call("put", "q", [[b"data"]], True, None)
+        call("get", "q")
+        call("get", "q", 1, False, None, None, "")
+        frames = sorted(await _answers(call.peer, 6), key=lambda f: f.request_id)  # type: ignore[attr-defined]
+        assert isinstance(frames[0], p.Answer)
+        refusals = [(f.error, f.message) for f in frames[1:] if isinstance(f, p.Refused)]
+        assert [error for error, _ in refusals] == [
+            "InvalidRequest",
+            "InvalidRequest",
+            "InvalidRequest",
+            "InvalidRequest",
+            "queue.Empty",
+        ]
+        assert "no primitive operation is called 'no_such_op'" in refusals[0][1]
+        assert "put argument 2: expected true or false" in refusals[1][1]
+        assert "put argument 1[0]: expected an item [data, sort key]" in refusals[2][1]
+        assert "get takes 5 arguments, got 0" in refusals[3][1]
+        await service.stop()
+        await writer.close()
+
+    _run(scenario())

@@ -61,6 +61,8 @@ _ITEMS = array(_item, MAX_PRIMITIVE_BATCH)
 
 @dataclass(frozen=True, slots=True)
 class Operation:
+    """One PrimitiveOp: how to run it, the checks of its arguments, who may make it."""
+
     run: Runner
     checks: tuple[Check, ...] = ()
     reads: bool = False  # a read token may make it
