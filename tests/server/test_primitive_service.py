@@ -49,13 +49,15 @@ def _frames(peer: Peer) -> list[p.Frame]:
     return frames
 
 
-async def _answers(peer: Peer, count: int) -> list[p.Frame]:
-    frames: list[p.Frame] = []
+async def _answers(peer: Peer, count: int) -> list[Any]:
+    """The next `count` frames to `peer` (or what came within 10 s), by request id: a refusal
+    leaves at once, an answer once stored, so they may come in another order."""
+    frames: list[Any] = []
     deadline = time.monotonic() + 10
     while len(frames) < count and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
         frames += _frames(peer)
-    return frames
+    return sorted(frames, key=lambda frame: frame.request_id)
 
 
 class Calls:
@@ -159,7 +161,7 @@ def test_a_read_token_reads_but_neither_changes_nor_creates() -> None:
         reader("queue_info", "q")
         reader("put", "q", [_item(1)], True, None)
         reader("open_lock", "new")
-        frames = sorted(await _answers(reader.peer, 4), key=lambda f: f.request_id)  # type: ignore[attr-defined]
+        frames = await _answers(reader.peer, 4)
         assert [type(f).__name__ for f in frames] == ["Answer", "Answer", "Refused", "Refused"]
         assert all(f.error == "Forbidden" for f in frames[2:] if isinstance(f, p.Refused))
         await service.stop()
@@ -189,7 +191,7 @@ def test_a_call_that_does_not_fit_is_refused_naming_what_is_wrong() -> None:
         call("put", "q", [[b"data"]], True, None)
         call("get", "q")
         call("get", "q", 1, False, None, None, "")
-        frames = sorted(await _answers(call.peer, 6), key=lambda f: f.request_id)  # type: ignore[attr-defined]
+        frames = await _answers(call.peer, 6)
         assert isinstance(frames[0], p.Answer)
         refusals = [(f.error, f.message) for f in frames[1:] if isinstance(f, p.Refused)]
         assert [error for error, _ in refusals] == [
