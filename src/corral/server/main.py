@@ -23,7 +23,6 @@ from corral.server.app import create_app
 from corral.server.auth import TokenStore
 from corral.server.engine import Engine
 from corral.server.lockfile import LockHeld, hold_lock
-from corral.server.primitives.service import PrimitiveService
 from corral.server.sessions import load_worker_key
 from corral.server.store import open_store
 
@@ -90,8 +89,7 @@ def _prepare(settings: ServerSettings) -> Prepared:
         allow_pickle=settings.allow_pickle,
         worker_key=load_worker_key(settings.data_dir),
     )
-    primitives = PrimitiveService(store, engine.writer, engine.clock)
-    app = create_app(engine, tokens, keep=settings.keep, primitives=primitives)
+    app = create_app(engine, tokens, keep=settings.keep)
     return Prepared(app, engine, tokens, new_token, lock)
 
 
