@@ -422,7 +422,7 @@ class AsyncEvent:
 
     async def wait(self, timeout: float | None = None) -> bool:
         """True once the event is set; False if `timeout` passes first."""
-        wait = check_timeout(True, None if timeout is None else max(timeout, 0.0))
+        wait = None if timeout is None else max(timeout, 0.0)  # as threading's, never negative
         return bool(await self._session.wait_call(Op.EVENT_WAIT, self.name, [wait], timeout_at=0))
 
 
@@ -439,7 +439,7 @@ class AsyncBarrier:
         return self
 
     async def wait(self, timeout: float | None = None) -> int:
-        wait = check_timeout(True, None if timeout is None else max(timeout, 0.0))
+        wait = None if timeout is None else max(timeout, 0.0)  # as threading's, never negative
         return int(await self._session.call(Op.BARRIER_WAIT, self.name, wait))
 
     async def abort(self) -> None:

@@ -211,6 +211,10 @@ OPERATIONS: dict[str, Operation] = {
 }
 
 
+#: The ops that create the primitive they name if there is none (a read token may not).
+OPENING = frozenset(op for op in Op if op.value.startswith("open_"))
+
+
 def operation(op: str) -> Operation:
     """The operation named `op`; InvalidRequest if there is none."""
     found = OPERATIONS.get(op)

@@ -28,7 +28,7 @@ from corral.server.auth import Role, allows
 from corral.server.engine import Peer
 from corral.server.primitives.common import Effects, Reply
 from corral.server.primitives.core import Primitives
-from corral.server.primitives.operations import checked_args, operation, wire_result
+from corral.server.primitives.operations import OPENING, checked_args, operation, wire_result
 from corral.server.store.base import Store
 from corral.server.writer import GroupCommitWriter
 
@@ -69,7 +69,8 @@ class PrimitiveService:
             op = operation(frame.op)
             if not op.reads and not allows(role, Role.SUBMIT):
                 raise Forbidden(f"a {role} token can only read primitives; use a submit token")
-            if not allows(role, Role.SUBMIT) and frame.name not in self.core.kinds():
+            creates = frame.op in OPENING and frame.name not in self.core.kinds()
+            if creates and not allows(role, Role.SUBMIT):
                 raise Forbidden(f"a {role} token cannot create {frame.name!r}; use a submit token")
             args = checked_args(frame.op, op, frame.args)
             self._writer.check_available()
