@@ -209,3 +209,24 @@ def test_a_call_that_does_not_fit_is_refused_naming_what_is_wrong() -> None:
         await writer.close()
 
     _run(scenario())
+
+
+def test_connections_closing_after_the_writer_stops_are_forgotten_quietly() -> None:
+    async def scenario() -> None:
+        store = MemoryStore()
+        writer = GroupCommitWriter(store)
+        service = PrimitiveService(store, writer, time.time)
+        await service.start()
+        first, behind = Calls(service), Calls(service)
+        first("open_queue", "q", "fifo", 2, False)
+        first("put", "q", [_item(1)], True, None)
+        await _answers(first.peer, 2)
+        first("put", "q", [_item(2), _item(3)], True, None)  # waits for room for both
+        behind("put", "q", [_item(4)], True, None)  # fits, but waits behind it
+        await service.stop()
+        await writer.close()  # the server stops: its connections close after this
+        service.forget(first.peer)  # lets the one behind in, with nothing left to store it
+        assert _frames(behind.peer) == []  # so it is not answered
+        assert len(store.load_primitives()[0].items) == 1
+
+    _run(scenario())

@@ -30,7 +30,7 @@ from corral.server.primitives.common import Effects, Reply
 from corral.server.primitives.core import Primitives
 from corral.server.primitives.operations import OPENING, checked_args, operation, wire_result
 from corral.server.store.base import Store
-from corral.server.writer import GroupCommitWriter
+from corral.server.writer import GroupCommitWriter, WriterClosed
 
 logger = logging.getLogger("corral.server")
 
@@ -128,7 +128,10 @@ class PrimitiveService:
                 waiting.pop(request_id, None)
                 if not waiting:
                     del self._waiting[peer]
-        commit = self._writer.submit_nowait(effects.mutations)
+        try:
+            commit = self._writer.submit_nowait(effects.mutations)
+        except WriterClosed:  # the server is stopping: nothing of this is stored nor answered
+            return
         commit.add_done_callback(lambda done: _answer(effects.replies, done))
 
     async def _tick_forever(self) -> None:
