@@ -90,6 +90,9 @@ def test_values_and_arrays_keep_their_typecode(client: corral.Client) -> None:
     assert counter.compare_and_set(15, 1) and counter.value == 1
     counter.value = 7
     assert counter.value == 7
+    with counter.get_lock():  # as with multiprocessing.Value: several steps, one at a time
+        counter.value += 1
+    assert counter.value == 8
     with pytest.raises(TypeError):
         counter.value = "seven"  # type: ignore[assignment]
     small = client.value(_name("byte"), "b", 120)
@@ -99,6 +102,8 @@ def test_values_and_arrays_keep_their_typecode(client: corral.Client) -> None:
     grid[0] = 1.5
     grid[1:3] = [2, 3]
     assert grid.tolist() == [1.5, 2.0, 3.0, 0.0] and len(grid) == 4 and grid[-1] == 0.0
+    with grid.get_lock() as token:
+        assert token is not None and not grid.get_lock().acquire(block=False)
     with pytest.raises(ValueError, match="keeps its length"):
         grid[0:2] = [1.0]
     with pytest.raises(IndexError):

@@ -30,7 +30,7 @@ import secrets
 import socket
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Self
 
 import msgpack
 
@@ -341,7 +341,7 @@ class AsyncSemaphore:
         self.lease = lease
         self._tokens: deque[int] = deque()  # held by this object, oldest first
 
-    async def _open(self) -> AsyncSemaphore:
+    async def _open(self) -> Self:
         await self._session.call(self._open_op, self.name, *self._open_args())
         return self
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from corral.client.primitives import PrimitiveSession
+from corral.client.primitives import AsyncLock, PrimitiveSession
 from corral.models import PrimitiveOp as Op
 
 _MISSING: Any = object()
@@ -164,6 +164,9 @@ class AsyncValue:
         """Set `new` if the value is `expected` (atomically); whether it did."""
         return bool(await self._session.call(Op.VALUE_CAS, self.name, expected, new))
 
+    async def get_lock(self) -> AsyncLock:
+        return await _lock_of(self._session, self.name)
+
 
 class AsyncArray:
     """A named fixed-length array of numbers of a typecode, as multiprocessing.Array; made by
@@ -201,3 +204,12 @@ class AsyncArray:
 
     async def tolist(self) -> list[Number]:
         return await self.get_slice(slice(None))
+
+    async def get_lock(self) -> AsyncLock:
+        return await _lock_of(self._session, self.name)
+
+
+async def _lock_of(session: PrimitiveSession, name: str) -> AsyncLock:
+    """The lock of a value or array, as multiprocessing's get_lock(): its single operations
+    need none, a read-modify-write of several steps does (`with v.get_lock(): v.value += 1`)."""
+    return await AsyncLock(session, f"{name}:lock")._open()

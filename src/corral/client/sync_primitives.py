@@ -36,6 +36,7 @@ class _Runs(Protocol):
 
 class _Sync:
     def __init__(self, client: _Runs, inner: Any) -> None:
+        self._client = client
         self._run = client._call
         self._inner = inner
         self.name: str = inner.name
@@ -272,6 +273,10 @@ class Value(_Sync):
     def compare_and_set(self, expected: Number, new: Number) -> bool:
         return self._run(self._inner.compare_and_set(expected, new))
 
+    def get_lock(self) -> Lock:
+        """A lock for updates of several steps, as multiprocessing.Value's."""
+        return Lock(self._client, self._run(self._inner.get_lock()))
+
 
 class Array(_Sync):
     """A named multiprocessing.Array on the server: indexes and slices, a fixed length."""
@@ -297,6 +302,10 @@ class Array(_Sync):
 
     def tolist(self) -> list[Number]:
         return self._run(self._inner.tolist())
+
+    def get_lock(self) -> Lock:
+        """A lock for updates of several steps, as multiprocessing.Array's."""
+        return Lock(self._client, self._run(self._inner.get_lock()))
 
 
 class PipeEnd(_Sync):
@@ -354,7 +363,7 @@ class AsyncPrimitiveFactories:
         return await queue._open()
 
     async def lock(self, name: str, lease: float = DEFAULT_PRIMITIVE_LEASE) -> AsyncLock:
-        return await AsyncLock(self._primitive_session(), name, lease)._open()  # type: ignore[return-value]
+        return await AsyncLock(self._primitive_session(), name, lease)._open()
 
     async def semaphore(
         self, name: str, value: int = 1, lease: float = DEFAULT_PRIMITIVE_LEASE
