@@ -170,6 +170,8 @@ class PrimitiveSession:
         while self._holds:
             await asyncio.sleep(min(self._holds.values()) / 3)
             for renew, name, token in list(self._holds):
+                if (renew, name, token) not in self._holds:  # given back meanwhile
+                    continue
                 try:
                     await self.call(renew, name, token, self.holder)
                 except NotHeld as exc:  # its lease ran out: it is someone else's now
