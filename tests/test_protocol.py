@@ -117,6 +117,21 @@ def test_a_malformed_submit_body_is_rejected_with_its_request_id() -> None:
     assert rejected.value.request_id == 4 and "submit.specs" in str(rejected.value)
 
 
+def test_calls_on_primitives_and_their_answers_round_trip_checked() -> None:
+    call = p.Call(9, "put", "tasks", [[[b"item", b""]], True, None])
+    assert p.decode(call.encode(), p.FROM_CLIENT) == call
+    for answer in (p.Answer(9, [[b"x", 1]], True), p.Refused(9, "queue.Empty", "empty")):
+        assert p.decode(answer.encode(), p.TO_CLIENT) == answer
+    assert p.decode(msgpack.packb(["answer", 9, None]), p.TO_CLIENT) == p.Answer(9, None)
+    with pytest.raises(p.RequestRejected) as rejected:  # answered, the stream stays open
+        p.decode(msgpack.packb(["call", 5, "put", "tasks", "not a list"]), p.FROM_CLIENT)
+    assert rejected.value.request_id == 5 and "call.args" in str(rejected.value)
+    with pytest.raises(p.ProtocolError, match=r"call\.args"):
+        p.decode(msgpack.packb(["call", 5, "put", "q", list(range(100))]), p.FROM_CLIENT)
+    with pytest.raises(p.ProtocolError, match=r"refused\.error"):
+        p.decode(msgpack.packb(["refused", 5, "x" * 100, ""]), p.TO_CLIENT)
+
+
 def test_submitted_carries_warnings_only_when_there_are_some() -> None:
     ids = ["01JOB000000000000000000000"]
     plain = p.Submitted(7, ids)

@@ -165,3 +165,10 @@ FLOW_SCHEDULE_GRACE = 60.0
 MAX_CATCH_UP_RUNS = 1_000
 #: Due times one backfill may create runs for; a wider range is refused (split it).
 MAX_BACKFILL_RUNS = 10_000
+#: How long a blocking get, acquire, join or wait keeps trying to reach a server that went away
+#: (a restart) before it raises ServerUnreachable; it waits again once it is back.
+PRIMITIVE_RECONNECT_PATIENCE = 60.0
+#: A call on a primitive over the client stream (protocol.Call): the longest op or error name,
+#: and the most arguments one call takes.
+MAX_OP_LENGTH = 32
+MAX_CALL_ARGS = 8

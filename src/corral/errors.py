@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import multiprocessing
+import queue
+import threading
 
 
 class CorralError(Exception):
@@ -15,6 +17,12 @@ class ConfigError(CorralError):
 
 class ServerUnreachable(CorralError):
     """No server answered at the URL tried; start one with `corral server` or set CORRAL_URL."""
+
+
+class CallInterrupted(ServerUnreachable):
+    """The connection to the server dropped while a call on a queue, lock or shared value was in
+    flight, so whether the server carried it out is unknown: check, then call again. (Blocking
+    gets, acquires, joins and waits are made again by the client itself.)"""
 
 
 class AuthError(CorralError):
@@ -151,3 +159,41 @@ def error_for_status(status: int) -> type[CorralError]:
     if status == 413:
         return InvalidRequest
     return next((cls for cls, code in _BY_STATUS if code == status), CorralError)
+
+
+# How a primitive's error crosses the client stream (protocol.Refused): by name, so that the
+# caller raises what the standard library would (queue.Empty, KeyError, ...) or the CorralError.
+_BY_NAME: dict[str, type[BaseException]] = {
+    "queue.Full": queue.Full,
+    "queue.Empty": queue.Empty,
+    "BrokenBarrierError": threading.BrokenBarrierError,
+    **{cls.__name__: cls for cls in (ValueError, KeyError, IndexError, TypeError, OverflowError)},
+    **{
+        cls.__name__: cls
+        for cls in (
+            InvalidName,
+            PrimitiveMismatch,
+            NotHeld,
+            InvalidRequest,
+            NotFound,
+            Conflict,
+            Forbidden,
+            AuthError,
+            StoreUnavailable,
+            SerializationError,
+            CorralError,
+        )
+    },
+}
+_NAME_OF = {cls: name for name, cls in _BY_NAME.items()}
+
+
+def wire_name(error: BaseException) -> str:
+    """The name `error` crosses the client stream under: its own class's, or its nearest base's
+    that has one (CorralError for any other CorralError)."""
+    return next((_NAME_OF[cls] for cls in type(error).__mro__ if cls in _NAME_OF), "CorralError")
+
+
+def wire_error(name: str, message: str) -> BaseException:
+    """The exception a client raises for a primitive's error sent as `name`."""
+    return _BY_NAME.get(name, CorralError)(message)

@@ -126,6 +126,61 @@ class PrimitiveKind(StrEnum):
     BARRIER = "barrier"
 
 
+class PrimitiveOp(StrEnum):
+    """What a call on a named primitive does (protocol.Call); the server checks each op's
+    arguments (corral.server.primitives.operations)."""
+
+    OPEN_QUEUE = "open_queue"
+    OPEN_LOCK = "open_lock"
+    OPEN_SEMAPHORE = "open_semaphore"
+    OPEN_EVENT = "open_event"
+    OPEN_BARRIER = "open_barrier"
+    OPEN_DICT = "open_dict"
+    OPEN_LIST = "open_list"
+    OPEN_VALUE = "open_value"
+    OPEN_ARRAY = "open_array"
+    PUT = "put"
+    GET = "get"
+    JOIN = "join"
+    TASK_DONE = "task_done"
+    ACK = "ack"
+    RENEW_ITEM = "renew_item"
+    QUEUE_INFO = "queue_info"
+    ACQUIRE = "acquire"
+    RELEASE = "release"
+    RENEW = "renew"
+    LOCKED = "locked"
+    EVENT_SET = "event_set"
+    EVENT_CLEAR = "event_clear"
+    EVENT_IS_SET = "event_is_set"
+    EVENT_WAIT = "event_wait"
+    BARRIER_WAIT = "barrier_wait"
+    BARRIER_ABORT = "barrier_abort"
+    BARRIER_RESET = "barrier_reset"
+    BARRIER_WAITING = "barrier_waiting"
+    DICT_GET = "dict_get"
+    DICT_ITEMS = "dict_items"
+    DICT_LEN = "dict_len"
+    DICT_UPDATE = "dict_update"
+    DICT_SETDEFAULT = "dict_setdefault"
+    DICT_POP = "dict_pop"
+    DICT_CLEAR = "dict_clear"
+    LIST_GET = "list_get"
+    LIST_ITEMS = "list_items"
+    LIST_LEN = "list_len"
+    LIST_EXTEND = "list_extend"
+    LIST_SET = "list_set"
+    LIST_POP = "list_pop"
+    VALUE_GET = "value_get"
+    VALUE_SET = "value_set"
+    VALUE_ADD = "value_add"
+    VALUE_CAS = "value_cas"
+    ARRAY_GET = "array_get"
+    ARRAY_SLICE = "array_slice"
+    ARRAY_SET = "array_set"
+    ARRAY_SET_SLICE = "array_set_slice"
+
+
 class SshTask(BaseModel):
     """What an `ssh` job does: a command or a playbook on a set of hosts, run by a worker.
 
@@ -426,6 +481,18 @@ class QueueInfo(BaseModel):
     ordering: QueueOrdering
     depth: int = 0
     running: int = 0
+
+
+class PrimitiveInfo(BaseModel):
+    """A named queue, lock or shared value, as GET /api/v1/primitives lists it."""
+
+    name: str
+    kind: PrimitiveKind
+    size: int | None = Field(
+        None,
+        description="Items ready in a queue, entries of a dict, list or array, holders of a lock "
+        "or semaphore, parties waiting at a barrier; none for a value or an event",
+    )
 
 
 class WorkerInfo(BaseModel):

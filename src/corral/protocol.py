@@ -38,8 +38,11 @@ from corral.checks import (
     text,
 )
 from corral.constants import (
+    MAX_CALL_ARGS,
     MAX_ERROR_TEXT,
     MAX_FRAME_BYTES,
+    MAX_OP_LENGTH,
+    MAX_PRIMITIVE_NAME_LENGTH,
     MAX_SUBMIT_WARNINGS,
     MAX_WATCH_IDS,
     MAX_WORKER_CAPACITY,
@@ -291,26 +294,34 @@ class Log(Frame):
 
 # -- client <-> server ----------------------------------------------------------------------------
 
+_REQUEST_ID = integer(0, 2**63)
 
-@frame
-@dataclass(frozen=True, slots=True)
-class Submit(Frame):
-    """Submit job specs (maps as the REST API takes them); answered by Submitted or Error."""
 
-    TAG: ClassVar[str] = "submit"
-    request_id: int = checked(integer(0, 2**63))
-    specs: list[dict[str, Any]] = checked(array(mapping))
+class Request(Frame):
+    """A client's request, answered by frames carrying its request id (its first field)."""
+
+    __slots__ = ()
 
     @classmethod
     def parse(cls, values: list[Any]) -> Self:
         """A malformed body is answered (RequestRejected) when the request id can be read."""
         request_id = values[0] if values else None
         if type(request_id) is not int or not 0 <= request_id <= 2**63:
-            return super(Submit, cls).parse(values)
+            return super().parse(values)
         try:
-            return super(Submit, cls).parse(values)
+            return super().parse(values)
         except ProtocolError as exc:
             raise RequestRejected(request_id, str(exc)) from None
+
+
+@frame
+@dataclass(frozen=True, slots=True)
+class Submit(Request):
+    """Submit job specs (maps as the REST API takes them); answered by Submitted or Error."""
+
+    TAG: ClassVar[str] = "submit"
+    request_id: int = checked(_REQUEST_ID)
+    specs: list[dict[str, Any]] = checked(array(mapping))
 
 
 @frame
@@ -395,6 +406,65 @@ class EndOfLog(Frame):
     state: str = checked(text(32))
 
 
+@frame
+@dataclass(frozen=True, slots=True)
+class Call(Request):
+    """A call on the named primitive `name` (a queue, lock, dict ...): `op` is a PrimitiveOp and
+    `args` its arguments in order, checked by the server for that op. Answered by Answer parts
+    or by one Refused; a call that blocks (a get on an empty queue) is answered when it ends."""
+
+    TAG: ClassVar[str] = "call"
+    request_id: int = checked(_REQUEST_ID)
+    op: str = checked(text(MAX_OP_LENGTH))
+    # Looser than a name's own limit, so that the server can say what is wrong with it.
+    name: str = checked(text(4 * MAX_PRIMITIVE_NAME_LENGTH, empty=True))
+    args: list[Any] = checked(array(anything, MAX_CALL_ARGS))
+
+
+@frame
+@dataclass(frozen=True, slots=True)
+class Answer(Frame):
+    """The result of a Call. A list too long for one message comes in parts, in order, each
+    with `more` set but the last (see answer_parts)."""
+
+    TAG: ClassVar[str] = "answer"
+    request_id: int = checked(_REQUEST_ID)
+    result: Any = checked(anything)
+    more: bool = checked(boolean, default=False)
+
+
+@frame
+@dataclass(frozen=True, slots=True)
+class Refused(Frame):
+    """A Call failed: `error` names the exception the caller raises (corral.errors.wire_error),
+    as queue.Empty for a get that timed out or NotHeld for a lock released twice."""
+
+    TAG: ClassVar[str] = "refused"
+    request_id: int = checked(_REQUEST_ID)
+    error: str = checked(text(MAX_OP_LENGTH))
+    message: str = checked(text(MAX_ERROR_TEXT, empty=True))
+
+
+def answer_parts(
+    request_id: int, result: Any, budget: int = MAX_FRAME_BYTES - _BUNDLE_ROOM
+) -> list[Answer]:
+    """The Answer frames for `result`: one, or a long list cut into parts that each fit."""
+    whole = Answer(request_id, result)
+    if not isinstance(result, list) or len(whole.encode()) <= budget:
+        return [whole]
+    room = budget - len(Answer(request_id, [], True).encode()) - 5  # 5: the largest array header
+    parts: list[Answer] = []
+    start, size = 0, 0
+    for index, element in enumerate(result):
+        length = len(msgpack.packb(element, use_bin_type=True))
+        if size + length > room and index > start:
+            parts.append(Answer(request_id, result[start:index], True))
+            start, size = index, 0
+        size += length
+    parts.append(Answer(request_id, result[start:]))
+    return parts
+
+
 # -- decoding -------------------------------------------------------------------------------------
 
 Frames = Mapping[str, type[Frame]]
@@ -407,8 +477,8 @@ def _table(*classes: type[Frame]) -> Frames:
 #: What each side accepts from the other (a worker's Hello comes first, see decode_hello).
 FROM_WORKER = _table(Started, Results, Log, Returned, Release, Heartbeat)
 TO_WORKER = _table(Welcome, Refuse, Jobs, Ack, KillJobs, TakeBack)
-FROM_CLIENT = _table(Submit, Watch, Follow)
-TO_CLIENT = _table(Submitted, Error, Done, Output, EndOfLog)
+FROM_CLIENT = _table(Submit, Watch, Follow, Call)
+TO_CLIENT = _table(Submitted, Error, Done, Output, EndOfLog, Answer, Refused)
 
 
 def _unpack(data: object) -> list[Any]:

@@ -256,3 +256,19 @@ def fill_disk(directory: Path, name: str, leave: int = 0) -> Path:
     with open(filler, "wb") as out:
         out.write(bytes(max(free.f_bavail * free.f_frsize - leave, 0)))
     return filler
+
+
+def start_python(
+    server: ServerProcess, *args: str, token: str | None = None
+) -> subprocess.Popen[str]:
+    """`python *args` connected to `server` by CORRAL_URL / CORRAL_TOKEN (its admin token unless
+    `token` is given), with the task modules importable; its stdout and stderr are pipes."""
+    env = _env()
+    env.update(CORRAL_URL=server.url, CORRAL_TOKEN=token or server.token)
+    return subprocess.Popen(
+        [sys.executable, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )

@@ -29,6 +29,7 @@ from corral import protocol as p
 from corral.client.job import AsyncJob, Job
 from corral.client.jobs import JobTarget, python_job, shell_job, ssh_job
 from corral.client.stream import ClientStream
+from corral.client.sync_primitives import AsyncPrimitiveFactories, PrimitiveFactories
 from corral.config import ClientSettings
 from corral.constants import MAX_BATCH_JOBS
 from corral.errors import (
@@ -45,7 +46,7 @@ from corral.transport import auth_headers, ssl_context, unreachable
 T = TypeVar("T")
 
 
-class AsyncClient:
+class AsyncClient(AsyncPrimitiveFactories):
     """A connection to a corral server, for asyncio code."""
 
     def __init__(
@@ -78,6 +79,7 @@ class AsyncClient:
         await self.close()
 
     async def close(self) -> None:
+        await self._close_primitives()
         await self._stream.close()
         await self._http.aclose()
 
@@ -358,7 +360,7 @@ def _describe(detail: Any) -> str:
     return str(detail)
 
 
-class Client:
+class Client(PrimitiveFactories):
     """A connection to a corral server for synchronous code; see `corral.connect()`."""
 
     def __init__(self, url: str | None = None, token: str | None = None, **options: Any) -> None:

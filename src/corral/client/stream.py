@@ -13,6 +13,7 @@ import itertools
 import logging
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,13 @@ from websockets.exceptions import ConnectionClosed
 
 from corral import protocol as p
 from corral.constants import MAX_WATCH_IDS
-from corral.errors import ProtocolError, ServerUnreachable, error_for_status
+from corral.errors import (
+    CallInterrupted,
+    ProtocolError,
+    ServerUnreachable,
+    error_for_status,
+    wire_error,
+)
 from corral.transport import CLOSE_BAD_FRAME, closed_error, open_websocket
 
 logger = logging.getLogger("corral.client")
@@ -39,9 +46,14 @@ class ClientStream:
         self._connecting: asyncio.Lock | None = None
         self._request_ids = itertools.count(1)
         self._requests: dict[int, asyncio.Future[p.Submitted]] = {}
+        self._calls: dict[int, _PendingCall] = {}  # calls on named primitives
         self._waiters: dict[str, list[Callable[[p.Done], None]]] = defaultdict(list)
         self._log_sinks: dict[str, Callable[[p.Frame], None]] = {}
         self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     async def close(self) -> None:
         self._closed = True
@@ -72,6 +84,29 @@ class ClientStream:
                 "was stored, submit again",
             ) from None
         return await future
+
+    async def call(self, op: str, name: str, args: list[Any]) -> Any:
+        """Call `op` on the named primitive; its result, or the error it ended with (queue.Empty,
+        NotHeld, ...). A call in flight when the connection drops raises CallInterrupted."""
+        if self._closed:
+            raise ServerUnreachable("the client is closed; connect again")
+        ws = await self._connect()
+        request_id = next(self._request_ids)
+        pending = _PendingCall(asyncio.get_running_loop().create_future())
+        self._calls[request_id] = pending
+        try:
+            await _send_split(ws, p.Call(request_id, op, name, args))
+        except ConnectionClosed:
+            self._calls.pop(request_id, None)
+            if pending.future.done():
+                return await pending.future
+            raise _hang_up_error(
+                ws, f"the server closed the connection before {op} on {name!r} was sent; retry"
+            ) from None
+        try:
+            return await pending.future
+        finally:  # given up (a cancelled wait): the late answer finds nobody
+            self._calls.pop(request_id, None)
 
     async def on_done(self, job_ids: list[str], callback: Callable[[p.Done], None]) -> None:
         """Call `callback(done)` once for each job when it finishes (soon, if it has)."""
@@ -138,6 +173,12 @@ class ClientStream:
                     )
                 )
         self._requests.clear()
+        self._fail_calls(
+            CallInterrupted(
+                "the connection to the server dropped during a call on a queue, lock or shared"
+                " value; whether it was carried out is unknown: check, then call again"
+            )
+        )
         delay = 0.05
         for _ in range(RECONNECT_ATTEMPTS):
             try:
@@ -154,11 +195,18 @@ class ClientStream:
             return
         self._fail_all(ServerUnreachable(f"lost the server at {self._url} and could not reconnect"))
 
+    def _fail_calls(self, error: Exception) -> None:
+        calls, self._calls = self._calls, {}
+        for pending in calls.values():
+            if not pending.future.done():
+                pending.future.set_exception(error)
+
     def _fail_all(self, error: Exception) -> None:
         for future in self._requests.values():
             if not future.done():
                 future.set_exception(error)
         self._requests.clear()
+        self._fail_calls(error)
         waiters, self._waiters = self._waiters, defaultdict(list)
         for job_id, callbacks in waiters.items():
             failure = p.Done(
@@ -174,6 +222,12 @@ class ClientStream:
                 sink(frame)
             for callback in self._waiters.pop(frame.job_id, ()):
                 callback(frame)
+        elif isinstance(frame, p.Answer | p.Refused):
+            self._answered(frame)
+        elif isinstance(frame, p.Error) and frame.request_id in self._calls:
+            pending = self._calls.pop(frame.request_id)
+            if not pending.future.done():
+                pending.future.set_exception(error_for_status(frame.status)(frame.message))
         elif isinstance(frame, p.Submitted | p.Error):
             future = self._requests.pop(frame.request_id, None)
             if future is None or future.done():
@@ -188,6 +242,26 @@ class ClientStream:
                     sink(p.Output([item]))
         elif isinstance(frame, p.EndOfLog) and (sink := self._log_sinks.pop(frame.job_id, None)):
             sink(frame)
+
+    def _answered(self, frame: p.Answer | p.Refused) -> None:
+        pending = self._calls.get(frame.request_id)
+        if pending is None or pending.future.done():
+            return
+        if isinstance(frame, p.Refused):
+            del self._calls[frame.request_id]
+            pending.future.set_exception(wire_error(frame.error, frame.message))
+        elif frame.more:  # a part of a long list; the rest follows
+            pending.parts.extend(frame.result)
+        else:
+            del self._calls[frame.request_id]
+            whole = pending.parts + frame.result if pending.parts else frame.result
+            pending.future.set_result(whole)
+
+
+@dataclass(slots=True)
+class _PendingCall:
+    future: asyncio.Future[Any]
+    parts: list[Any] = field(default_factory=list)  # of an answer that comes in parts
 
 
 def _watches(job_ids: list[str]) -> list[p.Watch]:

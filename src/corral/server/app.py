@@ -41,6 +41,7 @@ from corral.models import (
     JobInfo,
     JobSpec,
     JobState,
+    PrimitiveInfo,
     QueueInfo,
     QueueOrdering,
     QueueSpec,
@@ -50,6 +51,7 @@ from corral.models import (
 from corral.server.auth import Role, TokenStore, allows
 from corral.server.engine import Engine, Peer, WorkerPeer
 from corral.server.metrics import metrics_text
+from corral.server.primitives.service import PrimitiveService
 from corral.server.retention import keep_finished, purge_finished
 from corral.server.sockets import SocketsByToken
 from corral.server.store.base import JobFilter
@@ -204,13 +206,21 @@ def _bearer(value: str | None) -> str | None:
     return None
 
 
-def create_app(engine: Engine, tokens: TokenStore, keep: float | None = None) -> FastAPI:
-    """The ASGI application for one engine, which it starts and stops; finished jobs older than
-    `keep` seconds are deleted in the background (None keeps them all)."""
+def create_app(
+    engine: Engine,
+    tokens: TokenStore,
+    keep: float | None = None,
+    primitives: PrimitiveService | None = None,
+) -> FastAPI:
+    """The ASGI application for one engine, which it starts and stops, with the named
+    primitives beside it (made on the engine's store and writer unless given); finished jobs
+    older than `keep` seconds are deleted in the background (None keeps them all)."""
+    service = primitives or PrimitiveService(engine.store, engine.writer, engine.clock)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await engine.start()
+        await service.start()
         retention = None if keep is None else asyncio.create_task(keep_finished(engine, keep))
         try:
             yield
@@ -219,6 +229,7 @@ def create_app(engine: Engine, tokens: TokenStore, keep: float | None = None) ->
                 retention.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await retention
+            await service.stop()
             await engine.stop()
 
     app = FastAPI(
@@ -351,6 +362,12 @@ def create_app(engine: Engine, tokens: TokenStore, keep: float | None = None) ->
             for name, ordering in sorted(orderings.items())
         ]
 
+    @app.get("/api/v1/primitives", dependencies=[read])
+    async def list_primitives() -> list[PrimitiveInfo]:
+        """The named queues, locks and shared values (docs/multiprocessing.md), by name."""
+        # async: the primitives belong to the event loop, not to a thread of the pool
+        return service.summary()
+
     @app.put("/api/v1/queues/{name}", dependencies=[admin])
     async def declare_queue(name: str, spec: QueueSpec) -> QueueInfo:
         """Create a queue or change its ordering (fifo, lifo or priority)."""
@@ -447,6 +464,8 @@ def create_app(engine: Engine, tokens: TokenStore, keep: float | None = None) ->
                     engine.watch(peer, frame.job_ids)
                 elif isinstance(frame, p.Follow):
                     engine.follow(peer, frame.job_id)
+                elif isinstance(frame, p.Call):
+                    service.call(peer, frame, role)
                 else:
                     raise ProtocolError(f"unexpected {frame.TAG!r} frame from a client")
         except WebSocketDisconnect:
@@ -457,6 +476,7 @@ def create_app(engine: Engine, tokens: TokenStore, keep: float | None = None) ->
                 await ws.close(code=CLOSE_BAD_FRAME, reason=close_reason(str(exc)))
         finally:
             engine.forget(peer)
+            service.forget(peer)
             sender.cancel()
 
     async def _submit_frame(peer: Peer, frame: p.Submit, role: Role) -> None:
