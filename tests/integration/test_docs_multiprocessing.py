@@ -1,5 +1,6 @@
-"""Every example of docs/multiprocessing.md runs as its reader would run it, and prints what the
-page says it prints."""
+"""Every example of docs/multiprocessing.md's Executor and Pool sections runs as its reader would
+run it, and prints what the page says it prints (test_multiprocessing_docs.py runs those of
+"Queues, shared state and locks")."""
 
 from __future__ import annotations
 
@@ -14,12 +15,13 @@ from integration_support import ServerProcess, WorkerProcess, wait_for_workers
 
 PAGE = Path(__file__).parents[2] / "docs" / "multiprocessing.md"
 BLOCK = re.compile(r"^```(python|text)\n(.*?)^```", re.MULTILINE | re.DOTALL)
+PRIMITIVES = "\n## Queues, shared state and locks"
 
 
 def examples(directory: Path) -> list[tuple[str, str]]:
     """Write each python block to the file its first line names; (module, expected output) for
     each block followed by a text block, which is what running it prints."""
-    blocks = BLOCK.findall(PAGE.read_text())
+    blocks = BLOCK.findall(PAGE.read_text().split(PRIMITIVES)[0])
     runs = []
     for (kind, body), following in zip(blocks, [*blocks[1:], ("", "")], strict=True):
         if kind != "python":
