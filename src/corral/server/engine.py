@@ -255,7 +255,7 @@ class Engine:
         # may not yet say that the job has ended.
         self.writer.check_available()
         if self.scheduler.job(job_id) is None:
-            row = self.store.get_job(job_id)
+            row = await self._read_job(job_id)
             if row is None:
                 raise NotFound(f"no job {job_id}")
             raise Conflict(f"job {job_id} already {row.state}; nothing to cancel")
@@ -267,13 +267,13 @@ class Engine:
         if self.scheduler.job(job_id) is not None:
             raise Conflict(f"job {job_id} is still queued or running; cancel it first")
         self._refuse_settling(job_id)
-        row = self.store.get_job(job_id)
-        if row is None:
-            raise NotFound(f"no job {job_id}")
-        record = record_from_row(row)
-        record.ready_at = 0.0
         self._settling.add(job_id)
         try:
+            row = await self._read_job(job_id)
+            if row is None:
+                raise NotFound(f"no job {job_id}")
+            record = record_from_row(row)
+            record.ready_at = 0.0
             await self.writer.write([UpdateJob(job_id, JobState.QUEUED)])
         finally:
             self._settling.discard(job_id)
@@ -289,9 +289,13 @@ class Engine:
                 f" (`corral cancel {job_id}`), then delete it"
             )
         self._refuse_settling(job_id)
-        if self.store.get_job(job_id) is None:
+        if await self._read_job(job_id) is None:
             raise NotFound(f"no job {job_id}; list jobs with `corral jobs`")
         await self.delete_finished([job_id])
+
+    async def _read_job(self, job_id: str) -> JobRow | None:
+        # Off the event loop: a store may be a database across the network.
+        return await asyncio.to_thread(self.store.get_job, job_id)
 
     async def delete_finished(self, job_ids: Sequence[str]) -> int:
         """Delete these finished jobs from the store and from memory; skip any that run again
