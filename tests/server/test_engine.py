@@ -20,9 +20,10 @@ from corral import protocol as p
 from corral.constants import PROTOCOL_VERSION, START_RECORD_DELAY
 from corral.errors import Conflict
 from corral.models import JobSpec, JobState
-from corral.server.engine import Engine, Peer, WorkerPeer
+from corral.server.engine import Engine, WorkerPeer
 from corral.server.records import job_record, record_from_row, spec_fields
 from corral.server.store import InsertJobs, JobRow, MemoryStore, Mutation, UpdateJob
+from corral.server.subscriptions import Peer
 
 DEADLINE = 30.0
 
@@ -227,7 +228,7 @@ def test_a_result_is_acknowledged_and_announced_only_once_stored_however_long_th
             [job_id] = await engine.submit([JobSpec(kind="shell", command="true")])  # type: ignore[arg-type]
             worker, watcher = WorkerPeer(hello("w1")), Peer()
             engine.worker_joined(worker)
-            engine.watch(watcher, [job_id])
+            engine.subscriptions.watch(watcher, [job_id])
             sent(worker)  # welcome and the job
             store.full.set()
             result = p.ResultReport(job_id, 1, JobState.SUCCEEDED)

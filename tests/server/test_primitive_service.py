@@ -15,9 +15,9 @@ from store_doubles import FullStore
 
 from corral import protocol as p
 from corral.server.auth import Role
-from corral.server.engine import Peer
 from corral.server.primitives.service import PrimitiveService
 from corral.server.store import MemoryStore, Mutation
+from corral.server.subscriptions import Peer
 from corral.server.writer import GroupCommitWriter
 
 

@@ -49,12 +49,13 @@ from corral.models import (
     describe_validation_error,
 )
 from corral.server.auth import Role, TokenStore, allows
-from corral.server.engine import Engine, Peer, WorkerPeer
+from corral.server.engine import Engine, WorkerPeer
 from corral.server.metrics import metrics_text
 from corral.server.primitives.service import PrimitiveService
 from corral.server.retention import keep_finished, purge_finished
 from corral.server.sockets import SocketsByToken
 from corral.server.store.base import JobFilter
+from corral.server.subscriptions import Peer
 from corral.transport import (
     CLOSE_BAD_FRAME,
     CLOSE_FORBIDDEN,
@@ -461,9 +462,9 @@ def create_app(
                     submissions.add(task)
                     task.add_done_callback(submissions.discard)
                 elif isinstance(frame, p.Watch):
-                    engine.watch(peer, frame.job_ids)
+                    engine.subscriptions.watch(peer, frame.job_ids)
                 elif isinstance(frame, p.Follow):
-                    engine.follow(peer, frame.job_id)
+                    engine.subscriptions.follow(peer, frame.job_id)
                 elif isinstance(frame, p.Call):
                     service.call(peer, frame, role)
                 else:
@@ -475,7 +476,7 @@ def create_app(
             with contextlib.suppress(Exception):
                 await ws.close(code=CLOSE_BAD_FRAME, reason=close_reason(str(exc)))
         finally:
-            engine.forget(peer)
+            engine.subscriptions.forget(peer)
             service.forget(peer)
             sender.cancel()
 

@@ -19,7 +19,7 @@ import logging
 import secrets
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +37,6 @@ from corral.errors import Conflict, InvalidRequest, NotFound
 from corral.ids import IdGenerator
 from corral.models import JobInfo, JobSpec, JobState, WorkerInfo
 from corral.server.records import (
-    done_frame,
     job_info,
     job_record,
     record_from_row,
@@ -71,26 +70,13 @@ from corral.server.store.base import (
     Store,
     UpdateJob,
 )
+from corral.server.subscriptions import Peer, Subscriptions
 from corral.server.writer import GroupCommitWriter
 
 logger = logging.getLogger("corral.server")
 
 #: Told of jobs that finished, once that is durable (see Engine.add_finish_hook).
 FinishHook = Callable[[Sequence[p.Done]], None]
-
-
-class Peer:
-    """A connection the engine sends frames to: a worker or a client stream."""
-
-    def __init__(self) -> None:
-        self.outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
-
-    def send(self, frame: p.Frame) -> None:
-        for part in p.encode(frame):  # split to fit a message; the pump bundles them to fit
-            self.outbox.put_nowait(part)
-
-    def close(self) -> None:
-        self.outbox.put_nowait(None)
 
 
 class WorkerPeer(Peer):
@@ -137,8 +123,7 @@ class Engine:
         self._ids = IdGenerator()
         self._workers: dict[str, WorkerPeer] = {}
         self._sessions = WorkerSessions(worker_key or secrets.token_bytes(32))
-        self._watchers: dict[str, set[Peer]] = defaultdict(set)
-        self._followers: dict[str, set[Peer]] = defaultdict(set)
+        self.subscriptions = Subscriptions(store, self.scheduler)
         self._log_sizes: dict[tuple[str, str], int] = {}
         self._unsaved_starts: dict[str, UpdateJob] = {}  # see _record_start
         self._settling: set[str] = set()  # finished jobs being retried or deleted right now
@@ -311,8 +296,7 @@ class Engine:
         finally:
             self._settling.difference_update(doomed)
         for job_id in doomed:
-            self._watchers.pop(job_id, None)
-            self._followers.pop(job_id, None)
+            self.subscriptions.deleted(job_id)
             self._log_sizes.pop((job_id, "stdout"), None)
             self._log_sizes.pop((job_id, "stderr"), None)
         return len(doomed)
@@ -455,72 +439,9 @@ class Engine:
                 continue
             self._log_sizes[key] = offset + len(data)
             mutations.append(AppendLog(job_id, stream, data))
-            for follower in self._followers.get(job_id, ()):
-                follower.send(p.Output([p.OutputItem(job_id, stream, offset, data)]))
+            self.subscriptions.output(job_id, stream, offset, data)
         if mutations:
             self.writer.submit_nowait(mutations)
-
-    # -- clients -------------------------------------------------------------------------------
-
-    def watch(self, peer: Peer, job_ids: Iterable[str]) -> None:
-        """Send `peer` one Done per job when it finishes (now, for jobs already finished).
-
-        Jobs the scheduler no longer holds (finished, or unknown) are read in one store query,
-        not one per id: a watch carries up to MAX_WATCH_IDS of them.
-        """
-        unscheduled = []
-        for job_id in dict.fromkeys(job_ids):
-            self._watchers[job_id].add(peer)
-            if self.scheduler.job(job_id) is None:
-                unscheduled.append(job_id)
-        if not unscheduled:
-            return
-        stored = {
-            row.id: row
-            for row in self.store.list_jobs(JobFilter(ids=unscheduled, limit=len(unscheduled)))
-        }
-        for job_id in unscheduled:
-            row = stored.get(job_id)
-            if row is None:
-                peer.send(p.Done(job_id, "unknown"))
-            elif row.state.finished:
-                peer.send(done_frame(row))
-            else:
-                continue  # finishing right now; the notification is on its way
-            self._unwatch_one(job_id, peer)
-
-    def follow(self, peer: Peer, job_id: str) -> None:
-        """Stream the job's output so far, then live, then an EndOfLog once it finishes."""
-        row = self.store.get_job(job_id)
-        if row is None:
-            peer.send(p.Done(job_id, "unknown"))
-            return
-        self._followers[job_id].add(peer)
-        for stream in ("stdout", "stderr"):
-            chunk = self.store.read_log(job_id, stream)
-            if chunk.data:
-                peer.send(p.Output([p.OutputItem(job_id, stream, 0, chunk.data)]))
-        if self.scheduler.job(job_id) is None and row.state.finished:
-            self._end_follow(job_id, row.state)
-
-    def forget(self, peer: Peer) -> None:
-        """A client stream closed."""
-        for registry in (self._watchers, self._followers):
-            for job_id in [j for j, peers in registry.items() if peer in peers]:
-                registry[job_id].discard(peer)
-                if not registry[job_id]:
-                    del registry[job_id]
-
-    def _unwatch_one(self, job_id: str, peer: Peer) -> None:
-        peers = self._watchers.get(job_id)
-        if peers is not None:
-            peers.discard(peer)
-            if not peers:
-                del self._watchers[job_id]
-
-    def _end_follow(self, job_id: str, state: JobState) -> None:
-        for peer in self._followers.pop(job_id, ()):
-            peer.send(p.EndOfLog(job_id, state.value))
 
     # -- decisions -----------------------------------------------------------------------------
 
@@ -649,11 +570,9 @@ class Engine:
                     worker.close()
         for notice in notices:
             self.stats.completed[JobState(notice.state)] += 1
-            for peer in self._watchers.pop(notice.job_id, ()):
-                peer.send(notice)
+            self.subscriptions.finished(notice)
             self._log_sizes.pop((notice.job_id, "stdout"), None)
             self._log_sizes.pop((notice.job_id, "stderr"), None)
-            self._end_follow(notice.job_id, JobState(notice.state))
         if notices:
             for hook in self._finish_hooks:
                 try:

@@ -25,11 +25,11 @@ from corral import protocol as p
 from corral.errors import CorralError, Forbidden, StoreUnavailable, wire_name
 from corral.models import PrimitiveInfo, PrimitiveKind
 from corral.server.auth import Role, allows
-from corral.server.engine import Peer
 from corral.server.primitives.common import Effects, Reply
 from corral.server.primitives.core import Primitives
 from corral.server.primitives.operations import OPENING, checked_args, operation, wire_result
 from corral.server.store.base import Store
+from corral.server.subscriptions import Peer
 from corral.server.writer import GroupCommitWriter, WriterClosed
 
 logger = logging.getLogger("corral.server")
