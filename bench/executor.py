@@ -10,6 +10,8 @@ calls that starts processes and imports.
 - ProcessPoolExecutor(2): local, forked, nothing stored;
 - corral.Executor() on `corral server` + `--workers` `corral worker` processes
   (bench/cluster.py): each call one durable python job;
+- corral submit_many, for reference: the same calls as prebuilt specs in one submit_many,
+  waited for and read as bench/throughput.py does (no futures, no executor);
 - Dask: a LocalCluster of 2 worker processes of one thread each, `client.submit(...,
   pure=False)` and `client.gather`, when distributed is installed (`pip install -e '.[bench]'`);
   one round of `--dask-calls` (Dask is ~50x slower here, so a full round would take minutes).
@@ -32,6 +34,7 @@ from typing import Any
 import corral
 from bench_tasks import noop
 from cluster import BENCH_DIR, CpuMeter, load_average, print_table, running_cluster
+from corral.client.jobs import python_job
 
 #: Submits and collects (calls) calls; the seconds it took.
 Timed = Callable[[int], float]
@@ -58,6 +61,18 @@ def corral_executor(client: corral.Client) -> Iterator[Timed]:
     with corral.Executor(client=client) as executor:
         _timed_submit(lambda number: executor.submit(noop, number), 500)
         yield lambda calls: _timed_submit(lambda n: executor.submit(noop, n), calls)
+
+
+def timed_submit_many(client: corral.Client, calls: int) -> float:
+    """The same calls as prebuilt specs in one `submit_many`, as bench/throughput.py does: the
+    cluster's rate without the executor's futures, for reference."""
+    started = time.perf_counter()
+    handles = client.submit_many([python_job(noop, number) for number in range(calls)])
+    client.wait(handles)
+    results = [handle.result() for handle in handles]
+    elapsed = time.perf_counter() - started
+    assert len(results) == calls
+    return elapsed
 
 
 @contextmanager
@@ -127,10 +142,14 @@ def main() -> None:
             | {f"worker{n}": (p.pid, True) for n, p in enumerate(cluster.worker_procs)}
         )
         for _ in range(args.rounds):
-            meter.start()
-            measure("corral.Executor()", timed, args.calls)
-            meter.stop()
-            rows[-1][-1] = "CPU " + meter.describe()
+            for system, run in (
+                ("corral.Executor()", timed),
+                ("corral submit_many", lambda calls: timed_submit_many(client, calls)),
+            ):
+                meter.start()
+                measure(system, run, args.calls)
+                meter.stop()
+                rows[-1][-1] = "CPU " + meter.describe()
     if dask_installed():
         with dask_client(2) as timed:
             measure("dask client.submit", timed, args.dask_calls)

@@ -12,7 +12,9 @@ are let go until the last consumer has its last item.
   every process, item by item; nothing is stored;
 - corral, item by item: `client.queue(name)` with `put` / `get`; every put is answered only once
   the item is committed to the server's SQLite store;
-- corral, batched: `put_many` / `get_many` of `--batch` items (each batch one durable commit);
+- corral, batched: `put_many` / `get_many` of `--batch` items (each batch one durable commit),
+  then once more with `--long-items`: 20,000 batched items take half a second, much of it the
+  processes getting going;
 - Dask: `distributed.Queue` through a LocalCluster's scheduler, item by item;
 - Ray: `ray.util.queue.Queue` (an actor) on a local Ray, item by item.
 
@@ -214,6 +216,12 @@ def main() -> None:
     parser.add_argument(
         "--rival-items", type=int, default=5_000, help="items for Dask's and Ray's slower queues"
     )
+    parser.add_argument(
+        "--long-items",
+        type=int,
+        default=100_000,
+        help="items of one more batched round, long enough to leave start-up behind",
+    )
     parser.add_argument("--batch", type=int, default=100, help="put_many / get_many size")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of each corral queue")
     parser.add_argument("--lock-trips", type=int, default=2_000)
@@ -237,18 +245,19 @@ def main() -> None:
         server = Server(Path(data_dir)).start()
         try:
             meter = CpuMeter({"server": (server.pid, True)})
-            for round_number in range(args.rounds):
-                for batch in (1, args.batch):
-                    name = f"bench-{batch}-{round_number}"
-                    corral_args = (server.url, server.token, name, batch)
-                    context = multiprocessing.get_context("fork")
-                    meter.start()
-                    measure(
-                        "corral, item by item" if batch == 1 else f"corral, batches of {batch}",
-                        lambda n, a=corral_args, c=context: drive(c, corral_endpoint, a, n, *ends),
-                    )
-                    meter.stop()
-                    rows[-1][-1] += f", server CPU {meter.spent['server']:.2f}s"
+            fork = multiprocessing.get_context("fork")
+            rounds = [(batch, args.items) for _ in range(args.rounds) for batch in (1, args.batch)]
+            for number, (batch, items) in enumerate([*rounds, (args.batch, args.long_items)]):
+                corral_args = (server.url, server.token, f"bench-{number}", batch)
+                system = "corral, item by item" if batch == 1 else f"corral, batches of {batch}"
+                meter.start()
+                measure(
+                    system if items == args.items else f"{system}, long run",
+                    lambda n, a=corral_args: drive(fork, corral_endpoint, a, n, *ends),
+                    items,
+                )
+                meter.stop()
+                rows[-1][-1] += f", server CPU {meter.spent['server']:.2f}s"
             with server.connect() as client:
                 corral_lock = lock_trips(client.lock("bench-lock"), args.lock_trips)
         finally:
