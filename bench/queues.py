@@ -280,7 +280,7 @@ def main() -> None:
     base = max(rates["BaseManager queue"])
     print(f"\nbest items/s against BaseManager's {base:,.0f}:")
     for system, values in rates.items():
-        print(f"  {system:<24} {max(values):>10,.0f}   {max(values) / base:,.2f}x")
+        print(f"  {system:<34} {max(values):>10,.0f}   {max(values) / base:,.2f}x")
     print("targets: item by item >= 1x BaseManager; batched >= 5x")
 
     lock_rows = [
