@@ -1,0 +1,300 @@
+"""A named queue between 4 producer and 4 consumer processes, and a lock's round trip: corral's
+beside a BaseManager queue (and Dask's and Ray's queues when installed).
+
+    .venv/bin/python bench/queues.py [--items 20000] [--producers 4] [--consumers 4] [--batch 100]
+
+Every system moves `--items` small ints from `--producers` processes to `--consumers` processes
+through one shared queue: each producer puts its share, each consumer takes its share (so no
+sentinels), all of them started and connected before the clock, which runs from the moment they
+are let go until the last consumer has its last item.
+
+- BaseManager: the queue.Queue of a multiprocessing BaseManager (bench/baseline.py), proxies in
+  every process, item by item; nothing is stored;
+- corral, item by item: `client.queue(name)` with `put` / `get`; every put is answered only once
+  the item is committed to the server's SQLite store;
+- corral, batched: `put_many` / `get_many` of `--batch` items (each batch one durable commit),
+  then once more with `--long-items`: 20,000 batched items take half a second, much of it the
+  processes getting going;
+- Dask: `distributed.Queue` through a LocalCluster's scheduler, item by item;
+- Ray: `ray.util.queue.Queue` (an actor) on a local Ray, item by item.
+
+Then `--lock-trips` acquire/release round trips of one corral lock from one client on an idle
+server (no workers), each timed alone, with a multiprocessing Manager's Lock as the reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import pickle
+import resource
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from multiprocessing.context import BaseContext
+from pathlib import Path
+from typing import Any
+
+import corral
+from baseline import AUTHKEY, QueueManager
+from cluster import CpuMeter, Server, load_average, print_table
+
+#: (role, index, share of items, the start barrier) run in one process; the role is
+#: "put" or "get".
+Endpoint = Callable[[str, int, int, Any], None]
+
+
+def drive(
+    context: BaseContext,
+    endpoint: Endpoint,
+    args: tuple[Any, ...],
+    items: int,
+    producers: int,
+    consumers: int,
+) -> float:
+    """Seconds from releasing the processes until every consumer has its share of the items;
+    `endpoint(*args, role, share, barrier)` runs in each process. The items split evenly."""
+    barrier = context.Barrier(producers + consumers + 1)
+    processes = [
+        context.Process(target=endpoint, args=(*args, "put", share, barrier))
+        for share in _shares(items, producers)
+    ] + [
+        context.Process(target=endpoint, args=(*args, "get", share, barrier))
+        for share in _shares(items, consumers)
+    ]
+    for process in processes:
+        process.start()
+    barrier.wait(timeout=120)
+    started = time.perf_counter()
+    for process in processes[producers:]:
+        process.join()
+    elapsed = time.perf_counter() - started
+    for process in processes:
+        process.join(30)
+    failed = [process.exitcode for process in processes if process.exitcode != 0]
+    if failed:
+        raise RuntimeError(f"{len(failed)} queue processes failed: exit codes {failed}")
+    return elapsed
+
+
+def children_cpu() -> float:
+    """CPU seconds of this process's children that have ended and been waited for."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _shares(total: int, parts: int) -> list[int]:
+    share, extra = divmod(total, parts)
+    return [share + (part < extra) for part in range(parts)]
+
+
+def move(queue: Any, role: str, share: int, batch: int) -> None:
+    """Put or get `share` items, one at a time or `batch` at a time with put_many / get_many."""
+    if role == "put":
+        if batch == 1:
+            for number in range(share):
+                queue.put(number)
+        else:
+            for start in range(0, share, batch):
+                queue.put_many(range(start, min(start + batch, share)))
+        return
+    left = share
+    while left:
+        if batch == 1:
+            queue.get()
+            left -= 1
+        else:
+            left -= len(queue.get_many(min(batch, left)))
+
+
+# -- one endpoint per system; each connects, waits at the barrier, then moves its share ---------
+
+
+def manager_endpoint(address: tuple[str, int], role: str, share: int, barrier: Any) -> None:
+    manager = QueueManager(address=address, authkey=AUTHKEY)
+    manager.connect()
+    queue = manager.tasks()  # type: ignore[attr-defined]
+    barrier.wait()
+    move(queue, role, share, 1)
+
+
+def corral_endpoint(
+    url: str, token: str, name: str, batch: int, role: str, share: int, barrier: Any
+) -> None:
+    with corral.connect(url, token) as client:
+        queue = client.queue(name)
+        barrier.wait()
+        move(queue, role, share, batch)
+
+
+def dask_endpoint(address: str, name: str, role: str, share: int, barrier: Any) -> None:
+    from distributed import Client, Queue
+
+    with Client(address) as client:
+        queue = Queue(name, client=client)
+        barrier.wait()
+        move(queue, role, share, 1)
+
+
+def ray_endpoint(address: str, pickled_queue: bytes, role: str, share: int, barrier: Any) -> None:
+    import ray
+
+    ray.init(address=address, log_to_driver=False)
+    queue = pickle.loads(pickled_queue)
+    barrier.wait()
+    move(queue, role, share, 1)
+
+
+# -- the systems -------------------------------------------------------------------------------
+
+
+def run_manager(items: int, producers: int, consumers: int) -> float:
+    context = multiprocessing.get_context("fork")
+    manager = QueueManager(address=("127.0.0.1", 0), authkey=AUTHKEY, ctx=context)
+    manager.start()
+    try:
+        return drive(context, manager_endpoint, (manager.address,), items, producers, consumers)
+    finally:
+        manager.shutdown()
+
+
+def run_dask(items: int, producers: int, consumers: int) -> float:
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None) as cluster:
+        context = multiprocessing.get_context("spawn")
+        args = (cluster.scheduler_address, "bench-queue")
+        return drive(context, dask_endpoint, args, items, producers, consumers)
+
+
+def run_ray(items: int, producers: int, consumers: int) -> float:
+    import ray
+    from ray.util.queue import Queue
+
+    info = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        pickled = ray.cloudpickle.dumps(Queue())
+        context = multiprocessing.get_context("spawn")
+        args = (info.address_info["address"], pickled)
+        return drive(context, ray_endpoint, args, items, producers, consumers)
+    finally:
+        ray.shutdown()
+
+
+def installed(module: str) -> bool:
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
+
+
+def percentile(samples: list[float], *fractions: float) -> list[float]:
+    ordered = sorted(samples)
+    return [ordered[min(len(ordered) - 1, int(f * len(ordered)))] for f in fractions]
+
+
+def lock_trips(lock: Any, trips: int) -> list[float]:
+    """Milliseconds of each acquire + release, after 100 unmeasured ones."""
+    samples = []
+    for number in range(trips + 100):
+        started = time.perf_counter()
+        lock.acquire()
+        lock.release()
+        if number >= 100:
+            samples.append((time.perf_counter() - started) * 1000)
+    return samples
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--items", type=int, default=20_000)
+    parser.add_argument("--producers", type=int, default=4)
+    parser.add_argument("--consumers", type=int, default=4)
+    parser.add_argument(
+        "--rival-items", type=int, default=5_000, help="items for Dask's and Ray's slower queues"
+    )
+    parser.add_argument(
+        "--long-items",
+        type=int,
+        default=100_000,
+        help="items of one more batched round, long enough to leave start-up behind",
+    )
+    parser.add_argument("--batch", type=int, default=100, help="put_many / get_many size")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of each corral queue")
+    parser.add_argument("--lock-trips", type=int, default=2_000)
+    args = parser.parse_args()
+    ends = (args.producers, args.consumers)
+    print(f"{os.cpu_count()} CPUs, load at start: {load_average()}")
+
+    rows: list[list[str]] = []
+    rates: dict[str, list[float]] = {}
+
+    def measure(system: str, run: Callable[[float], float], items: int = args.items) -> None:
+        load = load_average()
+        cpu_before = children_cpu()
+        seconds = run(items)
+        rates.setdefault(system, []).append(items / seconds)
+        cpu = f"{sum(ends)} processes {children_cpu() - cpu_before:.2f}s"
+        rows.append([system, str(items), f"{seconds:.2f}", f"{items / seconds:,.0f}", load, cpu])
+
+    measure("BaseManager queue", lambda items: run_manager(items, *ends))
+    with tempfile.TemporaryDirectory(prefix="corral-bench-") as data_dir:
+        server = Server(Path(data_dir)).start()
+        try:
+            meter = CpuMeter({"server": (server.pid, True)})
+            fork = multiprocessing.get_context("fork")
+            rounds = [(batch, args.items) for _ in range(args.rounds) for batch in (1, args.batch)]
+            for number, (batch, items) in enumerate([*rounds, (args.batch, args.long_items)]):
+                corral_args = (server.url, server.token, f"bench-{number}", batch)
+                system = "corral, item by item" if batch == 1 else f"corral, batches of {batch}"
+                meter.start()
+                measure(
+                    system if items == args.items else f"{system}, long run",
+                    lambda n, a=corral_args: drive(fork, corral_endpoint, a, n, *ends),
+                    items,
+                )
+                meter.stop()
+                rows[-1][-1] += f", server CPU {meter.spent['server']:.2f}s"
+            with server.connect() as client:
+                corral_lock = lock_trips(client.lock("bench-lock"), args.lock_trips)
+        finally:
+            server.stop()
+    with multiprocessing.get_context("fork").Manager() as manager:
+        manager_lock = lock_trips(manager.Lock(), args.lock_trips)
+    if installed("distributed"):
+        measure("dask distributed.Queue", lambda n: run_dask(n, *ends), args.rival_items)
+    else:
+        print("distributed is not installed: no Dask row (pip install -e '.[bench]')")
+    if installed("ray"):
+        measure("ray.util.queue.Queue", lambda n: run_ray(n, *ends), args.rival_items)
+    else:
+        print("ray is not installed: no Ray row (pip install -e '.[bench]')")
+
+    # The processes' CPU covers their whole lives: imports and connecting too.
+    header = ["system", "items", "seconds", "items/s", "load at start", "CPU"]
+    title = f"one queue, {args.producers} producers + {args.consumers} consumers"
+    print_table(title, header, rows)
+    base = max(rates["BaseManager queue"])
+    print(f"\nbest items/s against BaseManager's {base:,.0f}:")
+    for system, values in rates.items():
+        print(f"  {system:<34} {max(values):>10,.0f}   {max(values) / base:,.2f}x")
+    print("targets: item by item >= 1x BaseManager; batched >= 5x")
+
+    lock_rows = [
+        [name, *(f"{ms:.3f}" for ms in (statistics.median(s), *percentile(s, 0.9, 0.99), max(s)))]
+        for name, s in (("corral lock", corral_lock), ("Manager().Lock()", manager_lock))
+    ]
+    print_table(
+        f"lock acquire + release, {args.lock_trips} round trips, ms",
+        ["lock", "p50", "p90", "p99", "max"],
+        lock_rows,
+    )
+    print("target: corral lock p50 < 1 ms")
+    print(f"load at end: {load_average()}")
+
+
+if __name__ == "__main__":
+    main()
