@@ -53,6 +53,9 @@ RECONNECT_MIN = 0.05
 SENDER_STOP_TIMEOUT = 1.0
 #: Longest a finished job's result waits to share a frame with others while other jobs run.
 RESULTS_HOLD = 0.002
+#: Longest a job's start report waits: a job that ends sooner needs none (its result says when
+#: it started), so quick jobs cost no report; a longer one shows as running this much later.
+START_REPORT_HOLD = 0.02
 RECONNECT_MAX = 5.0
 
 
@@ -134,6 +137,7 @@ class Worker:
         self._pending_logs: list[p.LogItem] = []
         self._wake_sender = asyncio.Event()
         self._results_waiting_since = 0.0  # loop time the oldest unsent result arrived
+        self._starts_waiting_since = 0.0  # and the oldest unsent start report
         self._ws: ClientConnection | None = None
         self._stopping = asyncio.Event()
         self._hurry = asyncio.Event()
@@ -315,6 +319,7 @@ class Worker:
             if a.started is not None
         }
         self._results_waiting_since = asyncio.get_running_loop().time()
+        self._starts_waiting_since = self._results_waiting_since
         self._wake_sender.set()
         sender = asyncio.create_task(self._send_forever(ws))
         try:
@@ -420,16 +425,19 @@ class Worker:
         results gather for up to RESULTS_HOLD, so that a busy worker sends one frame (and costs
         the server one commit, one ack and one refill) per several jobs rather than per job; not
         longer, because a result is also how the server learns that the worker can take another
-        job, and a worker whose results wait runs out of work. Start reports wait with them (a
-        job that ends meanwhile needs none), and go before any other frame, which may depend on
-        them (a Returned).
+        job, and a worker whose results wait runs out of work. Start reports wait up to
+        START_REPORT_HOLD (a job that ends meanwhile needs none), and go before any other frame,
+        which may depend on them (a Returned).
         """
         loop = asyncio.get_running_loop()
         last_sent = loop.time()
         while True:
             timeout = last_sent + self.heartbeat_interval - loop.time()
-            if self._pending_results or self._pending_starts:
+            if self._pending_results:
                 timeout = min(timeout, self._results_waiting_since + RESULTS_HOLD - loop.time())
+            if self._pending_starts:
+                starts_due = self._starts_waiting_since + START_REPORT_HOLD
+                timeout = min(timeout, starts_due - loop.time())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake_sender.wait(), max(0.0, timeout))
             self._wake_sender.clear()
@@ -438,17 +446,16 @@ class Worker:
             if self._pending_logs:
                 frames.append(p.Log(self._pending_logs))
                 self._pending_logs = []
-            if (self._pending_results or self._pending_starts) and (
-                not self._running
-                or self._outgoing
-                or now - self._results_waiting_since >= RESULTS_HOLD
+            if self._pending_starts and (
+                self._outgoing or now - self._starts_waiting_since >= START_REPORT_HOLD
             ):
-                if self._pending_starts:
-                    frames.append(p.Started(list(self._pending_starts.values())))
-                    self._pending_starts = {}
-                if self._pending_results:
-                    frames.append(p.Results(self._pending_results))
-                    self._pending_results = []
+                frames.append(p.Started(list(self._pending_starts.values())))
+                self._pending_starts = {}
+            if self._pending_results and (
+                not self._running or now - self._results_waiting_since >= RESULTS_HOLD
+            ):
+                frames.append(p.Results(self._pending_results))
+                self._pending_results = []
             frames.extend(self._outgoing)
             self._outgoing = []
             if frames or now - last_sent >= self.heartbeat_interval:
@@ -498,10 +505,10 @@ class Worker:
     def _reported_start(self, assignment: _Assignment) -> None:
         assert assignment.started is not None
         key = (assignment.job_id, assignment.attempt)
-        if not self._pending_results and not self._pending_starts:
-            self._results_waiting_since = asyncio.get_running_loop().time()
+        if not self._pending_starts:
+            self._starts_waiting_since = asyncio.get_running_loop().time()
+            self._wake_sender.set()  # to time the hold
         self._pending_starts[key] = p.StartReport(*key, assignment.started)
-        self._wake_sender.set()
 
     def _busy_slots(self) -> int:
         return len(self._running) - sum(e.queued() for e in self.executors.values())
@@ -565,7 +572,7 @@ class Worker:
         self._unacked[(job_id, attempt)] = item
         self._all_acked.clear()
         self._pending_starts.pop((job_id, attempt), None)  # the result says when it started
-        if not self._pending_results and not self._pending_starts:
+        if not self._pending_results:
             self._results_waiting_since = asyncio.get_running_loop().time()
         self._pending_results.append(item)
         self._wake_sender.set()
