@@ -92,7 +92,9 @@ async def fill_then_free(server: ServerProcess, disk: Path, go: Path) -> list[st
                 json=batch(1, go)[0].model_dump(mode="json"),
                 headers={"Authorization": f"Bearer {server.token}"},
             )
+            health = await http.get(f"{server.url}/healthz")  # a probe sees it too
         assert rest.status_code == 503 and "full" in rest.json()["detail"], rest.text
+        assert health.status_code == 503 and "full" in health.json()["detail"], health.text
 
         for filler in fillers:
             filler.unlink()
@@ -103,6 +105,8 @@ async def fill_then_free(server: ServerProcess, disk: Path, go: Path) -> list[st
         assert [queue.depth for queue in await client.queues()] == [0]
 
         assert await client.create_token("while-full", "submit")  # as if never tried
+        async with httpx.AsyncClient() as http:
+            assert (await http.get(f"{server.url}/healthz")).json() == {"status": "ok"}
         again = await client.submit_many(batch(1, go))
         assert await client.wait(again, timeout=DEADLINE) == [JobState.SUCCEEDED]
         return [job.id for job in accepted]

@@ -270,7 +270,9 @@ def create_app(
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
-        # Unauthenticated on purpose, for load balancers and probes; it reveals nothing.
+        # Unauthenticated on purpose, for load balancers and probes; it reveals nothing but
+        # whether the server can store (a StoreUnavailable is a 503 saying why).
+        engine.writer.check_available()
         return {"status": "ok"}
 
     @app.get("/metrics", dependencies=[read], response_class=PlainTextResponse)
