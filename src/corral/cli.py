@@ -53,7 +53,6 @@ from corral.client.jobs import python_job, shell_job
 from corral.config import data_dir
 from corral.errors import InvalidRequest, NotFound
 from corral.models import JobState, QueueOrdering
-from corral.ssh.cli import app as ssh_app
 
 app = typer.Typer(
     help="corral: a distributed job scheduler for Python.",
@@ -63,13 +62,25 @@ app = typer.Typer(
 )
 token_app = typer.Typer(help="Show and manage API tokens.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
-app.add_typer(ssh_app, name="ssh")
 for command in (server, worker, up):
     app.command()(command)
 
 
 def main() -> None:
     app()
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def ssh(ctx: typer.Context) -> None:
+    """Run commands and playbooks on many hosts over SSH."""
+    # Loaded only for `corral ssh`: its SSH stack takes a quarter of a second to import, which
+    # every other command, and every server and worker start, would pay.
+    from corral.ssh.cli import app as ssh_app
+
+    ssh_app(args=ctx.args, prog_name="corral ssh")
 
 
 def _print_version(value: bool) -> None:

@@ -62,7 +62,12 @@ from corral.ssh.play import run_playbook
 from corral.ssh.playbook import load_playbook
 from corral.ssh.results import HostStatus, RunSummary, default_run_dir
 
-app = typer.Typer(help="Run commands and playbooks on many hosts over SSH.", no_args_is_help=True)
+app = typer.Typer(
+    help="Run commands and playbooks on many hosts over SSH.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
 
 
 class ExitCode(IntEnum):
@@ -268,8 +273,7 @@ def _retry_command(context: typer.Context, hosts: str) -> str:
     """The command line being run, with `--hosts HOSTS` instead of its own --hosts and --out:
     what an operator copies to rerun the failed hosts. Built from the parsed parameters (only
     those that differ from their defaults), not from argv, so it holds however it was called."""
-    root = context.find_root().info_name or ""  # however corral was started: corral, python -m
-    words = ["corral", *context.command_path.removeprefix(root).split()]
+    words = ["corral", "ssh", context.info_name or ""]  # however corral was started
     command: list[str] = []
     for param in context.command.params:
         value = context.params.get(param.name or "")
