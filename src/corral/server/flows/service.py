@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -55,6 +55,7 @@ from corral.server.flows.runs import (
     SettleJob,
     plan_retry,
 )
+from corral.server.flows.ticker import ScheduleTicker
 from corral.server.store.base import Mutation
 from corral.server.store.flow_rows import (
     AdvanceSchedule,
@@ -70,9 +71,6 @@ from corral.server.store.flow_rows import (
 )
 
 logger = logging.getLogger("corral.server")
-
-#: Told of each run that ended (flow name), after its end is queued for the store.
-RunEndHook = Callable[[str], None]
 
 
 class ApplyOutcome(StrEnum):
@@ -108,20 +106,20 @@ class FlowService:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._store = engine.store
-        self._writer = engine.writer
-        self._clock = engine.clock
+        self.writer = engine.writer
+        self.clock = engine.clock
         self._ids = IdGenerator()
         self._definitions: dict[tuple[str, int], FlowDefinition] = {}
         self._runs: dict[str, _LiveRun] = {}
         self._by_job: dict[str, tuple[str, str]] = {}  # core job id -> (run id, job name)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._run_end_hooks: list[RunEndHook] = []
+        self.schedules = ScheduleTicker(self)
         engine.add_finish_hook(self._jobs_finished)
 
     # -- life cycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Resume every active run (see the module's guarantees)."""
+        """Resume every active run (see the module's guarantees), then start the schedules."""
         # Read on the loop, with nothing in between: a job that finishes after its core state
         # was read must find its run (the engine's start reads its jobs the same way).
         rows = self._store.load_active_runs()
@@ -131,17 +129,21 @@ class FlowService:
             except Exception:  # one broken run must not keep the others from resuming
                 logger.exception("could not resume flow run %s", row.id)
         logger.info("resumed %d flow runs", len(rows))
+        buffered = {row.flow: row.buffered for row in self._store.load_schedules()}
+        after: str | None = None
+        while page := self._store.list_flows(after, DEFAULT_FLOW_PAGE):
+            self.schedules.load(page, buffered)
+            after = page[-1].name
+        self.schedules.start()
 
     async def stop(self) -> None:
         """Stop releasing jobs; call before the engine closes the writer and the store."""
+        await self.schedules.stop()
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-
-    def add_run_end_hook(self, hook: RunEndHook) -> None:
-        self._run_end_hooks.append(hook)
 
     # -- definitions ---------------------------------------------------------------------------
 
@@ -167,9 +169,10 @@ class FlowService:
             definitions.append(definition)
         names = [definition.name for definition in definitions]
         current = await asyncio.to_thread(self._current_versions, names)
-        now = self._clock()
+        now = self.clock()
         mutations: list[Mutation] = []
         answers: list[Applied] = []
+        saved: list[tuple[FlowRow, FlowDefinition]] = []
         for definition in definitions:
             stored = current.get(definition.name)
             fingerprint = definition.fingerprint()
@@ -178,17 +181,21 @@ class FlowService:
                 continue
             version = 1 if stored is None else stored.version + 1
             row = FlowRow(definition.name, version, fingerprint, encode_definition(definition), now)
+            if stored is not None:
+                row.paused, row.recorded_until = stored.paused, stored.recorded_until
             mutations.append(SaveFlow(row))
-            if definition.schedule is not None and (
-                stored is None or stored.recorded_until is None
-            ):
+            if definition.schedule is not None and row.recorded_until is None:
                 # A fresh schedule does not catch up on times before it existed.
                 mutations.append(AdvanceSchedule(definition.name, now))
+                row.recorded_until = now
+            saved.append((row, definition))
             self._definitions[(definition.name, version)] = definition
             outcome = ApplyOutcome.CREATED if stored is None else ApplyOutcome.CHANGED
             answers.append(Applied(definition.name, version, outcome))
         if mutations:
-            await self._writer.write(mutations)
+            await self.writer.write(mutations)
+        for row, definition in saved:
+            self.schedules.saved(row, definition)
         return answers
 
     def _current_versions(self, names: Iterable[str]) -> dict[str, FlowRow]:
@@ -229,15 +236,23 @@ class FlowService:
     async def delete(self, name: str) -> None:
         """Cancel the flow's active runs, then delete it with its versions and runs."""
         await self.get_flow(name)
-        self._writer.check_available()
+        self.writer.check_available()
         for live in [live for live in self._runs.values() if live.row.flow == name]:
             self._carry_out(live, live.machine.cancel())
             self._forget(live)
-        await self._writer.write([DeleteFlow(name)])
+        await self.writer.write([DeleteFlow(name)])
+        self.schedules.deleted(name)
 
     async def set_paused(self, name: str, paused: bool) -> None:
         await self.get_flow(name)
-        await self._writer.write([PauseFlow(name, paused)])
+        await self.writer.write([PauseFlow(name, paused)])
+        self.schedules.paused(name, paused)
+
+    async def backfill(self, name: str, start: float, end: float) -> list[float]:
+        """Create the runs the due times in [start, end] would have had, honouring
+        max_active_runs (they wait as buffered due times); the due times, ascending."""
+        await self.get_flow(name)
+        return await self.schedules.backfill(name, start, end)
 
     # -- runs ----------------------------------------------------------------------------------
 
@@ -258,7 +273,7 @@ class FlowService:
             flow=flow.name,
             version=flow.version,
             state=FlowRunState.RUNNING,
-            created=self._clock(),
+            created=self.clock(),
             params=msgpack.packb(values, use_bin_type=True),
             due=due,
             disabled=tuple(sorted(set(disabled))),
@@ -272,7 +287,7 @@ class FlowService:
         """Store a manual run of the flow and start it; answers once the run is stored."""
         flow = await self.get_flow(name)
         row, machine = self.new_run(flow, given, disabled)
-        await self._writer.write([InsertRun(row)])
+        await self.writer.write([InsertRun(row)])
         self.begin(row, machine)
         return self._snapshot(self._runs.get(row.id), row)
 
@@ -287,7 +302,7 @@ class FlowService:
         if live is None:
             row = await self._stored_run(run_id)
             raise Conflict(f"run {run_id} already {row.state}; nothing to cancel")
-        self._writer.check_available()
+        self.writer.check_available()
         self._carry_out(live, live.machine.cancel())
         return self._snapshot(self._runs.get(run_id), live.row)
 
@@ -313,7 +328,7 @@ class FlowService:
             return row, plan
         kept = {job.name: job.job_id for job in row.jobs if job.name not in plan.rerun}
         again = [RunJobRow(name, FlowJobState.PENDING) for name in plan.rerun]
-        await self._writer.write(
+        await self.writer.write(
             [UpdateRun(run_id, FlowRunState.RUNNING), UpdateRunJobs(run_id, tuple(again))]
         )
         row.state, row.finished = FlowRunState.RUNNING, None
@@ -403,21 +418,17 @@ class FlowService:
             rows = tuple(RunJobRow(name, states[name], ids.get(name)) for name in names)
             mutations.append(UpdateRunJobs(live.row.id, rows))
         if ended is not None:
-            now = self._clock()
+            now = self.clock()
             mutations.append(UpdateRun(live.row.id, ended, now))
             live.row.state, live.row.finished = ended, now
             live.row.jobs = self._snapshot(live, live.row).jobs
             self._forget(live)
         if mutations:
-            self._writer.submit_nowait(mutations)
+            self.writer.submit_nowait(mutations)
         if releases:
             self._spawn(self._release(live, releases))
         if ended is not None:
-            for hook in self._run_end_hooks:
-                try:
-                    hook(live.row.flow)
-                except Exception:
-                    logger.exception("a run end hook failed")
+            self.schedules.run_ended(live.row)
 
     def _forget(self, live: _LiveRun) -> None:
         self._runs.pop(live.row.id, None)
@@ -484,7 +495,7 @@ class FlowService:
             live.job_ids[name] = job_id
             self._by_job[job_id] = (live.row.id, name)
         rows = tuple(RunJobRow(name, FlowJobState.QUEUED, live.job_ids[name]) for name in names)
-        self._writer.submit_nowait([UpdateRunJobs(live.row.id, rows)])
+        self.writer.submit_nowait([UpdateRunJobs(live.row.id, rows)])
         for name in live.cancel_wanted.intersection(names):
             self._spawn(self._cancel_core(live.job_ids[name]))
         live.cancel_wanted.difference_update(names)
