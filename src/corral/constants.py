@@ -167,6 +167,8 @@ MAX_CATCH_UP_RUNS = 1_000
 MAX_BACKFILL_RUNS = 10_000
 #: Flows or runs one page of a listing holds unless the caller asks for another size.
 DEFAULT_FLOW_PAGE = 100
+#: Flows one bulk apply (POST /api/v1/flows) may hold; each is stored, or none.
+MAX_BULK_FLOWS = 10_000
 #: How often the server decides the due times of scheduled flows (a six-field cron may fire
 #: each second).
 FLOW_TICK_INTERVAL = 0.5

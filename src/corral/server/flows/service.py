@@ -96,8 +96,13 @@ class _LiveRun:
     cancel_wanted: set[str] = field(default_factory=set)  # cancelled before its id was known
 
 
-def encode_definition(definition: FlowDefinition) -> bytes:
-    return msgpack.packb(definition.model_dump(mode="json"), use_bin_type=True)
+def pack(value: Any, what: str, flow: str) -> bytes:
+    """msgpack of `value`; FlowInvalid for what msgpack cannot hold (a huge int, a lone
+    surrogate), so that it never reaches the store."""
+    try:
+        return msgpack.packb(value, use_bin_type=True)
+    except (OverflowError, TypeError, ValueError) as exc:
+        raise FlowInvalid([f"{what} cannot be stored: {exc}"], flow) from None
 
 
 class FlowService:
@@ -180,7 +185,8 @@ class FlowService:
                 answers.append(Applied(definition.name, stored.version, ApplyOutcome.UNCHANGED))
                 continue
             version = 1 if stored is None else stored.version + 1
-            row = FlowRow(definition.name, version, fingerprint, encode_definition(definition), now)
+            document = pack(definition.model_dump(mode="json"), "its definition", definition.name)
+            row = FlowRow(definition.name, version, fingerprint, document, now)
             if stored is not None:
                 row.paused, row.recorded_until = stored.paused, stored.recorded_until
             mutations.append(SaveFlow(row))
@@ -274,7 +280,7 @@ class FlowService:
             version=flow.version,
             state=FlowRunState.RUNNING,
             created=self.clock(),
-            params=msgpack.packb(values, use_bin_type=True),
+            params=pack(values, "the parameters", flow.name),
             due=due,
             disabled=tuple(sorted(set(disabled))),
             jobs=[RunJobRow(name, FlowJobState.PENDING) for name in definition.dag.order],

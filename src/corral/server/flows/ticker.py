@@ -56,6 +56,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("corral.server")
 
+#: How many fire times `corral flow show` lists.
+NEXT_FIRE_TIMES = 5
+
 
 @dataclass(slots=True)
 class _Scheduled:

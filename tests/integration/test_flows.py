@@ -1,0 +1,209 @@
+"""Flows through a real server and worker over REST: applies (one, bulk, atomic, unchanged),
+DAG semantics with parameters and result passing, retry, a kill -9 in the middle of a run, and
+a per-second schedule across a restart. Each shell job appends a line to a marker file, so that
+a job that ran twice shows."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from integration_support import ServerProcess, WorkerProcess, wait_for, wait_for_workers
+
+WAIT = 30.0
+
+
+@pytest.fixture
+def api(server: ServerProcess) -> Iterator[httpx.Client]:
+    headers = {"Authorization": f"Bearer {server.token}"}
+    with httpx.Client(base_url=server.url, headers=headers, timeout=WAIT, trust_env=False) as http:
+        yield http
+
+
+def marked(name: str, markers: Path, *depends_on: str, **more: Any) -> dict[str, Any]:
+    """A shell job that appends to markers/NAME (and runs `then` after)."""
+    then = more.pop("then", "true")
+    command = f"echo ran >> {markers / name} && {then}"
+    return {"name": name, "shell": command, "depends_on": list(depends_on), **more}
+
+
+def runs_of(markers: Path, name: str) -> int:
+    path = markers / name
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def ended(api: httpx.Client, run_id: str, timeout: float = WAIT) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+
+    def done() -> bool:
+        found.update(api.get(f"/api/v1/flow-runs/{run_id}").raise_for_status().json())
+        return found["state"] != "running"
+
+    wait_for(done, timeout, f"run {run_id} to end")
+    return found
+
+
+def states(run: dict[str, Any]) -> dict[str, str]:
+    return {job["name"]: job["state"] for job in run["jobs"]}
+
+
+def test_put_is_idempotent_and_versions_only_changes(api: httpx.Client) -> None:
+    flow = {"jobs": [{"name": "a", "shell": "true"}]}
+    first = api.put("/api/v1/flows/etl", json=flow).raise_for_status().json()
+    again = api.put("/api/v1/flows/etl", json=flow).raise_for_status().json()
+    flow["jobs"].append({"name": "b", "shell": "true", "depends_on": ["a"]})
+    changed = api.put("/api/v1/flows/etl", json=flow).raise_for_status().json()
+    assert [(a["outcome"], a["version"]) for a in (first, again, changed)] == [
+        ("created", 1),
+        ("unchanged", 1),
+        ("changed", 2),
+    ]
+    versions = api.get("/api/v1/flows/etl/versions").raise_for_status().json()
+    assert [version["version"] for version in versions] == [2, 1]
+    shown = api.get("/api/v1/flows/etl").raise_for_status().json()
+    assert [job["name"] for job in shown["definition"]["jobs"]] == ["a", "b"]
+    assert api.get("/api/v1/flows/nope").status_code == 404
+    assert api.get("/api/v1/flow-runs/nope").status_code == 404
+    assert api.post("/api/v1/flows/nope/runs", json={}).status_code == 404
+    bad = api.put(
+        "/api/v1/flows/loop", json={"jobs": [{"name": "a", "shell": "true", "depends_on": ["a"]}]}
+    )
+    assert bad.status_code == 422 and bad.json()["flow"] == "loop" and bad.json()["problems"]
+    assert api.delete("/api/v1/flows/etl").raise_for_status().json()["status"] == "deleted"
+    assert api.get("/api/v1/flows/etl").status_code == 404
+
+
+def test_a_bulk_apply_is_all_or_nothing_and_a_thousand_flows_apply_at_once(
+    api: httpx.Client,
+) -> None:
+    flows = [{"name": f"f{i:04}", "jobs": [{"name": "a", "shell": "true"}]} for i in range(100)]
+    flows[42]["jobs"][0]["timeout"] = -1
+    refused = api.post("/api/v1/flows", json=flows)
+    assert refused.status_code == 422
+    assert refused.json()["flow"] == "f0042" and "timeout" in refused.json()["detail"]
+    assert api.get("/api/v1/flows").raise_for_status().json() == []
+    many = [{"name": f"f{i:04}", "jobs": [{"name": "a", "shell": "true"}]} for i in range(1000)]
+    applied = api.post("/api/v1/flows", json=many).raise_for_status().json()
+    assert {a["outcome"] for a in applied} == {"created"} and len(applied) == 1000
+    page = api.get("/api/v1/flows", params={"after": "f0989", "limit": 100}).json()
+    assert [flow["name"] for flow in page] == [f"f{i:04}" for i in range(990, 1000)]
+    again = api.post("/api/v1/flows", json=many).raise_for_status().json()
+    assert {a["outcome"] for a in again} == {"unchanged"}
+
+
+def test_a_diamond_with_parameters_results_a_failure_handler_and_a_retry(
+    api: httpx.Client,
+    server: ServerProcess,
+    start_worker: Callable[..., WorkerProcess],
+    tmp_path: Path,
+) -> None:
+    start_worker(server, "--concurrency", "4")
+    wait_for_workers(server)
+    flag = tmp_path / "fail"
+    flag.touch()
+    flow = {
+        "parameters": {"n": {"type": "int", "default": 3}},
+        "jobs": [
+            {"name": "square", "python": "corral_test_tasks:square", "args": ["${n}"]},
+            {
+                "name": "add",
+                "python": "corral_test_tasks:add",
+                "args": ["${jobs.square.result}", 1],
+                "depends_on": ["square"],
+            },
+            marked("left", tmp_path, "square", then=f"test ! -e {flag}"),
+            marked("join", tmp_path, "add", "left"),
+            marked("alert", tmp_path, "left", trigger="one_failed"),
+        ],
+    }
+    api.put("/api/v1/flows/diamond", json=flow).raise_for_status()
+    started = api.post("/api/v1/flows/diamond/runs", json={"parameters": {"n": 5}})
+    run = ended(api, started.raise_for_status().json()["id"])
+    assert run["state"] == "failed"
+    assert states(run) == {
+        "square": "succeeded",
+        "add": "succeeded",
+        "left": "failed",
+        "join": "upstream_failed",
+        "alert": "succeeded",
+    }
+    add = next(job for job in run["jobs"] if job["name"] == "add")
+    assert api.get(f"/api/v1/jobs/{add['job_id']}").json()["result"] == 26
+    dry = api.post(f"/api/v1/flow-runs/{run['id']}/retry", json={"dry_run": True}).json()
+    assert dry["rerun"] == ["left", "join"]
+    flag.unlink()
+    api.post(f"/api/v1/flow-runs/{run['id']}/retry", json={}).raise_for_status()
+    again = ended(api, run["id"])
+    assert again["state"] == "succeeded"
+    assert (runs_of(tmp_path, "left"), runs_of(tmp_path, "join"), runs_of(tmp_path, "alert")) == (
+        2,
+        1,
+        1,
+    )
+    wrong = api.post("/api/v1/flows/diamond/runs", json={"parameters": {"n": "five"}})
+    assert wrong.status_code == 422 and "'n'" in wrong.json()["detail"]
+
+
+def test_a_run_resumes_after_kill_9_and_no_succeeded_job_runs_twice(
+    start_server: Callable[..., ServerProcess],
+    start_worker: Callable[..., WorkerProcess],
+    tmp_path: Path,
+) -> None:
+    server = start_server("--lease", "5")
+    start_worker(server)
+    wait_for_workers(server)
+    headers = {"Authorization": f"Bearer {server.token}"}
+    flow = {
+        "jobs": [
+            marked("first", tmp_path),
+            marked("slow", tmp_path, "first", then="sleep 2"),
+            marked("fan1", tmp_path, "slow"),
+            marked("fan2", tmp_path, "slow"),
+            marked("last", tmp_path, "fan1", "fan2"),
+        ]
+    }
+    with httpx.Client(base_url=server.url, headers=headers, timeout=WAIT, trust_env=False) as api:
+        api.put("/api/v1/flows/chain", json=flow).raise_for_status()
+        run_id = api.post("/api/v1/flows/chain/runs", json={}).raise_for_status().json()["id"]
+        wait_for(lambda: runs_of(tmp_path, "slow") == 1, WAIT, "the slow job to start")
+    server.kill()
+    server.restart()
+    with httpx.Client(base_url=server.url, headers=headers, timeout=WAIT, trust_env=False) as api:
+        run = ended(api, run_id, timeout=60)
+    assert run["state"] == "succeeded", run
+    assert {name: runs_of(tmp_path, name) for name in states(run)} == dict.fromkeys(
+        ["first", "slow", "fan1", "fan2", "last"], 1
+    )
+
+
+def test_a_per_second_schedule_gives_each_due_time_one_run_across_a_restart(
+    start_server: Callable[..., ServerProcess],
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    server = start_server("--lease", "5")
+    start_worker(server, "--concurrency", "4")
+    headers = {"Authorization": f"Bearer {server.token}"}
+    flow = {
+        "jobs": [{"name": "a", "shell": "true"}],
+        "max_active_runs": 20,
+        "schedule": {"cron": "*/1 * * * * *", "overlap": "allow_all"},
+    }
+    with httpx.Client(base_url=server.url, headers=headers, timeout=WAIT, trust_env=False) as api:
+        api.put("/api/v1/flows/tick", json=flow).raise_for_status()
+        shown = api.get("/api/v1/flows/tick").json()
+        assert len(shown["next_times"]) == 5
+        wait_for(lambda: len(api.get("/api/v1/flows/tick/runs").json()) >= 2, WAIT, "runs")
+    server.kill()
+    time.sleep(2)  # due times pass while it is down: they are on time (within the grace)
+    server.restart()
+    with httpx.Client(base_url=server.url, headers=headers, timeout=WAIT, trust_env=False) as api:
+        wait_for(lambda: len(api.get("/api/v1/flows/tick/runs").json()) >= 6, WAIT, "runs")
+        api.post("/api/v1/flows/tick/pause").raise_for_status()
+        runs = api.get("/api/v1/flows/tick/runs", params={"limit": 1000}).json()
+    due = sorted(run["due"] for run in runs)
+    assert len(due) == len(set(due)), "a due time got two runs"
+    assert due == [due[0] + second for second in range(len(due))], "a due time was missed"
