@@ -12,7 +12,16 @@ from typing import Any
 
 import httpx
 import pytest
-from integration_support import ServerProcess, WorkerProcess, wait_for, wait_for_workers
+from integration_support import (
+    ServerProcess,
+    WorkerProcess,
+    run_corral,
+    wait_for,
+    wait_for_workers,
+)
+
+import corral
+from corral.server.flows.runs import FlowRunState
 
 WAIT = 30.0
 
@@ -207,3 +216,96 @@ def test_a_per_second_schedule_gives_each_due_time_one_run_across_a_restart(
     due = sorted(run["due"] for run in runs)
     assert len(due) == len(set(due)), "a due time got two runs"
     assert due == [due[0] + second for second in range(len(due))], "a due time was missed"
+
+
+def test_the_cli_applies_runs_and_inspects_flows(
+    server: ServerProcess, start_worker: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    env = {"CORRAL_URL": server.url, "CORRAL_TOKEN": server.token}
+    start_worker(server, "--concurrency", "2")
+    wait_for_workers(server)
+    many = "".join(
+        f"---\nname: bulk{i:04}\njobs:\n  - name: a\n    shell: 'true'\n" for i in range(1000)
+    )
+    (tmp_path / "many.yaml").write_text(many)
+    applied = run_corral("flow", "apply", str(tmp_path / "many.yaml"), env=env)
+    assert applied.returncode == 0, applied.stderr
+    assert applied.stdout.count(" created (version 1)") == 1000
+    again = run_corral("flow", "apply", str(tmp_path / "many.yaml"), env=env)
+    assert again.stdout.count(" unchanged (version 1)") == 1000
+    flow = f"""
+name: greet
+parameters:
+  who: {{type: str}}
+  times: {{type: int, default: 1}}
+schedule: {{cron: "0 6 * * *", timezone: Europe/Berlin}}
+jobs:
+  - name: hello
+    shell: echo hello ${{who}} ${{times}} >> {tmp_path / "hello"}
+  - name: bye
+    shell: echo bye >> {tmp_path / "bye"}
+    depends_on: [hello]
+"""
+    (tmp_path / "greet.yaml").write_text(flow)
+    assert run_corral("flow", "apply", str(tmp_path / "greet.yaml"), env=env).returncode == 0
+    shown = run_corral("flow", "show", "greet", env=env)
+    assert shown.stdout.count("next:") == 5 and "Europe/Berlin" in shown.stdout
+    exported = run_corral("flow", "get", "greet", "-o", "yaml", env=env).stdout
+    (tmp_path / "exported.yaml").write_text(exported)
+    same = run_corral("flow", "apply", str(tmp_path / "exported.yaml"), env=env)
+    assert "flow/greet unchanged (version 1)" in same.stdout
+    ran = run_corral("flow", "run", "greet", "-p", "who=world", "-p", "times=2", "--wait", env=env)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert (
+        "hello: succeeded" in ran.stdout and (tmp_path / "hello").read_text() == "hello world 2\n"
+    )
+    skipped = run_corral(
+        "flow", "run", "greet", "-p", "who=x", "--disable", "bye", "--wait", env=env
+    )
+    assert skipped.returncode == 0 and "bye: skipped" in skipped.stdout
+    bad_type = run_corral("flow", "run", "greet", "-p", "who=x", "-p", "times=many", env=env)
+    assert bad_type.returncode == 6 and "times" in bad_type.stderr
+    listed = run_corral("flow", "runs", "greet", env=env).stdout.splitlines()
+    assert len(listed) == 3 and all("succeeded" in line for line in listed[1:])
+    run_id = listed[1].split("\t")[0]
+    status = run_corral("flow", "status", run_id, env=env)
+    assert "bye\tskipped" in status.stdout
+    dry = run_corral("flow", "retry", run_id, "--from", "hello", "--dry-run", env=env)
+    assert dry.stdout.endswith("would run again: hello\n")  # bye stays disabled in that run
+    first_run = listed[2].split("\t")[0]
+    dry = run_corral("flow", "retry", first_run, "--from", "hello", "--dry-run", env=env)
+    assert dry.stdout.endswith("would run again: hello, bye\n")
+    (tmp_path / "cycle.yaml").write_text(
+        "name: c\njobs:\n  - {name: a, shell: x, depends_on: [a]\n"
+    )
+    broken = run_corral("flow", "apply", str(tmp_path / "cycle.yaml"), env=env)
+    assert broken.returncode == 6 and "cycle.yaml:" in broken.stderr
+    assert run_corral("flow", "status", "nope", env=env).returncode == 5
+    assert run_corral("flow", "pause", "greet", env=env).returncode == 0
+    assert "(paused)" in run_corral("flow", "show", "greet", env=env).stdout
+    assert run_corral("flow", "delete", "greet", env=env).returncode == 0
+    assert run_corral("flow", "show", "greet", env=env).returncode == 5
+
+
+def test_the_python_client_builds_applies_and_waits_for_a_flow(
+    server: ServerProcess, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    from corral_test_tasks import add, square
+
+    start_worker(server)
+    wait_for_workers(server)
+    flow = (
+        corral.Flow("math", parameters={"n": {"type": "int"}})
+        .job("square", python=square, args=["${n}"])
+        .job("add", python=add, args=["${jobs.square.result}", 2], depends_on=["square"])
+    )
+    with server.connect() as client:
+        [applied] = client.flows.apply(flow)
+        assert (applied.name, applied.outcome) == ("math", "created")
+        run = client.flows.run("math", n=4)
+        assert run.wait(timeout=WAIT) is FlowRunState.SUCCEEDED
+        assert client.get(run.jobs["add"].job_id or "").result == 18
+        with pytest.raises(corral.InvalidRequest, match="'n'"):
+            client.flows.run("math")
+        with pytest.raises(corral.NotFound):
+            client.flows.status("nope")

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import httpx
 
 from corral import protocol as p
+from corral.client.flows import Flows
 from corral.client.job import AsyncJob, Job
 from corral.client.jobs import JobTarget, python_job, shell_job, ssh_job
 from corral.client.stream import ClientStream
@@ -371,6 +372,7 @@ class Client(PrimitiveFactories):
         self._thread.start()
         self._async = self._call(_make_async_client(url, token, options))
         self.url = self._async.url
+        self.flows = Flows(self)
 
     def __enter__(self) -> Client:
         return self

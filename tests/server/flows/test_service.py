@@ -17,10 +17,11 @@ import pytest
 from corral import protocol as p
 from corral.constants import PROTOCOL_VERSION
 from corral.errors import Conflict, FlowInvalid, NotFound
+from corral.flow_models import ApplyOutcome
 from corral.models import JobState
 from corral.server.engine import Engine, WorkerPeer
 from corral.server.flows.runs import FlowJobState, FlowRunState
-from corral.server.flows.service import ApplyOutcome, FlowService
+from corral.server.flows.service import FlowService
 from corral.server.store import MemoryStore, UpdateJob
 from corral.server.store.flow_rows import FlowRunRow
 

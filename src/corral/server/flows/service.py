@@ -30,7 +30,6 @@ import contextlib
 import logging
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
 import msgpack
@@ -38,6 +37,7 @@ import msgpack
 from corral import protocol as p
 from corral.constants import DEFAULT_FLOW_PAGE
 from corral.errors import Conflict, CorralError, FlowInvalid, NotFound
+from corral.flow_models import ApplyOutcome
 from corral.ids import IdGenerator
 from corral.models import JobSpec, JobState
 from corral.server.engine import Engine
@@ -71,12 +71,6 @@ from corral.server.store.flow_rows import (
 )
 
 logger = logging.getLogger("corral.server")
-
-
-class ApplyOutcome(StrEnum):
-    CREATED = "created"
-    CHANGED = "changed"
-    UNCHANGED = "unchanged"
 
 
 @dataclass(frozen=True, slots=True)
