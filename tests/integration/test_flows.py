@@ -309,3 +309,38 @@ def test_the_python_client_builds_applies_and_waits_for_a_flow(
             client.flows.run("math")
         with pytest.raises(corral.NotFound):
             client.flows.status("nope")
+
+
+def test_a_fan_out_and_fan_in_and_cancel_all_on_failure(
+    api: httpx.Client,
+    server: ServerProcess,
+    start_worker: Callable[..., WorkerProcess],
+    tmp_path: Path,
+) -> None:
+    start_worker(server, "--concurrency", "8")
+    wait_for_workers(server)
+    fan = [marked(f"part{i}", tmp_path, "split") for i in range(20)]
+    flow = {
+        "jobs": [
+            marked("split", tmp_path),
+            *fan,
+            marked("merge", tmp_path, *(j["name"] for j in fan)),
+        ]
+    }
+    api.put("/api/v1/flows/fan", json=flow).raise_for_status()
+    run = ended(api, api.post("/api/v1/flows/fan/runs", json={}).json()["id"])
+    assert run["state"] == "succeeded" and set(states(run).values()) == {"succeeded"}
+    assert all(runs_of(tmp_path, name) == 1 for name in states(run))
+    failing = {
+        "on_failure": "cancel_all",
+        "jobs": [
+            marked("slow", tmp_path, then="sleep 30"),
+            marked("broken", tmp_path, then="false"),
+            marked("after", tmp_path, "slow", "broken", trigger="all_done"),
+        ],
+    }
+    api.put("/api/v1/flows/halt", json=failing).raise_for_status()
+    run = ended(api, api.post("/api/v1/flows/halt/runs", json={}).json()["id"])
+    assert run["state"] == "failed"
+    assert states(run) == {"slow": "cancelled", "broken": "failed", "after": "cancelled"}
+    assert runs_of(tmp_path, "after") == 0

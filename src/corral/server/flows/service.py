@@ -486,11 +486,17 @@ class FlowService:
         for source in sources:
             job_id = live.job_ids.get(source)
             row = self._store.get_job(job_id) if job_id is not None else None
-            ok = row is not None and row.state is JobState.SUCCEEDED and row.result is not None
-            results[source] = msgpack.unpackb(row.result, raw=False) if ok else None  # type: ignore[union-attr]
+            if row is None or row.state is not JobState.SUCCEEDED or row.result is None:
+                results[source] = None
+            else:
+                results[source] = msgpack.unpackb(row.result, raw=False)
         return results
 
     def _record_released(self, live: _LiveRun, names: list[str], ids: list[str]) -> None:
+        if self._runs.get(live.row.id) is not live:  # deleted while its jobs were submitted
+            for job_id in ids:
+                self._spawn(self._cancel_core(job_id))
+            return
         for name, job_id in zip(names, ids, strict=True):
             live.job_ids[name] = job_id
             self._by_job[job_id] = (live.row.id, name)
