@@ -320,6 +320,14 @@ def test_a_retry_runs_failed_and_never_run_jobs_and_from_job_reruns_downstream()
             await flows.retry(run_id, from_job="b")
             await ended(flows, run_id)
             assert worker.names() == ["a", "b", "b", "c", "b", "c"]
+            both = await asyncio.gather(
+                flows.retry(run_id, from_job="c"),
+                flows.retry(run_id, from_job="c"),
+                return_exceptions=True,
+            )
+            assert sum(isinstance(answer, Conflict) for answer in both) == 1
+            await ended(flows, run_id)
+            assert worker.names()[6:] == ["c"]  # one retry ran, once
             await worker.close()
 
     run(scenario)

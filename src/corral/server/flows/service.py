@@ -112,6 +112,7 @@ class FlowService:
         self._runs: dict[str, _LiveRun] = {}
         self._by_job: dict[str, tuple[str, str]] = {}  # core job id -> (run id, job name)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._retrying: set[str] = set()  # runs whose retry is being stored
         self.schedules = ScheduleTicker(self)
         engine.add_finish_hook(self._jobs_finished)
 
@@ -317,15 +318,27 @@ class FlowService:
     ) -> tuple[FlowRunRow, RetryPlan]:
         """Run a finished run's failed and never-run jobs again (and with `from_job` that job
         and everything downstream of it); with `dry_run` only say which."""
-        if run_id in self._runs:
+        if run_id in self._runs or run_id in self._retrying:
             raise Conflict(f"run {run_id} is still running; wait for it to end or cancel it")
         row = await self._stored_run(run_id)
         flow = await self.get_flow(row.flow, row.version)
         definition = self.definition_of(flow)
         states = {job.name: job.state for job in row.jobs}
         plan = plan_retry(definition, states, from_job=from_job, disabled=row.disabled)
-        if dry_run or run_id in self._runs:  # (a retry of the same run may have raced this one)
+        if dry_run:
             return row, plan
+        if run_id in self._runs or run_id in self._retrying:  # another retry came first
+            raise Conflict(f"run {run_id} is being retried already; wait for it to end")
+        self._retrying.add(run_id)
+        try:
+            return await self._rerun(row, definition, plan)
+        finally:
+            self._retrying.discard(run_id)
+
+    async def _rerun(
+        self, row: FlowRunRow, definition: FlowDefinition, plan: RetryPlan
+    ) -> tuple[FlowRunRow, RetryPlan]:
+        run_id = row.id
         kept = {job.name: job.job_id for job in row.jobs if job.name not in plan.rerun}
         again = [RunJobRow(name, FlowJobState.PENDING) for name in plan.rerun]
         await self.writer.write(
