@@ -307,6 +307,23 @@ def test_the_python_client_builds_applies_and_waits_for_a_flow(
         assert client.get(run.jobs["add"].job_id or "").result == 18
         with pytest.raises(corral.InvalidRequest, match="'n'"):
             client.flows.run("math")
+        slow = (
+            corral.Flow("slow")
+            .job("nap", shell="sleep 1")
+            .job("up", shell="true", depends_on=["nap"])
+        )
+        client.flows.apply(slow)
+        napping = client.flows.run("slow")
+        with pytest.raises(corral.JobTimeout):
+            napping.wait(timeout=0.3)
+        changes: list[dict[str, str]] = []
+        final = napping.wait(
+            on_change=lambda r: changes.append({n: j.state for n, j in r.jobs.items()})
+        )
+        assert final is FlowRunState.SUCCEEDED and changes[-1] == {
+            "nap": "succeeded",
+            "up": "succeeded",
+        }
         with pytest.raises(corral.NotFound):
             client.flows.status("nope")
 

@@ -16,6 +16,7 @@ from collections.abc import (
     Awaitable,
     Callable,
     Coroutine,
+    Generator,
     Iterable,
     Iterator,
 )
@@ -463,7 +464,7 @@ class Client(PrimitiveFactories):
         """Yield (stream, chunk) as the job writes output, until it finishes."""
         return self._iterate(self._async.follow_logs(job_id))
 
-    def _iterate(self, source: AsyncIterator[T]) -> Iterator[T]:
+    def _iterate(self, source: AsyncIterator[T]) -> Generator[T, None, None]:
         """Consume an async iterator on the client's loop from this thread."""
         items: queue.Queue[tuple[bool, Any]] = queue.Queue()
 

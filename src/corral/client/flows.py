@@ -31,12 +31,14 @@ from corral.flow_models import (
     FlowVersion,
     RetryAnswer,
 )
-from corral.server.flows.runs import FlowRunState
+from corral.server.flows.runs import FlowJobState, FlowRunState
 
 if TYPE_CHECKING:
     from corral.client.client import Client
 
 FlowDocument = Mapping[str, Any]
+
+_ACTIVE = (FlowJobState.QUEUED, FlowJobState.RUNNING)
 
 
 class Flow:
@@ -104,8 +106,10 @@ class FlowRun:
     ) -> FlowRunState:
         """Until the run ends; its final state. JobTimeout after `timeout` seconds (the run
         goes on). `on_change` is called each time a job's state changed."""
-        # Polls the run's status every FLOW_WAIT_POLL seconds; run events on the client
-        # stream would let it wait without polling.
+        # Event-driven through the client stream: it waits for one of the run's released jobs
+        # to finish (the notices of the core jobs), then reads the run again. Only while no
+        # released job is known (between one job's end and the next's release) does it poll,
+        # every FLOW_WAIT_POLL seconds; run events of their own would spare even that.
         deadline = None if timeout is None else time.monotonic() + timeout
         seen = {job.name: job.state for job in self.info.jobs}
         while True:
@@ -116,9 +120,18 @@ class FlowRun:
             seen = now
             if self.state is not FlowRunState.RUNNING:
                 return self.state
-            if deadline is not None and time.monotonic() >= deadline:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
                 raise JobTimeout(f"flow run {self.id} still running after {timeout}s")
-            time.sleep(FLOW_WAIT_POLL)
+            active = [
+                job.job_id
+                for job in self.info.jobs
+                if job.job_id is not None and job.state in _ACTIVE
+            ]
+            if active:
+                self._flows._first_to_finish(active, left)
+            else:
+                time.sleep(FLOW_WAIT_POLL if left is None else min(FLOW_WAIT_POLL, left))
 
     def cancel(self) -> FlowRun:
         return self._flows.cancel(self.id)
@@ -206,6 +219,18 @@ class Flows:
             self._request("POST", f"/flow-runs/{run_id}/retry", json=body)
         )
         return RetryOutcome(FlowRun(self, answer.run), answer)
+
+    def _first_to_finish(self, job_ids: Sequence[str], timeout: float | None) -> None:
+        """Until one of the jobs finished, or `timeout` seconds passed."""
+        client = self._client
+        jobs = [client._async.job(job_id) for job_id in job_ids]
+        finishing = client._iterate(client._async.as_completed(jobs, timeout))
+        try:
+            next(finishing, None)
+        except JobTimeout:
+            pass
+        finally:
+            finishing.close()  # stops watching the others
 
     def _run(self, data: Any) -> FlowRun:
         return FlowRun(self, FlowRunInfo.model_validate(data))
