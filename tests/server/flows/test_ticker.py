@@ -182,3 +182,29 @@ def test_pause_on_failure_pauses_the_schedule_once_a_run_failed() -> None:
             await worker.close()
 
     run(scenario)
+
+
+def test_a_due_time_that_already_has_its_run_is_never_run_again() -> None:
+    async def scenario() -> None:
+        store, clock = MemoryStore(), Clock(T0)
+        every_second = flow(
+            "dup", "* * * * * *", max_active_runs=10, schedule={"overlap": "allow_all"}
+        )
+        async with serving(store, clock) as (engine, flows):
+            worker = ScriptedWorker(engine)
+            await flows.apply([every_second])
+            clock.now = T0 + 3
+            await flows.schedules.tick()
+            # A backfill over due times that ran, and ones the schedule will reach itself.
+            await flows.backfill("dup", T0 + 1, T0 + 5)
+            await flows.schedules.tick()
+            clock.now = T0 + 5
+            await flows.schedules.tick()
+            await flows.schedules.tick()
+            assert await dues(flows, "dup") == [T0 + second for second in range(1, 6)]
+            await until(lambda: not flows.active_runs("dup"))
+            assert len(worker.ran) == 5
+            assert [row.buffered for row in store.load_schedules() if row.flow == "dup"] == [[]]
+            await worker.close()
+
+    run(scenario)
