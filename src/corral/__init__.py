@@ -8,6 +8,8 @@ from corral.client import (
     AsyncResult,
     Client,
     Executor,
+    Flow,
+    FlowRun,
     Job,
     Pool,
     connect,
@@ -53,6 +55,9 @@ __all__ = [
     "Pool",
     "AsyncResult",
     "Executor",
+    # flows: DAGs of jobs on cron schedules (docs/flows.md)
+    "Flow",
+    "FlowRun",
     # errors
     "AuthError",
     "ConfigError",

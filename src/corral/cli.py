@@ -32,6 +32,7 @@ from corral.cli_common import (
     telling_why_jobs_wait,
     with_client,
 )
+from corral.cli_flows import flow_app
 from corral.cli_jobs import (
     CwdOpt,
     DelayOpt,
@@ -62,6 +63,7 @@ app = typer.Typer(
 )
 token_app = typer.Typer(help="Show and manage API tokens.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
+app.add_typer(flow_app, name="flow")
 for command in (server, worker, up):
     app.command()(command)
 

@@ -165,6 +165,15 @@ FLOW_SCHEDULE_GRACE = 60.0
 MAX_CATCH_UP_RUNS = 1_000
 #: Due times one backfill may create runs for; a wider range is refused (split it).
 MAX_BACKFILL_RUNS = 10_000
+#: Flows or runs one page of a listing holds unless the caller asks for another size.
+DEFAULT_FLOW_PAGE = 100
+#: Flows one bulk apply (POST /api/v1/flows) may hold; each is stored, or none.
+MAX_BULK_FLOWS = 10_000
+#: How often FlowRun.wait() asks for the run's state.
+FLOW_WAIT_POLL = 0.2
+#: How often the server decides the due times of scheduled flows (a six-field cron may fire
+#: each second).
+FLOW_TICK_INTERVAL = 0.5
 #: How long a blocking get, acquire, join or wait keeps trying to reach a server that went away
 #: (a restart) before it raises ServerUnreachable; it waits again once it is back.
 PRIMITIVE_RECONNECT_PATIENCE = 60.0

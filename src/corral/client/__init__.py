@@ -1,6 +1,7 @@
 """The Python client."""
 
 from corral.client.client import AsyncClient, AsyncJob, Client, Job, connect
+from corral.client.flows import Flow, FlowRun
 from corral.client.jobs import python_job, shell_job, ssh_job
 from corral.client.pool import AsyncResult, Executor, Pool
 
@@ -10,6 +11,8 @@ __all__ = [
     "AsyncResult",
     "Client",
     "Executor",
+    "Flow",
+    "FlowRun",
     "Job",
     "Pool",
     "connect",

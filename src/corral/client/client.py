@@ -16,6 +16,7 @@ from collections.abc import (
     Awaitable,
     Callable,
     Coroutine,
+    Generator,
     Iterable,
     Iterator,
 )
@@ -26,6 +27,7 @@ from typing import Any, TypeVar
 import httpx
 
 from corral import protocol as p
+from corral.client.flows import Flows
 from corral.client.job import AsyncJob, Job
 from corral.client.jobs import JobTarget, python_job, shell_job, ssh_job
 from corral.client.stream import ClientStream
@@ -371,6 +373,7 @@ class Client(PrimitiveFactories):
         self._thread.start()
         self._async = self._call(_make_async_client(url, token, options))
         self.url = self._async.url
+        self.flows = Flows(self)
 
     def __enter__(self) -> Client:
         return self
@@ -461,7 +464,7 @@ class Client(PrimitiveFactories):
         """Yield (stream, chunk) as the job writes output, until it finishes."""
         return self._iterate(self._async.follow_logs(job_id))
 
-    def _iterate(self, source: AsyncIterator[T]) -> Iterator[T]:
+    def _iterate(self, source: AsyncIterator[T]) -> Generator[T, None, None]:
         """Consume an async iterator on the client's loop from this thread."""
         items: queue.Queue[tuple[bool, Any]] = queue.Queue()
 

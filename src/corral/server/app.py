@@ -31,6 +31,7 @@ from corral.constants import (
 from corral.errors import (
     AuthError,
     CorralError,
+    FlowInvalid,
     Forbidden,
     InvalidRequest,
     NotFound,
@@ -48,8 +49,10 @@ from corral.models import (
     WorkerInfo,
     describe_validation_error,
 )
+from corral.server.api_flows import flow_routes
 from corral.server.auth import Role, TokenStore, allows
 from corral.server.engine import Engine, WorkerPeer
+from corral.server.flows.service import FlowService
 from corral.server.metrics import metrics_text
 from corral.server.primitives.service import PrimitiveService
 from corral.server.retention import keep_finished, purge_finished
@@ -217,11 +220,13 @@ def create_app(
     primitives beside it (made on the engine's store and writer unless given); finished jobs
     older than `keep` seconds are deleted in the background (None keeps them all)."""
     service = primitives or PrimitiveService(engine.store, engine.writer, engine.clock)
+    flows = FlowService(engine)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await engine.start()
         await service.start()
+        await flows.start()
         retention = None if keep is None else asyncio.create_task(keep_finished(engine, keep))
         try:
             yield
@@ -230,6 +235,7 @@ def create_app(
                 retention.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await retention
+            await flows.stop()
             await service.stop()
             await engine.stop()
 
@@ -244,7 +250,10 @@ def create_app(
 
     @app.exception_handler(CorralError)
     async def corral_error(request: Request, exc: CorralError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=http_status(exc))
+        body: dict[str, Any] = {"detail": str(exc)}
+        if isinstance(exc, FlowInvalid):
+            body.update(problems=exc.problems, flow=exc.flow)
+        return JSONResponse(_renderable(body), status_code=http_status(exc))
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -267,6 +276,7 @@ def create_app(
     read = Depends(require(Role.READ))
     submit = Depends(require(Role.SUBMIT))
     admin = Depends(require(Role.ADMIN))
+    app.include_router(flow_routes(flows, read, submit))
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

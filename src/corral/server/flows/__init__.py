@@ -10,4 +10,6 @@ server to carry out in the transaction that stores what caused them.
 - runs: RunMachine, a run's state machine (triggers, on_failure, cancel), and plan_retry;
 - cron: CronTimes, fire times in an IANA time zone with explicit DST rules;
 - schedule: FlowSchedule and plan_schedule (catch-up and overlap), start_buffered, backfill.
+
+service (FlowService) is the one module here with I/O: it carries the core out on the engine.
 """

@@ -1,0 +1,562 @@
+"""FlowService: stored flows and their runs, beside the engine, carrying out the flow core.
+
+It applies definitions (one or many, all or nothing), starts, cancels, resumes and retries
+runs, and turns each RunMachine decision into core jobs and store mutations:
+- ReleaseJob: the job is built from the run's definition version, parameters and the stored
+  results of its upstream jobs, and submitted to the engine as a core job named `flow/job`;
+  its core id and `queued` state are recorded (UpdateRunJobs) before the job can run;
+- SettleJob, and each state a core job of the run finishes in (told by the engine's finish
+  hook, once durable): UpdateRunJobs, with FinishRun's UpdateRun in the same batch;
+- CancelJob: the core job is cancelled (once its id is known, if it is being submitted).
+
+What it guarantees:
+- an apply stores every given flow or none (FlowInvalid names the bad flow and why; a
+  FlowVersionConflict if another apply raced it); a definition whose fingerprint equals the
+  current version's stores nothing and answers `unchanged`;
+- no job of a run that succeeded runs again: on start, every active run is rebuilt from the
+  store, the core state of each of its released jobs read back (it may have finished while the
+  server was down, or before its finish reached the run), and only pending jobs are released;
+- a run's job states and its end are written in the order they happened (one writer).
+
+Known limit: a job's core insert and the record of its id are two commits; a crash between
+them leaves the job pending in its run, so the run releases it again on resume (its first
+core job, which nobody waits for, may run as well).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from corral import protocol as p
+from corral.constants import DEFAULT_FLOW_PAGE
+from corral.errors import Conflict, CorralError, FlowInvalid, NotFound
+from corral.flow_models import ApplyOutcome
+from corral.ids import IdGenerator
+from corral.models import JobSpec, JobState
+from corral.server.engine import Engine
+from corral.server.flows.definition import FlowDefinition, parse_flow
+from corral.server.flows.parameters import ParameterValue, resolve_parameters
+from corral.server.flows.runs import (
+    CancelJob,
+    FinishRun,
+    FlowJobState,
+    FlowRunState,
+    ReleaseJob,
+    RetryPlan,
+    RunDecision,
+    RunMachine,
+    SettleJob,
+    plan_retry,
+)
+from corral.server.flows.ticker import ScheduleTicker
+from corral.server.store.base import Mutation
+from corral.server.store.flow_rows import (
+    AdvanceSchedule,
+    DeleteFlow,
+    FlowRow,
+    FlowRunRow,
+    InsertRun,
+    PauseFlow,
+    RunJobRow,
+    SaveFlow,
+    UpdateRun,
+    UpdateRunJobs,
+)
+
+logger = logging.getLogger("corral.server")
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    name: str
+    version: int
+    outcome: ApplyOutcome
+
+
+@dataclass(slots=True)
+class _LiveRun:
+    """A run being carried out: its machine and what the store should hold of its jobs."""
+
+    row: FlowRunRow
+    machine: RunMachine
+    job_ids: dict[str, str] = field(default_factory=dict)
+    cancel_wanted: set[str] = field(default_factory=set)  # cancelled before its id was known
+
+
+def pack(value: Any, what: str, flow: str) -> bytes:
+    """msgpack of `value`; FlowInvalid for what msgpack cannot hold (a huge int, a lone
+    surrogate), so that it never reaches the store."""
+    try:
+        return msgpack.packb(value, use_bin_type=True)
+    except (OverflowError, TypeError, ValueError) as exc:
+        raise FlowInvalid([f"{what} cannot be stored: {exc}"], flow) from None
+
+
+class FlowService:
+    """Flows and their runs for one engine (see the module's docstring)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._store = engine.store
+        self.writer = engine.writer
+        self.clock = engine.clock
+        self._ids = IdGenerator()
+        self._definitions: dict[tuple[str, int], FlowDefinition] = {}
+        self._runs: dict[str, _LiveRun] = {}
+        self._by_job: dict[str, tuple[str, str]] = {}  # core job id -> (run id, job name)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._retrying: set[str] = set()  # runs whose retry is being stored
+        self.schedules = ScheduleTicker(self)
+        engine.add_finish_hook(self._jobs_finished)
+
+    # -- life cycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Resume every active run (see the module's guarantees), then start the schedules."""
+        # Read on the loop, with nothing in between: a job that finishes after its core state
+        # was read must find its run (the engine's start reads its jobs the same way).
+        rows = self._store.load_active_runs()
+        for row in rows:
+            try:
+                self._resume(row)
+            except Exception:  # one broken run must not keep the others from resuming
+                logger.exception("could not resume flow run %s", row.id)
+        logger.info("resumed %d flow runs", len(rows))
+        buffered = {row.flow: row.buffered for row in self._store.load_schedules()}
+        after: str | None = None
+        while page := self._store.list_flows(after, DEFAULT_FLOW_PAGE):
+            self.schedules.load(page, buffered)
+            after = page[-1].name
+        self.schedules.start()
+
+    async def stop(self) -> None:
+        """Stop releasing jobs; call before the engine closes the writer and the store."""
+        await self.schedules.stop()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # -- definitions ---------------------------------------------------------------------------
+
+    async def apply(self, documents: Sequence[Any]) -> list[Applied]:
+        """Store each document's flow as a new version where it changed: all or none."""
+        definitions: list[FlowDefinition] = []
+        seen: set[str] = set()
+        for index, document in enumerate(documents):
+            try:
+                definition = parse_flow(document)
+            except FlowInvalid as exc:
+                if exc.flow is None and len(documents) > 1:
+                    raise FlowInvalid(
+                        [f"flows[{index}]: {line}" for line in exc.problems]
+                    ) from None
+                raise
+            if definition.name in seen:
+                raise FlowInvalid(
+                    [f"flow {definition.name!r} is given twice; give each flow once"],
+                    definition.name,
+                )
+            seen.add(definition.name)
+            definitions.append(definition)
+        names = [definition.name for definition in definitions]
+        current = await asyncio.to_thread(self._current_versions, names)
+        now = self.clock()
+        mutations: list[Mutation] = []
+        answers: list[Applied] = []
+        saved: list[tuple[FlowRow, FlowDefinition]] = []
+        for definition in definitions:
+            stored = current.get(definition.name)
+            fingerprint = definition.fingerprint()
+            if stored is not None and stored.fingerprint == fingerprint:
+                answers.append(Applied(definition.name, stored.version, ApplyOutcome.UNCHANGED))
+                continue
+            version = 1 if stored is None else stored.version + 1
+            document = pack(definition.model_dump(mode="json"), "its definition", definition.name)
+            row = FlowRow(definition.name, version, fingerprint, document, now)
+            if stored is not None:
+                row.paused, row.recorded_until = stored.paused, stored.recorded_until
+            mutations.append(SaveFlow(row))
+            if definition.schedule is not None and row.recorded_until is None:
+                # A fresh schedule does not catch up on times before it existed.
+                mutations.append(AdvanceSchedule(definition.name, now))
+                row.recorded_until = now
+            saved.append((row, definition))
+            self._definitions[(definition.name, version)] = definition
+            outcome = ApplyOutcome.CREATED if stored is None else ApplyOutcome.CHANGED
+            answers.append(Applied(definition.name, version, outcome))
+        if mutations:
+            await self.writer.write(mutations)
+        for row, definition in saved:
+            self.schedules.saved(row, definition)
+        return answers
+
+    def _current_versions(self, names: Iterable[str]) -> dict[str, FlowRow]:
+        found = {}
+        for name in names:
+            row = self._store.get_flow(name)
+            if row is not None:
+                found[name] = row
+        return found
+
+    async def get_flow(self, name: str, version: int | None = None) -> FlowRow:
+        row = await asyncio.to_thread(self._store.get_flow, name, version)
+        if row is None:
+            which = f" version {version}" if version is not None else ""
+            raise NotFound(f"no flow {name!r}{which}; `corral flow list` shows the flows")
+        return row
+
+    def definition_of(self, row: FlowRow) -> FlowDefinition:
+        """The definition a stored version holds (parsed once per version)."""
+        key = (row.name, row.version)
+        definition = self._definitions.get(key)
+        if definition is None:
+            definition = parse_flow(msgpack.unpackb(row.definition, raw=False))
+            self._definitions[key] = definition
+        return definition
+
+    async def list_flows(
+        self, after: str | None = None, limit: int = DEFAULT_FLOW_PAGE
+    ) -> list[FlowRow]:
+        return await asyncio.to_thread(self._store.list_flows, after, limit)
+
+    async def versions(self, name: str) -> list[FlowRow]:
+        rows = await asyncio.to_thread(self._store.flow_versions, name)
+        if not rows:
+            raise NotFound(f"no flow {name!r}; `corral flow list` shows the flows")
+        return rows
+
+    async def delete(self, name: str) -> None:
+        """Cancel the flow's active runs, then delete it with its versions and runs."""
+        await self.get_flow(name)
+        self.writer.check_available()
+        for live in [live for live in self._runs.values() if live.row.flow == name]:
+            self._carry_out(live, live.machine.cancel())
+            self._forget(live)
+        await self.writer.write([DeleteFlow(name)])
+        self.schedules.deleted(name)
+
+    async def set_paused(self, name: str, paused: bool) -> None:
+        await self.get_flow(name)
+        await self.writer.write([PauseFlow(name, paused)])
+        self.schedules.paused(name, paused)
+
+    async def backfill(self, name: str, start: float, end: float) -> list[float]:
+        """Create the runs the due times in [start, end] would have had, honouring
+        max_active_runs (they wait as buffered due times); the due times, ascending."""
+        await self.get_flow(name)
+        return await self.schedules.backfill(name, start, end)
+
+    # -- runs ----------------------------------------------------------------------------------
+
+    def new_run(
+        self,
+        flow: FlowRow,
+        given: Mapping[str, Any],
+        disabled: Collection[str] = (),
+        due: float | None = None,
+    ) -> tuple[FlowRunRow, RunMachine]:
+        """A run of the flow's current version, not yet stored: FlowInvalid for parameters
+        that are wrong or a disabled job the flow does not have."""
+        definition = self.definition_of(flow)
+        values = resolve_parameters(flow.name, definition.parameters, given)
+        machine = RunMachine(definition, disabled=disabled)
+        row = FlowRunRow(
+            id=self._ids.new(),
+            flow=flow.name,
+            version=flow.version,
+            state=FlowRunState.RUNNING,
+            created=self.clock(),
+            params=pack(values, "the parameters", flow.name),
+            due=due,
+            disabled=tuple(sorted(set(disabled))),
+            jobs=[RunJobRow(name, FlowJobState.PENDING) for name in definition.dag.order],
+        )
+        return row, machine
+
+    async def start_run(
+        self, name: str, given: Mapping[str, Any], disabled: Collection[str] = ()
+    ) -> FlowRunRow:
+        """Store a manual run of the flow and start it; answers once the run is stored."""
+        flow = await self.get_flow(name)
+        row, machine = self.new_run(flow, given, disabled)
+        await self.writer.write([InsertRun(row)])
+        self.begin(row, machine)
+        return self._snapshot(self._runs.get(row.id), row)
+
+    def begin(self, row: FlowRunRow, machine: RunMachine) -> None:
+        """Carry out a stored run's first decisions."""
+        live = _LiveRun(row, machine)
+        self._runs[row.id] = live
+        self._carry_out(live, machine.start())
+
+    async def cancel_run(self, run_id: str) -> FlowRunRow:
+        live = self._runs.get(run_id)
+        if live is None:
+            row = await self._stored_run(run_id)
+            raise Conflict(f"run {run_id} already {row.state}; nothing to cancel")
+        self.writer.check_available()
+        self._carry_out(live, live.machine.cancel())
+        return self._snapshot(self._runs.get(run_id), live.row)
+
+    def cancel_live(self, run_id: str) -> None:
+        """Cancel an active run (a schedule's cancel_other); an ended one is left alone."""
+        live = self._runs.get(run_id)
+        if live is not None:
+            self._carry_out(live, live.machine.cancel())
+
+    async def retry(
+        self, run_id: str, from_job: str | None = None, dry_run: bool = False
+    ) -> tuple[FlowRunRow, RetryPlan]:
+        """Run a finished run's failed and never-run jobs again (and with `from_job` that job
+        and everything downstream of it); with `dry_run` only say which."""
+        if run_id in self._runs or run_id in self._retrying:
+            raise Conflict(f"run {run_id} is still running; wait for it to end or cancel it")
+        row = await self._stored_run(run_id)
+        flow = await self.get_flow(row.flow, row.version)
+        definition = self.definition_of(flow)
+        states = {job.name: job.state for job in row.jobs}
+        plan = plan_retry(definition, states, from_job=from_job, disabled=row.disabled)
+        if dry_run:
+            return row, plan
+        if run_id in self._runs or run_id in self._retrying:  # another retry came first
+            raise Conflict(f"run {run_id} is being retried already; wait for it to end")
+        self._retrying.add(run_id)
+        try:
+            return await self._rerun(row, definition, plan)
+        finally:
+            self._retrying.discard(run_id)
+
+    async def _rerun(
+        self, row: FlowRunRow, definition: FlowDefinition, plan: RetryPlan
+    ) -> tuple[FlowRunRow, RetryPlan]:
+        run_id = row.id
+        kept = {job.name: job.job_id for job in row.jobs if job.name not in plan.rerun}
+        again = [RunJobRow(name, FlowJobState.PENDING) for name in plan.rerun]
+        await self.writer.write(
+            [UpdateRun(run_id, FlowRunState.RUNNING), UpdateRunJobs(run_id, tuple(again))]
+        )
+        row.state, row.finished = FlowRunState.RUNNING, None
+        row.jobs = [RunJobRow(name, plan.states[name], kept.get(name)) for name in plan.states]
+        machine = RunMachine(definition, plan.states, disabled=row.disabled)
+        live = _LiveRun(row, machine, {name: job_id for name, job_id in kept.items() if job_id})
+        self._runs[run_id] = live
+        self._carry_out(live, machine.start())
+        return self._snapshot(self._runs.get(run_id), row), plan
+
+    async def get_run(self, run_id: str) -> FlowRunRow:
+        """The run with its jobs: an active one from memory, an ended one from the store."""
+        live = self._runs.get(run_id)
+        if live is not None:
+            return self._snapshot(live, live.row)
+        return await self._stored_run(run_id)
+
+    async def list_runs(
+        self, name: str, before: str | None = None, limit: int = DEFAULT_FLOW_PAGE
+    ) -> list[FlowRunRow]:
+        await self.get_flow(name)
+        rows = await asyncio.to_thread(self._store.list_runs, name, before, limit)
+        for row in rows:
+            if (live := self._runs.get(row.id)) is not None:
+                row.state = live.machine.state
+        return rows
+
+    def active_runs(self, flow: str) -> list[FlowRunRow]:
+        """The flow's active runs, oldest first."""
+        return [live.row for live in self._runs.values() if live.row.flow == flow]
+
+    async def _stored_run(self, run_id: str) -> FlowRunRow:
+        row = await asyncio.to_thread(self._store.get_run, run_id)
+        if row is None:
+            raise NotFound(f"no flow run {run_id}; `corral flow runs FLOW` lists a flow's runs")
+        return row
+
+    def _snapshot(self, live: _LiveRun | None, row: FlowRunRow) -> FlowRunRow:
+        if live is None:  # it ended already: the row was updated as it ended
+            return row
+        states, ids = live.machine.states, live.job_ids
+        jobs = []
+        for name, state in states.items():
+            job_id = ids.get(name)
+            if state is FlowJobState.QUEUED and job_id is not None:
+                record = self._engine.scheduler.job(job_id)  # the run hears only of finishes
+                if record is not None and record.started:
+                    state = FlowJobState.RUNNING
+            jobs.append(RunJobRow(name, state, job_id))
+        return FlowRunRow(
+            id=row.id,
+            flow=row.flow,
+            version=row.version,
+            state=live.machine.state,
+            created=row.created,
+            params=row.params,
+            due=row.due,
+            finished=row.finished,
+            disabled=row.disabled,
+            jobs=jobs,
+        )
+
+    # -- carrying out decisions ----------------------------------------------------------------
+
+    def _carry_out(
+        self,
+        live: _LiveRun,
+        decisions: Sequence[RunDecision],
+        changed: Sequence[str] = (),
+    ) -> None:
+        """Store the jobs in `changed` and what `decisions` settle, cancel and release."""
+        names = list(changed)
+        releases: list[str] = []
+        ended: FlowRunState | None = None
+        for decision in decisions:
+            if isinstance(decision, ReleaseJob):
+                releases.append(decision.job)
+            elif isinstance(decision, SettleJob):
+                names.append(decision.job)
+            elif isinstance(decision, CancelJob):
+                self._cancel_job(live, decision.job)
+            elif isinstance(decision, FinishRun):
+                ended = decision.state
+        mutations: list[Mutation] = []
+        if names:
+            states, ids = live.machine.states, live.job_ids
+            rows = tuple(RunJobRow(name, states[name], ids.get(name)) for name in names)
+            mutations.append(UpdateRunJobs(live.row.id, rows))
+        if ended is not None:
+            now = self.clock()
+            mutations.append(UpdateRun(live.row.id, ended, now))
+            live.row.state, live.row.finished = ended, now
+            live.row.jobs = self._snapshot(live, live.row).jobs
+            self._forget(live)
+        if mutations:
+            self.writer.submit_nowait(mutations)
+        if releases:
+            self._spawn(self._release(live, releases))
+        if ended is not None:
+            self.schedules.run_ended(live.row)
+
+    def _forget(self, live: _LiveRun) -> None:
+        self._runs.pop(live.row.id, None)
+        for job_id in live.job_ids.values():
+            self._by_job.pop(job_id, None)
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _cancel_job(self, live: _LiveRun, name: str) -> None:
+        job_id = live.job_ids.get(name)
+        if job_id is None:
+            live.cancel_wanted.add(name)  # it is being submitted: cancelled once its id is known
+        else:
+            self._spawn(self._cancel_core(job_id))
+
+    async def _cancel_core(self, job_id: str) -> None:
+        with contextlib.suppress(Conflict, NotFound):  # it ended meanwhile: its finish tells
+            await self._engine.cancel(job_id)
+
+    async def _release(self, live: _LiveRun, names: list[str]) -> None:
+        """Submit the jobs as core jobs; one that cannot be built or stored fails."""
+        definition = live.machine.definition
+        values: dict[str, ParameterValue] = msgpack.unpackb(live.row.params, raw=False)
+        wanted = {source for name in names for source in definition.result_sources(name)}
+        specs: list[JobSpec] = []
+        built: list[str] = []
+        failed: list[str] = []
+        try:
+            results = await asyncio.to_thread(self._results, live, wanted)
+            for name in names:
+                try:
+                    specs.append(definition.job_spec(name, values, results))
+                    built.append(name)
+                except FlowInvalid as exc:
+                    logger.warning("flow run %s: job %r not released: %s", live.row.id, name, exc)
+                    failed.append(name)
+            if specs:
+
+                def record(ids: list[str]) -> None:
+                    self._record_released(live, built, ids)
+
+                await self._engine.submit(specs, before_dispatch=record)
+        except CorralError as exc:
+            logger.warning("flow run %s: jobs %s not released: %s", live.row.id, names, exc)
+            failed += [name for name in built if name not in live.job_ids]
+        for name in failed:
+            self._job_state(live, name, FlowJobState.FAILED)
+
+    def _results(self, live: _LiveRun, sources: Iterable[str]) -> dict[str, Any]:
+        """The stored results of the upstream jobs named; None for one that did not succeed."""
+        results: dict[str, Any] = {}
+        for source in sources:
+            job_id = live.job_ids.get(source)
+            row = self._store.get_job(job_id) if job_id is not None else None
+            if row is None or row.state is not JobState.SUCCEEDED or row.result is None:
+                results[source] = None
+            else:
+                results[source] = msgpack.unpackb(row.result, raw=False)
+        return results
+
+    def _record_released(self, live: _LiveRun, names: list[str], ids: list[str]) -> None:
+        if self._runs.get(live.row.id) is not live:  # deleted while its jobs were submitted
+            for job_id in ids:
+                self._spawn(self._cancel_core(job_id))
+            return
+        for name, job_id in zip(names, ids, strict=True):
+            live.job_ids[name] = job_id
+            self._by_job[job_id] = (live.row.id, name)
+        rows = tuple(RunJobRow(name, FlowJobState.QUEUED, live.job_ids[name]) for name in names)
+        self.writer.submit_nowait([UpdateRunJobs(live.row.id, rows)])
+        for name in live.cancel_wanted.intersection(names):
+            self._spawn(self._cancel_core(live.job_ids[name]))
+        live.cancel_wanted.difference_update(names)
+
+    def _job_state(self, live: _LiveRun, name: str, state: FlowJobState) -> None:
+        if self._runs.get(live.row.id) is live:
+            self._carry_out(live, live.machine.job_changed(name, state), [name])
+
+    def _jobs_finished(self, notices: Sequence[p.Done]) -> None:
+        for notice in notices:
+            found = self._by_job.pop(notice.job_id, None)
+            if found is None:
+                continue
+            live = self._runs.get(found[0])
+            if live is not None:
+                self._job_state(live, found[1], FlowJobState.of_core(JobState(notice.state)))
+
+    # -- resuming ------------------------------------------------------------------------------
+
+    def _resume(self, row: FlowRunRow) -> None:
+        flow = self._store.get_flow(row.flow, row.version)
+        if flow is None:
+            raise NotFound(f"flow {row.flow!r} version {row.version} is not stored")
+        definition = self.definition_of(flow)
+        states: dict[str, FlowJobState] = {}
+        ids: dict[str, str] = {}
+        changed: list[str] = []
+        for job in row.jobs:
+            states[job.name] = job.state
+            if job.job_id is None:
+                continue
+            ids[job.name] = job.job_id
+            if job.state.final:
+                continue
+            core = self._store.get_job(job.job_id)
+            core_state = FlowJobState.FAILED if core is None else FlowJobState.of_core(core.state)
+            if core_state.final:
+                states[job.name] = core_state
+                changed.append(job.name)
+            else:
+                self._by_job[job.job_id] = (row.id, job.name)
+        machine = RunMachine(definition, states, disabled=row.disabled)
+        live = _LiveRun(row, machine, ids)
+        self._runs[row.id] = live
+        self._carry_out(live, machine.start(), changed)

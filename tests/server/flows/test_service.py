@@ -1,0 +1,384 @@
+"""FlowService on a real engine and MemoryStore, its jobs run by a scripted worker: applies are
+all or nothing, runs release their jobs as the DAG allows with parameters and upstream results,
+failures, cancels and retries, and a restart resumes a run without running a succeeded job
+again."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
+
+import msgpack
+import pytest
+
+from corral import protocol as p
+from corral.constants import PROTOCOL_VERSION
+from corral.errors import Conflict, FlowInvalid, NotFound
+from corral.flow_models import ApplyOutcome
+from corral.models import JobState
+from corral.server.engine import Engine, WorkerPeer
+from corral.server.flows.runs import FlowJobState, FlowRunState
+from corral.server.flows.service import FlowService
+from corral.server.store import MemoryStore, UpdateJob
+from corral.server.store.flow_rows import FlowRunRow
+
+DEADLINE = 20.0
+
+Outcome = Callable[[str, dict[str, Any]], tuple[JobState, Any]]
+
+
+def succeed(name: str, spec: dict[str, Any]) -> tuple[JobState, Any]:
+    return JobState.SUCCEEDED, None
+
+
+class ScriptedWorker:
+    """A worker connection whose jobs end as `outcome` says (by flow job name), except those
+    held until released; it keeps the spec of every job it ran."""
+
+    def __init__(self, engine: Engine, outcome: Outcome = succeed) -> None:
+        self.engine, self.outcome = engine, outcome
+        self.peer = WorkerPeer(
+            p.Hello(PROTOCOL_VERSION, "w1", "host", 1, 1000, 1000, ["default"], [])
+        )
+        self.ran: list[tuple[str, dict[str, Any]]] = []
+        self.held: dict[str, p.JobItem] = {}
+        self.hold: set[str] = set()
+        engine.worker_joined(self.peer)
+        self._task = asyncio.create_task(self._serve())
+
+    async def _serve(self) -> None:
+        while True:
+            data = await self.peer.outbox.get()
+            if data is None:
+                return
+            frame = p.decode(data, p.TO_WORKER)
+            if isinstance(frame, p.Jobs):
+                for item in frame.items:
+                    spec = msgpack.unpackb(item.spec, raw=False)
+                    job = spec["name"].split("/", 1)[1]
+                    self.ran.append((job, spec))
+                    if job in self.hold:
+                        self.held[job] = item
+                    else:
+                        self._end(item, job, spec)
+            elif isinstance(frame, p.KillJobs):  # as a worker does: the attempt ends cancelled
+                for job, item in list(self.held.items()):
+                    if item.job_id in frame.job_ids:
+                        del self.held[job]
+                        report = p.ResultReport(item.job_id, item.attempt, JobState.CANCELLED)
+                        self.engine.worker_frame(self.peer, p.Results([report]))
+
+    def _end(self, item: p.JobItem, job: str, spec: dict[str, Any]) -> None:
+        state, result = self.outcome(job, spec)
+        report = p.ResultReport(item.job_id, item.attempt, state, result=result, started=1.0)
+        self.engine.worker_frame(self.peer, p.Results([report]))
+
+    def release(self, job: str) -> None:
+        self.hold.discard(job)
+        item = self.held.pop(job)
+        self._end(item, job, msgpack.unpackb(item.spec, raw=False))
+
+    def names(self) -> list[str]:
+        return [name for name, _ in self.ran]
+
+    async def close(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+@contextlib.asynccontextmanager
+async def serving(store: MemoryStore) -> AsyncIterator[tuple[Engine, FlowService]]:
+    engine = Engine(store, lease=30.0)
+    flows = FlowService(engine)
+    await engine.start()
+    await flows.start()
+    try:
+        yield engine, flows
+    finally:
+        await flows.stop()
+        await engine.stop()
+
+
+def run(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    asyncio.run(asyncio.wait_for(scenario(), DEADLINE))
+
+
+async def ended(flows: FlowService, run_id: str) -> FlowRunRow:
+    deadline = time.monotonic() + DEADLINE / 2
+    while time.monotonic() < deadline:
+        row = await flows.get_run(run_id)
+        if row.state is not FlowRunState.RUNNING:
+            return row
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"run {run_id} did not end: {row}")
+
+
+async def until(check: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + DEADLINE / 2
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+def states(row: FlowRunRow) -> dict[str, FlowJobState]:
+    return {job.name: job.state for job in row.jobs}
+
+
+def shell(name: str, *depends_on: str, **more: Any) -> dict[str, Any]:
+    return {"name": name, "shell": f"echo {name}", "depends_on": list(depends_on), **more}
+
+
+DIAMOND = {
+    "name": "diamond",
+    "parameters": {"count": {"type": "int", "default": 2}},
+    "jobs": [
+        {"name": "extract", "python": "tasks:extract", "args": ["${count}"]},
+        {
+            "name": "left",
+            "python": "tasks:left",
+            "args": ["${jobs.extract.result}"],
+            "depends_on": ["extract"],
+        },
+        shell("right", "extract"),
+        {
+            "name": "join",
+            "python": "tasks:join",
+            "args": ["${jobs.left.result}"],
+            "depends_on": ["left", "right"],
+        },
+    ],
+}
+
+
+def test_an_apply_stores_a_new_version_only_when_the_definition_changed() -> None:
+    async def scenario() -> None:
+        store = MemoryStore()
+        async with serving(store) as (_, flows):
+            flow = {"name": "etl", "jobs": [shell("a")]}
+            [first] = await flows.apply([flow])
+            [again] = await flows.apply([{**flow, "jobs": [{**shell("a"), "tags": []}]}])
+            [changed] = await flows.apply([{**flow, "jobs": [shell("a"), shell("b", "a")]}])
+            assert (first.outcome, first.version) == (ApplyOutcome.CREATED, 1)
+            assert (again.outcome, again.version) == (ApplyOutcome.UNCHANGED, 1)
+            assert (changed.outcome, changed.version) == (ApplyOutcome.CHANGED, 2)
+            assert [row.version for row in await flows.versions("etl")] == [2, 1]
+
+    run(scenario)
+
+
+def test_a_bulk_apply_with_one_bad_flow_applies_none_and_names_it() -> None:
+    async def scenario() -> None:
+        store = MemoryStore()
+        async with serving(store) as (_, flows):
+            good = [{"name": f"f{i}", "jobs": [shell("a")]} for i in range(100)]
+            good[57] = {"name": "f57", "jobs": [shell("a", "missing")]}
+            with pytest.raises(FlowInvalid) as caught:
+                await flows.apply(good)
+            assert caught.value.flow == "f57"
+            assert "missing" in str(caught.value)
+            assert await flows.list_flows() == []
+            twice = [{"name": "same", "jobs": [shell("a")]}] * 2
+            with pytest.raises(FlowInvalid, match="given twice"):
+                await flows.apply(twice)
+
+    run(scenario)
+
+
+def test_a_diamond_passes_parameters_and_upstream_results_and_succeeds() -> None:
+    async def scenario() -> None:
+        store = MemoryStore()
+        async with serving(store) as (engine, flows):
+            results = {"extract": [1, 2, 3], "left": {"rows": 3}}
+            worker = ScriptedWorker(
+                engine, lambda job, spec: (JobState.SUCCEEDED, results.get(job))
+            )
+            await flows.apply([DIAMOND])
+            started = await flows.start_run("diamond", {"count": 7})
+            row = await ended(flows, started.id)
+            assert row.state is FlowRunState.SUCCEEDED
+            assert set(states(row).values()) == {FlowJobState.SUCCEEDED}
+            names = worker.names()
+            assert names[0] == "extract" and names[-1] == "join"
+            specs = dict(worker.ran)
+            assert specs["extract"]["args"] == [7]
+            assert specs["left"]["args"] == [[1, 2, 3]]
+            assert specs["join"]["args"] == [{"rows": 3}]
+            assert specs["right"]["name"] == "diamond/right"
+            stored = store.get_run(started.id)
+            assert stored is not None and stored.state is FlowRunState.SUCCEEDED
+            assert all(job.job_id for job in stored.jobs)
+            with pytest.raises(FlowInvalid, match="count"):
+                await flows.start_run("diamond", {"count": "many"})
+            with pytest.raises(FlowInvalid, match="nope"):
+                await flows.start_run("diamond", {}, disabled=["nope"])
+            await worker.close()
+
+    run(scenario)
+
+
+def test_a_failure_under_finish_running_runs_only_the_failure_handler() -> None:
+    async def scenario() -> None:
+        store = MemoryStore()
+        async with serving(store) as (engine, flows):
+
+            def outcome(job: str, spec: dict[str, Any]) -> tuple[JobState, Any]:
+                return (JobState.FAILED if job == "load" else JobState.SUCCEEDED), None
+
+            worker = ScriptedWorker(engine, outcome)
+            flow = {
+                "name": "fails",
+                "jobs": [
+                    shell("load"),
+                    shell("report", "load"),
+                    shell("alert", "load", trigger="one_failed"),
+                    shell("cleanup", "report", trigger="all_done"),
+                ],
+            }
+            await flows.apply([flow])
+            row = await ended(flows, (await flows.start_run("fails", {})).id)
+            assert row.state is FlowRunState.FAILED
+            assert states(row) == {
+                "load": FlowJobState.FAILED,
+                "report": FlowJobState.UPSTREAM_FAILED,
+                "alert": FlowJobState.SUCCEEDED,
+                "cleanup": FlowJobState.SUCCEEDED,
+            }
+            assert sorted(worker.names()) == ["alert", "cleanup", "load"]
+            await worker.close()
+
+    run(scenario)
+
+
+def test_a_disabled_job_is_skipped_and_the_jobs_after_it_run() -> None:
+    async def scenario() -> None:
+        store = MemoryStore()
+        async with serving(store) as (engine, flows):
+            worker = ScriptedWorker(engine)
+            await flows.apply([{"name": "chain", "jobs": [shell("a"), shell("b", "a")]}])
+            row = await ended(flows, (await flows.start_run("chain", {}, ["a"])).id)
+            assert states(row) == {"a": FlowJobState.SKIPPED, "b": FlowJobState.SUCCEEDED}
+            assert worker.names() == ["b"]
+            await worker.close()
+
+    run(scenario)
+
+
+def test_a_cancelled_run_cancels_its_running_job_and_starts_nothing() -> None:
+    async def scenario() -> None:
+        store = MemoryStore()
+        async with serving(store) as (engine, flows):
+            worker = ScriptedWorker(engine)
+            worker.hold.add("a")
+            await flows.apply([{"name": "chain", "jobs": [shell("a"), shell("b", "a")]}])
+            started = await flows.start_run("chain", {})
+            await until(lambda: "a" in worker.held)
+            await flows.cancel_run(started.id)
+            row = await ended(flows, started.id)
+            assert row.state is FlowRunState.CANCELLED
+            assert states(row) == {"a": FlowJobState.CANCELLED, "b": FlowJobState.CANCELLED}
+            with pytest.raises(Conflict):
+                await flows.cancel_run(started.id)
+            with pytest.raises(NotFound):
+                await flows.cancel_run("0" * 26)
+            await worker.close()
+
+    run(scenario)
+
+
+def test_a_retry_runs_failed_and_never_run_jobs_and_from_job_reruns_downstream() -> None:
+    async def scenario() -> None:
+        store = MemoryStore()
+        async with serving(store) as (engine, flows):
+            failing = {"b"}
+
+            def outcome(job: str, spec: dict[str, Any]) -> tuple[JobState, Any]:
+                return (JobState.FAILED if job in failing else JobState.SUCCEEDED), job
+
+            worker = ScriptedWorker(engine, outcome)
+            jobs = [
+                shell("a"),
+                {"name": "b", "python": "t:b", "args": ["${jobs.a.result}"], "depends_on": ["a"]},
+                shell("c", "b"),
+            ]
+            await flows.apply([{"name": "chain", "jobs": jobs}])
+            run_id = (await flows.start_run("chain", {})).id
+            assert (await ended(flows, run_id)).state is FlowRunState.FAILED
+            _, plan = await flows.retry(run_id, dry_run=True)
+            assert plan.rerun == ("b", "c")
+            failing.clear()
+            await flows.retry(run_id)
+            row = await ended(flows, run_id)
+            assert row.state is FlowRunState.SUCCEEDED
+            assert worker.names() == ["a", "b", "b", "c"]
+            assert dict(worker.ran)["b"]["args"] == ["a"]  # the kept result of a
+            with pytest.raises(Conflict, match="nothing to retry"):
+                await flows.retry(run_id)
+            await flows.retry(run_id, from_job="b")
+            await ended(flows, run_id)
+            assert worker.names() == ["a", "b", "b", "c", "b", "c"]
+            both = await asyncio.gather(
+                flows.retry(run_id, from_job="c"),
+                flows.retry(run_id, from_job="c"),
+                return_exceptions=True,
+            )
+            assert sum(isinstance(answer, Conflict) for answer in both) == 1
+            await ended(flows, run_id)
+            assert worker.names()[6:] == ["c"]  # one retry ran, once
+            await worker.close()
+
+    run(scenario)
+
+
+def test_a_restart_resumes_a_run_and_never_runs_a_succeeded_job_again() -> None:
+    async def scenario() -> None:
+        store = MemoryStore()
+        jobs = [shell("a"), shell("b", "a"), shell("c", "b")]
+        async with serving(store) as (engine, flows):
+            worker = ScriptedWorker(engine)
+            worker.hold.add("b")
+            await flows.apply([{"name": "chain", "jobs": jobs}])
+            run_id = (await flows.start_run("chain", {})).id
+            await until(lambda: "b" in worker.held)
+            await engine.writer.flush()
+            await worker.close()
+        stored = store.get_run(run_id)
+        assert stored is not None
+        b = next(job for job in stored.jobs if job.name == "b")
+        assert b.state is FlowJobState.QUEUED and b.job_id is not None
+        # b finished while the server was down: the store says so, the run does not yet.
+        store.write([UpdateJob(b.job_id, JobState.SUCCEEDED, finished=2.0)])
+        async with serving(store) as (engine, flows):
+            worker = ScriptedWorker(engine)
+            row = await ended(flows, run_id)
+            assert row.state is FlowRunState.SUCCEEDED
+            assert worker.names() == ["c"]
+            await worker.close()
+
+    run(scenario)
+
+
+def test_deleting_a_flow_cancels_its_runs_and_unknown_names_are_not_found() -> None:
+    async def scenario() -> None:
+        store = MemoryStore()
+        async with serving(store) as (engine, flows):
+            worker = ScriptedWorker(engine)
+            worker.hold.add("a")
+            await flows.apply([{"name": "gone", "jobs": [shell("a")]}])
+            run_id = (await flows.start_run("gone", {})).id
+            await until(lambda: "a" in worker.held)
+            job_id = worker.held["a"].job_id
+            await flows.delete("gone")
+            with pytest.raises(NotFound):
+                await flows.get_flow("gone")
+            with pytest.raises(NotFound):
+                await flows.get_run(run_id)
+            with pytest.raises(NotFound):
+                await flows.start_run("gone", {})
+            await until(lambda: engine.scheduler.job(job_id) is None)  # its core job cancelled
+            await worker.close()
+
+    run(scenario)
