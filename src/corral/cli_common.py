@@ -100,7 +100,7 @@ WaitOpt = Annotated[bool, typer.Option("--wait", help="Wait for the job and prin
 
 def fail(error: CorralError) -> NoReturn:
     code = next((code for cls, code in _EXIT_FOR if isinstance(error, cls)), ExitCode.ERROR)
-    err.print(f"[bold red]error:[/] {error}", highlight=False)
+    err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)  # one line
     raise typer.Exit(int(code))
 
 

@@ -198,8 +198,11 @@ def test_playbook_job_runs_twice_and_the_guarded_step_once(
 def test_credentials_are_resolved_on_the_worker_by_name(
     cluster: Cluster, client: corral.Client, hosts: list[Sshd]
 ) -> None:
-    lab_workers = [w for w in client.workers() if "ssh:lab" in w.tags]
-    assert len(lab_workers) == 1
+    def lab_workers() -> list[object]:
+        return [w for w in client.workers() if "ssh:lab" in w.tags]
+
+    wait_for(lambda: lab_workers(), WAIT, "the cluster's worker holding credentials 'lab'")
+    assert len(lab_workers()) == 1
 
     queue = f"routing-{secrets.token_hex(3)}"
     waiting = client.submit_ssh(
