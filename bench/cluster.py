@@ -8,6 +8,7 @@ default SQLite store in a temporary data directory.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import signal
 import subprocess
@@ -264,3 +265,34 @@ class CpuMeter:
 
     def describe(self) -> str:
         return ", ".join(f"{name} {seconds:.2f}s" for name, seconds in self.spent.items())
+
+
+def installed(module: str) -> bool:
+    """Whether an optional baseline (the `bench` extra) can be imported here."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a dotted name whose parent is missing
+        return False
+
+
+class Rounds:
+    """Timed rounds of several systems: each one's rates, and a table row per round."""
+
+    def __init__(self, seconds_format: str = ".2f") -> None:
+        self.rates: dict[str, list[float]] = {}
+        self.rows: list[list[str]] = []
+        self._seconds_format = seconds_format
+
+    def measure(self, system: str, run: Callable[[int], float], count: int) -> list[str]:
+        """Run `run(count)` (it returns the seconds it took) and record it; the row, whose
+        last cell (notes) the caller may fill in."""
+        load = load_average()
+        seconds = run(count)
+        self.rates.setdefault(system, []).append(count / seconds)
+        row = [system, str(count), format(seconds, self._seconds_format)]
+        row += [f"{count / seconds:,.0f}", load, ""]
+        self.rows.append(row)
+        return row
+
+    def best(self) -> dict[str, float]:
+        return {system: max(values) for system, values in self.rates.items()}

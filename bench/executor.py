@@ -33,7 +33,15 @@ from typing import Any
 
 import corral
 from bench_tasks import noop
-from cluster import BENCH_DIR, CpuMeter, load_average, print_table, running_cluster
+from cluster import (
+    BENCH_DIR,
+    CpuMeter,
+    Rounds,
+    installed,
+    load_average,
+    print_table,
+    running_cluster,
+)
 from corral.client.jobs import python_job
 
 #: Submits and collects (calls) calls; the seconds it took.
@@ -102,14 +110,6 @@ def dask_client(processes: int) -> Iterator[Timed]:
         yield timed
 
 
-def dask_installed() -> bool:
-    try:
-        import distributed  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calls", type=int, default=20_000)
@@ -119,18 +119,10 @@ def main() -> None:
     args = parser.parse_args()
     print(f"{os.cpu_count()} CPUs, load at start: {load_average()}")
 
-    rates: dict[str, list[float]] = {}
-    rows: list[list[str]] = []
-
-    def measure(system: str, timed: Timed, calls: int, notes: str = "") -> None:
-        load = load_average()
-        seconds = timed(calls)
-        rates.setdefault(system, []).append(calls / seconds)
-        rows.append([system, str(calls), f"{seconds:.2f}", f"{calls / seconds:,.0f}", load, notes])
-
+    recorded = Rounds()
     with process_pool(2) as timed:
         for _ in range(args.rounds):
-            measure("ProcessPoolExecutor(2)", timed, args.calls)
+            recorded.measure("ProcessPoolExecutor(2)", timed, args.calls)
     with (
         tempfile.TemporaryDirectory(prefix="corral-bench-") as data_dir,
         running_cluster(Path(data_dir), args.workers) as cluster,
@@ -147,18 +139,18 @@ def main() -> None:
                 ("corral submit_many", lambda calls: timed_submit_many(client, calls)),
             ):
                 meter.start()
-                measure(system, run, args.calls)
+                row = recorded.measure(system, run, args.calls)
                 meter.stop()
-                rows[-1][-1] = "CPU " + meter.describe()
-    if dask_installed():
+                row[-1] = "CPU " + meter.describe()
+    if installed("distributed"):
         with dask_client(2) as timed:
-            measure("dask client.submit", timed, args.dask_calls)
+            recorded.measure("dask client.submit", timed, args.dask_calls)
     else:
         print("distributed is not installed: no Dask row (pip install -e '.[bench]')")
 
     header = ["system", "calls", "seconds", "calls/s", "load at start", "notes"]
-    print_table("submit of noop(n), one future per call, every result read", header, rows)
-    best = {system: max(values) for system, values in rates.items()}
+    print_table("submit of noop(n), one future per call, every result read", header, recorded.rows)
+    best = recorded.best()
     corral_rate = best["corral.Executor()"]
     print(f"\nbest calls/s: corral.Executor() {corral_rate:,.0f}; against the others:")
     for system, rate in best.items():

@@ -35,7 +35,15 @@ from typing import Any
 import corral
 from baseline import manager_cluster, run_all
 from bench_tasks import noop
-from cluster import BENCH_DIR, CpuMeter, load_average, print_table, running_cluster
+from cluster import (
+    BENCH_DIR,
+    CpuMeter,
+    Rounds,
+    installed,
+    load_average,
+    print_table,
+    running_cluster,
+)
 
 #: A map: (calls) -> seconds it took, the results checked.
 Timed = Callable[[int], float]
@@ -96,14 +104,6 @@ def ray_pool(processes: int) -> Iterator[Timed]:
         ray.shutdown()
 
 
-def ray_installed() -> bool:
-    try:
-        import ray.util.multiprocessing  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calls", type=int, default=100_000)
@@ -115,20 +115,12 @@ def main() -> None:
     args = parser.parse_args()
     print(f"{os.cpu_count()} CPUs, load at start: {load_average()}")
 
-    rates: dict[str, list[float]] = {}
-    rows: list[list[str]] = []
-
-    def measure(system: str, timed: Timed, calls: int, notes: str = "") -> None:
-        load = load_average()
-        seconds = timed(calls)
-        rates.setdefault(system, []).append(calls / seconds)
-        rows.append([system, str(calls), f"{seconds:.3f}", f"{calls / seconds:,.0f}", load, notes])
-
+    recorded = Rounds(seconds_format=".3f")
     with local_pool(2) as timed:
         for _ in range(args.rounds):
-            measure("multiprocessing.Pool(2)", timed, args.calls)
+            recorded.measure("multiprocessing.Pool(2)", timed, args.calls)
     with base_manager(2) as timed:
-        measure("BaseManager pair", timed, args.manager_calls)
+        recorded.measure("BaseManager pair", timed, args.manager_calls)
     with (
         tempfile.TemporaryDirectory(prefix="corral-bench-") as data_dir,
         running_cluster(Path(data_dir), args.workers) as cluster,
@@ -143,19 +135,19 @@ def main() -> None:
             with corral_pool(client, processes) as timed:
                 for _ in range(args.rounds):
                     meter.start()
-                    measure(name, timed, args.calls)
+                    row = recorded.measure(name, timed, args.calls)
                     meter.stop()
-                    rows[-1][-1] = "CPU " + meter.describe()
-    if ray_installed():
+                    row[-1] = "CPU " + meter.describe()
+    if installed("ray.util.multiprocessing"):
         with ray_pool(2) as timed:
             for _ in range(args.rounds):
-                measure("ray Pool(2)", timed, args.calls)
+                recorded.measure("ray Pool(2)", timed, args.calls)
     else:
         print("ray is not installed: no Ray row (pip install -e '.[bench]')")
 
     header = ["system", "calls", "seconds", "calls/s", "load at start", "notes"]
-    print_table(f"Pool.map of noop over range(n), best of {args.rounds}", header, rows)
-    best = {system: max(values) for system, values in rates.items()}
+    print_table(f"Pool.map of noop over range(n), best of {args.rounds}", header, recorded.rows)
+    best = recorded.best()
     print(f"\nbest calls/s: corral.Pool() {best['corral.Pool()']:,.0f}; against the others:")
     for system, rate in best.items():
         if system == "corral.Pool()":

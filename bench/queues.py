@@ -39,7 +39,7 @@ from typing import Any
 
 import corral
 from baseline import AUTHKEY, QueueManager
-from cluster import CpuMeter, Server, load_average, print_table
+from cluster import CpuMeter, Rounds, Server, installed, load_average, print_table
 
 #: (role, index, share of items, the start barrier) run in one process; the role is
 #: "put" or "get".
@@ -183,14 +183,6 @@ def run_ray(items: int, producers: int, consumers: int) -> float:
         ray.shutdown()
 
 
-def installed(module: str) -> bool:
-    try:
-        __import__(module)
-    except ImportError:
-        return False
-    return True
-
-
 def percentile(samples: list[float], *fractions: float) -> list[float]:
     ordered = sorted(samples)
     return [ordered[min(len(ordered) - 1, int(f * len(ordered)))] for f in fractions]
@@ -229,16 +221,13 @@ def main() -> None:
     ends = (args.producers, args.consumers)
     print(f"{os.cpu_count()} CPUs, load at start: {load_average()}")
 
-    rows: list[list[str]] = []
-    rates: dict[str, list[float]] = {}
+    recorded = Rounds()
 
-    def measure(system: str, run: Callable[[float], float], items: int = args.items) -> None:
-        load = load_average()
+    def measure(system: str, run: Callable[[int], float], items: int = args.items) -> list[str]:
         cpu_before = children_cpu()
-        seconds = run(items)
-        rates.setdefault(system, []).append(items / seconds)
-        cpu = f"{sum(ends)} processes {children_cpu() - cpu_before:.2f}s"
-        rows.append([system, str(items), f"{seconds:.2f}", f"{items / seconds:,.0f}", load, cpu])
+        row = recorded.measure(system, run, items)
+        row[-1] = f"{sum(ends)} processes {children_cpu() - cpu_before:.2f}s"
+        return row
 
     measure("BaseManager queue", lambda items: run_manager(items, *ends))
     with tempfile.TemporaryDirectory(prefix="corral-bench-") as data_dir:
@@ -251,13 +240,13 @@ def main() -> None:
                 corral_args = (server.url, server.token, f"bench-{number}", batch)
                 system = "corral, item by item" if batch == 1 else f"corral, batches of {batch}"
                 meter.start()
-                measure(
+                row = measure(
                     system if items == args.items else f"{system}, long run",
                     lambda n, a=corral_args: drive(fork, corral_endpoint, a, n, *ends),
                     items,
                 )
                 meter.stop()
-                rows[-1][-1] += f", server CPU {meter.spent['server']:.2f}s"
+                row[-1] += f", server CPU {meter.spent['server']:.2f}s"
             with server.connect() as client:
                 corral_lock = lock_trips(client.lock("bench-lock"), args.lock_trips)
         finally:
@@ -276,11 +265,12 @@ def main() -> None:
     # The processes' CPU covers their whole lives: imports and connecting too.
     header = ["system", "items", "seconds", "items/s", "load at start", "CPU"]
     title = f"one queue, {args.producers} producers + {args.consumers} consumers"
-    print_table(title, header, rows)
-    base = max(rates["BaseManager queue"])
+    print_table(title, header, recorded.rows)
+    best = recorded.best()
+    base = best["BaseManager queue"]
     print(f"\nbest items/s against BaseManager's {base:,.0f}:")
-    for system, values in rates.items():
-        print(f"  {system:<34} {max(values):>10,.0f}   {max(values) / base:,.2f}x")
+    for system, rate in best.items():
+        print(f"  {system:<34} {rate:>10,.0f}   {rate / base:,.2f}x")
     print("targets: item by item >= 1x BaseManager; batched >= 5x")
 
     lock_rows = [
