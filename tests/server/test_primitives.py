@@ -15,6 +15,7 @@ from typing import Any
 import msgpack
 import pytest
 from hypothesis import given, settings, strategies as st
+from pending_calls import Pending, on_a_thread
 
 from corral.errors import InvalidName, InvalidRequest, NotFound, NotHeld, PrimitiveMismatch
 from corral.models import QueueOrdering
@@ -27,19 +28,6 @@ STDLIB = {
     QueueOrdering.PRIORITY: queue.PriorityQueue,
 }
 WAIT = 0.2  # seconds a standard-library call is given to show it waits (or ends)
-
-
-class Pending:
-    """A call that may wait: its result or error once it ended."""
-
-    def __init__(self) -> None:
-        self.ended = threading.Event()
-        self.value: Any = None
-        self.error: BaseException | None = None
-
-    def finish(self, value: Any = None, error: BaseException | None = None) -> None:
-        self.value, self.error = value, error
-        self.ended.set()
 
 
 class Outcomes:
@@ -62,18 +50,7 @@ class StdlibQueue(Outcomes):
         self.threads: list[threading.Thread] = []
 
     def _call(self, function: Callable[[], Any]) -> Pending:
-        pending = Pending()
-
-        def run() -> None:
-            try:
-                pending.finish(function())
-            except BaseException as error:
-                pending.finish(error=error)
-
-        thread = threading.Thread(target=run, daemon=True)
-        thread.start()
-        self.threads.append(thread)
-        return pending
+        return on_a_thread(function, self.threads)
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> Pending:
         if not block:

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from pending_calls import Pending, on_a_thread
 
 from corral.errors import InvalidRequest, NotHeld
 from corral.server.primitives import Effects, NamedSemaphore, Primitives
@@ -17,40 +18,16 @@ WAIT = 0.2  # seconds a threading call is given to show it waits (or ends)
 LEASE = 10.0
 
 
-class Call:
-    """A call that may wait: what it ended with, once it did."""
-
-    def __init__(self) -> None:
-        self.ended = threading.Event()
-        self.value: Any = None
-        self.error: BaseException | None = None
-
-    def finish(self, value: Any = None, error: BaseException | None = None) -> None:
-        self.value, self.error = value, error
-        self.ended.set()
-
-
 class Threaded:
     """Runs threading's blocking calls on threads of their own."""
 
     def __init__(self) -> None:
         self.threads: list[threading.Thread] = []
 
-    def start(self, function: Callable[[], Any]) -> Call:
-        call = Call()
+    def start(self, function: Callable[[], Any]) -> Pending:
+        return on_a_thread(function, self.threads)
 
-        def run() -> None:
-            try:
-                call.finish(function())
-            except BaseException as error:
-                call.finish(error=error)
-
-        thread = threading.Thread(target=run, daemon=True)
-        thread.start()
-        self.threads.append(thread)
-        return call
-
-    def ended(self, call: Call) -> bool:
+    def ended(self, call: Pending) -> bool:
         return call.ended.wait(WAIT)
 
     def advance(self, seconds: float) -> None:
@@ -68,11 +45,11 @@ class Core:
         self.core = Primitives()
         self.now = 100.0
         self.numbers = itertools.count()
-        self.calls: dict[int, Call] = {}
+        self.calls: dict[int, Pending] = {}
 
-    def start(self, run: Callable[[int], Effects]) -> Call:
+    def start(self, run: Callable[[int], Effects]) -> Pending:
         number = next(self.numbers)
-        self.calls[number] = call = Call()
+        self.calls[number] = call = Pending()
         self.carry_out(run(number))
         return call
 
@@ -81,7 +58,7 @@ class Core:
             self.calls.pop(reply.call).finish(reply.result, reply.error)  # type: ignore[call-overload]
         return effects
 
-    def ended(self, call: Call) -> bool:
+    def ended(self, call: Pending) -> bool:
         return call.ended.is_set()
 
     def advance(self, seconds: float) -> None:
@@ -101,7 +78,7 @@ class StdlibSemaphore(Threaded):
         self.semaphore = threading.BoundedSemaphore(value)
         self.held: list[None] = []
 
-    def acquire(self, block: bool = True, timeout: float | None = None) -> Call:
+    def acquire(self, block: bool = True, timeout: float | None = None) -> Pending:
         return self.start(lambda: self.semaphore.acquire(block, timeout))
 
     def release(self) -> None:
@@ -115,7 +92,7 @@ class CoreSemaphore(Core):
         self.semaphore = self.core.semaphore("s")
         self.tokens: list[int] = []
 
-    def acquire(self, block: bool = True, timeout: float | None = None) -> Call:
+    def acquire(self, block: bool = True, timeout: float | None = None) -> Pending:
         deadline = None if timeout is None else self.now + timeout
         call = self.start(
             lambda n: self.semaphore.acquire(
@@ -148,7 +125,7 @@ def semaphore(request: pytest.FixtureRequest) -> Iterator[Callable[[int], Any]]:
         opened.close()
 
 
-def acquired(semaphore: Any, call: Call) -> bool:
+def acquired(semaphore: Any, call: Pending) -> bool:
     assert semaphore.ended(call)
     return bool(call.value)
 
@@ -262,7 +239,7 @@ class StdlibEvent(Threaded):
         super().__init__()
         self.event = threading.Event()
 
-    def wait(self, timeout: float | None = None) -> Call:
+    def wait(self, timeout: float | None = None) -> Pending:
         return self.start(lambda: self.event.wait(timeout))
 
     def set(self) -> None:
@@ -281,7 +258,7 @@ class CoreEvent(Core):
         self.core.open_event("e")
         self.event = self.core.event("e")
 
-    def wait(self, timeout: float | None = None) -> Call:
+    def wait(self, timeout: float | None = None) -> Pending:
         deadline = None if timeout is None else self.now + timeout
         return self.start(lambda n: self.event.wait(n, deadline=deadline, now=self.now))
 
@@ -326,7 +303,7 @@ class StdlibBarrier(Threaded):
         super().__init__()
         self.barrier = threading.Barrier(parties)
 
-    def wait(self, timeout: float | None = None) -> Call:
+    def wait(self, timeout: float | None = None) -> Pending:
         return self.start(lambda: self.barrier.wait(timeout))
 
     def abort(self) -> None:
@@ -345,12 +322,12 @@ class CoreBarrier(Core):
         self.core.open_barrier("b", parties)
         self.barrier = self.core.barrier("b")
 
-    def wait(self, timeout: float | None = None) -> Call:
+    def wait(self, timeout: float | None = None) -> Pending:
         deadline = None if timeout is None else self.now + timeout
         try:
             return self.start(lambda n: self.barrier.wait(n, deadline=deadline, now=self.now))
         except threading.BrokenBarrierError as error:  # at once, as threading raises it
-            call = Call()
+            call = Pending()
             call.finish(error=error)
             return call
 
