@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from doc_examples import python_examples, run_examples
 from integration_support import ServerProcess, WorkerProcess, wait_for_workers
 
 from corral.server.flows.definition import load_flows
@@ -61,22 +62,6 @@ def test_the_shell_and_python_examples_run(
         if "corral flow apply" in script:
             assert "flow/hello created (version 1)" in done.stdout
             assert "flow/hello unchanged (version 1)" in done.stdout
-    runs = []
-    for (kind, body), following in zip(found, [*found[1:], ("", "")], strict=True):
-        if kind == "python":
-            name = body.splitlines()[0].removeprefix("# ")
-            (tmp_path / name).write_text(body)
-            if following[0] == "text":
-                runs.append((name.removesuffix(".py"), following[1]))
+    runs = python_examples(found, tmp_path)
     assert runs
-    for module, expected in runs:
-        done = subprocess.run(
-            [sys.executable, "-m", module],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert (done.returncode, done.stderr) == (0, ""), module
-        assert done.stdout == expected, module
+    run_examples(runs, tmp_path, env)
