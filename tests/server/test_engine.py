@@ -19,10 +19,17 @@ from store_doubles import FullStore
 from corral import protocol as p
 from corral.constants import PROTOCOL_VERSION, START_RECORD_DELAY
 from corral.errors import Conflict
-from corral.models import JobSpec, JobState
+from corral.models import JobSpec, JobState, QueueOrdering
 from corral.server.engine import Engine, WorkerPeer
 from corral.server.records import job_record, record_from_row, spec_fields
-from corral.server.store import InsertJobs, JobRow, MemoryStore, Mutation, UpdateJob
+from corral.server.store import (
+    InsertJobs,
+    JobRow,
+    MemoryStore,
+    Mutation,
+    SaveQueue,
+    UpdateJob,
+)
 from corral.server.subscriptions import Peer
 
 DEADLINE = 30.0
@@ -325,7 +332,9 @@ def test_a_retry_and_a_delete_of_one_job_at_once_refuse_the_second() -> None:
     run(scenario)
 
 
-def test_finish_hooks_hear_of_each_finished_job_once_it_is_stored() -> None:
+def test_submit_commits_the_callers_mutations_with_the_jobs_and_finish_hooks_hear_once_stored() -> (
+    None
+):
     async def scenario() -> None:
         store = RecordingStore()
         async with running(store) as engine:
@@ -345,15 +354,24 @@ def test_finish_hooks_hear_of_each_finished_job_once_it_is_stored() -> None:
 
             engine.add_finish_hook(failing)
             engine.add_finish_hook(listening)
-            known: list[tuple[str, int]] = []
+            known: list[str] = []
+
+            def with_ids(ids: list[str]) -> list[Mutation]:
+                known.extend(ids)
+                return [SaveQueue("beside", QueueOrdering.LIFO)]
+
             worker = WorkerPeer(hello("w1"))
             engine.worker_joined(worker)
             welcomed = worker.outbox.qsize()
             [job_id] = await engine.submit(
                 [JobSpec(kind="shell", command="true")],  # type: ignore[arg-type]
-                before_dispatch=lambda ids: known.extend((i, worker.outbox.qsize()) for i in ids),
+                with_ids=with_ids,
             )
-            assert known == [(job_id, welcomed)]  # told before the job went to its worker
+            assert known == [job_id]
+            # The mutations given for the ids went into the insert's own transaction.
+            assert any(
+                {type(m) for m in batch} == {InsertJobs, SaveQueue} for batch in store.batches
+            )
             assert worker.outbox.qsize() == welcomed + 1
             result = p.ResultReport(job_id, 1, JobState.SUCCEEDED, started=1.0)
             engine.worker_frame(worker, p.Results([result]))

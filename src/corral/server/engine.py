@@ -192,11 +192,13 @@ class Engine:
     async def submit(
         self,
         specs: Sequence[JobSpec],
-        before_dispatch: Callable[[list[str]], None] | None = None,
+        with_ids: Callable[[list[str]], Sequence[Mutation]] | None = None,
     ) -> list[str]:
         """Store the jobs, then queue them; returns their ids once the insert has committed.
-        `before_dispatch(ids)` runs once they are stored, before any of them can run: a caller
-        that must know its jobs before they finish (a flow) learns their ids there."""
+        `with_ids(ids)` gives mutations that commit in the insert's own transaction, so that a
+        caller's record of the jobs (a flow run's) is stored with them or not at all. The
+        caller resumes before any of the jobs can finish: nothing awaits between the commit
+        and the return."""
         if not self.allow_pickle and any(spec.pickled for spec in specs):
             raise InvalidRequest(
                 "this server does not accept pickled functions; start it with --allow-pickle "
@@ -227,13 +229,13 @@ class Engine:
                 )
             )
             records.append(job_record(job_id, fields, payload))
-        await self.writer.write([InsertJobs(rows)])
+        ids = [row.id for row in rows]
+        extra = with_ids(ids) if with_ids is not None else ()
+        await self.writer.write([InsertJobs(rows), *extra])
         self.stats.submitted += len(rows)
-        if before_dispatch is not None:
-            before_dispatch([row.id for row in rows])
         self._apply(self.scheduler.submit(records, self.clock()))
         self._wake.set()
-        return [row.id for row in rows]
+        return ids
 
     async def cancel(self, job_id: str) -> None:
         # Refuse now rather than cancel and wait for the disk; and while writes wait, the store

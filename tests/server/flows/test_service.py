@@ -8,7 +8,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -16,13 +17,21 @@ import pytest
 
 from corral import protocol as p
 from corral.constants import PROTOCOL_VERSION
-from corral.errors import Conflict, FlowInvalid, NotFound
+from corral.errors import Conflict, FlowInvalid, NotFound, StoreUnavailable
 from corral.flow_models import ApplyOutcome
 from corral.models import JobState
 from corral.server.engine import Engine, WorkerPeer
 from corral.server.flows.runs import FlowJobState, FlowRunState
 from corral.server.flows.service import FlowService
-from corral.server.store import MemoryStore, UpdateJob
+from corral.server.store import (
+    InsertJobs,
+    JobFilter,
+    MemoryStore,
+    Mutation,
+    SQLiteStore,
+    Store,
+    UpdateJob,
+)
 from corral.server.store.flow_rows import FlowRunRow
 
 DEADLINE = 20.0
@@ -91,7 +100,7 @@ class ScriptedWorker:
 
 
 @contextlib.asynccontextmanager
-async def serving(store: MemoryStore) -> AsyncIterator[tuple[Engine, FlowService]]:
+async def serving(store: Store) -> AsyncIterator[tuple[Engine, FlowService]]:
     engine = Engine(store, lease=30.0)
     flows = FlowService(engine)
     await engine.start()
@@ -380,5 +389,42 @@ def test_deleting_a_flow_cancels_its_runs_and_unknown_names_are_not_found() -> N
                 await flows.start_run("gone", {})
             await until(lambda: engine.scheduler.job(job_id) is None)  # its core job cancelled
             await worker.close()
+
+    run(scenario)
+
+
+class DyingStore(SQLiteStore):
+    """A SQLite store that takes no write after the first batch inserting jobs, as if the
+    server died just after that commit."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.dead = False
+
+    def write(self, batch: Sequence[Mutation]) -> None:
+        if self.dead:
+            raise StoreUnavailable("the server died")
+        super().write(batch)
+        self.dead = any(isinstance(mutation, InsertJobs) for mutation in batch)
+
+
+def test_a_crash_just_after_a_job_is_stored_never_releases_it_twice(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        path = tmp_path / "corral.db"
+        dying = DyingStore(path)
+        async with serving(dying) as (engine, flows):
+            await flows.apply([{"name": "one", "jobs": [shell("a")]}])
+            run_id = (await flows.start_run("one", {})).id
+            await until(lambda: dying.dead)
+        store = SQLiteStore(path)
+        async with serving(store) as (engine, flows):
+            worker = ScriptedWorker(engine)
+            row = await ended(flows, run_id)
+            assert row.state is FlowRunState.SUCCEEDED
+            assert worker.names() == ["a"]
+            await worker.close()
+        store = SQLiteStore(path)
+        assert [job.name for job in store.list_jobs(JobFilter())] == ["one/a"]
+        store.close()
 
     run(scenario)

@@ -4,7 +4,7 @@ It applies definitions (one or many, all or nothing), starts, cancels, resumes a
 runs, and turns each RunMachine decision into core jobs and store mutations:
 - ReleaseJob: the job is built from the run's definition version, parameters and the stored
   results of its upstream jobs, and submitted to the engine as a core job named `flow/job`;
-  its core id and `queued` state are recorded (UpdateRunJobs) before the job can run;
+  its core id and `queued` state are recorded (UpdateRunJobs) in the insert's transaction;
 - SettleJob, and each state a core job of the run finishes in (told by the engine's finish
   hook, once durable): UpdateRunJobs, with FinishRun's UpdateRun in the same batch;
 - CancelJob: the core job is cancelled (once its id is known, if it is being submitted).
@@ -18,9 +18,9 @@ What it guarantees:
   server was down, or before its finish reached the run), and only pending jobs are released;
 - a run's job states and its end are written in the order they happened (one writer).
 
-Known limit: a job's core insert and the record of its id are two commits; a crash between
-them leaves the job pending in its run, so the run releases it again on resume (its first
-core job, which nobody waits for, may run as well).
+A released job's core insert and its run's record of it (`queued`, with its id) are one
+commit, so a crash leaves either both or neither: a resumed run never releases a job whose
+core job is stored.
 """
 
 from __future__ import annotations
@@ -483,10 +483,13 @@ class FlowService:
                     failed.append(name)
             if specs:
 
-                def record(ids: list[str]) -> None:
-                    self._record_released(live, built, ids)
+                def queued(ids: list[str]) -> list[Mutation]:
+                    pairs = zip(built, ids, strict=True)
+                    rows = tuple(RunJobRow(name, FlowJobState.QUEUED, i) for name, i in pairs)
+                    return [UpdateRunJobs(live.row.id, rows)]
 
-                await self._engine.submit(specs, before_dispatch=record)
+                ids = await self._engine.submit(specs, with_ids=queued)
+                self._record_released(live, built, ids)
         except CorralError as exc:
             logger.warning("flow run %s: jobs %s not released: %s", live.row.id, names, exc)
             failed += [name for name in built if name not in live.job_ids]
@@ -513,8 +516,6 @@ class FlowService:
         for name, job_id in zip(names, ids, strict=True):
             live.job_ids[name] = job_id
             self._by_job[job_id] = (live.row.id, name)
-        rows = tuple(RunJobRow(name, FlowJobState.QUEUED, live.job_ids[name]) for name in names)
-        self.writer.submit_nowait([UpdateRunJobs(live.row.id, rows)])
         for name in live.cancel_wanted.intersection(names):
             self._spawn(self._cancel_core(live.job_ids[name]))
         live.cancel_wanted.difference_update(names)
