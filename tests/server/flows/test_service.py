@@ -428,3 +428,29 @@ def test_a_crash_just_after_a_job_is_stored_never_releases_it_twice(tmp_path: Pa
         store.close()
 
     run(scenario)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a run's cancel is kept in memory only: resumed, its cancelled jobs read as failures",
+)
+def test_a_run_cancelled_before_a_restart_ends_cancelled() -> None:
+    async def scenario() -> None:
+        store = MemoryStore()
+        async with serving(store) as (engine, flows):
+            worker = ScriptedWorker(engine)
+            worker.hold.add("a")
+            await flows.apply([{"name": "chain", "jobs": [shell("a"), shell("b", "a")]}])
+            run_id = (await flows.start_run("chain", {})).id
+            await until(lambda: "a" in worker.held)
+            await worker.close()  # the kill of `a` never reaches a worker: its cancel waits
+            await flows.cancel_run(run_id)
+            await engine.writer.flush()
+        async with serving(store) as (engine, flows):
+            worker = ScriptedWorker(engine)
+            row = await ended(flows, run_id)
+            await worker.close()
+            assert row.state is FlowRunState.CANCELLED, row
+            assert set(states(row).values()) == {FlowJobState.CANCELLED}
+
+    run(scenario)
