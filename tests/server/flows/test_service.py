@@ -430,10 +430,6 @@ def test_a_crash_just_after_a_job_is_stored_never_releases_it_twice(tmp_path: Pa
     run(scenario)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a run's cancel is kept in memory only: resumed, its cancelled jobs read as failures",
-)
 def test_a_run_cancelled_before_a_restart_ends_cancelled() -> None:
     async def scenario() -> None:
         store = MemoryStore()

@@ -11,6 +11,7 @@ from corral.server.flows.runs import FlowJobState, FlowRunState
 from corral.server.store import (
     AdvanceSchedule,
     BufferDue,
+    CancelRun,
     DeleteFlow,
     DropDue,
     DuplicateRun,
@@ -19,6 +20,7 @@ from corral.server.store import (
     FlowVersionConflict,
     InsertRun,
     PauseFlow,
+    ReopenRun,
     RunJobRow,
     SaveFlow,
     ScheduleRow,
@@ -135,6 +137,25 @@ def test_a_restart_finds_the_running_runs_their_jobs_and_the_buffered_due_times(
     assert [row.id for row in store.list_runs("etl", before="R3")] == ["R2", "R1"]
     store.write([DropDue("etl", 300.0), UpdateRun("ghost", FlowRunState.FAILED)])
     assert store.load_schedules() == [ScheduleRow("etl", 300.0, [])]
+    store.close()  # the reopened one (the fixture closes the first)
+
+
+def test_a_cancel_stays_with_a_running_run_across_a_restart_until_a_retry_reopens_it(
+    store: Store, tmp_path: Path
+) -> None:
+    store.write([SaveFlow(version("etl", 1)), InsertRun(run("R1")), InsertRun(run("R2"))])
+    store.write([CancelRun("R1"), CancelRun("ghost"), ReopenRun("ghost")])  # ghosts: ignored
+    store = reopened(store, tmp_path / "c.db")
+    assert [(row.id, row.state, row.cancelled) for row in store.load_active_runs()] == [
+        ("R1", FlowRunState.RUNNING, True),
+        ("R2", FlowRunState.RUNNING, False),
+    ]
+    store.write([UpdateRun("R1", FlowRunState.CANCELLED, finished=50.0)])
+    assert [row.id for row in store.load_active_runs()] == ["R2"]
+    store.write([ReopenRun("R1")])  # a retry: running again, neither cancelled nor finished
+    again = store.get_run("R1")
+    assert again is not None
+    assert (again.state, again.cancelled, again.finished) == (FlowRunState.RUNNING, False, None)
     store.close()  # the reopened one (the fixture closes the first)
 
 

@@ -15,10 +15,14 @@ from integration_support import fill_disk, small_tmpfs
 
 from corral.errors import ConfigError, StoreUnavailable
 from corral.models import Attempt, JobState, PrimitiveKind
+from corral.server.flows.runs import FlowRunState
 from corral.server.store import (
+    CancelRun,
     DeclarePrimitive,
     FlowRow,
+    FlowRunRow,
     InsertJobs,
+    InsertRun,
     ItemRow,
     JobFilter,
     JobRow,
@@ -277,6 +281,24 @@ def test_a_database_of_schema_4_gains_the_flow_tables(tmp_path: Path) -> None:
         flow = FlowRow("etl", 1, "f1", b"definition", 1.0)
         reopened.write([SaveFlow(flow)])
         assert reopened.get_flow("etl") == flow
+    finally:
+        reopened.close()
+
+
+def test_a_database_of_schema_5_gains_the_cancel_of_its_runs(tmp_path: Path) -> None:
+    path = tmp_path / "corral.db"
+    SQLiteStore(path).close()
+    with sqlite3.connect(path) as connection:
+        connection.execute("ALTER TABLE flow_runs DROP COLUMN cancelled")
+        connection.execute("PRAGMA user_version = 5")
+    connection.close()
+    reopened = SQLiteStore(path)
+    try:
+        reopened.write([SaveFlow(FlowRow("etl", 1, "f1", b"definition", 1.0))])
+        run = FlowRunRow("R1", "etl", 1, FlowRunState.RUNNING, 1.0, b"\x80")
+        reopened.write([InsertRun(run), CancelRun("R1")])
+        stored = reopened.get_run("R1")
+        assert stored is not None and stored.cancelled
     finally:
         reopened.close()
 

@@ -7,7 +7,9 @@ runs, and turns each RunMachine decision into core jobs and store mutations:
   its core id and `queued` state are recorded (UpdateRunJobs) in the insert's transaction;
 - SettleJob, and each state a core job of the run finishes in (told by the engine's finish
   hook, once durable): UpdateRunJobs, with FinishRun's UpdateRun in the same batch;
-- CancelJob: the core job is cancelled (once its id is known, if it is being submitted).
+- CancelJob: the core job is cancelled (once its id is known, if it is being submitted);
+  a cancel of the run is stored (CancelRun) with its first decisions, before it is answered,
+  so that a run resumed while its jobs were being cancelled still ends `cancelled`.
 
 What it guarantees:
 - an apply stores every given flow or none (FlowInvalid names the bad flow and why; a
@@ -59,11 +61,13 @@ from corral.server.flows.ticker import ScheduleTicker
 from corral.server.store.base import Mutation
 from corral.server.store.flow_rows import (
     AdvanceSchedule,
+    CancelRun,
     DeleteFlow,
     FlowRow,
     FlowRunRow,
     InsertRun,
     PauseFlow,
+    ReopenRun,
     RunJobRow,
     SaveFlow,
     UpdateRun,
@@ -304,14 +308,16 @@ class FlowService:
             row = await self._stored_run(run_id)
             raise Conflict(f"run {run_id} already {row.state}; nothing to cancel")
         self.writer.check_available()
-        self._carry_out(live, live.machine.cancel())
+        committed = self._carry_out(live, live.machine.cancel(), cancelling=True)
+        if committed is not None:
+            await committed
         return self._snapshot(self._runs.get(run_id), live.row)
 
     def cancel_live(self, run_id: str) -> None:
         """Cancel an active run (a schedule's cancel_other); an ended one is left alone."""
         live = self._runs.get(run_id)
         if live is not None:
-            self._carry_out(live, live.machine.cancel())
+            self._carry_out(live, live.machine.cancel(), cancelling=True)
 
     async def retry(
         self, run_id: str, from_job: str | None = None, dry_run: bool = False
@@ -341,9 +347,7 @@ class FlowService:
         run_id = row.id
         kept = {job.name: job.job_id for job in row.jobs if job.name not in plan.rerun}
         again = [RunJobRow(name, FlowJobState.PENDING) for name in plan.rerun]
-        await self.writer.write(
-            [UpdateRun(run_id, FlowRunState.RUNNING), UpdateRunJobs(run_id, tuple(again))]
-        )
+        await self.writer.write([ReopenRun(run_id), UpdateRunJobs(run_id, tuple(again))])
         row.state, row.finished = FlowRunState.RUNNING, None
         row.jobs = [RunJobRow(name, plan.states[name], kept.get(name)) for name in plan.states]
         machine = RunMachine(definition, plan.states, disabled=row.disabled)
@@ -411,8 +415,10 @@ class FlowService:
         live: _LiveRun,
         decisions: Sequence[RunDecision],
         changed: Sequence[str] = (),
-    ) -> None:
-        """Store the jobs in `changed` and what `decisions` settle, cancel and release."""
+        cancelling: bool = False,
+    ) -> asyncio.Future[None] | None:
+        """Store the jobs in `changed` and what `decisions` settle, cancel and release (with
+        `cancelling`, that the run was cancelled, in the same commit); the commit's future."""
         names = list(changed)
         releases: list[str] = []
         ended: FlowRunState | None = None
@@ -425,7 +431,7 @@ class FlowService:
                 self._cancel_job(live, decision.job)
             elif isinstance(decision, FinishRun):
                 ended = decision.state
-        mutations: list[Mutation] = []
+        mutations: list[Mutation] = [CancelRun(live.row.id)] if cancelling else []
         if names:
             states, ids = live.machine.states, live.job_ids
             rows = tuple(RunJobRow(name, states[name], ids.get(name)) for name in names)
@@ -436,12 +442,12 @@ class FlowService:
             live.row.state, live.row.finished = ended, now
             live.row.jobs = self._snapshot(live, live.row).jobs
             self._forget(live)
-        if mutations:
-            self.writer.submit_nowait(mutations)
+        committed = self.writer.submit_nowait(mutations) if mutations else None
         if releases:
             self._spawn(self._release(live, releases))
         if ended is not None:
             self.schedules.run_ended(live.row)
+        return committed
 
     def _forget(self, live: _LiveRun) -> None:
         self._runs.pop(live.row.id, None)
@@ -557,7 +563,7 @@ class FlowService:
                 changed.append(job.name)
             else:
                 self._by_job[job.job_id] = (row.id, job.name)
-        machine = RunMachine(definition, states, disabled=row.disabled)
+        machine = RunMachine(definition, states, disabled=row.disabled, cancelled=row.cancelled)
         live = _LiveRun(row, machine, ids)
         self._runs[row.id] = live
         self._carry_out(live, machine.start(), changed)

@@ -41,6 +41,7 @@ from corral.server.store.base import (
 from corral.server.store.flow_rows import (
     AdvanceSchedule,
     BufferDue,
+    CancelRun,
     DeleteFlow,
     DropDue,
     DuplicateRun,
@@ -50,6 +51,7 @@ from corral.server.store.flow_rows import (
     FlowVersionConflict,
     InsertRun,
     PauseFlow,
+    ReopenRun,
     RunJobRow,
     SaveFlow,
     ScheduleRow,
@@ -97,6 +99,8 @@ __all__ = [
     "SaveFlow",
     "UpdateRun",
     "UpdateRunJobs",
+    "CancelRun",
+    "ReopenRun",
     # rows of flows, and their conflicts
     "FlowRow",
     "FlowRunRow",

@@ -18,7 +18,10 @@ changed nothing. The contract, which every Store meets (tests/server/store/test_
   decided (a restart, a tick stored twice); it also takes that due time off the buffered ones.
   A run's id is unique the same way.
 - `UpdateRun` sets a run's state (and finished time); `UpdateRunJobs` stores the given jobs'
-  states and core job ids, replacing those of the same names. Both ignore an unknown run.
+  states and core job ids, replacing those of the same names; `CancelRun` records that the
+  run was cancelled (it stays running until its jobs are settled: a restart finishes the
+  cancel); `ReopenRun` makes an ended run running again, not cancelled, not finished (a
+  retry). Each ignores an unknown run.
 - Reads return copies: `get_flow` (current or a given version), `list_flows` (current
   versions by name, after a name, at most `limit`), `flow_versions` (newest first),
   `get_run` (with its jobs), `list_runs` (a flow's runs newest first, without jobs, before a
@@ -74,6 +77,7 @@ class FlowRunRow:
     finished: float | None = None
     disabled: tuple[str, ...] = ()
     jobs: list[RunJobRow] = field(default_factory=list)
+    cancelled: bool = False  # cancel was asked for: the run ends cancelled
 
 
 @dataclass(slots=True)
@@ -130,6 +134,16 @@ class UpdateRun:
 
 
 @dataclass(frozen=True, slots=True)
+class CancelRun:
+    id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReopenRun:
+    id: str
+
+
+@dataclass(frozen=True, slots=True)
 class UpdateRunJobs:
     run_id: str
     jobs: tuple[RunJobRow, ...]
@@ -144,6 +158,8 @@ FlowMutation = (
     | DropDue
     | InsertRun
     | UpdateRun
+    | CancelRun
+    | ReopenRun
     | UpdateRunJobs
 )
 

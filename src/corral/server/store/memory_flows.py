@@ -14,6 +14,7 @@ from corral.server.flows.runs import FlowRunState
 from corral.server.store.flow_rows import (
     AdvanceSchedule,
     BufferDue,
+    CancelRun,
     DeleteFlow,
     DropDue,
     FlowMutation,
@@ -21,6 +22,7 @@ from corral.server.store.flow_rows import (
     FlowRunRow,
     InsertRun,
     PauseFlow,
+    ReopenRun,
     SaveFlow,
     ScheduleRow,
     UpdateRun,
@@ -94,7 +96,7 @@ class MemoryFlows:
                 flow.runs.append(run.id)
                 if run.due is not None:
                     flow.buffered.discard(run.due)
-        elif isinstance(mutation, UpdateRun | UpdateRunJobs):
+        elif isinstance(mutation, UpdateRun | CancelRun | ReopenRun | UpdateRunJobs):
             self._update_run(mutation)
         else:
             self._update_flow(mutation)
@@ -113,7 +115,14 @@ class MemoryFlows:
         else:
             flow.buffered.discard(mutation.due)
 
-    def _update_run(self, mutation: UpdateRun | UpdateRunJobs) -> None:
+    def _update_run(self, mutation: UpdateRun | CancelRun | ReopenRun | UpdateRunJobs) -> None:
+        if isinstance(mutation, CancelRun | ReopenRun):
+            run = self._runs.get(mutation.id)
+            if run is not None and isinstance(mutation, CancelRun):
+                run.cancelled = True
+            elif run is not None:
+                run.state, run.finished, run.cancelled = FlowRunState.RUNNING, None, False
+            return
         if isinstance(mutation, UpdateRun):
             run = self._runs.get(mutation.id)
             if run is not None:

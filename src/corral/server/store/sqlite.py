@@ -49,7 +49,7 @@ from corral.server.store.base import (
     fit_log,
 )
 from corral.server.store.flow_rows import FlowMutation, FlowRow, FlowRunRow, ScheduleRow
-from corral.server.store.sqlite_flows import FLOW_SCHEMA, apply_flow
+from corral.server.store.sqlite_flows import FLOW_CANCEL_COLUMN, FLOW_SCHEMA, apply_flow
 from corral.server.store.sqlite_primitives import (
     PRIMITIVE_SCHEMA,
     apply_primitive,
@@ -59,7 +59,7 @@ from corral.server.store.sqlite_primitives import (
 Durability = Literal["normal", "full"]
 
 #: Stored in PRAGMA user_version; bump it with a migration when the schema changes.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 # Purging walks finished jobs of one state, longest finished first. Only finished jobs have a
 # `finished` time, so queued and running ones (the hot path's inserts) add nothing to it: it
@@ -127,7 +127,7 @@ _SCHEMA: tuple[str, ...] = (
     ) WITHOUT ROWID""",
     "CREATE TABLE queues (name TEXT PRIMARY KEY, ordering TEXT NOT NULL) WITHOUT ROWID",
 )
-_SCHEMA += PRIMITIVE_SCHEMA + FLOW_SCHEMA
+_SCHEMA += PRIMITIVE_SCHEMA + FLOW_SCHEMA + (FLOW_CANCEL_COLUMN,)
 # _MIGRATIONS[n - 1] holds the statements that take a database of schema version n to n + 1.
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # Bytes cut from the output per stream, as JSON; NULL when nothing was cut.
@@ -135,6 +135,7 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (_FINISHED_INDEX,),
     PRIMITIVE_SCHEMA,
     FLOW_SCHEMA,
+    (FLOW_CANCEL_COLUMN,),
 )
 
 _JOB_COLUMNS = (

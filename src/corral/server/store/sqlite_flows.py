@@ -14,6 +14,7 @@ from corral.server.flows.runs import FlowJobState, FlowRunState
 from corral.server.store.flow_rows import (
     AdvanceSchedule,
     BufferDue,
+    CancelRun,
     DeleteFlow,
     DropDue,
     FlowMutation,
@@ -21,6 +22,7 @@ from corral.server.store.flow_rows import (
     FlowRunRow,
     InsertRun,
     PauseFlow,
+    ReopenRun,
     RunJobRow,
     SaveFlow,
     ScheduleRow,
@@ -75,7 +77,10 @@ FLOW_SCHEMA = (
     ) WITHOUT ROWID""",
 )
 
-_RUN_COLUMNS = "id, flow, version, state, created, params, due, finished, disabled"
+# Schema 6: whether a run's cancel was asked for (it ends cancelled, across restarts).
+FLOW_CANCEL_COLUMN = "ALTER TABLE flow_runs ADD COLUMN cancelled INTEGER NOT NULL DEFAULT 0"
+
+_RUN_COLUMNS = "id, flow, version, state, created, params, due, finished, disabled, cancelled"
 
 
 def apply_flow(connection: sqlite3.Connection, mutation: FlowMutation) -> None:
@@ -118,6 +123,13 @@ def apply_flow(connection: sqlite3.Connection, mutation: FlowMutation) -> None:
             "UPDATE flow_runs SET state = ?, finished = coalesce(?, finished) WHERE id = ?",
             (mutation.state.value, mutation.finished, mutation.id),
         )
+    elif isinstance(mutation, CancelRun):
+        connection.execute("UPDATE flow_runs SET cancelled = 1 WHERE id = ?", (mutation.id,))
+    elif isinstance(mutation, ReopenRun):
+        connection.execute(
+            "UPDATE flow_runs SET state = 'running', finished = NULL, cancelled = 0 WHERE id = ?",
+            (mutation.id,),
+        )
     elif isinstance(mutation, UpdateRunJobs):
         connection.executemany(
             "INSERT OR REPLACE INTO flow_run_jobs SELECT id, ?, ?, ? FROM flow_runs WHERE id = ?",
@@ -151,10 +163,10 @@ def _insert_run(connection: sqlite3.Connection, run: FlowRunRow) -> None:
     if taken:
         raise duplicate_run(run)
     connection.execute(
-        f"INSERT INTO flow_runs ({_RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        f"INSERT INTO flow_runs ({_RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             run.id, run.flow, run.version, run.state.value, run.created, run.params, run.due,
-            run.finished, json.dumps(list(run.disabled)),
+            run.finished, json.dumps(list(run.disabled)), run.cancelled,
         ),
     )  # fmt: skip
     connection.executemany(
@@ -209,10 +221,10 @@ def flow_versions(connection: sqlite3.Connection, name: str) -> list[FlowRow]:
 
 
 def _run(row: tuple[Any, ...], jobs: list[RunJobRow]) -> FlowRunRow:
-    run_id, flow, version, state, created, params, due, finished, disabled = row
+    run_id, flow, version, state, created, params, due, finished, disabled, cancelled = row
     return FlowRunRow(
         run_id, flow, version, FlowRunState(state), created, params, due, finished,
-        tuple(json.loads(disabled)), jobs,
+        tuple(json.loads(disabled)), jobs, bool(cancelled),
     )  # fmt: skip
 
 
