@@ -1,10 +1,11 @@
 """Flows through a real server and worker over REST: applies (one, bulk, atomic, unchanged),
-DAG semantics with parameters and result passing, retry, a kill -9 in the middle of a run, and
+DAG semantics with parameters and result passing, retry, a kill -9 in the middle of a run and just after a cancel, and
 a per-second schedule across a restart. Each shell job appends a line to a marker file, so that
 a job that ran twice shows."""
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -361,3 +362,42 @@ def test_a_fan_out_and_fan_in_and_cancel_all_on_failure(
     assert run["state"] == "failed"
     assert states(run) == {"slow": "cancelled", "broken": "failed", "after": "cancelled"}
     assert runs_of(tmp_path, "after") == 0
+
+
+def test_a_run_cancelled_just_before_a_kill_9_ends_cancelled(
+    start_server: Callable[..., ServerProcess],
+    start_worker: Callable[..., WorkerProcess],
+    tmp_path: Path,
+) -> None:
+    server = start_server("--lease", "5")
+    worker = start_worker(server)
+    wait_for_workers(server)
+    headers = {"Authorization": f"Bearer {server.token}"}
+    flow = {"jobs": [marked("a", tmp_path, then="sleep 3"), marked("b", tmp_path, "a")]}
+    with httpx.Client(base_url=server.url, headers=headers, timeout=WAIT, trust_env=False) as api:
+        api.put("/api/v1/flows/chain", json=flow).raise_for_status()
+        run_id = api.post("/api/v1/flows/chain/runs", json={}).raise_for_status().json()["id"]
+        job_id = ""
+
+        def a_runs() -> bool:
+            nonlocal job_id
+            run = api.get(f"/api/v1/flow-runs/{run_id}").raise_for_status().json()
+            job_id = next(job["job_id"] for job in run["jobs"] if job["name"] == "a") or ""
+            return bool(job_id) and api.get(f"/api/v1/jobs/{job_id}").json()["state"] == "running"
+
+        wait_for(a_runs, WAIT, "job a to be stored as running")
+        # The worker cannot hear the kill: the cancel of `a` is under way as the server dies.
+        worker.proc.send_signal(signal.SIGSTOP)
+        try:
+            api.post(f"/api/v1/flow-runs/{run_id}/cancel").raise_for_status()
+            server.kill()
+        finally:
+            worker.proc.send_signal(signal.SIGCONT)
+    server.restart()
+    with httpx.Client(base_url=server.url, headers=headers, timeout=WAIT, trust_env=False) as api:
+        run = ended(api, run_id, timeout=60)
+        core = api.get(f"/api/v1/jobs/{job_id}").raise_for_status().json()
+    assert run["state"] == "cancelled", run
+    assert states(run) == {"a": "cancelled", "b": "cancelled"}
+    assert core["state"] == "cancelled"
+    assert runs_of(tmp_path, "b") == 0
