@@ -1,7 +1,7 @@
 """Flows through a real server and worker over REST: applies (one, bulk, atomic, unchanged),
-DAG semantics with parameters and result passing, retry, a kill -9 in the middle of a run and just after a cancel, and
-a per-second schedule across a restart. Each shell job appends a line to a marker file, so that
-a job that ran twice shows."""
+DAG semantics with parameters and result passing, retry, a kill -9 in the middle of a run and
+just after a cancel, and a per-second schedule across a restart. Each shell job appends a line
+to a marker file, so that a job that ran twice shows."""
 
 from __future__ import annotations
 
