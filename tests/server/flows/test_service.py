@@ -141,6 +141,20 @@ def shell(name: str, *depends_on: str, **more: Any) -> dict[str, Any]:
     return {"name": name, "shell": f"echo {name}", "depends_on": list(depends_on), **more}
 
 
+#: a then b: the flow the cancel tests hold `a` of.
+CHAIN = {"name": "chain", "jobs": [shell("a"), shell("b", "a")]}
+
+
+async def run_held(flows: FlowService, worker: ScriptedWorker, flow: dict[str, Any]) -> str:
+    """Apply `flow`, start a run of it, and return the run's id once its job `a` is held by
+    `worker` (running, never ending until let go)."""
+    worker.hold.add("a")
+    await flows.apply([flow])
+    run_id = (await flows.start_run(flow["name"], {})).id
+    await until(lambda: "a" in worker.held)
+    return run_id
+
+
 DIAMOND = {
     "name": "diamond",
     "parameters": {"count": {"type": "int", "default": 2}},
@@ -281,16 +295,13 @@ def test_a_cancelled_run_cancels_its_running_job_and_starts_nothing() -> None:
         store = MemoryStore()
         async with serving(store) as (engine, flows):
             worker = ScriptedWorker(engine)
-            worker.hold.add("a")
-            await flows.apply([{"name": "chain", "jobs": [shell("a"), shell("b", "a")]}])
-            started = await flows.start_run("chain", {})
-            await until(lambda: "a" in worker.held)
-            await flows.cancel_run(started.id)
-            row = await ended(flows, started.id)
+            run_id = await run_held(flows, worker, CHAIN)
+            await flows.cancel_run(run_id)
+            row = await ended(flows, run_id)
             assert row.state is FlowRunState.CANCELLED
             assert states(row) == {"a": FlowJobState.CANCELLED, "b": FlowJobState.CANCELLED}
             with pytest.raises(Conflict):
-                await flows.cancel_run(started.id)
+                await flows.cancel_run(run_id)
             with pytest.raises(NotFound):
                 await flows.cancel_run("0" * 26)
             await worker.close()
@@ -375,10 +386,7 @@ def test_deleting_a_flow_cancels_its_runs_and_unknown_names_are_not_found() -> N
         store = MemoryStore()
         async with serving(store) as (engine, flows):
             worker = ScriptedWorker(engine)
-            worker.hold.add("a")
-            await flows.apply([{"name": "gone", "jobs": [shell("a")]}])
-            run_id = (await flows.start_run("gone", {})).id
-            await until(lambda: "a" in worker.held)
+            run_id = await run_held(flows, worker, {"name": "gone", "jobs": [shell("a")]})
             job_id = worker.held["a"].job_id
             await flows.delete("gone")
             with pytest.raises(NotFound):
@@ -435,10 +443,7 @@ def test_a_run_cancelled_before_a_restart_ends_cancelled() -> None:
         store = MemoryStore()
         async with serving(store) as (engine, flows):
             worker = ScriptedWorker(engine)
-            worker.hold.add("a")
-            await flows.apply([{"name": "chain", "jobs": [shell("a"), shell("b", "a")]}])
-            run_id = (await flows.start_run("chain", {})).id
-            await until(lambda: "a" in worker.held)
+            run_id = await run_held(flows, worker, CHAIN)
             await worker.close()  # the kill of `a` never reaches a worker: its cancel waits
             await flows.cancel_run(run_id)
             await engine.writer.flush()
