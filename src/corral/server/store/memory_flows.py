@@ -116,21 +116,19 @@ class MemoryFlows:
             flow.buffered.discard(mutation.due)
 
     def _update_run(self, mutation: UpdateRun | CancelRun | ReopenRun | UpdateRunJobs) -> None:
-        if isinstance(mutation, CancelRun | ReopenRun):
-            run = self._runs.get(mutation.id)
-            if run is not None and isinstance(mutation, CancelRun):
-                run.cancelled = True
-            elif run is not None:
-                run.state, run.finished, run.cancelled = FlowRunState.RUNNING, None, False
+        run_id = mutation.run_id if isinstance(mutation, UpdateRunJobs) else mutation.id
+        run = self._runs.get(run_id)
+        if run is None:
+            return
+        if isinstance(mutation, CancelRun):
+            run.cancelled = True
+            return
+        if isinstance(mutation, ReopenRun):
+            run.state, run.finished, run.cancelled = FlowRunState.RUNNING, None, False
             return
         if isinstance(mutation, UpdateRun):
-            run = self._runs.get(mutation.id)
-            if run is not None:
-                run.state = mutation.state
-                run.finished = mutation.finished if mutation.finished is not None else run.finished
-            return
-        run = self._runs.get(mutation.run_id)
-        if run is None:
+            run.state = mutation.state
+            run.finished = mutation.finished if mutation.finished is not None else run.finished
             return
         by_name = {job.name: index for index, job in enumerate(run.jobs)}
         for job in mutation.jobs:

@@ -127,8 +127,8 @@ def apply_flow(connection: sqlite3.Connection, mutation: FlowMutation) -> None:
         connection.execute("UPDATE flow_runs SET cancelled = 1 WHERE id = ?", (mutation.id,))
     elif isinstance(mutation, ReopenRun):
         connection.execute(
-            "UPDATE flow_runs SET state = 'running', finished = NULL, cancelled = 0 WHERE id = ?",
-            (mutation.id,),
+            "UPDATE flow_runs SET state = ?, finished = NULL, cancelled = 0 WHERE id = ?",
+            (FlowRunState.RUNNING.value, mutation.id),
         )
     elif isinstance(mutation, UpdateRunJobs):
         connection.executemany(
