@@ -27,10 +27,15 @@ from corral.server.flows.runs import FlowRunState
 WAIT = 30.0
 
 
+def rest(server: ServerProcess) -> httpx.Client:
+    """A client of the server's REST API with its admin token."""
+    headers = {"Authorization": f"Bearer {server.token}"}
+    return httpx.Client(base_url=server.url, headers=headers, timeout=WAIT, trust_env=False)
+
+
 @pytest.fixture
 def api(server: ServerProcess) -> Iterator[httpx.Client]:
-    headers = {"Authorization": f"Bearer {server.token}"}
-    with httpx.Client(base_url=server.url, headers=headers, timeout=WAIT, trust_env=False) as http:
+    with rest(server) as http:
         yield http
 
 
@@ -166,7 +171,6 @@ def test_a_run_resumes_after_kill_9_and_no_succeeded_job_runs_twice(
     server = start_server("--lease", "5")
     start_worker(server)
     wait_for_workers(server)
-    headers = {"Authorization": f"Bearer {server.token}"}
     flow = {
         "jobs": [
             marked("first", tmp_path),
@@ -176,13 +180,13 @@ def test_a_run_resumes_after_kill_9_and_no_succeeded_job_runs_twice(
             marked("last", tmp_path, "fan1", "fan2"),
         ]
     }
-    with httpx.Client(base_url=server.url, headers=headers, timeout=WAIT, trust_env=False) as api:
+    with rest(server) as api:
         api.put("/api/v1/flows/chain", json=flow).raise_for_status()
         run_id = api.post("/api/v1/flows/chain/runs", json={}).raise_for_status().json()["id"]
         wait_for(lambda: runs_of(tmp_path, "slow") == 1, WAIT, "the slow job to start")
     server.kill()
     server.restart()
-    with httpx.Client(base_url=server.url, headers=headers, timeout=WAIT, trust_env=False) as api:
+    with rest(server) as api:
         run = ended(api, run_id, timeout=60)
     assert run["state"] == "succeeded", run
     assert {name: runs_of(tmp_path, name) for name in states(run)} == dict.fromkeys(
@@ -196,13 +200,12 @@ def test_a_per_second_schedule_gives_each_due_time_one_run_across_a_restart(
 ) -> None:
     server = start_server("--lease", "5")
     start_worker(server, "--concurrency", "4")
-    headers = {"Authorization": f"Bearer {server.token}"}
     flow = {
         "jobs": [{"name": "a", "shell": "true"}],
         "max_active_runs": 20,
         "schedule": {"cron": "*/1 * * * * *", "overlap": "allow_all"},
     }
-    with httpx.Client(base_url=server.url, headers=headers, timeout=WAIT, trust_env=False) as api:
+    with rest(server) as api:
         api.put("/api/v1/flows/tick", json=flow).raise_for_status()
         shown = api.get("/api/v1/flows/tick").json()
         assert len(shown["next_times"]) == 5
@@ -210,7 +213,7 @@ def test_a_per_second_schedule_gives_each_due_time_one_run_across_a_restart(
     server.kill()
     time.sleep(2)  # due times pass while it is down: they are on time (within the grace)
     server.restart()
-    with httpx.Client(base_url=server.url, headers=headers, timeout=WAIT, trust_env=False) as api:
+    with rest(server) as api:
         wait_for(lambda: len(api.get("/api/v1/flows/tick/runs").json()) >= 6, WAIT, "runs")
         api.post("/api/v1/flows/tick/pause").raise_for_status()
         runs = api.get("/api/v1/flows/tick/runs", params={"limit": 1000}).json()
@@ -372,9 +375,8 @@ def test_a_run_cancelled_just_before_a_kill_9_ends_cancelled(
     server = start_server("--lease", "5")
     worker = start_worker(server)
     wait_for_workers(server)
-    headers = {"Authorization": f"Bearer {server.token}"}
     flow = {"jobs": [marked("a", tmp_path, then="sleep 3"), marked("b", tmp_path, "a")]}
-    with httpx.Client(base_url=server.url, headers=headers, timeout=WAIT, trust_env=False) as api:
+    with rest(server) as api:
         api.put("/api/v1/flows/chain", json=flow).raise_for_status()
         run_id = api.post("/api/v1/flows/chain/runs", json={}).raise_for_status().json()["id"]
         job_id = ""
@@ -394,7 +396,7 @@ def test_a_run_cancelled_just_before_a_kill_9_ends_cancelled(
         finally:
             worker.proc.send_signal(signal.SIGCONT)
     server.restart()
-    with httpx.Client(base_url=server.url, headers=headers, timeout=WAIT, trust_env=False) as api:
+    with rest(server) as api:
         run = ended(api, run_id, timeout=60)
         core = api.get(f"/api/v1/jobs/{job_id}").raise_for_status().json()
     assert run["state"] == "cancelled", run
