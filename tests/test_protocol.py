@@ -32,6 +32,20 @@ def test_an_item_too_big_for_any_message_is_refused_before_sending() -> None:
         p.encode(huge)
 
 
+def test_a_run_of_many_jobs_is_split_into_frames_of_that_run_and_a_call_is_never_split() -> None:
+    jobs = [p.RunJobItem(f"job-{n:05}", "queued", f"id{n:030}") for n in range(20_000)]
+    parts = p.encode(p.RunJobs("run-1", jobs), budget=100_000)
+    assert len(parts) > 1 and max(map(len, parts)) <= 100_000
+    frames = [p.decode(part, p.TO_CLIENT) for part in parts]
+    assert {frame.run_id for frame in frames if isinstance(frame, p.RunJobs)} == {"run-1"}
+    assert [item for frame in frames if isinstance(frame, p.RunJobs) for item in frame.jobs] == jobs
+    # A call's arguments go together or not at all: the server would run half a call.
+    with pytest.raises(p.ProtocolError, match="does not fit"):
+        p.encode(p.Call(1, "put_many", "q", [["x" * 1000] * 200]), budget=100_000)
+    with pytest.raises(p.ProtocolError, match=r"runjobs.jobs\[0\].name"):
+        p.decode(msgpack.packb(["runjobs", "r", [["", "queued", None]]]), p.TO_CLIENT)
+
+
 def test_each_direction_decodes_only_its_own_frames() -> None:
     ack = p.Ack([p.AttemptRef("j", 1)]).encode()
     assert p.decode(ack, p.TO_WORKER) == p.Ack([p.AttemptRef("j", 1)])

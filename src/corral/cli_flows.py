@@ -7,11 +7,15 @@ Exit codes are the jobs' ones (cli_common.ExitCode): a YAML or definition error 
 from __future__ import annotations
 
 import datetime
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 import yaml
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
 
 from corral.cli_common import (
     CaOpt,
@@ -31,7 +35,7 @@ from corral.display import print_table, when
 from corral.errors import ConfigError
 from corral.server.flows.definition import load_flows, parse_flow
 from corral.server.flows.parameters import parse_parameter_texts
-from corral.server.flows.runs import FlowRunState
+from corral.server.flows.runs import FlowJobState, FlowRunState
 
 flow_app = typer.Typer(help="Define, run and inspect flows (DAGs of jobs).", no_args_is_help=True)
 
@@ -205,19 +209,28 @@ def run_flow(
 
 
 def _finish(ctx: typer.Context, run_id: str, as_json: bool) -> None:
-    """Wait for the run, a line per job change, then exit with its state's code."""
-    shown: dict[str, str] = {}
-
-    def progress(run: FlowRun) -> None:
-        for job in run.info.jobs:
-            if shown.get(job.name) != job.state and not as_json:
-                print(f"  {job.name}: {job.state}", flush=True)
-            shown[job.name] = job.state
+    """Wait for the run, then exit with its state's code. On a terminal its jobs are a table
+    kept up to date; through a pipe each job change is a line."""
 
     def follow(client: Client) -> FlowRun:
         run = client.flows.status(run_id)
-        run.wait(on_change=progress)
-        progress(run)
+        if as_json:
+            run.wait()
+        elif out.is_terminal:
+            with Live(_progress(run), console=out, auto_refresh=False) as live:
+                run.wait(on_change=lambda changed: live.update(_progress(changed), refresh=True))
+                live.update(_progress(run), refresh=True)
+        else:
+            shown: dict[str, str] = {}
+
+            def lines(changed: FlowRun) -> None:
+                for job in changed.info.jobs:
+                    if shown.get(job.name) != job.state:
+                        print(f"  {job.name}: {job.state}", flush=True)
+                    shown[job.name] = job.state
+
+            lines(run)
+            run.wait(on_change=lines)
         return run
 
     ended: FlowRun = ctx.obj(follow)
@@ -227,6 +240,35 @@ def _finish(ctx: typer.Context, run_id: str, as_json: bool) -> None:
         print(f"run {ended.id} {ended.state}", flush=True)
     if ended.state is not FlowRunState.SUCCEEDED:
         raise typer.Exit(int(ExitCode.JOB_FAILED))
+
+
+_STATE_STYLE = {
+    FlowJobState.PENDING: "dim",
+    FlowJobState.QUEUED: "cyan",
+    FlowJobState.RUNNING: "yellow",
+    FlowJobState.SUCCEEDED: "green",
+    FlowJobState.FAILED: "red",
+    FlowJobState.UPSTREAM_FAILED: "red",
+    FlowJobState.SKIPPED: "magenta",
+    FlowJobState.CANCELLED: "magenta",
+}
+
+
+def _progress(run: FlowRun) -> Table:
+    """The run's jobs as a table; counted by state when there are more than the screen holds."""
+    jobs = run.info.jobs
+    title = f"{run.info.flow}: {run.state}"
+    if len(jobs) <= max(out.height - 6, 1):
+        table = Table("job", "state", "id", title=title)
+        for job in jobs:
+            cell = Text(job.state.value, style=_STATE_STYLE[job.state])
+            table.add_row(job.name, cell, job.job_id or "-")
+        return table
+    counts = Counter(job.state for job in jobs)
+    table = Table("state", "jobs", title=title)
+    for state, style in _STATE_STYLE.items():
+        table.add_row(Text(state.value, style=style), str(counts.get(state, 0)))
+    return table
 
 
 @flow_app.command()

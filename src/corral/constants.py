@@ -169,8 +169,6 @@ MAX_BACKFILL_RUNS = 10_000
 DEFAULT_FLOW_PAGE = 100
 #: Flows one bulk apply (POST /api/v1/flows) may hold; each is stored, or none.
 MAX_BULK_FLOWS = 10_000
-#: How often FlowRun.wait() asks for the run's state.
-FLOW_WAIT_POLL = 0.2
 #: How often the server decides the due times of scheduled flows (a six-field cron may fire
 #: each second).
 FLOW_TICK_INTERVAL = 0.5

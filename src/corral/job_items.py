@@ -1,5 +1,5 @@
 """The per-job items that worker and client frames carry: jobs, start and result reports,
-output, acknowledgements.
+output, acknowledgements, the jobs of a flow run.
 
 They are NamedTuples checked by hand rather than frame dataclasses: a frame carries thousands of
 them, and a tuple packs as a msgpack array as it is. Each has a fast path of plain tests for the
@@ -27,7 +27,7 @@ from corral.checks import (
     show,
     text,
 )
-from corral.constants import MAX_ERROR_TEXT, MAX_NAME_LENGTH
+from corral.constants import MAX_ERROR_TEXT, MAX_FLOW_JOB_NAME_LENGTH, MAX_NAME_LENGTH
 from corral.models import JobState
 
 _new_tuple = tuple.__new__  # a NamedTuple from a checked list, without its __new__'s cost
@@ -237,3 +237,22 @@ def output_item(value: Any) -> OutputItem:
         raise Invalid(f"expected stdout or stderr, got {show(stream)}", ".stream")
     offset = at(integer(0, 2**53), offset, "offset")
     return OutputItem(id_at(job_id, "job_id"), stream, offset, at(binary, data, "data"))
+
+
+class RunJobItem(NamedTuple):
+    """A job of a flow run for a client watching the run: its state, and its core job once
+    released."""
+
+    name: str
+    state: str
+    job_id: str | None
+
+
+_RUN_JOB_NAME = text(MAX_FLOW_JOB_NAME_LENGTH)
+_STATE = text(32)
+
+
+def run_job_item(value: Any) -> RunJobItem:
+    name, state, job_id = fields_of(value, 3, "[name, state, job_id]")
+    name, state = at(_RUN_JOB_NAME, name, "name"), at(_STATE, state, "state")
+    return RunJobItem(name, state, None if job_id is None else id_at(job_id, "job_id"))

@@ -34,6 +34,7 @@ from corral.checks import (
     integer,
     mapping,
     number,
+    optional,
     show,
     text,
 )
@@ -63,6 +64,7 @@ from corral.job_items import (
     LogItem as LogItem,
     OutputItem as OutputItem,
     ResultReport as ResultReport,
+    RunJobItem as RunJobItem,
     StartReport as StartReport,
     attempt_ref,
     clip as clip,
@@ -70,6 +72,7 @@ from corral.job_items import (
     log_item,
     output_item,
     result_report,
+    run_job_item,
     start_report,
 )
 
@@ -112,6 +115,9 @@ class Frame:
     FIELDS: ClassVar[tuple[str, ...]] = ()
     CHECKS: ClassVar[tuple[Check, ...]] = ()
     REQUIRED: ClassVar[int] = 0  # fields without a default; a sender may leave out the rest
+    #: Its last field is a list of items that may go in several frames of its type, each with
+    #: the same other fields (see encode); true of every frame whose one field is a list.
+    SPLITS: ClassVar[bool] = False
 
     def encode(self) -> bytes:
         """The frame as one message, however big; `encode(frame)` splits it to fit."""
@@ -139,6 +145,7 @@ def frame(cls: type[Frame]) -> type[Frame]:
     cls.FIELDS = tuple(f.name for f in fields(cls))
     cls.CHECKS = tuple(f.metadata["check"] for f in fields(cls))
     cls.REQUIRED = sum(f.default is MISSING and f.default_factory is MISSING for f in fields(cls))
+    cls.SPLITS = cls.SPLITS or len(cls.FIELDS) == 1
     return cls
 
 
@@ -445,6 +452,39 @@ class Refused(Frame):
     message: str = checked(text(MAX_ERROR_TEXT, empty=True))
 
 
+@frame
+@dataclass(frozen=True, slots=True)
+class WatchRuns(Frame):
+    """Tell me of these flow runs: for each, RunJobs with all its jobs and a RunState now, then
+    RunJobs as its jobs change, and a last RunState when it ends."""
+
+    TAG: ClassVar[str] = "watchruns"
+    run_ids: list[str] = checked(array(_ID, MAX_WATCH_IDS))
+
+
+@frame
+@dataclass(frozen=True, slots=True)
+class RunJobs(Frame):
+    """Jobs of a watched run, each as it is now (a run of many jobs comes in several frames)."""
+
+    TAG: ClassVar[str] = "runjobs"
+    SPLITS: ClassVar[bool] = True
+    run_id: str = checked(_ID)
+    jobs: list[RunJobItem] = checked(array(run_job_item))
+
+
+@frame
+@dataclass(frozen=True, slots=True)
+class RunState(Frame):
+    """A watched run's state: sent after its jobs when the watch begins, and when it ends.
+    'unknown' for a run the server does not have (never had, or deleted)."""
+
+    TAG: ClassVar[str] = "runstate"
+    run_id: str = checked(_ID)
+    state: str = checked(text(32))
+    finished: float | None = checked(optional(number(0, 2**53)), default=None)
+
+
 def answer_parts(
     request_id: int, result: Any, budget: int = MAX_FRAME_BYTES - _BUNDLE_ROOM
 ) -> list[Answer]:
@@ -477,8 +517,8 @@ def _table(*classes: type[Frame]) -> Frames:
 #: What each side accepts from the other (a worker's Hello comes first, see decode_hello).
 FROM_WORKER = _table(Started, Results, Log, Returned, Release, Heartbeat)
 TO_WORKER = _table(Welcome, Refuse, Jobs, Ack, KillJobs, TakeBack)
-FROM_CLIENT = _table(Submit, Watch, Follow, Call)
-TO_CLIENT = _table(Submitted, Error, Done, Output, EndOfLog, Answer, Refused)
+FROM_CLIENT = _table(Submit, Watch, Follow, Call, WatchRuns)
+TO_CLIENT = _table(Submitted, Error, Done, Output, EndOfLog, Answer, Refused, RunJobs, RunState)
 
 
 def _unpack(data: object) -> list[Any]:
@@ -558,16 +598,19 @@ def pack(head: bytes, items: Sequence[bytes], budget: int) -> list[bytes]:
 
 
 def encode(frame: Frame, budget: int = MAX_FRAME_BYTES - _BUNDLE_ROOM) -> list[bytes]:
-    """`frame` as messages of at most `budget` bytes: a frame whose one field is a list (jobs,
-    results, output, acks, job ids) is split into several frames of its type when too big."""
+    """`frame` as messages of at most `budget` bytes: a frame that SPLITS (jobs, results, output,
+    acks, job ids, a run's jobs) is split when too big into several frames of its type, each
+    with the same other fields and part of the list."""
     data = frame.encode()
     if len(data) <= budget:
         return [data]
-    if len(frame.FIELDS) != 1:
+    *others, last = [getattr(frame, name) for name in frame.FIELDS]
+    if not frame.SPLITS or not isinstance(last, list):
         raise ProtocolError(f"a {frame.TAG!r} frame of {len(data)} bytes does not fit a message")
-    head = _array_header(2) + msgpack.packb(frame.TAG)
-    items = getattr(frame, frame.FIELDS[0])
-    return pack(head, [msgpack.packb(item, use_bin_type=True) for item in items], budget)
+    head = _array_header(len(frame.FIELDS) + 1) + b"".join(
+        msgpack.packb(value, use_bin_type=True) for value in [frame.TAG, *others]
+    )
+    return pack(head, [msgpack.packb(item, use_bin_type=True) for item in last], budget)
 
 
 _BUNDLE_HEAD = _array_header(2) + msgpack.packb(Bundle.TAG)

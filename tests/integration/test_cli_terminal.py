@@ -253,3 +253,27 @@ def test_tables_in_80_columns_keep_ids_and_states_whole(
 def _plain(text: str) -> str:
     """Terminal output without its colour codes."""
     return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
+def test_flow_run_wait_on_a_terminal_keeps_a_table_of_its_jobs_up_to_date(
+    env: dict[str, str], worker: WorkerProcess, terminal: Callable[..., Terminal], tmp_path: Path
+) -> None:
+    flow = tmp_path / "steps.yaml"
+    flow.write_text(
+        "name: steps\njobs:\n"
+        "  - {name: nap, shell: sleep 1}\n"
+        "  - {name: up, shell: 'true', depends_on: [nap]}\n"
+        "  - {name: down, shell: 'exit 1', depends_on: [up]}\n"
+    )
+    assert corral(env, "flow", "apply", str(flow)).returncode == 0
+    waiting = terminal(["flow", "run", "steps", "--wait"], env, columns=100)
+    waiting.read_until("running")
+    code, shown, stderr = waiting.finish()
+    assert code == ExitCode.JOB_FAILED, stderr
+    plain = _plain(shown)
+    # The table was drawn while the run went on, then once more as it ended.
+    assert plain.count("│ nap") >= 2 and "┃ state" in plain
+    last = plain[plain.rindex("steps: failed") :]
+    for job, state in (("nap", "succeeded"), ("up", "succeeded"), ("down", "failed")):
+        assert re.search(rf"│ {job}\s+│ {state}\s+│ \S+", last), last
+    assert plain.rstrip().endswith("failed")

@@ -10,18 +10,19 @@
     run.wait()
 
 A builder gives the same document a YAML file does (docs/flows.md); the server checks it.
+Waiting is by subscription: the client stream is told of each run's jobs as they change.
 """
 
 from __future__ import annotations
 
+import asyncio
 import builtins
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from corral import protocol as p
 from corral.client.jobs import JobTarget, target_of
-from corral.constants import FLOW_WAIT_POLL
-from corral.errors import JobTimeout
+from corral.errors import JobTimeout, NotFound, ProtocolError
 from corral.flow_models import (
     BackfillAnswer,
     FlowApplied,
@@ -35,10 +36,9 @@ from corral.server.flows.runs import FlowJobState, FlowRunState
 
 if TYPE_CHECKING:
     from corral.client.client import Client
+    from corral.client.stream import ClientStream
 
 FlowDocument = Mapping[str, Any]
-
-_ACTIVE = (FlowJobState.QUEUED, FlowJobState.RUNNING)
 
 
 class Flow:
@@ -106,32 +106,39 @@ class FlowRun:
     ) -> FlowRunState:
         """Until the run ends; its final state. JobTimeout after `timeout` seconds (the run
         goes on). `on_change` is called each time a job's state changed."""
-        # Event-driven through the client stream: it waits for one of the run's released jobs
-        # to finish (the notices of the core jobs), then reads the run again. Only while no
-        # released job is known (between one job's end and the next's release) does it poll,
-        # every FLOW_WAIT_POLL seconds; run events of their own would spare even that.
-        deadline = None if timeout is None else time.monotonic() + timeout
-        seen = {job.name: job.state for job in self.info.jobs}
-        while True:
-            self.refresh()
-            now = {job.name: job.state for job in self.info.jobs}
-            if on_change is not None and now != seen:
-                on_change(self)
-            seen = now
-            if self.state is not FlowRunState.RUNNING:
-                return self.state
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                raise JobTimeout(f"flow run {self.id} still running after {timeout}s")
-            active = [
-                job.job_id
-                for job in self.info.jobs
-                if job.job_id is not None and job.state in _ACTIVE
-            ]
-            if active:
-                self._flows._first_to_finish(active, left)
+        for _ in self._flows.as_completed([self], timeout, on_change):
+            pass
+        return self.state
+
+    def _merge(self, jobs: Sequence[p.RunJobItem]) -> bool:
+        """Take in the jobs as a run event tells them; whether any changed."""
+        known = {job.name: job for job in self.info.jobs}
+        changed = False
+        for name, state, job_id in jobs:
+            try:
+                now = FlowJobState(state)
+            except ValueError:
+                raise ProtocolError(f"the server sent an unknown job state {state!r}") from None
+            job = known.get(name)
+            if job is None:
+                self.info.jobs.append(FlowRunJob(name=name, state=now, job_id=job_id))
+            elif job.state is not now or job.job_id != job_id:
+                job.state, job.job_id = now, job_id
             else:
-                time.sleep(FLOW_WAIT_POLL if left is None else min(FLOW_WAIT_POLL, left))
+                continue
+            changed = True
+        return changed
+
+    def _ended(self, event: p.RunState) -> bool:
+        """Take in the run's state; whether it has ended."""
+        if event.state == "unknown":
+            raise NotFound(f"no flow run {self.id}; `corral flow runs FLOW` lists a flow's runs")
+        try:
+            self.info.state = FlowRunState(event.state)
+        except ValueError:
+            raise ProtocolError(f"the server sent an unknown run state {event.state!r}") from None
+        self.info.finished = event.finished
+        return self.info.state is not FlowRunState.RUNNING
 
     def cancel(self) -> FlowRun:
         return self._flows.cancel(self.id)
@@ -220,17 +227,54 @@ class Flows:
         )
         return RetryOutcome(FlowRun(self, answer.run), answer)
 
-    def _first_to_finish(self, job_ids: Sequence[str], timeout: float | None) -> None:
-        """Until one of the jobs finished, or `timeout` seconds passed."""
+    def as_completed(
+        self,
+        runs: Iterable[FlowRun],
+        timeout: float | None = None,
+        on_change: Callable[[FlowRun], None] | None = None,
+    ) -> Iterator[FlowRun]:
+        """Yield the runs as they end, their jobs and states up to date (the runs given are
+        updated as events come). JobTimeout after `timeout` seconds; `on_change(run)` each
+        time a run's jobs changed."""
+        by_id = {run.id: run for run in runs}
+        if not by_id:
+            return
         client = self._client
-        jobs = [client._async.job(job_id) for job_id in job_ids]
-        finishing = client._iterate(client._async.as_completed(jobs, timeout))
+        events = client._iterate(_run_events(client._async._stream, list(by_id), timeout))
         try:
-            next(finishing, None)
-        except JobTimeout:
-            pass
+            for event in events:
+                run = by_id[event.run_id]
+                if isinstance(event, p.RunJobs):
+                    if run._merge(event.jobs) and on_change is not None:
+                        on_change(run)
+                elif run._ended(event):
+                    yield run
         finally:
-            finishing.close()  # stops watching the others
+            events.close()  # stops watching the others
 
     def _run(self, data: Any) -> FlowRun:
         return FlowRun(self, FlowRunInfo.model_validate(data))
+
+
+async def _run_events(
+    stream: ClientStream, run_ids: builtins.list[str], timeout: float | None
+) -> AsyncIterator[p.RunJobs | p.RunState]:
+    """The runs' events, until each has ended (see protocol.WatchRuns)."""
+    events: asyncio.Queue[p.RunJobs | p.RunState | Exception] = asyncio.Queue()
+    sink = events.put_nowait
+    left = set(run_ids)
+    await stream.watch_runs(run_ids, sink)
+    try:
+        async with asyncio.timeout(timeout):
+            while left:
+                event = await events.get()
+                if isinstance(event, Exception):
+                    raise event
+                if isinstance(event, p.RunState) and event.state != "running":
+                    left.discard(event.run_id)
+                yield event
+    except TimeoutError:
+        which = f"flow run {run_ids[0]}" if len(run_ids) == 1 else f"{len(left)} flow runs"
+        raise JobTimeout(f"{which} still running after {timeout}s") from None
+    finally:
+        stream.unwatch_runs(run_ids, sink)

@@ -1,4 +1,5 @@
-"""The client's WebSocket stream: submissions, result notifications and log following.
+"""The client's WebSocket stream: submissions, result notifications, log following, calls on
+named primitives and flow run events.
 
 One connection multiplexes everything a client waits on, so waiting on ten thousand jobs costs one
 socket and no polling. If the server goes away, the stream reconnects and watches again what it
@@ -35,6 +36,9 @@ logger = logging.getLogger("corral.client")
 
 RECONNECT_ATTEMPTS = 50
 
+#: Told of a watched flow run's jobs and state, or of the error that ended the stream.
+RunSink = Callable[[p.RunJobs | p.RunState | Exception], None]
+
 
 class ClientStream:
     """A lazily opened, self-healing WebSocket to `/api/v1/ws`."""
@@ -49,6 +53,7 @@ class ClientStream:
         self._calls: dict[int, _PendingCall] = {}  # calls on named primitives
         self._waiters: dict[str, list[Callable[[p.Done], None]]] = defaultdict(list)
         self._log_sinks: dict[str, Callable[[p.Frame], None]] = {}
+        self._run_sinks: dict[str, list[RunSink]] = defaultdict(list)
         self._closed = False
 
     @property
@@ -115,8 +120,25 @@ class ClientStream:
             if not self._waiters.get(job_id):
                 fresh.append(job_id)
             self._waiters[job_id].append(callback)
-        for frame in _watches(fresh):
-            await self._send(frame)
+        for chunk in _chunks(fresh):
+            await self._send(p.Watch(chunk))
+
+    async def watch_runs(self, run_ids: list[str], sink: RunSink) -> None:
+        """Send `sink` each run's jobs and state now, then its changes until it ends (see
+        protocol.WatchRuns); after a reconnect, the whole run again."""
+        for run_id in run_ids:
+            self._run_sinks[run_id].append(sink)
+        for chunk in _chunks(run_ids):
+            await self._send(p.WatchRuns(chunk))
+
+    def unwatch_runs(self, run_ids: list[str], sink: RunSink) -> None:
+        """Stop sending `sink` the runs' events (the server goes on until they end)."""
+        for run_id in run_ids:
+            sinks = self._run_sinks.get(run_id)
+            if sinks is not None and sink in sinks:
+                sinks.remove(sink)
+                if not sinks:
+                    del self._run_sinks[run_id]
 
     async def follow(self, job_id: str, sink: Callable[[p.Frame], None]) -> None:
         """Send `sink` the job's Log frames then its EndOfLog (or a Done 'unknown')."""
@@ -188,10 +210,12 @@ class ClientStream:
                 await asyncio.sleep(delay)
                 delay = min(2.0, delay * 2)
                 continue
-            for frame in _watches(list(self._waiters)):
-                await ws.send(frame.encode())
+            for chunk in _chunks(list(self._waiters)):
+                await ws.send(p.Watch(chunk).encode())
             for job_id in self._log_sinks:
                 await ws.send(p.Follow(job_id).encode())
+            for chunk in _chunks(list(self._run_sinks)):
+                await ws.send(p.WatchRuns(chunk).encode())
             return
         self._fail_all(ServerUnreachable(f"lost the server at {self._url} and could not reconnect"))
 
@@ -214,6 +238,10 @@ class ClientStream:
             )
             for callback in callbacks:
                 callback(failure)
+        run_sinks, self._run_sinks = self._run_sinks, defaultdict(list)
+        for sinks in run_sinks.values():
+            for sink in sinks:
+                sink(error)
 
     def _dispatch(self, frame: p.Frame) -> None:
         if isinstance(frame, p.Done):
@@ -242,6 +270,14 @@ class ClientStream:
                     sink(p.Output([item]))
         elif isinstance(frame, p.EndOfLog) and (sink := self._log_sinks.pop(frame.job_id, None)):
             sink(frame)
+        elif isinstance(frame, p.RunJobs | p.RunState):
+            self._run_event(frame)
+
+    def _run_event(self, frame: p.RunJobs | p.RunState) -> None:
+        over = isinstance(frame, p.RunState) and frame.state != "running"
+        sinks = self._run_sinks.pop(frame.run_id, []) if over else self._run_sinks.get(frame.run_id)
+        for sink in list(sinks or ()):
+            sink(frame)
 
     def _answered(self, frame: p.Answer | p.Refused) -> None:
         pending = self._calls.get(frame.request_id)
@@ -264,12 +300,9 @@ class _PendingCall:
     parts: list[Any] = field(default_factory=list)  # of an answer that comes in parts
 
 
-def _watches(job_ids: list[str]) -> list[p.Watch]:
-    """Watch frames for `job_ids`, none over the server's limit of MAX_WATCH_IDS."""
-    return [
-        p.Watch(job_ids[start : start + MAX_WATCH_IDS])
-        for start in range(0, len(job_ids), MAX_WATCH_IDS)
-    ]
+def _chunks(ids: list[str]) -> list[list[str]]:
+    """`ids` in lists of at most the server's limit for one Watch or WatchRuns."""
+    return [ids[start : start + MAX_WATCH_IDS] for start in range(0, len(ids), MAX_WATCH_IDS)]
 
 
 async def _send_split(ws: ClientConnection, frame: p.Frame) -> None:

@@ -461,6 +461,7 @@ def create_app(
         peer = Peer()
         sender = asyncio.create_task(_pump(ws, peer))
         submissions: set[asyncio.Task[None]] = set()
+        watches: set[asyncio.Task[None]] = set()  # reading ended runs; moot once it hangs up
         try:
             while True:
                 try:
@@ -479,6 +480,10 @@ def create_app(
                     engine.subscriptions.follow(peer, frame.job_id)
                 elif isinstance(frame, p.Call):
                     service.call(peer, frame, role)
+                elif isinstance(frame, p.WatchRuns):
+                    task = asyncio.create_task(flows.watch(peer, frame.run_ids))
+                    watches.add(task)
+                    task.add_done_callback(watches.discard)
                 else:
                     raise ProtocolError(f"unexpected {frame.TAG!r} frame from a client")
         except WebSocketDisconnect:
@@ -490,6 +495,9 @@ def create_app(
         finally:
             engine.subscriptions.forget(peer)
             service.forget(peer)
+            for task in watches:
+                task.cancel()
+            flows.watchers.forget(peer)
             sender.cancel()
 
     async def _submit_frame(peer: Peer, frame: p.Submit, role: Role) -> None:

@@ -77,6 +77,8 @@ logger = logging.getLogger("corral.server")
 
 #: Told of jobs that finished, once that is durable (see Engine.add_finish_hook).
 FinishHook = Callable[[Sequence[p.Done]], None]
+#: Told of the ids of jobs that began running (see Engine.add_start_hook).
+StartHook = Callable[[Sequence[str]], None]
 
 
 class WorkerPeer(Peer):
@@ -130,6 +132,7 @@ class Engine:
         self._ticker: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._finish_hooks: list[FinishHook] = []
+        self._start_hooks: list[StartHook] = []
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -188,6 +191,13 @@ class Engine:
         (after waiting clients are told), in the order they finished. A hook must not block; one
         that raises is logged, and the others still run."""
         self._finish_hooks.append(hook)
+
+    def add_start_hook(self, hook: StartHook) -> None:
+        """Call `hook` with the ids of jobs that began running, as their workers report it (the
+        record of a start is stored a little later, see _record_start). A job that ends within
+        the worker's start hold is never reported started: its finish tells. A hook must not
+        block; one that raises is logged, and the others still run."""
+        self._start_hooks.append(hook)
 
     async def submit(
         self,
@@ -415,6 +425,7 @@ class Engine:
     def _started(self, worker_id: str, reports: list[p.StartReport]) -> None:
         """Attempts the worker began: from now on (once recorded) the jobs show as running."""
         start = self.scheduler.start
+        began: list[str] = []
         for job_id, attempt, started in reports:
             if start(worker_id, job_id, attempt):
                 self._record_start(
@@ -426,6 +437,9 @@ class Engine:
                         started=started,
                     )
                 )
+                began.append(job_id)
+        if began:
+            self._run_hooks(self._start_hooks, began)
 
     def _logs(self, worker_id: str, items: list[p.LogItem]) -> None:
         """Store output of the attempts the worker holds; drop the rest."""
@@ -576,11 +590,15 @@ class Engine:
             self._log_sizes.pop((notice.job_id, "stdout"), None)
             self._log_sizes.pop((notice.job_id, "stderr"), None)
         if notices:
-            for hook in self._finish_hooks:
-                try:
-                    hook(notices)
-                except Exception:  # one subscriber's bug must not stop the others, or the engine
-                    logger.exception("a finish hook failed")
+            self._run_hooks(self._finish_hooks, notices)
+
+    @staticmethod
+    def _run_hooks(hooks: Sequence[Callable[[Sequence[Any]], None]], told: Sequence[Any]) -> None:
+        for hook in hooks:
+            try:
+                hook(told)
+            except Exception:  # one subscriber's bug must not stop the others, or the engine
+                logger.exception("an engine hook failed")
 
     def _finished(
         self, decision: Finished, report: p.ResultReport | None, now: float

@@ -18,7 +18,9 @@ What it guarantees:
 - no job of a run that succeeded runs again: on start, every active run is rebuilt from the
   store, the core state of each of its released jobs read back (it may have finished while the
   server was down, or before its finish reached the run), and only pending jobs are released;
-- a run's job states and its end are written in the order they happened (one writer).
+- a run's job states and its end are written in the order they happened (one writer);
+- a client watching a run (RunWatchers) is told of each change once it is durable, and of
+  jobs starting as the engine hears of them.
 
 A released job's core insert and its run's record of it (`queued`, with its id) are one
 commit, so a crash leaves either both or neither: a resumed run never releases a job whose
@@ -58,6 +60,7 @@ from corral.server.flows.runs import (
     plan_retry,
 )
 from corral.server.flows.ticker import ScheduleTicker
+from corral.server.flows.watchers import RunView, RunWatchers
 from corral.server.store.base import Mutation
 from corral.server.store.flow_rows import (
     AdvanceSchedule,
@@ -73,6 +76,7 @@ from corral.server.store.flow_rows import (
     UpdateRun,
     UpdateRunJobs,
 )
+from corral.server.subscriptions import Peer
 
 logger = logging.getLogger("corral.server")
 
@@ -118,7 +122,9 @@ class FlowService:
         self._tasks: set[asyncio.Task[None]] = set()
         self._retrying: set[str] = set()  # runs whose retry is being stored
         self.schedules = ScheduleTicker(self)
+        self.watchers = RunWatchers(self._view)
         engine.add_finish_hook(self._jobs_finished)
+        engine.add_start_hook(self._jobs_started)
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -242,11 +248,14 @@ class FlowService:
         """Cancel the flow's active runs, then delete it with its versions and runs."""
         await self.get_flow(name)
         self.writer.check_available()
-        for live in [live for live in self._runs.values() if live.row.flow == name]:
+        doomed = [live for live in self._runs.values() if live.row.flow == name]
+        for live in doomed:
             self._carry_out(live, live.machine.cancel())
             self._forget(live)
         await self.writer.write([DeleteFlow(name)])
         self.schedules.deleted(name)
+        for live in doomed:
+            self.watchers.gone(live.row.id)
 
     async def set_paused(self, name: str, paused: bool) -> None:
         await self.get_flow(name)
@@ -386,15 +395,7 @@ class FlowService:
     def _snapshot(self, live: _LiveRun | None, row: FlowRunRow) -> FlowRunRow:
         if live is None:  # it ended already: the row was updated as it ended
             return row
-        states, ids = live.machine.states, live.job_ids
-        jobs = []
-        for name, state in states.items():
-            job_id = ids.get(name)
-            if state is FlowJobState.QUEUED and job_id is not None:
-                record = self._engine.scheduler.job(job_id)  # the run hears only of finishes
-                if record is not None and record.started:
-                    state = FlowJobState.RUNNING
-            jobs.append(RunJobRow(name, state, job_id))
+        jobs = self._job_rows(live, live.machine.states)
         return FlowRunRow(
             id=row.id,
             flow=row.flow,
@@ -407,6 +408,61 @@ class FlowService:
             disabled=row.disabled,
             jobs=jobs,
         )
+
+    def _job_rows(self, live: _LiveRun, names: Iterable[str]) -> list[RunJobRow]:
+        """The named jobs of an active run as they are now."""
+        states, ids, scheduler = live.machine.states, live.job_ids, self._engine.scheduler
+        jobs = []
+        for name in names:
+            state, job_id = states[name], ids.get(name)
+            if state is FlowJobState.QUEUED and job_id is not None:
+                record = scheduler.job(job_id)  # the run hears only of finishes
+                if record is not None and record.started:
+                    state = FlowJobState.RUNNING
+            jobs.append(RunJobRow(name, state, job_id))
+        return jobs
+
+    # -- watching ------------------------------------------------------------------------------
+
+    async def watch(self, peer: Peer, run_ids: Sequence[str]) -> None:
+        """Keep `peer` told of the runs (see RunWatchers); an ended one is read from the store."""
+        ended = [run_id for run_id in dict.fromkeys(run_ids) if run_id not in self._runs]
+        stored = await asyncio.to_thread(self._stored_runs, ended) if ended else {}
+        for run_id in dict.fromkeys(run_ids):
+            # Looked up again: a stored run may have been retried while it was read.
+            whole = self._view(run_id, None)
+            if whole is None and (row := stored.get(run_id)) is not None:
+                whole = RunView(row.state, row.finished, row.jobs)
+            self.watchers.watch(peer, run_id, whole)
+
+    def _stored_runs(self, run_ids: Iterable[str]) -> dict[str, FlowRunRow]:
+        found = {}
+        for run_id in run_ids:
+            if (row := self._store.get_run(run_id)) is not None:
+                found[run_id] = row
+        return found
+
+    def _view(self, run_id: str, names: Collection[str] | None) -> RunView | None:
+        live = self._runs.get(run_id)
+        if live is None:
+            return None
+        jobs = self._job_rows(live, live.machine.states if names is None else names)
+        return RunView(live.machine.state, live.row.finished, jobs)
+
+    def _tell_watchers(
+        self, committed: asyncio.Future[None], run_id: str, names: list[str], last: RunView | None
+    ) -> None:
+        """Once `committed` is durable, tell the run's watchers of the jobs and the end."""
+
+        def durable(commit: asyncio.Future[None]) -> None:
+            if commit.cancelled() or commit.exception() is not None:
+                return  # the writer logged it; nothing changed
+            if names:
+                self.watchers.changed(run_id, names)
+            if last is not None:
+                self.watchers.ended(run_id, last)
+
+        committed.add_done_callback(durable)
 
     # -- carrying out decisions ----------------------------------------------------------------
 
@@ -443,6 +499,9 @@ class FlowService:
             live.row.jobs = self._snapshot(live, live.row).jobs
             self._forget(live)
         committed = self.writer.submit_nowait(mutations) if mutations else None
+        if committed is not None and self.watchers.watched(live.row.id):
+            last = None if ended is None else RunView(ended, live.row.finished, live.row.jobs)
+            self._tell_watchers(committed, live.row.id, names, last)
         if releases:
             self._spawn(self._release(live, releases))
         if ended is not None:
@@ -525,10 +584,18 @@ class FlowService:
         for name in live.cancel_wanted.intersection(names):
             self._spawn(self._cancel_core(live.job_ids[name]))
         live.cancel_wanted.difference_update(names)
+        self.watchers.changed(live.row.id, names)  # stored with the jobs: durable now
 
     def _job_state(self, live: _LiveRun, name: str, state: FlowJobState) -> None:
         if self._runs.get(live.row.id) is live:
             self._carry_out(live, live.machine.job_changed(name, state), [name])
+
+    def _jobs_started(self, job_ids: Sequence[str]) -> None:
+        for job_id in job_ids:
+            found = self._by_job.get(job_id)
+            if found is not None:
+                run_id, name = found
+                self.watchers.changed(run_id, (name,))
 
     def _jobs_finished(self, notices: Sequence[p.Done]) -> None:
         for notice in notices:

@@ -1,0 +1,133 @@
+"""RunWatchers: client streams watching flow runs, told of each change once it is durable.
+
+A client that waits on a run (`FlowRun.wait`, `corral flow run --wait`) sends WatchRuns. It is
+sent the run's jobs (RunJobs) and its state (RunState) at once, then RunJobs with the jobs that
+changed, and a last RunState when the run ends (after its last jobs), so that waiting is by
+subscription, never by polling.
+
+Changes are gathered and sent once per turn of the event loop: a fan-out that releases ten
+thousand jobs is one RunJobs (in as many frames as fit), not ten thousand. What a change is,
+the owner (FlowService) says when it tells of it, after the change committed; what the jobs are
+now it says through `view`, read when they are sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+
+from corral import protocol as p
+from corral.server.flows.runs import FlowRunState
+from corral.server.store.flow_rows import RunJobRow
+from corral.server.subscriptions import Peer
+
+
+@dataclass(frozen=True, slots=True)
+class RunView:
+    """What a watcher is told of a run: its state, when it ended, and (some of) its jobs."""
+
+    state: FlowRunState
+    finished: float | None
+    jobs: Sequence[RunJobRow]
+
+
+#: The run's jobs named (all of them for None) as they are now; None once it is not active.
+ViewOfRun = Callable[[str, Collection[str] | None], RunView | None]
+
+
+class RunWatchers:
+    """Which peers watch which runs, and the changes they are yet to be sent."""
+
+    def __init__(self, view: ViewOfRun) -> None:
+        self._view = view
+        self._peers: dict[str, set[Peer]] = {}
+        self._runs_of: dict[Peer, set[str]] = {}
+        self._changed: dict[str, set[str]] = {}  # run id -> names of jobs to send
+        self._ended: dict[str, RunView] = {}  # run id -> its last view, to send
+        self._flushing = False
+
+    def watched(self, run_id: str) -> bool:
+        return run_id in self._peers
+
+    def watch(self, peer: Peer, run_id: str, whole: RunView | None) -> None:
+        """Send `peer` the run as `whole` shows it (None: no such run); while it is active,
+        keep it told."""
+        if whole is None:
+            peer.send(p.RunState(run_id, "unknown"))
+            return
+        peer.send(_jobs_frame(run_id, whole.jobs))
+        peer.send(p.RunState(run_id, whole.state.value, whole.finished))
+        if whole.state is FlowRunState.RUNNING:
+            self._peers.setdefault(run_id, set()).add(peer)
+            self._runs_of.setdefault(peer, set()).add(run_id)
+
+    def changed(self, run_id: str, names: Collection[str]) -> None:
+        """The run's jobs named have changed (durably): tell its watchers this turn."""
+        if run_id in self._peers:
+            self._changed.setdefault(run_id, set()).update(names)
+            self._flush_soon()
+
+    def ended(self, run_id: str, last: RunView) -> None:
+        """The run ended (durably) as `last` shows: tell its watchers its last jobs, then that."""
+        if run_id in self._peers:
+            self._ended[run_id] = last
+            self._flush_soon()
+
+    def gone(self, run_id: str) -> None:
+        """The run was deleted: its watchers hear it is unknown now."""
+        for peer in self._drop(run_id):
+            peer.send(p.RunState(run_id, "unknown"))
+
+    def forget(self, peer: Peer) -> None:
+        """The peer went away."""
+        for run_id in self._runs_of.pop(peer, ()):
+            peers = self._peers.get(run_id)
+            if peers is not None:
+                peers.discard(peer)
+                if not peers:
+                    self._drop(run_id)
+
+    def _flush_soon(self) -> None:
+        if not self._flushing:
+            self._flushing = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flushing = False
+        changed, self._changed = self._changed, {}
+        ended, self._ended = self._ended, {}
+        for run_id, names in changed.items():
+            if run_id in ended:
+                continue  # its last view says it all
+            view = self._view(run_id, names)
+            if view is not None:
+                self._send(run_id, _jobs_frame(run_id, view.jobs))
+        for run_id, last in ended.items():
+            names = changed.get(run_id, set())
+            jobs = [job for job in last.jobs if job.name in names]
+            end = p.RunState(run_id, last.state.value, last.finished)
+            for peer in self._drop(run_id):
+                if jobs:
+                    peer.send(_jobs_frame(run_id, jobs))
+                peer.send(end)
+
+    def _send(self, run_id: str, frame: p.Frame) -> None:
+        for peer in self._peers.get(run_id, ()):
+            peer.send(frame)
+
+    def _drop(self, run_id: str) -> set[Peer]:
+        peers = self._peers.pop(run_id, set())
+        self._changed.pop(run_id, None)
+        self._ended.pop(run_id, None)
+        for peer in peers:
+            runs = self._runs_of.get(peer)
+            if runs is not None:
+                runs.discard(run_id)
+                if not runs:
+                    del self._runs_of[peer]
+        return peers
+
+
+def _jobs_frame(run_id: str, jobs: Sequence[RunJobRow]) -> p.RunJobs:
+    return p.RunJobs(run_id, [p.RunJobItem(job.name, job.state.value, job.job_id) for job in jobs])
