@@ -118,9 +118,10 @@ def connect(server: str | None, token: str | None, ca: Path | None, data: Path |
 
 
 @contextlib.contextmanager
-def interruptible(what: str, job_ids: Sequence[str]) -> Iterator[None]:
-    """Ctrl-C while waiting on jobs: one line saying they go on, and exit 130. `job_ids` may
-    fill in while the block runs (a submission's ids arrive inside it)."""
+def interruptible(what: str, job_ids: Sequence[str], stop: str = "corral cancel") -> Iterator[None]:
+    """Ctrl-C while waiting on jobs (or flow runs): one line saying they go on and how to `stop`
+    them, and exit 130. `job_ids` may fill in while the block runs (a submission's ids arrive
+    inside it)."""
     try:
         yield
     except KeyboardInterrupt:
@@ -129,7 +130,7 @@ def interruptible(what: str, job_ids: Sequence[str]) -> Iterator[None]:
         else:
             ids = " ".join(job_ids)
             goes_on = "it goes on" if len(job_ids) == 1 else "they go on"
-            line = f"interrupted {what} {ids}; {goes_on} running (stop: corral cancel {ids})"
+            line = f"interrupted {what} {ids}; {goes_on} running (stop: {stop} {ids})"
         print(f"corral: {line}", file=sys.stderr, flush=True)
         raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
 

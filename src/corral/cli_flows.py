@@ -25,6 +25,7 @@ from corral.cli_common import (
     ServerOpt,
     TokenOpt,
     errors_to_exit_codes,
+    interruptible,
     out,
     print_json,
     with_client,
@@ -209,28 +210,12 @@ def run_flow(
 
 
 def _finish(ctx: typer.Context, run_id: str, as_json: bool) -> None:
-    """Wait for the run, then exit with its state's code. On a terminal its jobs are a table
-    kept up to date; through a pipe each job change is a line."""
+    """Wait for the run (see _follow), then exit with its state's code."""
 
     def follow(client: Client) -> FlowRun:
         run = client.flows.status(run_id)
-        if as_json:
-            run.wait()
-        elif out.is_terminal:
-            with Live(_progress(run), console=out, auto_refresh=False) as live:
-                run.wait(on_change=lambda changed: live.update(_progress(changed), refresh=True))
-                live.update(_progress(run), refresh=True)
-        else:
-            shown: dict[str, str] = {}
-
-            def lines(changed: FlowRun) -> None:
-                for job in changed.info.jobs:
-                    if shown.get(job.name) != job.state:
-                        print(f"  {job.name}: {job.state}", flush=True)
-                    shown[job.name] = job.state
-
-            lines(run)
-            run.wait(on_change=lines)
+        with interruptible("waiting for flow run", [run_id], stop="corral flow cancel"):
+            _follow(run, as_json)
         return run
 
     ended: FlowRun = ctx.obj(follow)
@@ -240,6 +225,28 @@ def _finish(ctx: typer.Context, run_id: str, as_json: bool) -> None:
         print(f"run {ended.id} {ended.state}", flush=True)
     if ended.state is not FlowRunState.SUCCEEDED:
         raise typer.Exit(int(ExitCode.JOB_FAILED))
+
+
+def _follow(run: FlowRun, as_json: bool) -> None:
+    """Wait for the run: on a terminal its jobs are a table kept up to date; through a pipe
+    each job change is a line; with --json nothing until the end."""
+    if as_json:
+        run.wait()
+    elif out.is_terminal:
+        with Live(_progress(run), console=out, auto_refresh=False) as live:
+            run.wait(on_change=lambda changed: live.update(_progress(changed), refresh=True))
+            live.update(_progress(run), refresh=True)
+    else:
+        shown: dict[str, str] = {}
+
+        def lines(changed: FlowRun) -> None:
+            for job in changed.info.jobs:
+                if shown.get(job.name) != job.state:
+                    print(f"  {job.name}: {job.state}", flush=True)
+                shown[job.name] = job.state
+
+        lines(run)
+        run.wait(on_change=lines)
 
 
 _STATE_STYLE = {

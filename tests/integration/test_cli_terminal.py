@@ -277,3 +277,24 @@ def test_flow_run_wait_on_a_terminal_keeps_a_table_of_its_jobs_up_to_date(
     for job, state in (("nap", "succeeded"), ("up", "succeeded"), ("down", "failed")):
         assert re.search(rf"│ {job}\s+│ {state}\s+│ \S+", last), last
     assert plain.rstrip().endswith("failed")
+
+
+def test_ctrl_c_in_flow_run_wait_says_the_run_goes_on(
+    env: dict[str, str], worker: WorkerProcess, terminal: Callable[..., Terminal], tmp_path: Path
+) -> None:
+    flow = tmp_path / "long.yaml"
+    flow.write_text("name: long\njobs:\n  - {name: nap, shell: sleep 300}\n")
+    assert corral(env, "flow", "apply", str(flow)).returncode == 0
+    waiting = terminal(["flow", "run", "long", "--wait"], env)
+    waiting.read_until("running")
+    waiting.interrupt()
+    code, shown, stderr = waiting.finish()
+    assert code == 130, (shown, stderr)
+    assert "Traceback" not in shown + stderr and "Aborted" not in shown + stderr
+    found = re.search(
+        r"flow run (\w{26}); it goes on running \(stop: corral flow cancel \1\)", stderr
+    )
+    assert found and len(stderr.splitlines()) == 1, stderr
+    status = json.loads(corral(env, "flow", "status", found[1], "--json").stdout)
+    assert status["state"] == "running"
+    assert corral(env, "flow", "cancel", found[1]).returncode == ExitCode.OK
