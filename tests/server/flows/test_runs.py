@@ -16,6 +16,7 @@ from corral.server.flows.runs import (
     FinishRun,
     FlowJobState,
     FlowRunState,
+    RecordCancel,
     ReleaseJob,
     RunDecision,
     RunMachine,
@@ -306,6 +307,7 @@ def test_cancelling_a_run_cancels_active_jobs_and_settles_the_rest() -> None:
     decisions = machine.cancel()
     reason = "the run was cancelled"
     assert decisions == [
+        RecordCancel(),
         CancelJob("a", reason),
         CancelJob("b", reason),
         SettleJob("c", S.CANCELLED, f"not started: {reason}"),
@@ -347,7 +349,7 @@ def test_a_long_chain_is_cancelled_without_recursion() -> None:
     machine = RunMachine(flow(*jobs))
     machine.start()
     decisions = machine.cancel()
-    assert len(decisions) == 5000  # one cancel, 4,999 settles
+    assert len(decisions) == 5001  # the record, one cancel, 4,999 settles
     assert machine.job_changed("j0", S.CANCELLED) == [FinishRun(FlowRunState.CANCELLED)]
 
 

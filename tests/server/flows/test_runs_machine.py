@@ -16,6 +16,7 @@ from corral.server.flows.runs import (
     FinishRun,
     FlowJobState,
     FlowRunState,
+    RecordCancel,
     ReleaseJob,
     RunDecision,
     RunMachine,
@@ -66,6 +67,7 @@ class RunStateMachine(RuleBasedStateMachine):
         self.disabled = data.draw(st.lists(st.sampled_from(names), unique=True, max_size=2))
         self.states = dict.fromkeys(names, S.PENDING)
         self.cancelled = False
+        self.cancel_recorded = False
         self.failed_first: str | None = None  # the first job the core failed (or cancelled)
         self.finished: list[FlowRunState] = []
         self.released: set[str] = set()
@@ -104,6 +106,9 @@ class RunStateMachine(RuleBasedStateMachine):
                 if decision.state is S.CANCELLED:
                     assert self.cancelled or self.failed_first is not None
                 self.states[decision.job] = decision.state
+            elif isinstance(decision, RecordCancel):
+                assert self.cancelled and not self.cancel_recorded, "a cancel recorded twice"
+                self.cancel_recorded = True
             elif isinstance(decision, CancelJob):
                 assert self.states[decision.job] in ACTIVE
                 assert self.cancelled or self.failed_first is not None

@@ -164,13 +164,19 @@ class CancelJob:
 
 
 @dataclass(frozen=True, slots=True)
+class RecordCancel:
+    """The run is cancelled: store that before anything else, so that a run resumed while its
+    jobs were being cancelled still ends `cancelled`."""
+
+
+@dataclass(frozen=True, slots=True)
 class FinishRun:
     """Every job is final: the run ends in `state`."""
 
     state: FlowRunState
 
 
-RunDecision = ReleaseJob | SettleJob | CancelJob | FinishRun
+RunDecision = ReleaseJob | SettleJob | CancelJob | RecordCancel | FinishRun
 
 
 class _Halt(StrEnum):
@@ -274,10 +280,11 @@ class RunMachine:
         return decisions
 
     def cancel(self) -> list[RunDecision]:
-        """Cancel the run: pending jobs are settled `cancelled`, active ones cancelled."""
+        """Cancel the run: recorded first, then pending jobs are settled `cancelled`, active
+        ones cancelled."""
         if self._halt is _Halt.CANCELLED or self._finished:
             return []
-        decisions: list[RunDecision] = []
+        decisions: list[RunDecision] = [RecordCancel()]
         self._stop(_Halt.CANCELLED, decisions)
         self._evaluate_all(decisions)
         self._check_finished(decisions)

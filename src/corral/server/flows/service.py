@@ -8,8 +8,8 @@ runs, and turns each RunMachine decision into core jobs and store mutations:
 - SettleJob, and each state a core job of the run finishes in (told by the engine's finish
   hook, once durable): UpdateRunJobs, with FinishRun's UpdateRun in the same batch;
 - CancelJob: the core job is cancelled (once its id is known, if it is being submitted);
-  a cancel of the run is stored (CancelRun) with its first decisions, before it is answered,
-  so that a run resumed while its jobs were being cancelled still ends `cancelled`.
+- RecordCancel: CancelRun, in the commit of the cancel's other decisions, which a cancel
+  awaits before it answers.
 
 What it guarantees:
 - an apply stores every given flow or none (FlowInvalid names the bad flow and why; a
@@ -52,6 +52,7 @@ from corral.server.flows.runs import (
     FinishRun,
     FlowJobState,
     FlowRunState,
+    RecordCancel,
     ReleaseJob,
     RetryPlan,
     RunDecision,
@@ -317,7 +318,7 @@ class FlowService:
             row = await self._stored_run(run_id)
             raise Conflict(f"run {run_id} already {row.state}; nothing to cancel")
         self.writer.check_available()
-        committed = self._carry_out(live, live.machine.cancel(), cancelling=True)
+        committed = self._carry_out(live, live.machine.cancel())
         if committed is not None:
             await committed
         return self._snapshot(self._runs.get(run_id), live.row)
@@ -326,7 +327,7 @@ class FlowService:
         """Cancel an active run (a schedule's cancel_other); an ended one is left alone."""
         live = self._runs.get(run_id)
         if live is not None:
-            self._carry_out(live, live.machine.cancel(), cancelling=True)
+            self._carry_out(live, live.machine.cancel())
 
     async def retry(
         self, run_id: str, from_job: str | None = None, dry_run: bool = False
@@ -471,15 +472,17 @@ class FlowService:
         live: _LiveRun,
         decisions: Sequence[RunDecision],
         changed: Sequence[str] = (),
-        cancelling: bool = False,
     ) -> asyncio.Future[None] | None:
-        """Store the jobs in `changed` and what `decisions` settle, cancel and release (with
-        `cancelling`, that the run was cancelled, in the same commit); the commit's future."""
+        """Store the jobs in `changed` and what `decisions` record, settle, cancel and release,
+        in one commit; the commit's future."""
         names = list(changed)
         releases: list[str] = []
         ended: FlowRunState | None = None
+        mutations: list[Mutation] = []
         for decision in decisions:
-            if isinstance(decision, ReleaseJob):
+            if isinstance(decision, RecordCancel):
+                mutations.append(CancelRun(live.row.id))
+            elif isinstance(decision, ReleaseJob):
                 releases.append(decision.job)
             elif isinstance(decision, SettleJob):
                 names.append(decision.job)
@@ -487,7 +490,6 @@ class FlowService:
                 self._cancel_job(live, decision.job)
             elif isinstance(decision, FinishRun):
                 ended = decision.state
-        mutations: list[Mutation] = [CancelRun(live.row.id)] if cancelling else []
         if names:
             states, ids = live.machine.states, live.job_ids
             rows = tuple(RunJobRow(name, states[name], ids.get(name)) for name in names)
