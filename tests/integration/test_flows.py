@@ -229,14 +229,14 @@ def test_the_cli_applies_runs_and_inspects_flows(
     start_worker(server, "--concurrency", "2")
     wait_for_workers(server)
     many = "".join(
-        f"---\nname: bulk{i:04}\njobs:\n  - name: a\n    shell: 'true'\n" for i in range(1000)
+        f"---\nname: bulk{i:05}\njobs:\n  - name: a\n    shell: 'true'\n" for i in range(10_000)
     )
     (tmp_path / "many.yaml").write_text(many)
     applied = run_corral("flow", "apply", str(tmp_path / "many.yaml"), env=env)
     assert applied.returncode == 0, applied.stderr
-    assert applied.stdout.count(" created (version 1)") == 1000
+    assert applied.stdout.count(" created (version 1)") == 10_000
     again = run_corral("flow", "apply", str(tmp_path / "many.yaml"), env=env)
-    assert again.stdout.count(" unchanged (version 1)") == 1000
+    assert again.stdout.count(" unchanged (version 1)") == 10_000
     flow = f"""
 name: greet
 parameters:
