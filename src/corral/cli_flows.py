@@ -146,11 +146,13 @@ def list_flows(
             str(flow.version),
             flow.cron or "-",
             "paused" if flow.paused else "-",
-            when(flow.applied),
+            flow.last_run.state if flow.last_run else "-",
+            when(flow.last_run.created) if flow.last_run else "-",
         ]
         for flow in flows
     ]
-    print_table(out, ["name", "version", "schedule", "paused", "applied"], rows, keep=["name"])
+    headers = ["name", "version", "schedule", "paused", "last run", "started"]
+    print_table(out, headers, rows, keep=["name", "last run"])
 
 
 @flow_app.command()

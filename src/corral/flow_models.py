@@ -42,12 +42,22 @@ class FlowVersion(BaseModel):
     applied: float
 
 
+class LastRun(BaseModel):
+    """A flow's newest run, as a listing shows it."""
+
+    id: str
+    state: FlowRunState
+    created: float
+    finished: float | None
+
+
 class FlowInfo(FlowVersion):
     paused: bool
     description: str
     cron: str | None = Field(default=None, description="Its schedule's cron, if it has one.")
     next_times: list[float] = Field(description="The next fire times (none while paused).")
     definition: dict[str, Any] = Field(description="The definition, defaults left out.")
+    last_run: LastRun | None = Field(default=None, description="Its newest run, if it has one.")
 
 
 class RunRequest(BaseModel):

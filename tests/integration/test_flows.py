@@ -271,6 +271,11 @@ jobs:
     assert bad_type.returncode == 6 and "times" in bad_type.stderr
     listed = run_corral("flow", "runs", "greet", env=env).stdout.splitlines()
     assert len(listed) == 3 and all("succeeded" in line for line in listed[1:])
+    # Each flow with its newest run: the state a test engineer checks across thousands.
+    flows = run_corral("flow", "list", "--after", "bulk09998", env=env).stdout.splitlines()
+    assert flows[0].split("\t") == ["name", "version", "schedule", "paused", "last run", "started"]
+    assert flows[1].split("\t")[:5] == ["bulk09999", "1", "-", "-", "-"]
+    assert flows[2].split("\t")[:5] == ["greet", "1", "0 6 * * *", "-", "succeeded"]
     run_id = listed[1].split("\t")[0]
     status = run_corral("flow", "status", run_id, env=env)
     assert "bye\tskipped" in status.stdout
@@ -308,6 +313,8 @@ def test_the_python_client_builds_applies_and_waits_for_a_flow(
         assert (applied.name, applied.outcome) == ("math", "created")
         run = client.flows.run("math", n=4)
         assert run.wait(timeout=WAIT) is FlowRunState.SUCCEEDED
+        last = client.flows.get("math").last_run
+        assert last is not None and (last.id, last.state) == (run.id, "succeeded")
         assert client.get(run.jobs["add"].job_id or "").result == 18
         with pytest.raises(corral.InvalidRequest, match="'n'"):
             client.flows.run("math")

@@ -26,6 +26,7 @@ from corral.flow_models import (
     FlowRunInfo,
     FlowRunJob,
     FlowVersion,
+    LastRun,
     RetryAnswer,
     RetryRequest,
     RunRequest,
@@ -40,7 +41,7 @@ def flow_routes(service: FlowService, read: Depends, submit: Depends) -> APIRout
     """The routes, their roles checked by the `read` and `submit` dependencies."""
     router = APIRouter(prefix="/api/v1")
 
-    def info(row: FlowRow) -> FlowInfo:
+    def info(row: FlowRow, last: FlowRunRow | None) -> FlowInfo:
         definition: FlowDefinition = service.definition_of(row)
         return FlowInfo(
             name=row.name,
@@ -52,6 +53,11 @@ def flow_routes(service: FlowService, read: Depends, submit: Depends) -> APIRout
             cron=definition.schedule.cron if definition.schedule else None,
             next_times=service.schedules.next_times(row.name, NEXT_FIRE_TIMES),
             definition=definition.export(),
+            last_run=None
+            if last is None
+            else LastRun(
+                id=last.id, state=last.state, created=last.created, finished=last.finished
+            ),
         )
 
     @router.put("/flows/{name}", dependencies=[submit])
@@ -77,12 +83,15 @@ def flow_routes(service: FlowService, read: Depends, submit: Depends) -> APIRout
         after: str | None = None,
         limit: Annotated[int, Query(ge=1, le=MAX_LIST_LIMIT)] = DEFAULT_FLOW_PAGE,
     ) -> list[FlowInfo]:
-        """Flows by name; page with `after=<last name seen>`."""
-        return [info(row) for row in await service.list_flows(after, limit)]
+        """Flows by name, each with its newest run; page with `after=<last name seen>`."""
+        rows = await service.list_flows(after, limit)
+        last = await service.last_runs([row.name for row in rows])
+        return [info(row, last.get(row.name)) for row in rows]
 
     @router.get("/flows/{name}", dependencies=[read])
     async def get_flow(name: str) -> FlowInfo:
-        return info(await service.get_flow(name))
+        row = await service.get_flow(name)
+        return info(row, (await service.last_runs([name])).get(name))
 
     @router.delete("/flows/{name}", dependencies=[submit])
     async def delete_flow(name: str) -> FlowChanged:

@@ -378,6 +378,18 @@ class FlowService:
     ) -> list[FlowRunRow]:
         await self.get_flow(name)
         rows = await asyncio.to_thread(self._store.list_runs, name, before, limit)
+        return self._states_now(rows)
+
+    async def last_runs(self, names: Sequence[str]) -> dict[str, FlowRunRow]:
+        """Each named flow's newest run, if it has one (without its jobs)."""
+
+        def newest() -> list[FlowRunRow]:
+            return [run for name in names for run in self._store.list_runs(name, None, 1)]
+
+        return {row.flow: row for row in self._states_now(await asyncio.to_thread(newest))}
+
+    def _states_now(self, rows: list[FlowRunRow]) -> list[FlowRunRow]:
+        """Stored runs, an active one in its state now (the store has it `running`)."""
         for row in rows:
             if (live := self._runs.get(row.id)) is not None:
                 row.state = live.machine.state
