@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from pathlib import Path
@@ -32,7 +33,8 @@ from corral.server.store import (
     Store,
     UpdateJob,
 )
-from corral.server.store.flow_rows import FlowRunRow
+from corral.server.store.flow_rows import FlowRunRow, UpdateRun
+from corral.server.subscriptions import Peer
 
 DEADLINE = 20.0
 
@@ -453,5 +455,45 @@ def test_a_run_cancelled_before_a_restart_ends_cancelled() -> None:
             await worker.close()
             assert row.state is FlowRunState.CANCELLED, row
             assert set(states(row).values()) == {FlowJobState.CANCELLED}
+
+    run(scenario)
+
+
+class SlowEndStore(MemoryStore):
+    """A memory store whose write of a run's end waits until `let_go` is set."""
+
+    commits_quickly = False  # written from the writer's thread, never on the loop
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ending, self.let_go = threading.Event(), threading.Event()
+
+    def write(self, batch: Sequence[Mutation]) -> None:
+        if any(isinstance(mutation, UpdateRun) for mutation in batch):
+            self.ending.set()
+            self.let_go.wait(DEADLINE)
+        super().write(batch)
+
+
+def test_a_watch_that_comes_while_a_run_s_end_is_being_stored_hears_the_end() -> None:
+    async def scenario() -> None:
+        store = SlowEndStore()
+        async with serving(store) as (engine, flows):
+            worker = ScriptedWorker(engine)
+            run_id = await run_held(flows, worker, {"name": "one", "jobs": [shell("a")]})
+            worker.release("a")
+            await until(store.ending.is_set)  # ended in memory; not yet stored
+            peer = Peer()
+            await flows.watch(peer, [run_id])
+            store.let_go.set()
+            frames: list[p.Frame] = []
+            while len(frames) < 4:
+                frames.append(p.decode(await peer.outbox.get() or b"", p.TO_CLIENT))
+            assert [type(frame) for frame in frames] == [p.RunJobs, p.RunState] * 2
+            assert [f.state for f in frames if isinstance(f, p.RunState)] == [
+                "running",
+                "succeeded",
+            ]
+            await worker.close()
 
     run(scenario)

@@ -119,6 +119,7 @@ class FlowService:
         self._ids = IdGenerator()
         self._definitions: dict[tuple[str, int], FlowDefinition] = {}
         self._runs: dict[str, _LiveRun] = {}
+        self._ending: dict[str, RunView] = {}  # runs that ended, until the end is durable
         self._by_job: dict[str, tuple[str, str]] = {}  # core job id -> (run id, job name)
         self._tasks: set[asyncio.Task[None]] = set()
         self._retrying: set[str] = set()  # runs whose retry is being stored
@@ -439,26 +440,36 @@ class FlowService:
 
     async def watch(self, peer: Peer, run_ids: Sequence[str]) -> None:
         """Keep `peer` told of the runs (see RunWatchers); an ended one is read from the store."""
-        ended = [run_id for run_id in dict.fromkeys(run_ids) if run_id not in self._runs]
-        stored = await asyncio.to_thread(self._stored_runs, ended) if ended else {}
-        for run_id in dict.fromkeys(run_ids):
-            # Looked up again: a stored run may have been retried while it was read.
-            whole = self._view(run_id, None)
-            if whole is None and (row := stored.get(run_id)) is not None:
-                whole = RunView(row.state, row.finished, row.jobs)
-            self.watchers.watch(peer, run_id, whole)
+        wanted = list(dict.fromkeys(run_ids))
+        stored: dict[str, FlowRunRow | None] = {}
+        while wanted:
+            unread = [r for r in wanted if self._view(r, ()) is None and r not in stored]
+            if unread:
+                stored.update(await asyncio.to_thread(self._stored_runs, unread))
+            ended_meanwhile = []
+            for run_id in wanted:
+                # Looked up again after the read: a run may have been retried, or have ended.
+                whole = self._view(run_id, None)
+                if whole is None and run_id not in stored:
+                    ended_meanwhile.append(run_id)  # its end is durable now: read it
+                    continue
+                if whole is None and (row := stored[run_id]) is not None:
+                    whole = RunView(row.state, row.finished, row.jobs)
+                self.watchers.watch(peer, run_id, whole)
+            wanted = ended_meanwhile
 
-    def _stored_runs(self, run_ids: Iterable[str]) -> dict[str, FlowRunRow]:
-        found = {}
-        for run_id in run_ids:
-            if (row := self._store.get_run(run_id)) is not None:
-                found[run_id] = row
-        return found
+    def _stored_runs(self, run_ids: Iterable[str]) -> dict[str, FlowRunRow | None]:
+        return {run_id: self._store.get_run(run_id) for run_id in run_ids}
 
     def _view(self, run_id: str, names: Collection[str] | None) -> RunView | None:
         live = self._runs.get(run_id)
         if live is None:
-            return None
+            last = self._ending.get(run_id)
+            if last is None:
+                return None
+            # Ended, not yet durably: watched as running, told of the end once it is stored.
+            jobs = last.jobs if names is None else [job for job in last.jobs if job.name in names]
+            return RunView(FlowRunState.RUNNING, None, jobs)
         jobs = self._job_rows(live, live.machine.states if names is None else names)
         return RunView(live.machine.state, live.row.finished, jobs)
 
@@ -468,6 +479,8 @@ class FlowService:
         """Once `committed` is durable, tell the run's watchers of the jobs and the end."""
 
         def durable(commit: asyncio.Future[None]) -> None:
+            if last is not None:
+                self._ending.pop(run_id, None)
             if commit.cancelled() or commit.exception() is not None:
                 return  # the writer logged it; nothing changed
             if names:
@@ -513,9 +526,12 @@ class FlowService:
             live.row.jobs = self._snapshot(live, live.row).jobs
             self._forget(live)
         committed = self.writer.submit_nowait(mutations) if mutations else None
-        if committed is not None and self.watchers.watched(live.row.id):
-            last = None if ended is None else RunView(ended, live.row.finished, live.row.jobs)
+        if committed is not None and ended is not None:
+            last = RunView(ended, live.row.finished, live.row.jobs)
+            self._ending[live.row.id] = last
             self._tell_watchers(committed, live.row.id, names, last)
+        elif committed is not None and self.watchers.watched(live.row.id):
+            self._tell_watchers(committed, live.row.id, names, None)
         if releases:
             self._spawn(self._release(live, releases))
         if ended is not None:
