@@ -464,6 +464,27 @@ class WatchRuns(Frame):
 
 @frame
 @dataclass(frozen=True, slots=True)
+class WatchFlows(Frame):
+    """Tell me of the runs of these flows: a RunBegan for each active run now, then one for
+    each run that begins (manual, scheduled, backfilled or retried)."""
+
+    TAG: ClassVar[str] = "watchflows"
+    names: list[str] = checked(array(_ID, MAX_WATCH_IDS))
+
+
+@frame
+@dataclass(frozen=True, slots=True)
+class RunBegan(Frame):
+    """A run of a watched flow is running (`due`: the due time of a scheduled run)."""
+
+    TAG: ClassVar[str] = "runbegan"
+    flow: str = checked(_ID)
+    run_id: str = checked(_ID)
+    due: float | None = checked(optional(number(0, 2**53)), default=None)
+
+
+@frame
+@dataclass(frozen=True, slots=True)
 class RunJobs(Frame):
     """Jobs of a watched run, each as it is now (a run of many jobs comes in several frames)."""
 
@@ -517,8 +538,10 @@ def _table(*classes: type[Frame]) -> Frames:
 #: What each side accepts from the other (a worker's Hello comes first, see decode_hello).
 FROM_WORKER = _table(Started, Results, Log, Returned, Release, Heartbeat)
 TO_WORKER = _table(Welcome, Refuse, Jobs, Ack, KillJobs, TakeBack)
-FROM_CLIENT = _table(Submit, Watch, Follow, Call, WatchRuns)
-TO_CLIENT = _table(Submitted, Error, Done, Output, EndOfLog, Answer, Refused, RunJobs, RunState)
+FROM_CLIENT = _table(Submit, Watch, Follow, Call, WatchRuns, WatchFlows)
+TO_CLIENT = _table(
+    Submitted, Error, Done, Output, EndOfLog, Answer, Refused, RunJobs, RunState, RunBegan
+)
 
 
 def _unpack(data: object) -> list[Any]:

@@ -174,3 +174,31 @@ def test_many_runs_are_waited_at_once_as_they_end(
         with pytest.raises(corral.JobTimeout, match="1 flow runs still running"):
             list(client.flows.as_completed([client.flows.run("gated"), *quick], timeout=0.5))
         gate.touch()
+
+
+def test_following_a_flow_gives_its_active_run_then_each_run_as_it_begins(
+    server: ServerProcess, start_worker: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    start_worker(server, "--concurrency", "2")
+    wait_for_workers(server)
+    gate = tmp_path / "gate"
+    flow = corral.Flow(
+        "tick",
+        max_active_runs=5,
+        schedule={"cron": "* * * * * *", "overlap": "allow_all"},
+    ).job("go", shell=f"until [ -e {gate} ]; do sleep 0.05; done")
+    with server.connect() as client:
+        client.flows.apply(corral.Flow("tick").job("go", shell="sleep 30"))
+        manual = client.flows.run("tick")  # active before the follow begins
+        following = client.flows.follow("tick", timeout=WAIT)
+        assert next(following).id == manual.id
+        client.flows.apply(flow)  # now every second, as its due times come
+        scheduled = [next(following), next(following)]
+        assert all(run.info.due for run in scheduled) and scheduled[0].id != scheduled[1].id
+        assert scheduled[1].info.due == (scheduled[0].info.due or 0) + 1
+        client.flows.pause("tick")
+        gate.touch()
+        with pytest.raises(corral.JobTimeout, match="no run of flow 'tick' began in 1"):
+            list(client.flows.follow("tick", timeout=1))  # its active runs, then none begins
+        following.close()
+        client.flows.cancel(manual.id)

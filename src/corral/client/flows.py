@@ -252,8 +252,44 @@ class Flows:
         finally:
             events.close()  # stops watching the others
 
+    def follow(self, name: str, timeout: float | None = None) -> Iterator[FlowRun]:
+        """Yield the flow's active runs, then each run of it as it begins (a schedule's, a
+        manual start, a backfill, a retry), without end. JobTimeout when `timeout` seconds pass
+        with no new run."""
+        client = self._client
+        began = client._iterate(_flow_runs(client._async._stream, name, timeout))
+        try:
+            for event in began:
+                yield self.status(event.run_id)
+        finally:
+            began.close()  # stops watching the flow
+
     def _run(self, data: Any) -> FlowRun:
         return FlowRun(self, FlowRunInfo.model_validate(data))
+
+
+async def _flow_runs(
+    stream: ClientStream, name: str, timeout: float | None
+) -> AsyncIterator[p.RunBegan]:
+    """A RunBegan for each active run of the flow, then for each that begins (see
+    protocol.WatchFlows); a run seen twice (told again after a reconnect) is given once."""
+    events: asyncio.Queue[p.RunBegan | Exception] = asyncio.Queue()
+    sink = events.put_nowait
+    seen: set[str] = set()
+    await stream.watch_flows([name], sink)
+    try:
+        while True:
+            try:
+                event = await asyncio.wait_for(events.get(), timeout)
+            except TimeoutError:
+                raise JobTimeout(f"no run of flow {name!r} began in {timeout}s") from None
+            if isinstance(event, Exception):
+                raise event
+            if event.run_id not in seen:
+                seen.add(event.run_id)
+                yield event
+    finally:
+        stream.unwatch_flows([name], sink)
 
 
 async def _run_events(

@@ -16,7 +16,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
@@ -36,8 +36,12 @@ logger = logging.getLogger("corral.client")
 
 RECONNECT_ATTEMPTS = 50
 
+E = TypeVar("E")
+
 #: Told of a watched flow run's jobs and state, or of the error that ended the stream.
 RunSink = Callable[[p.RunJobs | p.RunState | Exception], None]
+#: Told of each run of a watched flow that is active or begins, or of the error.
+FlowSink = Callable[[p.RunBegan | Exception], None]
 
 
 class ClientStream:
@@ -53,7 +57,8 @@ class ClientStream:
         self._calls: dict[int, _PendingCall] = {}  # calls on named primitives
         self._waiters: dict[str, list[Callable[[p.Done], None]]] = defaultdict(list)
         self._log_sinks: dict[str, Callable[[p.Frame], None]] = {}
-        self._run_sinks: dict[str, list[RunSink]] = defaultdict(list)
+        self._run_sinks: _Sinks[p.RunJobs | p.RunState] = _Sinks()  # by run id
+        self._flow_sinks: _Sinks[p.RunBegan] = _Sinks()  # by flow name
         self._closed = False
 
     @property
@@ -126,19 +131,23 @@ class ClientStream:
     async def watch_runs(self, run_ids: list[str], sink: RunSink) -> None:
         """Send `sink` each run's jobs and state now, then its changes until it ends (see
         protocol.WatchRuns); after a reconnect, the whole run again."""
-        for run_id in run_ids:
-            self._run_sinks[run_id].append(sink)
+        self._run_sinks.add(run_ids, sink)
         for chunk in _chunks(run_ids):
             await self._send(p.WatchRuns(chunk))
 
     def unwatch_runs(self, run_ids: list[str], sink: RunSink) -> None:
         """Stop sending `sink` the runs' events (the server goes on until they end)."""
-        for run_id in run_ids:
-            sinks = self._run_sinks.get(run_id)
-            if sinks is not None and sink in sinks:
-                sinks.remove(sink)
-                if not sinks:
-                    del self._run_sinks[run_id]
+        self._run_sinks.remove(run_ids, sink)
+
+    async def watch_flows(self, names: list[str], sink: FlowSink) -> None:
+        """Send `sink` a RunBegan for each active run of the flows, then for each that begins
+        (see protocol.WatchFlows); after a reconnect, the active runs again."""
+        self._flow_sinks.add(names, sink)
+        for chunk in _chunks(names):
+            await self._send(p.WatchFlows(chunk))
+
+    def unwatch_flows(self, names: list[str], sink: FlowSink) -> None:
+        self._flow_sinks.remove(names, sink)
 
     async def follow(self, job_id: str, sink: Callable[[p.Frame], None]) -> None:
         """Send `sink` the job's Log frames then its EndOfLog (or a Done 'unknown')."""
@@ -214,8 +223,10 @@ class ClientStream:
                 await ws.send(p.Watch(chunk).encode())
             for job_id in self._log_sinks:
                 await ws.send(p.Follow(job_id).encode())
-            for chunk in _chunks(list(self._run_sinks)):
+            for chunk in _chunks(self._run_sinks.keys()):
                 await ws.send(p.WatchRuns(chunk).encode())
+            for chunk in _chunks(self._flow_sinks.keys()):
+                await ws.send(p.WatchFlows(chunk).encode())
             return
         self._fail_all(ServerUnreachable(f"lost the server at {self._url} and could not reconnect"))
 
@@ -238,10 +249,8 @@ class ClientStream:
             )
             for callback in callbacks:
                 callback(failure)
-        run_sinks, self._run_sinks = self._run_sinks, defaultdict(list)
-        for sinks in run_sinks.values():
-            for sink in sinks:
-                sink(error)
+        self._run_sinks.fail(error)
+        self._flow_sinks.fail(error)
 
     def _dispatch(self, frame: p.Frame) -> None:
         if isinstance(frame, p.Done):
@@ -271,13 +280,10 @@ class ClientStream:
         elif isinstance(frame, p.EndOfLog) and (sink := self._log_sinks.pop(frame.job_id, None)):
             sink(frame)
         elif isinstance(frame, p.RunJobs | p.RunState):
-            self._run_event(frame)
-
-    def _run_event(self, frame: p.RunJobs | p.RunState) -> None:
-        over = isinstance(frame, p.RunState) and frame.state != "running"
-        sinks = self._run_sinks.pop(frame.run_id, []) if over else self._run_sinks.get(frame.run_id)
-        for sink in list(sinks or ()):
-            sink(frame)
+            over = isinstance(frame, p.RunState) and frame.state != "running"
+            self._run_sinks.tell(frame.run_id, frame, last=over)
+        elif isinstance(frame, p.RunBegan):
+            self._flow_sinks.tell(frame.flow, frame)
 
     def _answered(self, frame: p.Answer | p.Refused) -> None:
         pending = self._calls.get(frame.request_id)
@@ -292,6 +298,40 @@ class ClientStream:
             del self._calls[frame.request_id]
             whole = pending.parts + frame.result if pending.parts else frame.result
             pending.future.set_result(whole)
+
+
+class _Sinks(Generic[E]):
+    """Callbacks by key (a run id, a flow name), each told of the key's events until removed,
+    or until its last event."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[str, list[Callable[[E | Exception], None]]] = defaultdict(list)
+
+    def keys(self) -> list[str]:
+        return list(self._by_key)
+
+    def add(self, keys: list[str], sink: Callable[[E | Exception], None]) -> None:
+        for key in keys:
+            self._by_key[key].append(sink)
+
+    def remove(self, keys: list[str], sink: Callable[[E | Exception], None]) -> None:
+        for key in keys:
+            sinks = self._by_key.get(key)
+            if sinks is not None and sink in sinks:
+                sinks.remove(sink)
+                if not sinks:
+                    del self._by_key[key]
+
+    def tell(self, key: str, event: E, last: bool = False) -> None:
+        sinks = self._by_key.pop(key, []) if last else self._by_key.get(key, [])
+        for sink in list(sinks):
+            sink(event)
+
+    def fail(self, error: Exception) -> None:
+        """The stream is over: each sink hears why, once."""
+        by_key, self._by_key = self._by_key, defaultdict(list)
+        for sink in {id(sink): sink for sinks in by_key.values() for sink in sinks}.values():
+            sink(error)
 
 
 @dataclass(slots=True)

@@ -480,6 +480,8 @@ def create_app(
                     engine.subscriptions.follow(peer, frame.job_id)
                 elif isinstance(frame, p.Call):
                     service.call(peer, frame, role)
+                elif isinstance(frame, p.WatchFlows):
+                    flows.watch_flows(peer, frame.names)
                 elif isinstance(frame, p.WatchRuns):
                     task = asyncio.create_task(flows.watch(peer, frame.run_ids))
                     watches.add(task)

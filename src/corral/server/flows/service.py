@@ -311,6 +311,7 @@ class FlowService:
         """Carry out a stored run's first decisions."""
         live = _LiveRun(row, machine)
         self._runs[row.id] = live
+        self.watchers.began(row)
         self._carry_out(live, machine.start())
 
     async def cancel_run(self, run_id: str) -> FlowRunRow:
@@ -364,6 +365,7 @@ class FlowService:
         machine = RunMachine(definition, plan.states, disabled=row.disabled)
         live = _LiveRun(row, machine, {name: job_id for name, job_id in kept.items() if job_id})
         self._runs[run_id] = live
+        self.watchers.began(row)
         self._carry_out(live, machine.start())
         return self._snapshot(self._runs.get(run_id), row), plan
 
@@ -457,6 +459,11 @@ class FlowService:
                     whole = RunView(row.state, row.finished, row.jobs)
                 self.watchers.watch(peer, run_id, whole)
             wanted = ended_meanwhile
+
+    def watch_flows(self, peer: Peer, names: Sequence[str]) -> None:
+        """Tell `peer` of each run of the flows that is active or begins (see RunWatchers)."""
+        for name in dict.fromkeys(names):
+            self.watchers.watch_flow(peer, name, self.active_runs(name))
 
     def _stored_runs(self, run_ids: Iterable[str]) -> dict[str, FlowRunRow | None]:
         return {run_id: self._store.get_run(run_id) for run_id in run_ids}

@@ -1,4 +1,5 @@
-"""RunWatchers: client streams watching flow runs, told of each change once it is durable.
+"""RunWatchers: client streams watching flow runs, told of each change once it is durable,
+and flows, told of each run that begins.
 
 A client that waits on a run (`FlowRun.wait`, `corral flow run --wait`) sends WatchRuns. It is
 sent the run's jobs (RunJobs) and its state (RunState) at once, then RunJobs with the jobs that
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 
 from corral import protocol as p
 from corral.server.flows.runs import FlowRunState
-from corral.server.store.flow_rows import RunJobRow
+from corral.server.store.flow_rows import FlowRunRow, RunJobRow
 from corral.server.subscriptions import Peer
 
 
@@ -46,6 +47,8 @@ class RunWatchers:
         self._changed: dict[str, set[str]] = {}  # run id -> names of jobs to send
         self._ended: dict[str, RunView] = {}  # run id -> its last view, to send
         self._flushing = False
+        self._flow_peers: dict[str, set[Peer]] = {}
+        self._flows_of: dict[Peer, set[str]] = {}
 
     def watched(self, run_id: str) -> bool:
         return run_id in self._peers
@@ -61,6 +64,22 @@ class RunWatchers:
         if whole.state is FlowRunState.RUNNING:
             self._peers.setdefault(run_id, set()).add(peer)
             self._runs_of.setdefault(peer, set()).add(run_id)
+
+    def watch_flow(self, peer: Peer, flow: str, active: Sequence[FlowRunRow]) -> None:
+        """Send `peer` a RunBegan for each of the flow's `active` runs, then for each run of it
+        that begins."""
+        for row in active:
+            peer.send(p.RunBegan(flow, row.id, row.due))
+        self._flow_peers.setdefault(flow, set()).add(peer)
+        self._flows_of.setdefault(peer, set()).add(flow)
+
+    def began(self, row: FlowRunRow) -> None:
+        """The run is stored and running: tell those who watch its flow."""
+        peers = self._flow_peers.get(row.flow)
+        if peers:
+            began = p.RunBegan(row.flow, row.id, row.due)
+            for peer in peers:
+                peer.send(began)
 
     def changed(self, run_id: str, names: Collection[str]) -> None:
         """The run's jobs named have changed (durably): tell its watchers this turn."""
@@ -81,6 +100,12 @@ class RunWatchers:
 
     def forget(self, peer: Peer) -> None:
         """The peer went away."""
+        for flow in self._flows_of.pop(peer, ()):
+            peers = self._flow_peers.get(flow)
+            if peers is not None:
+                peers.discard(peer)
+                if not peers:
+                    del self._flow_peers[flow]
         for run_id in self._runs_of.pop(peer, ()):
             peers = self._peers.get(run_id)
             if peers is not None:
