@@ -11,6 +11,7 @@ from collections.abc import Coroutine, Sequence
 from typing import Any
 
 import msgpack
+from peer_frames import sent_frames
 from store_doubles import FullStore
 
 from corral import protocol as p
@@ -40,15 +41,6 @@ def _run(coro: Coroutine[Any, Any, None]) -> None:
     asyncio.run(asyncio.wait_for(coro, 30))
 
 
-def _frames(peer: Peer) -> list[p.Frame]:
-    frames = []
-    while not peer.outbox.empty():
-        data = peer.outbox.get_nowait()
-        assert data is not None
-        frames.extend(p.decode_all(data, p.TO_CLIENT))
-    return frames
-
-
 async def _answers(peer: Peer, count: int) -> list[Any]:
     """The next `count` frames to `peer` (or what came within 10 s), by request id: a refusal
     leaves at once, an answer once stored, so they may come in another order."""
@@ -56,7 +48,7 @@ async def _answers(peer: Peer, count: int) -> list[Any]:
     deadline = time.monotonic() + 10
     while len(frames) < count and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
-        frames += _frames(peer)
+        frames += sent_frames(peer)
     return sorted(frames, key=lambda frame: frame.request_id)
 
 
@@ -88,7 +80,7 @@ def test_an_answer_leaves_only_once_its_change_is_stored() -> None:
         store.gate.clear()
         put = call("put", "q", [_item("x")], True, None)
         await asyncio.sleep(0.2)
-        assert _frames(call.peer) == []  # changed in memory, not stored yet: no answer
+        assert sent_frames(call.peer) == []  # changed in memory, not stored yet: no answer
         store.gate.set()
         assert await _answers(call.peer, 1) == [p.Answer(put, None)]
         assert [row.name for row in store.load_primitives()] == ["q"]
@@ -138,7 +130,7 @@ def test_a_closed_connection_gives_up_its_waiting_calls() -> None:
         service.forget(gone.peer)
         stays("put", "q", [_item("for whoever is there")], True, None)
         assert len(await _answers(stays.peer, 1)) == 1
-        assert _frames(gone.peer) == []
+        assert sent_frames(gone.peer) == []
         stays("queue_info", "q")
         [info] = await _answers(stays.peer, 1)
         assert isinstance(info, p.Answer) and info.result == [1, False, 1]  # still there
@@ -226,7 +218,7 @@ def test_connections_closing_after_the_writer_stops_are_forgotten_quietly() -> N
         await service.stop()
         await writer.close()  # the server stops: its connections close after this
         service.forget(first.peer)  # lets the one behind in, with nothing left to store it
-        assert _frames(behind.peer) == []  # so it is not answered
+        assert sent_frames(behind.peer) == []  # so it is not answered
         assert len(store.load_primitives()[0].items) == 1
 
     _run(scenario())

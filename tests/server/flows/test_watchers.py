@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Collection
 
+from peer_frames import sent_frames
+
 from corral import protocol as p
 from corral.server.flows.runs import FlowJobState, FlowRunState
 from corral.server.flows.watchers import RunView, RunWatchers
@@ -12,15 +14,6 @@ from corral.server.store.flow_rows import RunJobRow
 from corral.server.subscriptions import Peer
 
 QUEUED, DONE = FlowJobState.QUEUED, FlowJobState.SUCCEEDED
-
-
-def sent(peer: Peer) -> list[p.Frame]:
-    frames = []
-    while not peer.outbox.empty():
-        data = peer.outbox.get_nowait()
-        assert data is not None
-        frames.append(p.decode(data, p.TO_CLIENT))
-    return frames
 
 
 class Run:
@@ -45,22 +38,22 @@ async def _one_turn_then_the_end() -> None:
     watchers = RunWatchers(run.view)
     peer, other = Peer(), Peer()
     watchers.watch(peer, "r", run.view("r", None))
-    assert [type(frame) for frame in sent(peer)] == [p.RunJobs, p.RunState]
+    assert [type(frame) for frame in sent_frames(peer)] == [p.RunJobs, p.RunState]
     for name in run.jobs:  # a fan-out: ten thousand releases in one turn of the loop
         run.jobs[name] = QUEUED
         watchers.changed("r", [name])
     watchers.changed("other-run", ["j0"])  # nobody watches it: nothing is gathered
     await asyncio.sleep(0)
-    [frame] = sent(peer)
+    [frame] = sent_frames(peer)
     assert isinstance(frame, p.RunJobs) and len(frame.jobs) == 10_000 and run.views == 2
-    assert {item.state for item in frame.jobs} == {"queued"} and sent(other) == []
+    assert {item.state for item in frame.jobs} == {"queued"} and sent_frames(other) == []
 
     run.jobs["j1"] = DONE
     watchers.changed("r", ["j1"])
     last = RunView(FlowRunState.SUCCEEDED, 5.0, [RunJobRow(n, DONE) for n in run.jobs])
     watchers.ended("r", last)
     await asyncio.sleep(0)
-    assert sent(peer) == [
+    assert sent_frames(peer) == [
         p.RunJobs("r", [p.RunJobItem("j1", "succeeded", None)]),
         p.RunState("r", "succeeded", 5.0),
     ]
@@ -77,12 +70,12 @@ async def _peers_leaving() -> None:
     gone, staying = Peer(), Peer()
     for peer in (gone, staying):
         watchers.watch(peer, "r", run.view("r", None))
-        sent(peer)
+        sent_frames(peer)
     watchers.forget(gone)
     watchers.changed("r", ["j0"])
     await asyncio.sleep(0)
-    assert sent(gone) == [] and len(sent(staying)) == 1
+    assert sent_frames(gone) == [] and len(sent_frames(staying)) == 1
     watchers.forget(staying)
     assert not watchers.watched("r")
     watchers.watch(staying, "nope", None)
-    assert sent(staying) == [p.RunState("nope", "unknown")] and not watchers.watched("nope")
+    assert sent_frames(staying) == [p.RunState("nope", "unknown")] and not watchers.watched("nope")
