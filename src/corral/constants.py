@@ -169,6 +169,11 @@ MAX_BACKFILL_RUNS = 10_000
 DEFAULT_FLOW_PAGE = 100
 #: Flows one bulk apply (POST /api/v1/flows) may hold; each is stored, or none.
 MAX_BULK_FLOWS = 10_000
+#: Runs one bulk start (POST /api/v1/flow-runs) may hold, and their jobs in all (a run of the
+#: largest flow has MAX_FLOW_JOBS), so that one call cannot hold the server's memory; each run
+#: is stored, or none.
+MAX_BULK_RUNS = MAX_BULK_FLOWS
+MAX_BULK_RUN_JOBS = 100_000
 #: How often FlowRun.wait() asks for the run's state.
 FLOW_WAIT_POLL = 0.2
 #: How often the server decides the due times of scheduled flows (a six-field cron may fire

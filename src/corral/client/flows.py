@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     from corral.client.client import Client
 
 FlowDocument = Mapping[str, Any]
+#: A run for Flows.run_many: {"flow": name, "parameters": {...}, "disable": [...]}.
+RunDocument = Mapping[str, Any]
 
 _ACTIVE = (FlowJobState.QUEUED, FlowJobState.RUNNING)
 
@@ -198,6 +200,18 @@ class Flows:
         """Start a run of the flow with these parameters (the others take their defaults)."""
         body = {"parameters": parameters, "disable": list(disable)}
         return self._run(self._request("POST", f"/flows/{name}/runs", json=body))
+
+    def run_many(
+        self, *runs: str | RunDocument | Iterable[str | RunDocument]
+    ) -> builtins.list[FlowRun]:
+        """Start many runs in one call: all or none. Each is a flow's name (its parameters'
+        defaults) or a dict `{"flow": name, "parameters": {...}, "disable": [...]}`; lists of
+        them are taken too. The runs in the order given."""
+        body: builtins.list[dict[str, Any]] = []
+        for run in runs:
+            items = [run] if isinstance(run, str | Mapping) else list(run)
+            body += [{"flow": item} if isinstance(item, str) else dict(item) for item in items]
+        return [self._run(answer) for answer in self._request("POST", "/flow-runs", json=body)]
 
     def runs(
         self, name: str, before: str | None = None, limit: int | None = None

@@ -15,7 +15,7 @@ import msgpack
 from fastapi import APIRouter, Body, Query
 from fastapi.params import Depends
 
-from corral.constants import DEFAULT_FLOW_PAGE, MAX_BULK_FLOWS, MAX_LIST_LIMIT
+from corral.constants import DEFAULT_FLOW_PAGE, MAX_BULK_FLOWS, MAX_BULK_RUNS, MAX_LIST_LIMIT
 from corral.errors import FlowInvalid
 from corral.flow_models import (
     BackfillAnswer,
@@ -28,10 +28,11 @@ from corral.flow_models import (
     FlowVersion,
     RetryAnswer,
     RetryRequest,
+    RunManyItem,
     RunRequest,
 )
 from corral.server.flows.definition import FlowDefinition
-from corral.server.flows.service import FlowService
+from corral.server.flows.service import FlowService, RunStart
 from corral.server.flows.ticker import NEXT_FIRE_TIMES
 from corral.server.store.flow_rows import FlowRow, FlowRunRow
 
@@ -119,6 +120,14 @@ def flow_routes(service: FlowService, read: Depends, submit: Depends) -> APIRout
     async def start_run(name: str, request: RunRequest) -> FlowRunInfo:
         """Start a run of the flow's current version; answers once it is stored."""
         return run_info(await service.start_run(name, request.parameters, request.disable))
+
+    @router.post("/flow-runs", dependencies=[submit], status_code=201)
+    async def start_runs(
+        requests: Annotated[list[RunManyItem], Body(max_length=MAX_BULK_RUNS)],
+    ) -> list[FlowRunInfo]:
+        """Start many runs in one transaction: all, or none (404 or 422 names the bad one)."""
+        starts = [RunStart(r.flow, r.parameters, r.disable) for r in requests]
+        return [run_info(row) for row in await service.start_runs(starts)]
 
     @router.get("/flows/{name}/runs", dependencies=[read])
     async def list_runs(

@@ -37,7 +37,7 @@ from typing import Any
 import msgpack
 
 from corral import protocol as p
-from corral.constants import DEFAULT_FLOW_PAGE
+from corral.constants import DEFAULT_FLOW_PAGE, MAX_BULK_RUN_JOBS
 from corral.errors import Conflict, CorralError, FlowInvalid, NotFound
 from corral.flow_models import ApplyOutcome
 from corral.ids import IdGenerator
@@ -92,6 +92,20 @@ class _LiveRun:
     machine: RunMachine
     job_ids: dict[str, str] = field(default_factory=dict)
     cancel_wanted: set[str] = field(default_factory=set)  # cancelled before its id was known
+
+
+@dataclass(frozen=True, slots=True)
+class RunStart:
+    """A manual run to start: its flow, the parameters given and the jobs it skips."""
+
+    flow: str
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+    disable: Collection[str] = ()
+
+
+def _no_flow(name: str, version: int | None = None, where: str = "") -> NotFound:
+    which = f" version {version}" if version is not None else ""
+    return NotFound(f"{where}no flow {name!r}{which}; `corral flow list` shows the flows")
 
 
 def pack(value: Any, what: str, flow: str) -> bytes:
@@ -214,8 +228,7 @@ class FlowService:
     async def get_flow(self, name: str, version: int | None = None) -> FlowRow:
         row = await asyncio.to_thread(self._store.get_flow, name, version)
         if row is None:
-            which = f" version {version}" if version is not None else ""
-            raise NotFound(f"no flow {name!r}{which}; `corral flow list` shows the flows")
+            raise _no_flow(name, version)
         return row
 
     def definition_of(self, row: FlowRow) -> FlowDefinition:
@@ -235,7 +248,7 @@ class FlowService:
     async def versions(self, name: str) -> list[FlowRow]:
         rows = await asyncio.to_thread(self._store.flow_versions, name)
         if not rows:
-            raise NotFound(f"no flow {name!r}; `corral flow list` shows the flows")
+            raise _no_flow(name)
         return rows
 
     async def delete(self, name: str) -> None:
@@ -290,11 +303,40 @@ class FlowService:
         self, name: str, given: Mapping[str, Any], disabled: Collection[str] = ()
     ) -> FlowRunRow:
         """Store a manual run of the flow and start it; answers once the run is stored."""
-        flow = await self.get_flow(name)
-        row, machine = self.new_run(flow, given, disabled)
-        await self.writer.write([InsertRun(row)])
-        self.begin(row, machine)
-        return self._snapshot(self._runs.get(row.id), row)
+        [row] = await self.start_runs([RunStart(name, given, disabled)])
+        return row
+
+    async def start_runs(self, starts: Sequence[RunStart]) -> list[FlowRunRow]:
+        """Store manual runs and start them, all or none: every run is checked (NotFound for
+        an unknown flow, FlowInvalid for its parameters or disabled jobs) before any is
+        stored, then all are stored in one commit; answers once they are stored."""
+        flows = await asyncio.to_thread(self._current_versions, {s.flow for s in starts})
+        missing = [(index, s.flow) for index, s in enumerate(starts) if s.flow not in flows]
+        if missing:
+            index, name = missing[0]
+            raise _no_flow(name, where=f"runs[{index}]: " if len(starts) > 1 else "")
+        jobs = sum(len(self.definition_of(flows[s.flow]).dag.order) for s in starts)
+        if jobs > MAX_BULK_RUN_JOBS:
+            raise FlowInvalid(
+                [
+                    f"the {len(starts)} runs have {jobs} jobs in all, more than"
+                    f" {MAX_BULK_RUN_JOBS}; start them in several calls"
+                ]
+            )
+        runs: list[tuple[FlowRunRow, RunMachine]] = []
+        for index, start in enumerate(starts):
+            try:
+                runs.append(self.new_run(flows[start.flow], start.parameters, start.disable))
+            except FlowInvalid as exc:
+                if len(starts) == 1:
+                    raise
+                problems = [f"runs[{index}]: {line}" for line in exc.problems]
+                raise FlowInvalid(problems, exc.flow) from None
+        if runs:
+            await self.writer.write([InsertRun(row) for row, _ in runs])
+        for row, machine in runs:
+            self.begin(row, machine)
+        return [self._snapshot(self._runs.get(row.id), row) for row, _ in runs]
 
     def begin(self, row: FlowRunRow, machine: RunMachine) -> None:
         """Carry out a stored run's first decisions."""
