@@ -23,6 +23,7 @@ from integration_support import (
 
 import corral
 from corral.constants import MAX_BULK_RUNS
+from corral.flow_models import FlowRunInfo
 from corral.server.flows.runs import FlowRunState
 
 WAIT = 30.0
@@ -147,6 +148,11 @@ def test_a_bulk_start_is_all_or_nothing_and_a_thousand_runs_start_at_once(
     assert all(run["jobs"][0]["name"] == "a" for run in answers)
     for run in answers[::100]:
         assert ended(api, run["id"])["state"] == "succeeded"
+    shown = api.get(f"/api/v1/flow-runs/{answers[7]['id']}").raise_for_status()
+    assert shown.headers["content-type"] == "application/json"
+    info = FlowRunInfo.model_validate_json(shown.content)
+    assert info.model_dump(mode="json") == shown.json()
+    assert (info.parameters, info.state, info.jobs[0].state) == ({"n": 3}, "succeeded", "succeeded")
 
 
 def test_the_python_client_starts_many_runs_in_one_call(
