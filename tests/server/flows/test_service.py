@@ -21,8 +21,9 @@ from corral.errors import Conflict, FlowInvalid, NotFound, StoreUnavailable
 from corral.flow_models import ApplyOutcome
 from corral.models import JobState
 from corral.server.engine import Engine, WorkerPeer
+from corral.server.flows.definition import FlowDefinition, parse_flow
 from corral.server.flows.runs import FlowJobState, FlowRunState
-from corral.server.flows.service import FlowService, RunStart
+from corral.server.flows.service import DefinitionCache, FlowService, RunStart
 from corral.server.store import (
     InsertJobs,
     JobFilter,
@@ -266,6 +267,42 @@ def test_a_bulk_start_of_too_many_jobs_in_all_is_refused() -> None:
             with pytest.raises(FlowInvalid, match="several calls"):
                 await flows.start_runs([RunStart("wide", {})] * runs)
             assert store.run_batches == []
+
+    run(scenario)
+
+
+def test_the_definition_cache_drops_the_least_recently_used_beyond_its_jobs() -> None:
+    def flow(name: str, jobs: int) -> FlowDefinition:
+        return parse_flow({"name": name, "jobs": [shell(f"j{i}") for i in range(jobs)]})
+
+    cache = DefinitionCache(max_jobs=4)
+    for name in ("a", "b", "c"):
+        cache.put(flow(name, 1), 1)
+    assert cache.get("a", 1) is not None  # now b is the least recently used
+    cache.put(flow("d", 2), 1)
+    assert [cache.get(name, 1) is not None for name in "abcd"] == [True, False, True, True]
+    cache.put(flow("d", 1), 1)  # a version put again replaces its entry and its jobs
+    cache.put(flow("e", 1), 1)
+    assert len(cache) == 4
+    cache.put(flow("huge", 9), 1)  # bigger than the whole cache: kept, alone
+    assert len(cache) == 1 and cache.get("huge", 1) is not None
+
+
+def test_a_flow_whose_definition_left_the_cache_is_parsed_again_and_runs() -> None:
+    async def scenario() -> None:
+        store = MemoryStore()
+        async with serving(store) as (engine, flows):
+            worker = ScriptedWorker(engine)
+            await flows.apply([DIAMOND, CHAIN])
+            wide = {"name": "wide", "jobs": [shell(f"j{i}") for i in range(MAX_FLOW_JOBS)]}
+            await flows.apply([wide])  # as many jobs as the cache holds: the others leave
+            assert len(flows._definitions) == 1
+            row = await flows.start_run("diamond", {"count": 4})
+            assert (await ended(flows, row.id)).state is FlowRunState.SUCCEEDED
+            assert dict(worker.ran)["extract"]["args"] == [4]
+            parsed = flows.definition_of(await flows.get_flow("chain"))
+            assert parsed == parse_flow(CHAIN)
+            await worker.close()
 
     run(scenario)
 
