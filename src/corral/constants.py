@@ -169,6 +169,16 @@ MAX_BACKFILL_RUNS = 10_000
 DEFAULT_FLOW_PAGE = 100
 #: Flows one bulk apply (POST /api/v1/flows) may hold; each is stored, or none.
 MAX_BULK_FLOWS = 10_000
+#: Runs one bulk start (POST /api/v1/flow-runs) may hold, and their jobs in all (a run of the
+#: largest flow has MAX_FLOW_JOBS), so that one call cannot hold the server's memory; each run
+#: is stored, or none.
+MAX_BULK_RUNS = MAX_BULK_FLOWS
+MAX_BULK_RUN_JOBS = 100_000
+#: Parsed flow definitions the server keeps in memory, counted by their jobs, the least recently
+#: used dropped first, so that their memory does not grow with the flows stored: a one-job flow
+#: takes ~2.7 KiB, one of 10,000 jobs ~12 MiB; the largest flow fits. A dropped one is parsed
+#: again from the store's copy when next needed: ~50 us for one job, ~200 ms for 10,000.
+FLOW_DEFINITION_CACHE_JOBS = MAX_FLOW_JOBS
 #: How often the server decides the due times of scheduled flows (a six-field cron may fire
 #: each second).
 FLOW_TICK_INTERVAL = 0.5

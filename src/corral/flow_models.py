@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, StrictBool, StrictFloat, StrictInt
 
-from corral.constants import MAX_FLOW_JOBS, MAX_FLOW_PARAMETERS
+from corral.constants import MAX_FLOW_JOBS, MAX_FLOW_NAME_LENGTH, MAX_FLOW_PARAMETERS
 from corral.server.flows.runs import FlowJobState, FlowRunState
 
 
@@ -65,6 +65,12 @@ class RunRequest(BaseModel):
     disable: list[Annotated[str, Field(max_length=200)]] = Field(
         default_factory=list, max_length=MAX_FLOW_JOBS, description="Jobs this run skips."
     )
+
+
+class RunManyItem(RunRequest):
+    """One run of a bulk start (POST /api/v1/flow-runs)."""
+
+    flow: Annotated[str, Field(max_length=MAX_FLOW_NAME_LENGTH)]
 
 
 class FlowRunJob(BaseModel):

@@ -22,6 +22,8 @@ from integration_support import (
 )
 
 import corral
+from corral.constants import MAX_BULK_RUNS
+from corral.flow_models import FlowRunInfo
 from corral.server.flows.runs import FlowRunState
 
 WAIT = 30.0
@@ -108,6 +110,77 @@ def test_a_bulk_apply_is_all_or_nothing_and_a_thousand_flows_apply_at_once(
     assert [flow["name"] for flow in page] == [f"f{i:04}" for i in range(990, 1000)]
     again = api.post("/api/v1/flows", json=many).raise_for_status().json()
     assert {a["outcome"] for a in again} == {"unchanged"}
+
+
+def test_a_bulk_start_is_all_or_nothing_and_a_thousand_runs_start_at_once(
+    api: httpx.Client, server: ServerProcess, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    flows = [{"name": f"r{i:04}", "jobs": [{"name": "a", "shell": "true"}]} for i in range(1000)]
+    flows[7]["parameters"] = {"n": {"type": "int"}}
+    api.post("/api/v1/flows", json=flows).raise_for_status()
+    runs = [{"flow": flow["name"]} for flow in flows]
+    runs[7]["parameters"] = {"n": 3}
+
+    def refused(index: int, **run: Any) -> httpx.Response:
+        answer = api.post("/api/v1/flow-runs", json=[*runs[:index], run, *runs[index:]])
+        assert api.get("/api/v1/flows/r0000/runs").json() == [], "a refused start stored runs"
+        return answer
+
+    unknown = refused(500, flow="nope")
+    assert unknown.status_code == 404 and "runs[500]: no flow 'nope'" in unknown.json()["detail"]
+    wrong = refused(3, flow="r0007", parameters={"n": "three"})
+    assert wrong.status_code == 422 and wrong.json()["flow"] == "r0007"
+    assert wrong.json()["problems"] == ["runs[3]: parameter 'n': 'three' is a str, not an int"]
+    missing = refused(999, flow="r0007")
+    assert missing.status_code == 422 and "'n' has no default" in missing.json()["detail"]
+    too_many = api.post("/api/v1/flow-runs", json=[{"flow": "r0000"}] * (MAX_BULK_RUNS + 1))
+    assert too_many.status_code == 422
+    assert api.get("/api/v1/flows/r0000/runs").json() == []
+
+    start_worker(server, "--concurrency", "8")
+    wait_for_workers(server)
+    started = api.post("/api/v1/flow-runs", json=runs)
+    assert started.status_code == 201
+    answers = started.json()
+    assert [run["flow"] for run in answers] == [flow["name"] for flow in flows]
+    assert answers[7]["parameters"] == {"n": 3}
+    assert {run["state"] for run in answers} == {"running"}
+    assert all(run["jobs"][0]["name"] == "a" for run in answers)
+    for run in answers[::100]:
+        assert ended(api, run["id"])["state"] == "succeeded"
+    shown = api.get(f"/api/v1/flow-runs/{answers[7]['id']}").raise_for_status()
+    assert shown.headers["content-type"] == "application/json"
+    info = FlowRunInfo.model_validate_json(shown.content)
+    assert info.model_dump(mode="json") == shown.json()
+    assert (info.parameters, info.state, info.jobs[0].state) == ({"n": 3}, "succeeded", "succeeded")
+
+
+def test_the_python_client_starts_many_runs_in_one_call(
+    server: ServerProcess, start_worker: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    start_worker(server)
+    wait_for_workers(server)
+    with server.connect() as client:
+        client.flows.apply(
+            corral.Flow("plain").job("a", shell="true"),
+            corral.Flow("typed", parameters={"n": {"type": "int", "default": 1}})
+            .job("a", shell=f"echo ${{n}} >> {tmp_path / 'typed'}")
+            .job("b", shell="true", depends_on=["a"]),
+        )
+        started = client.flows.run_many(
+            "plain",
+            [{"flow": "typed", "parameters": {"n": 2}}, {"flow": "typed", "disable": ["b"]}],
+        )
+        assert [run.info.flow for run in started] == ["plain", "typed", "typed"]
+        assert [run.wait(timeout=WAIT) for run in started] == [FlowRunState.SUCCEEDED] * 3
+        assert started[2].jobs["b"].state == "skipped"
+        assert sorted((tmp_path / "typed").read_text().split()) == ["1", "2"]
+        with pytest.raises(corral.NotFound, match=r"runs\[1\]: no flow 'nope'"):
+            client.flows.run_many("plain", "nope")
+        with pytest.raises(corral.InvalidRequest, match=r"runs\[0\]: parameter 'n'"):
+            client.flows.run_many({"flow": "typed", "parameters": {"n": "x"}}, "plain")
+        assert len(client.flows.runs("plain")) == 1
+        assert client.flows.run_many() == []
 
 
 def test_a_diamond_with_parameters_results_a_failure_handler_and_a_retry(

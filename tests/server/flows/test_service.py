@@ -17,13 +17,14 @@ import msgpack
 import pytest
 
 from corral import protocol as p
-from corral.constants import PROTOCOL_VERSION
+from corral.constants import MAX_BULK_RUN_JOBS, MAX_FLOW_JOBS, PROTOCOL_VERSION
 from corral.errors import Conflict, FlowInvalid, NotFound, StoreUnavailable
 from corral.flow_models import ApplyOutcome
 from corral.models import JobState
 from corral.server.engine import Engine, WorkerPeer
+from corral.server.flows.definition import FlowDefinition, parse_flow
 from corral.server.flows.runs import FlowJobState, FlowRunState
-from corral.server.flows.service import FlowService
+from corral.server.flows.service import DefinitionCache, FlowService, RunStart
 from corral.server.store import (
     InsertJobs,
     JobFilter,
@@ -33,7 +34,7 @@ from corral.server.store import (
     Store,
     UpdateJob,
 )
-from corral.server.store.flow_rows import FlowRunRow, UpdateRun
+from corral.server.store.flow_rows import FlowRunRow, InsertRun, UpdateRun
 from corral.server.subscriptions import Peer
 
 DEADLINE = 20.0
@@ -209,6 +210,101 @@ def test_a_bulk_apply_with_one_bad_flow_applies_none_and_names_it() -> None:
             twice = [{"name": "same", "jobs": [shell("a")]}] * 2
             with pytest.raises(FlowInvalid, match="given twice"):
                 await flows.apply(twice)
+
+    run(scenario)
+
+
+class InsertsCounted(MemoryStore):
+    """A memory store that keeps, for each batch it writes, how many runs it inserts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.run_batches: list[int] = []
+
+    def write(self, batch: Sequence[Mutation]) -> None:
+        super().write(batch)
+        if inserted := sum(isinstance(mutation, InsertRun) for mutation in batch):
+            self.run_batches.append(inserted)
+
+
+def test_a_bulk_start_with_one_bad_run_stores_none_and_names_it() -> None:
+    async def scenario() -> None:
+        store = InsertsCounted()
+        async with serving(store) as (engine, flows):
+            worker = ScriptedWorker(engine)
+            await flows.apply([DIAMOND, CHAIN])
+            starts = [RunStart("diamond" if i % 2 else "chain", {}) for i in range(100)]
+            bad_parameter = [*starts[:41], RunStart("diamond", {"count": "x"}), *starts[41:]]
+            with pytest.raises(FlowInvalid) as caught:
+                await flows.start_runs(bad_parameter)
+            assert caught.value.flow == "diamond"
+            assert caught.value.problems == [
+                "runs[41]: parameter 'count': 'x' is a str, not an int"
+            ]
+            bad_job = [*starts, RunStart("chain", {}, ["a", "nope"])]
+            with pytest.raises(FlowInvalid, match=r"runs\[100\]: .*nope"):
+                await flows.start_runs(bad_job)
+            unknown = [*starts[:7], RunStart("missing", {}), *starts[7:]]
+            with pytest.raises(NotFound, match=r"runs\[7\]: no flow 'missing'"):
+                await flows.start_runs(unknown)
+            assert store.run_batches == []
+            assert await flows.list_runs("diamond") == await flows.list_runs("chain") == []
+            rows = await flows.start_runs(starts)
+            assert store.run_batches == [100]  # one commit
+            assert [row.flow for row in rows] == [start.flow for start in starts]
+            for row in rows:
+                assert (await ended(flows, row.id)).state is FlowRunState.SUCCEEDED
+            await worker.close()
+
+    run(scenario)
+
+
+def test_a_bulk_start_of_too_many_jobs_in_all_is_refused() -> None:
+    async def scenario() -> None:
+        store = InsertsCounted()
+        async with serving(store) as (_, flows):
+            width = MAX_FLOW_JOBS
+            await flows.apply([{"name": "wide", "jobs": [shell(f"j{i}") for i in range(width)]}])
+            runs = MAX_BULK_RUN_JOBS // width + 1
+            with pytest.raises(FlowInvalid, match="several calls"):
+                await flows.start_runs([RunStart("wide", {})] * runs)
+            assert store.run_batches == []
+
+    run(scenario)
+
+
+def test_the_definition_cache_drops_the_least_recently_used_beyond_its_jobs() -> None:
+    def flow(name: str, jobs: int) -> FlowDefinition:
+        return parse_flow({"name": name, "jobs": [shell(f"j{i}") for i in range(jobs)]})
+
+    cache = DefinitionCache(max_jobs=4)
+    for name in ("a", "b", "c"):
+        cache.put(flow(name, 1), 1)
+    assert cache.get("a", 1) is not None  # now b is the least recently used
+    cache.put(flow("d", 2), 1)
+    assert [cache.get(name, 1) is not None for name in "abcd"] == [True, False, True, True]
+    cache.put(flow("d", 1), 1)  # a version put again replaces its entry and its jobs
+    cache.put(flow("e", 1), 1)
+    assert len(cache) == 4
+    cache.put(flow("huge", 9), 1)  # bigger than the whole cache: kept, alone
+    assert len(cache) == 1 and cache.get("huge", 1) is not None
+
+
+def test_a_flow_whose_definition_left_the_cache_is_parsed_again_and_runs() -> None:
+    async def scenario() -> None:
+        store = MemoryStore()
+        async with serving(store) as (engine, flows):
+            worker = ScriptedWorker(engine)
+            await flows.apply([DIAMOND, CHAIN])
+            wide = {"name": "wide", "jobs": [shell(f"j{i}") for i in range(MAX_FLOW_JOBS)]}
+            await flows.apply([wide])  # as many jobs as the cache holds: the others leave
+            assert len(flows._definitions) == 1
+            row = await flows.start_run("diamond", {"count": 4})
+            assert (await ended(flows, row.id)).state is FlowRunState.SUCCEEDED
+            assert dict(worker.ran)["extract"]["args"] == [4]
+            parsed = flows.definition_of(await flows.get_flow("chain"))
+            assert parsed == parse_flow(CHAIN)
+            await worker.close()
 
     run(scenario)
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import OrderedDict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,7 +40,7 @@ from typing import Any
 import msgpack
 
 from corral import protocol as p
-from corral.constants import DEFAULT_FLOW_PAGE
+from corral.constants import DEFAULT_FLOW_PAGE, FLOW_DEFINITION_CACHE_JOBS, MAX_BULK_RUN_JOBS
 from corral.errors import Conflict, CorralError, FlowInvalid, NotFound
 from corral.flow_models import ApplyOutcome
 from corral.ids import IdGenerator
@@ -99,6 +100,49 @@ class _LiveRun:
     cancel_wanted: set[str] = field(default_factory=set)  # cancelled before its id was known
 
 
+class DefinitionCache:
+    """Parsed definitions by (flow, version), the least recently used dropped first once they
+    have more than `max_jobs` jobs in all; the one put last is always kept, however big."""
+
+    def __init__(self, max_jobs: int = FLOW_DEFINITION_CACHE_JOBS) -> None:
+        self._max_jobs = max_jobs
+        self._jobs = 0
+        self._entries: OrderedDict[tuple[str, int], FlowDefinition] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, name: str, version: int) -> FlowDefinition | None:
+        definition = self._entries.get((name, version))
+        if definition is not None:
+            self._entries.move_to_end((name, version))
+        return definition
+
+    def put(self, definition: FlowDefinition, version: int) -> None:
+        replaced = self._entries.pop((definition.name, version), None)
+        if replaced is not None:
+            self._jobs -= len(replaced.jobs)
+        self._entries[(definition.name, version)] = definition
+        self._jobs += len(definition.jobs)
+        while self._jobs > self._max_jobs and len(self._entries) > 1:
+            _, dropped = self._entries.popitem(last=False)
+            self._jobs -= len(dropped.jobs)
+
+
+@dataclass(frozen=True, slots=True)
+class RunStart:
+    """A manual run to start: its flow, the parameters given and the jobs it skips."""
+
+    flow: str
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+    disable: Collection[str] = ()
+
+
+def _no_flow(name: str, version: int | None = None, where: str = "") -> NotFound:
+    which = f" version {version}" if version is not None else ""
+    return NotFound(f"{where}no flow {name!r}{which}; `corral flow list` shows the flows")
+
+
 def pack(value: Any, what: str, flow: str) -> bytes:
     """msgpack of `value`; FlowInvalid for what msgpack cannot hold (a huge int, a lone
     surrogate), so that it never reaches the store."""
@@ -117,7 +161,7 @@ class FlowService:
         self.writer = engine.writer
         self.clock = engine.clock
         self._ids = IdGenerator()
-        self._definitions: dict[tuple[str, int], FlowDefinition] = {}
+        self._definitions = DefinitionCache()
         self._runs: dict[str, _LiveRun] = {}
         self._ending: dict[str, RunView] = {}  # runs that ended, until the end is durable
         self._by_job: dict[str, tuple[str, str]] = {}  # core job id -> (run id, job name)
@@ -202,7 +246,7 @@ class FlowService:
                 mutations.append(AdvanceSchedule(definition.name, now))
                 row.recorded_until = now
             saved.append((row, definition))
-            self._definitions[(definition.name, version)] = definition
+            self._definitions.put(definition, version)
             outcome = ApplyOutcome.CREATED if stored is None else ApplyOutcome.CHANGED
             answers.append(Applied(definition.name, version, outcome))
         if mutations:
@@ -222,17 +266,15 @@ class FlowService:
     async def get_flow(self, name: str, version: int | None = None) -> FlowRow:
         row = await asyncio.to_thread(self._store.get_flow, name, version)
         if row is None:
-            which = f" version {version}" if version is not None else ""
-            raise NotFound(f"no flow {name!r}{which}; `corral flow list` shows the flows")
+            raise _no_flow(name, version)
         return row
 
     def definition_of(self, row: FlowRow) -> FlowDefinition:
-        """The definition a stored version holds (parsed once per version)."""
-        key = (row.name, row.version)
-        definition = self._definitions.get(key)
+        """The definition a stored version holds (parsed again only once it left the cache)."""
+        definition = self._definitions.get(row.name, row.version)
         if definition is None:
             definition = parse_flow(msgpack.unpackb(row.definition, raw=False))
-            self._definitions[key] = definition
+            self._definitions.put(definition, row.version)
         return definition
 
     async def list_flows(
@@ -243,7 +285,7 @@ class FlowService:
     async def versions(self, name: str) -> list[FlowRow]:
         rows = await asyncio.to_thread(self._store.flow_versions, name)
         if not rows:
-            raise NotFound(f"no flow {name!r}; `corral flow list` shows the flows")
+            raise _no_flow(name)
         return rows
 
     async def delete(self, name: str) -> None:
@@ -301,11 +343,42 @@ class FlowService:
         self, name: str, given: Mapping[str, Any], disabled: Collection[str] = ()
     ) -> FlowRunRow:
         """Store a manual run of the flow and start it; answers once the run is stored."""
-        flow = await self.get_flow(name)
-        row, machine = self.new_run(flow, given, disabled)
-        await self.writer.write([InsertRun(row)])
-        self.begin(row, machine)
-        return self._snapshot(self._runs.get(row.id), row)
+        [row] = await self.start_runs([RunStart(name, given, disabled)])
+        return row
+
+    async def start_runs(self, starts: Sequence[RunStart]) -> list[FlowRunRow]:
+        """Store manual runs and start them, all or none: every run is checked (NotFound for
+        an unknown flow, FlowInvalid for its parameters or disabled jobs) before any is
+        stored, then all are stored in one commit; answers once they are stored."""
+        flows = await asyncio.to_thread(self._current_versions, {s.flow for s in starts})
+        missing = [(index, s.flow) for index, s in enumerate(starts) if s.flow not in flows]
+        if missing:
+            index, name = missing[0]
+            raise _no_flow(name, where=f"runs[{index}]: " if len(starts) > 1 else "")
+        runs: list[tuple[FlowRunRow, RunMachine]] = []
+        jobs = 0
+        for index, start in enumerate(starts):
+            try:
+                run = self.new_run(flows[start.flow], start.parameters, start.disable)
+            except FlowInvalid as exc:
+                if len(starts) == 1:
+                    raise
+                problems = [f"runs[{index}]: {line}" for line in exc.problems]
+                raise FlowInvalid(problems, exc.flow) from None
+            jobs += len(run[0].jobs)
+            if jobs > MAX_BULK_RUN_JOBS:  # checked as they are built, to build no more
+                raise FlowInvalid(
+                    [
+                        f"runs[0] to runs[{index}] have {jobs} jobs in all, more than the"
+                        f" {MAX_BULK_RUN_JOBS} one call may start; start them in several calls"
+                    ]
+                )
+            runs.append(run)
+        if runs:
+            await self.writer.write([InsertRun(row) for row, _ in runs])
+        for row, machine in runs:
+            self.begin(row, machine)
+        return [self._snapshot(self._runs.get(row.id), row) for row, _ in runs]
 
     def begin(self, row: FlowRunRow, machine: RunMachine) -> None:
         """Carry out a stored run's first decisions."""
