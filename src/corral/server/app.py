@@ -483,7 +483,7 @@ def create_app(
                 elif isinstance(frame, p.WatchFlows):
                     flows.watch_flows(peer, frame.names)
                 elif isinstance(frame, p.WatchRuns):
-                    task = asyncio.create_task(flows.watch(peer, frame.run_ids))
+                    task = asyncio.create_task(flows.watchers.watch_runs(peer, frame.run_ids))
                     watches.add(task)
                     task.add_done_callback(watches.discard)
                 else:

@@ -22,9 +22,9 @@ from corral.errors import Conflict, FlowInvalid, NotFound, StoreUnavailable
 from corral.flow_models import ApplyOutcome
 from corral.models import JobState
 from corral.server.engine import Engine, WorkerPeer
-from corral.server.flows.definition import FlowDefinition, parse_flow
+from corral.server.flows.definition import DefinitionCache, FlowDefinition, parse_flow
 from corral.server.flows.runs import FlowJobState, FlowRunState
-from corral.server.flows.service import DefinitionCache, FlowService, RunStart
+from corral.server.flows.service import FlowService, RunStart
 from corral.server.store import (
     InsertJobs,
     JobFilter,
@@ -580,7 +580,7 @@ def test_a_watch_that_comes_while_a_run_s_end_is_being_stored_hears_the_end() ->
             worker.release("a")
             await until(store.ending.is_set)  # ended in memory; not yet stored
             peer = Peer()
-            await flows.watch(peer, [run_id])
+            await flows.watchers.watch_runs(peer, [run_id])
             store.let_go.set()
             frames: list[p.Frame] = []
             while len(frames) < 4:

@@ -35,7 +35,7 @@ def test_changes_in_one_turn_go_out_as_one_frame_and_the_end_comes_last() -> Non
 
 async def _one_turn_then_the_end() -> None:
     run = Run(10_000)
-    watchers = RunWatchers(run.view)
+    watchers = RunWatchers(run.view, dict.fromkeys)
     peer, other = Peer(), Peer()
     watchers.watch(peer, "r", run.view("r", None))
     assert [type(frame) for frame in sent_frames(peer)] == [p.RunJobs, p.RunState]
@@ -66,7 +66,7 @@ def test_a_peer_that_left_is_sent_nothing_and_an_unknown_run_is_said_to_be() -> 
 
 async def _peers_leaving() -> None:
     run = Run(2)
-    watchers = RunWatchers(run.view)
+    watchers = RunWatchers(run.view, dict.fromkeys)
     gone, staying = Peer(), Peer()
     for peer in (gone, staying):
         watchers.watch(peer, "r", run.view("r", None))

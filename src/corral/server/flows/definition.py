@@ -19,7 +19,7 @@ import hashlib
 import re
 import types
 import typing
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Mapping
 from enum import StrEnum
 from typing import Annotated, Any
@@ -39,6 +39,7 @@ from pydantic import (
 from corral.constants import (
     DEFAULT_MAX_ACTIVE_RUNS,
     DEFAULT_QUEUE,
+    FLOW_DEFINITION_CACHE_JOBS,
     MAX_FLOW_ACTIVE_RUNS,
     MAX_FLOW_DESCRIPTION_LENGTH,
     MAX_FLOW_JOB_NAME_LENGTH,
@@ -415,3 +416,32 @@ def _unwrap(annotation: Any) -> Any:
         if len(models) == 1:
             return models[0]
     return annotation
+
+
+class DefinitionCache:
+    """Parsed definitions by (flow, version), the least recently used dropped first once they
+    have more than `max_jobs` jobs in all; the one put last is always kept, however big."""
+
+    def __init__(self, max_jobs: int = FLOW_DEFINITION_CACHE_JOBS) -> None:
+        self._max_jobs = max_jobs
+        self._jobs = 0
+        self._entries: OrderedDict[tuple[str, int], FlowDefinition] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, name: str, version: int) -> FlowDefinition | None:
+        definition = self._entries.get((name, version))
+        if definition is not None:
+            self._entries.move_to_end((name, version))
+        return definition
+
+    def put(self, definition: FlowDefinition, version: int) -> None:
+        replaced = self._entries.pop((definition.name, version), None)
+        if replaced is not None:
+            self._jobs -= len(replaced.jobs)
+        self._entries[(definition.name, version)] = definition
+        self._jobs += len(definition.jobs)
+        while self._jobs > self._max_jobs and len(self._entries) > 1:
+            _, dropped = self._entries.popitem(last=False)
+            self._jobs -= len(dropped.jobs)

@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import OrderedDict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,13 +39,13 @@ from typing import Any
 import msgpack
 
 from corral import protocol as p
-from corral.constants import DEFAULT_FLOW_PAGE, FLOW_DEFINITION_CACHE_JOBS, MAX_BULK_RUN_JOBS
+from corral.constants import DEFAULT_FLOW_PAGE, MAX_BULK_RUN_JOBS
 from corral.errors import Conflict, CorralError, FlowInvalid, NotFound
 from corral.flow_models import ApplyOutcome
 from corral.ids import IdGenerator
 from corral.models import JobSpec, JobState
 from corral.server.engine import Engine
-from corral.server.flows.definition import FlowDefinition, parse_flow
+from corral.server.flows.definition import DefinitionCache, FlowDefinition, parse_flow
 from corral.server.flows.parameters import ParameterValue, resolve_parameters
 from corral.server.flows.runs import (
     CancelJob,
@@ -100,35 +99,6 @@ class _LiveRun:
     cancel_wanted: set[str] = field(default_factory=set)  # cancelled before its id was known
 
 
-class DefinitionCache:
-    """Parsed definitions by (flow, version), the least recently used dropped first once they
-    have more than `max_jobs` jobs in all; the one put last is always kept, however big."""
-
-    def __init__(self, max_jobs: int = FLOW_DEFINITION_CACHE_JOBS) -> None:
-        self._max_jobs = max_jobs
-        self._jobs = 0
-        self._entries: OrderedDict[tuple[str, int], FlowDefinition] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def get(self, name: str, version: int) -> FlowDefinition | None:
-        definition = self._entries.get((name, version))
-        if definition is not None:
-            self._entries.move_to_end((name, version))
-        return definition
-
-    def put(self, definition: FlowDefinition, version: int) -> None:
-        replaced = self._entries.pop((definition.name, version), None)
-        if replaced is not None:
-            self._jobs -= len(replaced.jobs)
-        self._entries[(definition.name, version)] = definition
-        self._jobs += len(definition.jobs)
-        while self._jobs > self._max_jobs and len(self._entries) > 1:
-            _, dropped = self._entries.popitem(last=False)
-            self._jobs -= len(dropped.jobs)
-
-
 @dataclass(frozen=True, slots=True)
 class RunStart:
     """A manual run to start: its flow, the parameters given and the jobs it skips."""
@@ -163,12 +133,11 @@ class FlowService:
         self._ids = IdGenerator()
         self._definitions = DefinitionCache()
         self._runs: dict[str, _LiveRun] = {}
-        self._ending: dict[str, RunView] = {}  # runs that ended, until the end is durable
         self._by_job: dict[str, tuple[str, str]] = {}  # core job id -> (run id, job name)
         self._tasks: set[asyncio.Task[None]] = set()
         self._retrying: set[str] = set()  # runs whose retry is being stored
         self.schedules = ScheduleTicker(self)
-        self.watchers = RunWatchers(self._view)
+        self.watchers = RunWatchers(self._view, self._stored_runs)
         engine.add_finish_hook(self._jobs_finished)
         engine.add_start_hook(self._jobs_started)
 
@@ -511,27 +480,7 @@ class FlowService:
             jobs.append(RunJobRow(name, state, job_id))
         return jobs
 
-    # -- watching ------------------------------------------------------------------------------
-
-    async def watch(self, peer: Peer, run_ids: Sequence[str]) -> None:
-        """Keep `peer` told of the runs (see RunWatchers); an ended one is read from the store."""
-        wanted = list(dict.fromkeys(run_ids))
-        stored: dict[str, FlowRunRow | None] = {}
-        while wanted:
-            unread = [r for r in wanted if self._view(r, ()) is None and r not in stored]
-            if unread:
-                stored.update(await asyncio.to_thread(self._stored_runs, unread))
-            ended_meanwhile = []
-            for run_id in wanted:
-                # Looked up again after the read: a run may have been retried, or have ended.
-                whole = self._view(run_id, None)
-                if whole is None and run_id not in stored:
-                    ended_meanwhile.append(run_id)  # its end is durable now: read it
-                    continue
-                if whole is None and (row := stored[run_id]) is not None:
-                    whole = RunView(row.state, row.finished, row.jobs)
-                self.watchers.watch(peer, run_id, whole)
-            wanted = ended_meanwhile
+    # -- watching (see RunWatchers) ------------------------------------------------------------
 
     def watch_flows(self, peer: Peer, names: Sequence[str]) -> None:
         """Tell `peer` of each run of the flows that is active or begins (see RunWatchers)."""
@@ -544,31 +493,9 @@ class FlowService:
     def _view(self, run_id: str, names: Collection[str] | None) -> RunView | None:
         live = self._runs.get(run_id)
         if live is None:
-            last = self._ending.get(run_id)
-            if last is None:
-                return None
-            # Ended, not yet durably: watched as running, told of the end once it is stored.
-            jobs = last.jobs if names is None else [job for job in last.jobs if job.name in names]
-            return RunView(FlowRunState.RUNNING, None, jobs)
+            return None
         jobs = self._job_rows(live, live.machine.states if names is None else names)
         return RunView(live.machine.state, live.row.finished, jobs)
-
-    def _tell_watchers(
-        self, committed: asyncio.Future[None], run_id: str, names: list[str], last: RunView | None
-    ) -> None:
-        """Once `committed` is durable, tell the run's watchers of the jobs and the end."""
-
-        def durable(commit: asyncio.Future[None]) -> None:
-            if last is not None:
-                self._ending.pop(run_id, None)
-            if commit.cancelled() or commit.exception() is not None:
-                return  # the writer logged it; nothing changed
-            if names:
-                self.watchers.changed(run_id, names)
-            if last is not None:
-                self.watchers.ended(run_id, last)
-
-        committed.add_done_callback(durable)
 
     # -- carrying out decisions ----------------------------------------------------------------
 
@@ -606,12 +533,9 @@ class FlowService:
             live.row.jobs = self._snapshot(live, live.row).jobs
             self._forget(live)
         committed = self.writer.submit_nowait(mutations) if mutations else None
-        if committed is not None and ended is not None:
-            last = RunView(ended, live.row.finished, live.row.jobs)
-            self._ending[live.row.id] = last
-            self._tell_watchers(committed, live.row.id, names, last)
-        elif committed is not None and self.watchers.watched(live.row.id):
-            self._tell_watchers(committed, live.row.id, names, None)
+        if committed is not None:
+            last = None if ended is None else RunView(ended, live.row.finished, live.row.jobs)
+            self.watchers.on_commit(committed, live.row.id, names, last)
         if releases:
             self._spawn(self._release(live, releases))
         if ended is not None:

@@ -35,13 +35,16 @@ class RunView:
 
 #: The run's jobs named (all of them for None) as they are now; None once it is not active.
 ViewOfRun = Callable[[str, Collection[str] | None], RunView | None]
+#: The stored runs (None for one there is not), read off the event loop.
+ReadRuns = Callable[[list[str]], dict[str, FlowRunRow | None]]
 
 
 class RunWatchers:
     """Which peers watch which runs, and the changes they are yet to be sent."""
 
-    def __init__(self, view: ViewOfRun) -> None:
-        self._view = view
+    def __init__(self, view: ViewOfRun, read: ReadRuns) -> None:
+        self._live_view, self._read = view, read
+        self._ending: dict[str, RunView] = {}  # runs that ended, until the end is durable
         self._peers: dict[str, set[Peer]] = {}
         self._runs_of: dict[Peer, set[str]] = {}
         self._changed: dict[str, set[str]] = {}  # run id -> names of jobs to send
@@ -52,6 +55,48 @@ class RunWatchers:
 
     def watched(self, run_id: str) -> bool:
         return run_id in self._peers
+
+    async def watch_runs(self, peer: Peer, run_ids: Sequence[str]) -> None:
+        """Keep `peer` told of the runs: an active one from memory, an ended one as stored."""
+        wanted = list(dict.fromkeys(run_ids))
+        stored: dict[str, FlowRunRow | None] = {}
+        while wanted:
+            unread = [r for r in wanted if self._view(r, ()) is None and r not in stored]
+            if unread:
+                stored.update(await asyncio.to_thread(self._read, unread))
+            ended_meanwhile = []
+            for run_id in wanted:
+                # Looked up again after the read: a run may have been retried, or have ended.
+                whole = self._view(run_id, None)
+                if whole is None and run_id not in stored:
+                    ended_meanwhile.append(run_id)  # its end is durable now: read it
+                    continue
+                if whole is None and (row := stored[run_id]) is not None:
+                    whole = RunView(row.state, row.finished, row.jobs)
+                self.watch(peer, run_id, whole)
+            wanted = ended_meanwhile
+
+    def on_commit(
+        self, committed: asyncio.Future[None], run_id: str, names: list[str], last: RunView | None
+    ) -> None:
+        """Once `committed` is durable, tell the run's watchers of the jobs named, and with
+        `last`, of its end. Until then a run that ended is watched as running."""
+        if last is not None:
+            self._ending[run_id] = last
+        elif not self.watched(run_id):
+            return
+
+        def durable(commit: asyncio.Future[None]) -> None:
+            if last is not None:
+                self._ending.pop(run_id, None)
+            if commit.cancelled() or commit.exception() is not None:
+                return  # the writer logged it; nothing changed
+            if names:
+                self.changed(run_id, names)
+            if last is not None:
+                self.ended(run_id, last)
+
+        committed.add_done_callback(durable)
 
     def watch(self, peer: Peer, run_id: str, whole: RunView | None) -> None:
         """Send `peer` the run as `whole` shows it (None: no such run); while it is active,
@@ -136,6 +181,15 @@ class RunWatchers:
                 if jobs:
                     peer.send(_jobs_frame(run_id, jobs))
                 peer.send(end)
+
+    def _view(self, run_id: str, names: Collection[str] | None) -> RunView | None:
+        view = self._live_view(run_id, names)
+        last = self._ending.get(run_id) if view is None else None
+        if last is None:
+            return view
+        # Ended, not yet durably: watched as running, told of the end once it is stored.
+        jobs = last.jobs if names is None else [job for job in last.jobs if job.name in names]
+        return RunView(FlowRunState.RUNNING, None, jobs)
 
     def _send(self, run_id: str, frame: p.Frame) -> None:
         for peer in self._peers.get(run_id, ()):
