@@ -15,8 +15,9 @@ Every job is the python job `bench_tasks:noop`. What is measured, with its targe
    in SQLite, so call N costs O(N); it runs `--azkaban-flows` calls (fewer than 10,000 by
    default: its total grows as N^2) and prints the same p50s;
 3. runs: a run of each bulk flow started in one bulk call (`POST /api/v1/flow-runs`,
-   client.flows.run_many; timed on its own too), then every run's state read until all are
-   final - < 20 s from the first start to the last final state;
+   client.flows.run_many; timed on its own too), then every run's end collected by
+   subscription (client.flows.as_completed: one watch of them all on the client stream) - < 20 s
+   from the first start to the last final state;
 4. fan: one flow of `--jobs` jobs (start, `--jobs - 2` parallel jobs, end). Its status
    (`GET /api/v1/flow-runs/{id}`) is read in a loop while it runs, each call timed; the release
    rate is the parallel jobs / the time from the last status showing `start` not yet final to
@@ -38,6 +39,7 @@ import statistics
 import tempfile
 import time
 import zipfile
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -95,29 +97,6 @@ def azkaban_calls(count: int, directory: Path) -> tuple[float, list[float]]:
         return timed_calls(count, add)
     finally:
         database.close()
-
-
-def wait_final(client: object, run_ids: list[str], timeout: float) -> dict[str, int]:
-    """Read each run until every one is final; how many ended in each state."""
-    flows = client.flows  # type: ignore[attr-defined]
-    states: dict[str, str] = {}
-    deadline = time.monotonic() + timeout
-    pending = list(run_ids)
-    while pending:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{len(pending)} runs still running after {timeout:g}s")
-        still = []
-        for run_id in pending:
-            state = flows.status(run_id).state
-            if state is FlowRunState.RUNNING:
-                still.append(run_id)
-            else:
-                states[run_id] = state.value
-        pending = still
-    counts: dict[str, int] = {}
-    for state in states.values():
-        counts[state] = counts.get(state, 0) + 1
-    return counts
 
 
 def fan_flow(jobs: int) -> dict[str, object]:
@@ -272,9 +251,10 @@ def main() -> None:
 
                 load = load_average()
                 started = time.perf_counter()
-                run_ids = [run.id for run in client.flows.run_many(bulk_names)]
+                started_runs = client.flows.run_many(bulk_names)
                 starting = time.perf_counter() - started
-                counts = wait_final(client, run_ids, 600)
+                ended = client.flows.as_completed(started_runs, timeout=600)
+                counts = Counter(run.state.value for run in ended)
                 runs = time.perf_counter() - started
                 note = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
                 note += f"; the {args.flows:,} starts (one bulk call) took {starting:.2f} s"

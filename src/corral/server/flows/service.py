@@ -39,7 +39,7 @@ from typing import Any
 import msgpack
 
 from corral import protocol as p
-from corral.constants import DEFAULT_FLOW_PAGE, MAX_BULK_RUN_JOBS
+from corral.constants import DEFAULT_FLOW_PAGE, FLOW_RELEASE_BATCH, MAX_BULK_RUN_JOBS
 from corral.errors import Conflict, CorralError, FlowInvalid, NotFound
 from corral.flow_models import ApplyOutcome
 from corral.ids import IdGenerator
@@ -564,36 +564,61 @@ class FlowService:
             await self._engine.cancel(job_id)
 
     async def _release(self, live: _LiveRun, names: list[str]) -> None:
-        """Submit the jobs as core jobs; one that cannot be built or stored fails."""
+        """Submit the jobs as core jobs, FLOW_RELEASE_BATCH at a time so that a wide fan-out
+        leaves the event loop to others between batches; one that cannot be built or stored
+        fails."""
         definition = live.machine.definition
         values: dict[str, ParameterValue] = msgpack.unpackb(live.row.params, raw=False)
         wanted = {source for name in names for source in definition.result_sources(name)}
+        try:
+            results = await asyncio.to_thread(self._results, live, wanted) if wanted else {}
+        except CorralError as exc:
+            logger.warning("flow run %s: jobs %s not released: %s", live.row.id, names, exc)
+            results = None
+        failed: list[str] = []
+        for start in range(0, len(names), FLOW_RELEASE_BATCH):
+            batch = names[start : start + FLOW_RELEASE_BATCH]
+            if results is None:
+                failed += batch
+            elif self._runs.get(live.row.id) is live:  # not deleted meanwhile
+                failed += await self._release_batch(live, batch, values, results)
+        for name in failed:
+            self._job_state(live, name, FlowJobState.FAILED)
+
+    async def _release_batch(
+        self,
+        live: _LiveRun,
+        names: list[str],
+        values: dict[str, ParameterValue],
+        results: dict[str, Any],
+    ) -> list[str]:
+        """Build and submit the jobs; those that could not be, to fail."""
+        definition = live.machine.definition
         specs: list[JobSpec] = []
         built: list[str] = []
         failed: list[str] = []
+        for name in names:
+            try:
+                specs.append(definition.job_spec(name, values, results))
+                built.append(name)
+            except FlowInvalid as exc:
+                logger.warning("flow run %s: job %r not released: %s", live.row.id, name, exc)
+                failed.append(name)
+        if not specs:
+            return failed
+
+        def queued(ids: list[str]) -> list[Mutation]:
+            pairs = zip(built, ids, strict=True)
+            rows = tuple(RunJobRow(name, FlowJobState.QUEUED, i) for name, i in pairs)
+            return [UpdateRunJobs(live.row.id, rows)]
+
         try:
-            results = await asyncio.to_thread(self._results, live, wanted)
-            for name in names:
-                try:
-                    specs.append(definition.job_spec(name, values, results))
-                    built.append(name)
-                except FlowInvalid as exc:
-                    logger.warning("flow run %s: job %r not released: %s", live.row.id, name, exc)
-                    failed.append(name)
-            if specs:
-
-                def queued(ids: list[str]) -> list[Mutation]:
-                    pairs = zip(built, ids, strict=True)
-                    rows = tuple(RunJobRow(name, FlowJobState.QUEUED, i) for name, i in pairs)
-                    return [UpdateRunJobs(live.row.id, rows)]
-
-                ids = await self._engine.submit(specs, with_ids=queued)
-                self._record_released(live, built, ids)
+            ids = await self._engine.submit(specs, with_ids=queued)
         except CorralError as exc:
-            logger.warning("flow run %s: jobs %s not released: %s", live.row.id, names, exc)
-            failed += [name for name in built if name not in live.job_ids]
-        for name in failed:
-            self._job_state(live, name, FlowJobState.FAILED)
+            logger.warning("flow run %s: jobs %s not released: %s", live.row.id, built, exc)
+            return failed + built
+        self._record_released(live, built, ids)
+        return failed
 
     def _results(self, live: _LiveRun, sources: Iterable[str]) -> dict[str, Any]:
         """The stored results of the upstream jobs named; None for one that did not succeed."""
