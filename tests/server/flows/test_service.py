@@ -17,7 +17,12 @@ import msgpack
 import pytest
 
 from corral import protocol as p
-from corral.constants import MAX_BULK_RUN_JOBS, MAX_FLOW_JOBS, PROTOCOL_VERSION
+from corral.constants import (
+    FLOW_RELEASE_BATCH,
+    MAX_BULK_RUN_JOBS,
+    MAX_FLOW_JOBS,
+    PROTOCOL_VERSION,
+)
 from corral.errors import Conflict, FlowInvalid, NotFound, StoreUnavailable
 from corral.flow_models import ApplyOutcome
 from corral.models import JobState
@@ -386,6 +391,38 @@ def test_a_disabled_job_is_skipped_and_the_jobs_after_it_run() -> None:
             await worker.close()
 
     run(scenario)
+
+
+def test_a_fan_out_wider_than_a_release_batch_runs_each_job_once_in_batches() -> None:
+    width = 2 * FLOW_RELEASE_BATCH + 1
+    wide = {"name": "wide", "jobs": [shell(f"j{n}") for n in range(width)]}
+
+    async def scenario() -> None:
+        store = BatchCountingStore()
+        async with serving(store) as (engine, flows):
+            worker = ScriptedWorker(engine)
+            await flows.apply([wide])
+            row = await ended(flows, (await flows.start_run("wide", {})).id)
+            assert set(states(row).values()) == {FlowJobState.SUCCEEDED}
+            assert sorted(worker.names()) == sorted(f"j{n}" for n in range(width))
+            assert store.inserted == [FLOW_RELEASE_BATCH, FLOW_RELEASE_BATCH, 1]
+            await worker.close()
+
+    run(scenario)
+
+
+class BatchCountingStore(MemoryStore):
+    """A memory store that counts the jobs of each InsertJobs it writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inserted: list[int] = []
+
+    def write(self, batch: Sequence[Mutation]) -> None:
+        for mutation in batch:
+            if isinstance(mutation, InsertJobs):
+                self.inserted.append(len(mutation.jobs))
+        super().write(batch)
 
 
 def test_a_cancelled_run_cancels_its_running_job_and_starts_nothing() -> None:
