@@ -235,7 +235,9 @@ def _follow(run: FlowRun, as_json: bool) -> None:
     if as_json:
         run.wait()
     elif out.is_terminal:
-        with Live(_progress(run), console=out, auto_refresh=False) as live:
+        # stderr left alone: the line Ctrl-C prints must reach it, not wait in the display's
+        # buffer (it was lost there at times).
+        with Live(_progress(run), console=out, auto_refresh=False, redirect_stderr=False) as live:
             run.wait(on_change=lambda changed: live.update(_progress(changed), refresh=True))
             live.update(_progress(run), refresh=True)
     else:

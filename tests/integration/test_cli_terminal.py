@@ -294,7 +294,7 @@ def test_ctrl_c_in_flow_run_wait_says_the_run_goes_on(
     found = re.search(
         r"flow run (\w{26}); it goes on running \(stop: corral flow cancel \1\)", stderr
     )
-    assert found and len(stderr.splitlines()) == 1, stderr
+    assert found and len(stderr.splitlines()) == 1, (shown, stderr)
     status = json.loads(corral(env, "flow", "status", found[1], "--json").stdout)
     assert status["state"] == "running"
     assert corral(env, "flow", "cancel", found[1]).returncode == ExitCode.OK

@@ -8,6 +8,7 @@ code written for multiprocessing) gets the same behaviour without an event loop 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
 import warnings
@@ -476,7 +477,10 @@ class Client(PrimitiveFactories):
             except BaseException as exc:  # handed to the consuming thread
                 items.put((False, exc))
 
-        pumping = asyncio.run_coroutine_threadsafe(pump(), self._loop)
+        # The pump is made on the loop, not handed to it: a Ctrl-C that comes before the loop
+        # took it would leave a coroutine never awaited (and a warning on the user's screen).
+        pumps: list[asyncio.Task[None]] = []
+        self._loop.call_soon_threadsafe(lambda: pumps.append(self._loop.create_task(pump())))
         try:
             while True:
                 more, item = items.get()
@@ -486,7 +490,8 @@ class Client(PrimitiveFactories):
                     return
                 yield item
         finally:  # the consumer stopped early (Ctrl-C, break): stop the pump as well
-            pumping.cancel()
+            with contextlib.suppress(RuntimeError):  # the client's loop is closed already
+                self._loop.call_soon_threadsafe(lambda: pumps[0].cancel())  # made by now
 
     def get(self, job_id: str) -> JobInfo:
         return self._call(self._async.get(job_id))
