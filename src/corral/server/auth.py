@@ -48,6 +48,14 @@ class TokenEntry:
     digest: str
 
 
+def new_token() -> str:
+    """A random token that never starts with '-': given as `--token VALUE`, such a token would
+    read as an option to argparse and to many other command lines."""
+    while (token := secrets.token_urlsafe(32)).startswith("-"):
+        pass
+    return token
+
+
 def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -100,7 +108,7 @@ class TokenStore:
             )
         if role is not Role.ADMIN:
             self._keep_an_admin(name, "give it the admin role")
-        token = secrets.token_urlsafe(32)
+        token = new_token()
         others = [e for e in self._entries if e.name != name]
         self._save([*others, TokenEntry(name, role, _digest(token))])
         if name == ADMIN_TOKEN_NAME and self.admin_token_path.exists():
