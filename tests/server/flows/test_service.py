@@ -412,17 +412,47 @@ def test_a_fan_out_wider_than_a_release_batch_runs_each_job_once_in_batches() ->
 
 
 class BatchCountingStore(MemoryStore):
-    """A memory store that counts the jobs of each InsertJobs it writes."""
+    """A memory store that counts the jobs of each InsertJobs it writes; with `hold_insert`,
+    that one (counting from 1) waits until `let_go` is set."""
 
-    def __init__(self) -> None:
+    commits_quickly = False  # written from the writer's thread, never on the loop
+
+    def __init__(self, hold_insert: int = 0) -> None:
         super().__init__()
         self.inserted: list[int] = []
+        self.hold_insert = hold_insert
+        self.holding, self.let_go = threading.Event(), threading.Event()
 
     def write(self, batch: Sequence[Mutation]) -> None:
         for mutation in batch:
             if isinstance(mutation, InsertJobs):
                 self.inserted.append(len(mutation.jobs))
+                if len(self.inserted) == self.hold_insert:
+                    self.holding.set()
+                    self.let_go.wait(DEADLINE)
         super().write(batch)
+
+
+def test_a_run_cancelled_between_release_batches_submits_none_of_the_later_ones() -> None:
+    width = 3 * FLOW_RELEASE_BATCH
+    wide = {"name": "wide", "jobs": [shell(f"j{n}") for n in range(width)]}
+
+    async def scenario() -> None:
+        store = BatchCountingStore(hold_insert=2)
+        async with serving(store) as (_, flows):
+            await flows.apply([wide])
+            run_id = (await flows.start_run("wide", {})).id
+            await until(store.holding.is_set)  # the second batch is being stored
+            cancelling = asyncio.create_task(flows.cancel_run(run_id))
+            await asyncio.sleep(0.05)
+            store.let_go.set()
+            await cancelling
+            row = await ended(flows, run_id)
+            assert row.state is FlowRunState.CANCELLED
+            assert set(states(row).values()) == {FlowJobState.CANCELLED}
+            assert store.inserted == [FLOW_RELEASE_BATCH, FLOW_RELEASE_BATCH]  # not the third
+
+    run(scenario)
 
 
 def test_a_cancelled_run_cancels_its_running_job_and_starts_nothing() -> None:

@@ -578,9 +578,23 @@ class FlowService:
         failed: list[str] = []
         for start in range(0, len(names), FLOW_RELEASE_BATCH):
             batch = names[start : start + FLOW_RELEASE_BATCH]
+            if self._runs.get(live.row.id) is not live:
+                return  # deleted, or ended, while the batches before were submitted
             if results is None:
                 failed += batch
-            elif self._runs.get(live.row.id) is live:  # not deleted meanwhile
+                continue
+            if cancelled := live.cancel_wanted.intersection(batch):
+                # Cancelled while the batches before were submitted: never submit these.
+                live.cancel_wanted.difference_update(cancelled)
+                batch = [name for name in batch if name not in cancelled]
+                changed = sorted(cancelled)
+                decisions = [
+                    decision
+                    for name in changed
+                    for decision in live.machine.job_changed(name, FlowJobState.CANCELLED)
+                ]
+                self._carry_out(live, decisions, changed)
+            if batch and self._runs.get(live.row.id) is live:
                 failed += await self._release_batch(live, batch, values, results)
         for name in failed:
             self._job_state(live, name, FlowJobState.FAILED)
