@@ -15,6 +15,7 @@ from typing import Any
 
 import msgpack
 import pytest
+from peer_frames import sent_frames
 
 from corral import protocol as p
 from corral.constants import (
@@ -39,7 +40,7 @@ from corral.server.store import (
     Store,
     UpdateJob,
 )
-from corral.server.store.flow_rows import FlowRunRow, InsertRun, UpdateRun
+from corral.server.store.flow_rows import FlowRunRow, InsertRun, RunJobRow, UpdateRun
 from corral.server.subscriptions import Peer
 
 DEADLINE = 20.0
@@ -658,5 +659,41 @@ def test_a_watch_that_comes_while_a_run_s_end_is_being_stored_hears_the_end() ->
                 "succeeded",
             ]
             await worker.close()
+
+    run(scenario)
+
+
+def ghost_run(run_id: str) -> FlowRunRow:
+    """A running run of a flow version the store does not hold."""
+    jobs = [RunJobRow("a", FlowJobState.PENDING)]
+    return FlowRunRow(run_id, "ghost", 1, FlowRunState.RUNNING, 1.0, msgpack.packb({}), jobs=jobs)
+
+
+def test_a_run_that_cannot_be_resumed_is_marked_failed_and_its_watchers_hear_so() -> None:
+    async def scenario() -> None:
+        store = MemoryStore()
+        store.write([InsertRun(ghost_run("lost-flow"))])
+        async with serving(store) as (_, flows):
+            assert (await flows.get_run("lost-flow")).state is FlowRunState.FAILED
+            peer = Peer()
+            await flows.watchers.watch_runs(peer, ["lost-flow"])
+            last = sent_frames(peer)[-1]
+            assert isinstance(last, p.RunState) and (last.run_id, last.state) == (
+                "lost-flow",
+                "failed",
+            )
+
+    run(scenario)
+
+
+def test_a_run_stored_as_running_that_never_becomes_active_is_said_to_be_unknown() -> None:
+    async def scenario() -> None:
+        store = MemoryStore()
+        async with serving(store) as (_, flows):
+            store.write([InsertRun(ghost_run("limbo"))])  # as a deletion half stored leaves it
+            peer = Peer()
+            await flows.watchers.watch_runs(peer, ["limbo"])
+            assert sent_frames(peer) == [p.RunState("limbo", "unknown")]
+            assert not flows.watchers.watched("limbo")
 
     run(scenario)

@@ -152,7 +152,9 @@ class FlowService:
             try:
                 self._resume(row)
             except Exception:  # one broken run must not keep the others from resuming
-                logger.exception("could not resume flow run %s", row.id)
+                logger.exception("could not resume flow run %s; it is marked failed", row.id)
+                self._runs.pop(row.id, None)
+                await self.writer.write([UpdateRun(row.id, FlowRunState.FAILED, self.clock())])
         logger.info("resumed %d flow runs", len(rows))
         buffered = {row.flow: row.buffered for row in self._store.load_schedules()}
         after: str | None = None

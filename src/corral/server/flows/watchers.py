@@ -35,6 +35,10 @@ class RunView:
 
 #: The run's jobs named (all of them for None) as they are now; None once it is not active.
 ViewOfRun = Callable[[str, Collection[str] | None], RunView | None]
+#: How often, and how far apart, a run stored as running but not active is read (see
+#: RunWatchers.watch_runs).
+STORED_RUNNING_READS = 20
+REREAD_DELAY = 0.05
 #: The stored runs (None for one there is not), read off the event loop.
 ReadRuns = Callable[[list[str]], dict[str, FlowRunRow | None]]
 
@@ -57,24 +61,40 @@ class RunWatchers:
         return run_id in self._peers
 
     async def watch_runs(self, peer: Peer, run_ids: Sequence[str]) -> None:
-        """Keep `peer` told of the runs: an active one from memory, an ended one as stored."""
+        """Keep `peer` told of the runs: an active one from memory, an ended one as stored.
+
+        A run stored as running that is not active is between two states (a retry being
+        begun, a deletion being stored): it is read again a little later, and after
+        STORED_RUNNING_READS reads it is said to be unknown rather than watched for nothing.
+        """
         wanted = list(dict.fromkeys(run_ids))
         stored: dict[str, FlowRunRow | None] = {}
+        reads = 0
         while wanted:
             unread = [r for r in wanted if self._view(r, ()) is None and r not in stored]
             if unread:
+                if reads:
+                    await asyncio.sleep(REREAD_DELAY)
+                reads += 1
                 stored.update(await asyncio.to_thread(self._read, unread))
-            ended_meanwhile = []
+            again = []
             for run_id in wanted:
                 # Looked up again after the read: a run may have been retried, or have ended.
                 whole = self._view(run_id, None)
-                if whole is None and run_id not in stored:
-                    ended_meanwhile.append(run_id)  # its end is durable now: read it
+                if whole is None and run_id in stored:
+                    row = stored[run_id]
+                    if row is not None and row.state is FlowRunState.RUNNING:
+                        if reads < STORED_RUNNING_READS:
+                            del stored[run_id]
+                            again.append(run_id)
+                            continue
+                        row = None
+                    whole = None if row is None else RunView(row.state, row.finished, row.jobs)
+                elif whole is None:
+                    again.append(run_id)  # it ended while the others were read: read it
                     continue
-                if whole is None and (row := stored[run_id]) is not None:
-                    whole = RunView(row.state, row.finished, row.jobs)
                 self.watch(peer, run_id, whole)
-            wanted = ended_meanwhile
+            wanted = again
 
     def on_commit(
         self, committed: asyncio.Future[None], run_id: str, names: list[str], last: RunView | None
