@@ -183,6 +183,9 @@ FLOW_DEFINITION_CACHE_JOBS = MAX_FLOW_JOBS
 #: event loop to status calls between batches (its longest stall: ~70-90 ms, against 230-340 ms
 #: when all were built and submitted at once).
 FLOW_RELEASE_BATCH = 500
+#: Runs `client.flows.follow` remembers having given, so that one told again after a
+#: reconnect is not given twice (a flow has at most MAX_FLOW_ACTIVE_RUNS scheduled runs active).
+FOLLOW_REMEMBERED_RUNS = 10_000
 #: How often the server decides the due times of scheduled flows (a six-field cron may fire
 #: each second).
 FLOW_TICK_INTERVAL = 0.5

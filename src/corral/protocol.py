@@ -465,8 +465,9 @@ class WatchRuns(Frame):
 @frame
 @dataclass(frozen=True, slots=True)
 class WatchFlows(Frame):
-    """Tell me of the runs of these flows: a RunBegan for each active run now, then one for
-    each run that begins (manual, scheduled, backfilled or retried)."""
+    """Tell me of the runs of these flows: a RunBegan for each active run now (`again` set),
+    then one for each run that begins (manual, scheduled, backfilled or retried); a FlowGone
+    for a flow there is not, or once it is deleted."""
 
     TAG: ClassVar[str] = "watchflows"
     names: list[str] = checked(array(_ID, MAX_WATCH_IDS))
@@ -481,6 +482,16 @@ class RunBegan(Frame):
     flow: str = checked(_ID)
     run_id: str = checked(_ID)
     due: float | None = checked(optional(number(0, 2**53)), default=None)
+    again: bool = checked(boolean, default=False)  # active already when the watch began
+
+
+@frame
+@dataclass(frozen=True, slots=True)
+class FlowGone(Frame):
+    """A watched flow does not exist (any more)."""
+
+    TAG: ClassVar[str] = "flowgone"
+    flow: str = checked(_ID)
 
 
 @frame
@@ -540,7 +551,7 @@ FROM_WORKER = _table(Started, Results, Log, Returned, Release, Heartbeat)
 TO_WORKER = _table(Welcome, Refuse, Jobs, Ack, KillJobs, TakeBack)
 FROM_CLIENT = _table(Submit, Watch, Follow, Call, WatchRuns, WatchFlows)
 TO_CLIENT = _table(
-    Submitted, Error, Done, Output, EndOfLog, Answer, Refused, RunJobs, RunState, RunBegan
+    Submitted, Error, Done, Output, EndOfLog, Answer, Refused, RunJobs, RunState, RunBegan, FlowGone
 )
 
 

@@ -202,3 +202,25 @@ def test_following_a_flow_gives_its_active_run_then_each_run_as_it_begins(
             list(client.flows.follow("tick", timeout=1))  # its active runs, then none begins
         following.close()
         client.flows.cancel(manual.id)
+
+
+def test_following_gives_a_retried_run_again_and_ends_when_the_flow_is_gone(
+    server: ServerProcess, start_worker: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    start_worker(server)
+    wait_for_workers(server)
+    marker = tmp_path / "second-time"
+    flaky = f"test -e {marker} || {{ touch {marker}; exit 1; }}"  # fails once, then succeeds
+    with server.connect() as client:
+        with pytest.raises(corral.NotFound, match="no flow 'nope'"):
+            next(client.flows.follow("nope", timeout=WAIT))
+        client.flows.apply(corral.Flow("flaky").job("go", shell=flaky))
+        following = client.flows.follow("flaky", timeout=WAIT)
+        run = client.flows.run("flaky")
+        assert next(following).id == run.id and run.wait(timeout=WAIT) is FlowRunState.FAILED
+        run.retry()
+        again = next(following)
+        assert again.id == run.id and again.wait(timeout=WAIT) is FlowRunState.SUCCEEDED
+        client.flows.delete("flaky")
+        with pytest.raises(corral.NotFound, match="no flow 'flaky'"):
+            next(following)

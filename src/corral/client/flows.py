@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from corral import protocol as p
 from corral.client.jobs import JobTarget, target_of
+from corral.constants import FOLLOW_REMEMBERED_RUNS
 from corral.errors import JobTimeout, NotFound, ProtocolError
 from corral.flow_models import (
     BackfillAnswer,
@@ -273,7 +275,7 @@ class Flows:
     def follow(self, name: str, timeout: float | None = None) -> Iterator[FlowRun]:
         """Yield the flow's active runs, then each run of it as it begins (a schedule's, a
         manual start, a backfill, a retry), without end. JobTimeout when `timeout` seconds pass
-        with no new run."""
+        with no new run; NotFound if there is no such flow, or once it is deleted."""
         client = self._client
         began = client._iterate(_flow_runs(client._async._stream, name, timeout))
         try:
@@ -290,22 +292,33 @@ async def _flow_runs(
     stream: ClientStream, name: str, timeout: float | None
 ) -> AsyncIterator[p.RunBegan]:
     """A RunBegan for each active run of the flow, then for each that begins (see
-    protocol.WatchFlows); a run seen twice (told again after a reconnect) is given once."""
-    events: asyncio.Queue[p.RunBegan | Exception] = asyncio.Queue()
+    protocol.WatchFlows). An active run told again (after a reconnect) is given once; a retry
+    of a run given before is given again. JobTimeout when `timeout` seconds pass without one."""
+    events: asyncio.Queue[p.RunBegan | p.FlowGone | Exception] = asyncio.Queue()
     sink = events.put_nowait
-    seen: set[str] = set()
+    given: OrderedDict[str, None] = OrderedDict()  # the latest FOLLOW_REMEMBERED_RUNS given
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else loop.time() + timeout
     await stream.watch_flows([name], sink)
     try:
         while True:
+            left = None if deadline is None else max(deadline - loop.time(), 0)
             try:
-                event = await asyncio.wait_for(events.get(), timeout)
+                event = await asyncio.wait_for(events.get(), left)
             except TimeoutError:
                 raise JobTimeout(f"no run of flow {name!r} began in {timeout}s") from None
             if isinstance(event, Exception):
                 raise event
-            if event.run_id not in seen:
-                seen.add(event.run_id)
-                yield event
+            if isinstance(event, p.FlowGone):
+                raise NotFound(f"no flow {name!r}; `corral flow list` shows the flows")
+            if event.again and event.run_id in given:
+                continue
+            given[event.run_id] = None
+            given.move_to_end(event.run_id)
+            if len(given) > FOLLOW_REMEMBERED_RUNS:
+                given.popitem(last=False)
+            deadline = None if timeout is None else loop.time() + timeout
+            yield event
     finally:
         stream.unwatch_flows([name], sink)
 

@@ -40,8 +40,9 @@ E = TypeVar("E")
 
 #: Told of a watched flow run's jobs and state, or of the error that ended the stream.
 RunSink = Callable[[p.RunJobs | p.RunState | Exception], None]
-#: Told of each run of a watched flow that is active or begins, or of the error.
-FlowSink = Callable[[p.RunBegan | Exception], None]
+#: Told of each run of a watched flow that is active or begins, that the flow is gone, or of
+#: the error that ended the stream.
+FlowSink = Callable[[p.RunBegan | p.FlowGone | Exception], None]
 
 
 class ClientStream:
@@ -58,7 +59,7 @@ class ClientStream:
         self._waiters: dict[str, list[Callable[[p.Done], None]]] = defaultdict(list)
         self._log_sinks: dict[str, Callable[[p.Frame], None]] = {}
         self._run_sinks: _Sinks[p.RunJobs | p.RunState] = _Sinks()  # by run id
-        self._flow_sinks: _Sinks[p.RunBegan] = _Sinks()  # by flow name
+        self._flow_sinks: _Sinks[p.RunBegan | p.FlowGone] = _Sinks()  # by flow name
         self._closed = False
 
     @property
@@ -282,8 +283,8 @@ class ClientStream:
         elif isinstance(frame, p.RunJobs | p.RunState):
             over = isinstance(frame, p.RunState) and frame.state != "running"
             self._run_sinks.tell(frame.run_id, frame, last=over)
-        elif isinstance(frame, p.RunBegan):
-            self._flow_sinks.tell(frame.flow, frame)
+        elif isinstance(frame, p.RunBegan | p.FlowGone):
+            self._flow_sinks.tell(frame.flow, frame, last=isinstance(frame, p.FlowGone))
 
     def _answered(self, frame: p.Answer | p.Refused) -> None:
         pending = self._calls.get(frame.request_id)

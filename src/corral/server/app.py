@@ -480,10 +480,12 @@ def create_app(
                     engine.subscriptions.follow(peer, frame.job_id)
                 elif isinstance(frame, p.Call):
                     service.call(peer, frame, role)
-                elif isinstance(frame, p.WatchFlows):
-                    flows.watch_flows(peer, frame.names)
-                elif isinstance(frame, p.WatchRuns):
-                    task = asyncio.create_task(flows.watchers.watch_runs(peer, frame.run_ids))
+                elif isinstance(frame, p.WatchRuns | p.WatchFlows):
+                    task = asyncio.create_task(
+                        flows.watchers.watch_runs(peer, frame.run_ids)
+                        if isinstance(frame, p.WatchRuns)
+                        else flows.watch_flows(peer, frame.names)
+                    )
                     watches.add(task)
                     task.add_done_callback(watches.discard)
                 else:

@@ -165,8 +165,8 @@ class CancelJob:
 
 @dataclass(frozen=True, slots=True)
 class RecordCancel:
-    """The run is cancelled: store that before anything else, so that a run resumed while its
-    jobs were being cancelled still ends `cancelled`."""
+    """The run is cancelled: store that, in one commit with the cancel's other decisions, so
+    that a run resumed while its jobs were being cancelled still ends `cancelled`."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -271,6 +271,7 @@ class FlowService:
         self.schedules.deleted(name)
         for live in doomed:
             self.watchers.gone(live.row.id)
+        self.watchers.flow_gone(name)
 
     async def set_paused(self, name: str, paused: bool) -> None:
         await self.get_flow(name)
@@ -484,10 +485,16 @@ class FlowService:
 
     # -- watching (see RunWatchers) ------------------------------------------------------------
 
-    def watch_flows(self, peer: Peer, names: Sequence[str]) -> None:
-        """Tell `peer` of each run of the flows that is active or begins (see RunWatchers)."""
-        for name in dict.fromkeys(names):
-            self.watchers.watch_flow(peer, name, self.active_runs(name))
+    async def watch_flows(self, peer: Peer, names: Sequence[str]) -> None:
+        """Tell `peer` of each run of the flows that is active or begins (see RunWatchers); a
+        flow there is not is answered FlowGone."""
+        wanted = list(dict.fromkeys(names))
+        stored = await asyncio.to_thread(self._current_versions, wanted)
+        for name in wanted:
+            if name in stored:
+                self.watchers.watch_flow(peer, name, self.active_runs(name))
+            else:
+                peer.send(p.FlowGone(name))
 
     def _stored_runs(self, run_ids: Iterable[str]) -> dict[str, FlowRunRow | None]:
         return {run_id: self._store.get_run(run_id) for run_id in run_ids}

@@ -134,7 +134,7 @@ class RunWatchers:
         """Send `peer` a RunBegan for each of the flow's `active` runs, then for each run of it
         that begins."""
         for row in active:
-            peer.send(p.RunBegan(flow, row.id, row.due))
+            peer.send(p.RunBegan(flow, row.id, row.due, again=True))
         self._flow_peers.setdefault(flow, set()).add(peer)
         self._flows_of.setdefault(peer, set()).add(flow)
 
@@ -162,6 +162,16 @@ class RunWatchers:
         """The run was deleted: its watchers hear it is unknown now."""
         for peer in self._drop(run_id):
             peer.send(p.RunState(run_id, "unknown"))
+
+    def flow_gone(self, flow: str) -> None:
+        """The flow was deleted: its watchers hear so, and are watchers no more."""
+        for peer in self._flow_peers.pop(flow, set()):
+            peer.send(p.FlowGone(flow))
+            flows = self._flows_of.get(peer)
+            if flows is not None:
+                flows.discard(flow)
+                if not flows:
+                    del self._flows_of[peer]
 
     def forget(self, peer: Peer) -> None:
         """The peer went away."""
