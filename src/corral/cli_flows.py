@@ -15,7 +15,6 @@ import typer
 import yaml
 from rich.live import Live
 from rich.table import Table
-from rich.text import Text
 
 from corral.cli_common import (
     CaOpt,
@@ -32,7 +31,7 @@ from corral.cli_common import (
 )
 from corral.client.client import Client
 from corral.client.flows import FlowRun
-from corral.display import print_table, when
+from corral.display import flow_state_cell, print_table, when
 from corral.errors import ConfigError
 from corral.server.flows.definition import load_flows, parse_flow
 from corral.server.flows.parameters import parse_parameter_texts
@@ -253,18 +252,6 @@ def _follow(run: FlowRun, as_json: bool) -> None:
         run.wait(on_change=lines)
 
 
-_STATE_STYLE = {
-    FlowJobState.PENDING: "dim",
-    FlowJobState.QUEUED: "cyan",
-    FlowJobState.RUNNING: "yellow",
-    FlowJobState.SUCCEEDED: "green",
-    FlowJobState.FAILED: "red",
-    FlowJobState.UPSTREAM_FAILED: "red",
-    FlowJobState.SKIPPED: "magenta",
-    FlowJobState.CANCELLED: "magenta",
-}
-
-
 def _progress(run: FlowRun) -> Table:
     """The run's jobs as a table; counted by state when there are more than the screen holds."""
     jobs = run.info.jobs
@@ -272,13 +259,12 @@ def _progress(run: FlowRun) -> Table:
     if len(jobs) <= max(out.height - 6, 1):
         table = Table("job", "state", "id", title=title)
         for job in jobs:
-            cell = Text(job.state.value, style=_STATE_STYLE[job.state])
-            table.add_row(job.name, cell, job.job_id or "-")
+            table.add_row(job.name, flow_state_cell(job.state), job.job_id or "-")
         return table
     counts = Counter(job.state for job in jobs)
     table = Table("state", "jobs", title=title)
-    for state, style in _STATE_STYLE.items():
-        table.add_row(Text(state.value, style=style), str(counts.get(state, 0)))
+    for state in FlowJobState:
+        table.add_row(flow_state_cell(state), str(counts.get(state, 0)))
     return table
 
 

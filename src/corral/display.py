@@ -1,4 +1,4 @@
-"""How the CLI shows jobs, workers and queues: tables and detail views.
+"""How the CLI shows jobs, workers, queues and flow runs: tables and detail views.
 
 On a terminal a table is drawn with rich, cutting long values to fit but never the columns named
 `keep` (ids, states). Through a pipe each row is one line of tab-separated full values, so that
@@ -19,6 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from corral.models import JobInfo, JobKind, JobSpec, JobState, QueueInfo, WorkerInfo
+from corral.server.flows.runs import FlowJobState
 
 #: A table cell: plain text, or text with the style it has on a terminal.
 Cell = str | Text
@@ -32,6 +33,22 @@ _STATE_STYLE = {
     JobState.CANCELLED: "magenta",
     JobState.LOST: "bold red",
 }
+
+
+_FLOW_STATE_STYLE = {
+    FlowJobState.PENDING: "dim",
+    FlowJobState.QUEUED: "cyan",
+    FlowJobState.RUNNING: "yellow",
+    FlowJobState.SUCCEEDED: "green",
+    FlowJobState.FAILED: "red",
+    FlowJobState.UPSTREAM_FAILED: "red",
+    FlowJobState.SKIPPED: "magenta",
+    FlowJobState.CANCELLED: "magenta",
+}
+
+
+def flow_state_cell(state: FlowJobState) -> Text:
+    return Text(state.value, style=_FLOW_STATE_STYLE[state])
 
 
 def styled(state: JobState) -> str:

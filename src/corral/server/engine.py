@@ -21,7 +21,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import msgpack
 
@@ -79,6 +79,7 @@ logger = logging.getLogger("corral.server")
 FinishHook = Callable[[Sequence[p.Done]], None]
 #: Told of the ids of jobs that began running (see Engine.add_start_hook).
 StartHook = Callable[[Sequence[str]], None]
+T = TypeVar("T")
 
 
 class WorkerPeer(Peer):
@@ -593,7 +594,7 @@ class Engine:
             self._run_hooks(self._finish_hooks, notices)
 
     @staticmethod
-    def _run_hooks(hooks: Sequence[Callable[[Sequence[Any]], None]], told: Sequence[Any]) -> None:
+    def _run_hooks(hooks: Sequence[Callable[[Sequence[T]], None]], told: Sequence[T]) -> None:
         for hook in hooks:
             try:
                 hook(told)
