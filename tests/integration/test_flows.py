@@ -94,20 +94,20 @@ def test_put_is_idempotent_and_versions_only_changes(api: httpx.Client) -> None:
     assert api.get("/api/v1/flows/etl").status_code == 404
 
 
-def test_a_bulk_apply_is_all_or_nothing_and_a_thousand_flows_apply_at_once(
+def test_a_bulk_apply_is_all_or_nothing_and_ten_thousand_flows_apply_at_once(
     api: httpx.Client,
 ) -> None:
-    flows = [{"name": f"f{i:04}", "jobs": [{"name": "a", "shell": "true"}]} for i in range(100)]
+    flows = [{"name": f"f{i:05}", "jobs": [{"name": "a", "shell": "true"}]} for i in range(100)]
     flows[42]["jobs"][0]["timeout"] = -1
     refused = api.post("/api/v1/flows", json=flows)
     assert refused.status_code == 422
-    assert refused.json()["flow"] == "f0042" and "timeout" in refused.json()["detail"]
+    assert refused.json()["flow"] == "f00042" and "timeout" in refused.json()["detail"]
     assert api.get("/api/v1/flows").raise_for_status().json() == []
-    many = [{"name": f"f{i:04}", "jobs": [{"name": "a", "shell": "true"}]} for i in range(1000)]
+    many = [{"name": f"f{i:05}", "jobs": [{"name": "a", "shell": "true"}]} for i in range(10_000)]
     applied = api.post("/api/v1/flows", json=many).raise_for_status().json()
-    assert {a["outcome"] for a in applied} == {"created"} and len(applied) == 1000
-    page = api.get("/api/v1/flows", params={"after": "f0989", "limit": 100}).json()
-    assert [flow["name"] for flow in page] == [f"f{i:04}" for i in range(990, 1000)]
+    assert {a["outcome"] for a in applied} == {"created"} and len(applied) == 10_000
+    page = api.get("/api/v1/flows", params={"after": "f09989", "limit": 100}).json()
+    assert [flow["name"] for flow in page] == [f"f{i:05}" for i in range(9990, 10_000)]
     again = api.post("/api/v1/flows", json=many).raise_for_status().json()
     assert {a["outcome"] for a in again} == {"unchanged"}
 
