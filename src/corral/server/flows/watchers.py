@@ -43,22 +43,59 @@ REREAD_DELAY = 0.05
 ReadRuns = Callable[[list[str]], dict[str, FlowRunRow | None]]
 
 
+class _PeerIndex:
+    """Peers by key (a run id, a flow name) and keys by peer, kept in step."""
+
+    def __init__(self) -> None:
+        self._peers: dict[str, set[Peer]] = {}
+        self._keys: dict[Peer, set[str]] = {}
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._peers
+
+    def peers(self, key: str) -> set[Peer]:
+        return self._peers.get(key, set())
+
+    def add(self, key: str, peer: Peer) -> None:
+        self._peers.setdefault(key, set()).add(peer)
+        self._keys.setdefault(peer, set()).add(key)
+
+    def drop(self, key: str) -> set[Peer]:
+        """Forget the key; the peers it had."""
+        peers = self._peers.pop(key, set())
+        for peer in peers:
+            keys = self._keys[peer]
+            keys.discard(key)
+            if not keys:
+                del self._keys[peer]
+        return peers
+
+    def forget(self, peer: Peer) -> list[str]:
+        """Forget the peer; the keys it left without a peer."""
+        emptied = []
+        for key in self._keys.pop(peer, ()):
+            peers = self._peers[key]
+            peers.discard(peer)
+            if not peers:
+                del self._peers[key]
+                emptied.append(key)
+        return emptied
+
+
 class RunWatchers:
     """Which peers watch which runs, and the changes they are yet to be sent."""
 
     def __init__(self, view: ViewOfRun, read: ReadRuns) -> None:
         self._live_view, self._read = view, read
         self._ending: dict[str, RunView] = {}  # runs that ended, until the end is durable
-        self._peers: dict[str, set[Peer]] = {}
-        self._runs_of: dict[Peer, set[str]] = {}
+        self._runs = _PeerIndex()  # the runs peers watch
+        self._flows = _PeerIndex()  # the flows peers watch
         self._changed: dict[str, set[str]] = {}  # run id -> names of jobs to send
         self._ended: dict[str, RunView] = {}  # run id -> its last view, to send
         self._flushing = False
-        self._flow_peers: dict[str, set[Peer]] = {}
-        self._flows_of: dict[Peer, set[str]] = {}
 
     def watched(self, run_id: str) -> bool:
-        return run_id in self._peers
+        return run_id in self._runs
 
     async def watch_runs(self, peer: Peer, run_ids: Sequence[str]) -> None:
         """Keep `peer` told of the runs: an active one from memory, an ended one as stored.
@@ -127,34 +164,31 @@ class RunWatchers:
         peer.send(_jobs_frame(run_id, whole.jobs))
         peer.send(p.RunState(run_id, whole.state.value, whole.finished))
         if whole.state is FlowRunState.RUNNING:
-            self._peers.setdefault(run_id, set()).add(peer)
-            self._runs_of.setdefault(peer, set()).add(run_id)
+            self._runs.add(run_id, peer)
 
     def watch_flow(self, peer: Peer, flow: str, active: Sequence[FlowRunRow]) -> None:
         """Send `peer` a RunBegan for each of the flow's `active` runs, then for each run of it
         that begins."""
         for row in active:
             peer.send(p.RunBegan(flow, row.id, row.due, again=True))
-        self._flow_peers.setdefault(flow, set()).add(peer)
-        self._flows_of.setdefault(peer, set()).add(flow)
+        self._flows.add(flow, peer)
 
     def began(self, row: FlowRunRow) -> None:
         """The run is stored and running: tell those who watch its flow."""
-        peers = self._flow_peers.get(row.flow)
-        if peers:
+        if row.flow in self._flows:
             began = p.RunBegan(row.flow, row.id, row.due)
-            for peer in peers:
+            for peer in self._flows.peers(row.flow):
                 peer.send(began)
 
     def changed(self, run_id: str, names: Collection[str]) -> None:
         """The run's jobs named have changed (durably): tell its watchers this turn."""
-        if run_id in self._peers:
+        if run_id in self._runs:
             self._changed.setdefault(run_id, set()).update(names)
             self._flush_soon()
 
     def ended(self, run_id: str, last: RunView) -> None:
         """The run ended (durably) as `last` shows: tell its watchers its last jobs, then that."""
-        if run_id in self._peers:
+        if run_id in self._runs:
             self._ended[run_id] = last
             self._flush_soon()
 
@@ -165,28 +199,14 @@ class RunWatchers:
 
     def flow_gone(self, flow: str) -> None:
         """The flow was deleted: its watchers hear so, and are watchers no more."""
-        for peer in self._flow_peers.pop(flow, set()):
+        for peer in self._flows.drop(flow):
             peer.send(p.FlowGone(flow))
-            flows = self._flows_of.get(peer)
-            if flows is not None:
-                flows.discard(flow)
-                if not flows:
-                    del self._flows_of[peer]
 
     def forget(self, peer: Peer) -> None:
         """The peer went away."""
-        for flow in self._flows_of.pop(peer, ()):
-            peers = self._flow_peers.get(flow)
-            if peers is not None:
-                peers.discard(peer)
-                if not peers:
-                    del self._flow_peers[flow]
-        for run_id in self._runs_of.pop(peer, ()):
-            peers = self._peers.get(run_id)
-            if peers is not None:
-                peers.discard(peer)
-                if not peers:
-                    self._drop(run_id)
+        self._flows.forget(peer)
+        for run_id in self._runs.forget(peer):
+            self._drop(run_id)
 
     def _flush_soon(self) -> None:
         if not self._flushing:
@@ -222,20 +242,14 @@ class RunWatchers:
         return RunView(FlowRunState.RUNNING, None, jobs)
 
     def _send(self, run_id: str, frame: p.Frame) -> None:
-        for peer in self._peers.get(run_id, ()):
+        for peer in self._runs.peers(run_id):
             peer.send(frame)
 
     def _drop(self, run_id: str) -> set[Peer]:
-        peers = self._peers.pop(run_id, set())
+        """Stop watching the run: nothing more is sent of it; the peers that watched it."""
         self._changed.pop(run_id, None)
         self._ended.pop(run_id, None)
-        for peer in peers:
-            runs = self._runs_of.get(peer)
-            if runs is not None:
-                runs.discard(run_id)
-                if not runs:
-                    del self._runs_of[peer]
-        return peers
+        return self._runs.drop(run_id)
 
 
 def _jobs_frame(run_id: str, jobs: Sequence[RunJobRow]) -> p.RunJobs:
