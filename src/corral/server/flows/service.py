@@ -596,17 +596,11 @@ class FlowService:
                 # Cancelled while the batches before were submitted: never submit these.
                 live.cancel_wanted.difference_update(cancelled)
                 batch = [name for name in batch if name not in cancelled]
-                changed = sorted(cancelled)
-                decisions = [
-                    decision
-                    for name in changed
-                    for decision in live.machine.job_changed(name, FlowJobState.CANCELLED)
-                ]
-                self._carry_out(live, decisions, changed)
+                self._jobs_changed(live, sorted(cancelled), FlowJobState.CANCELLED)
             if batch and self._runs.get(live.row.id) is live:
                 failed += await self._release_batch(live, batch, values, results)
-        for name in failed:
-            self._job_state(live, name, FlowJobState.FAILED)
+        if failed:
+            self._jobs_changed(live, failed, FlowJobState.FAILED)
 
     async def _release_batch(
         self,
@@ -668,9 +662,11 @@ class FlowService:
         live.cancel_wanted.difference_update(names)
         self.watchers.changed(live.row.id, names)  # stored with the jobs: durable now
 
-    def _job_state(self, live: _LiveRun, name: str, state: FlowJobState) -> None:
+    def _jobs_changed(self, live: _LiveRun, names: Sequence[str], state: FlowJobState) -> None:
+        """The jobs are now in `state`: carry out what the run decides of it, in one commit."""
         if self._runs.get(live.row.id) is live:
-            self._carry_out(live, live.machine.job_changed(name, state), [name])
+            decisions = [d for name in names for d in live.machine.job_changed(name, state)]
+            self._carry_out(live, decisions, names)
 
     def _jobs_started(self, job_ids: Sequence[str]) -> None:
         for job_id in job_ids:
@@ -686,7 +682,7 @@ class FlowService:
                 continue
             live = self._runs.get(found[0])
             if live is not None:
-                self._job_state(live, found[1], FlowJobState.of_core(JobState(notice.state)))
+                self._jobs_changed(live, [found[1]], FlowJobState.of_core(JobState(notice.state)))
 
     # -- resuming ------------------------------------------------------------------------------
 
