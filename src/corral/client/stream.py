@@ -56,10 +56,10 @@ class ClientStream:
         self._request_ids = itertools.count(1)
         self._requests: dict[int, asyncio.Future[p.Submitted]] = {}
         self._calls: dict[int, _PendingCall] = {}  # calls on named primitives
-        self._waiters: dict[str, list[Callable[[p.Done], None]]] = defaultdict(list)
+        self._waiters: _Sinks[p.Done] = _Sinks()  # by job id
         self._log_sinks: dict[str, Callable[[p.Frame], None]] = {}
-        self._run_sinks: _Sinks[p.RunJobs | p.RunState] = _Sinks()  # by run id
-        self._flow_sinks: _Sinks[p.RunBegan | p.FlowGone] = _Sinks()  # by flow name
+        self._run_sinks: _Sinks[p.RunJobs | p.RunState | Exception] = _Sinks()  # by run id
+        self._flow_sinks: _Sinks[p.RunBegan | p.FlowGone | Exception] = _Sinks()  # by flow
         self._closed = False
 
     @property
@@ -121,11 +121,8 @@ class ClientStream:
 
     async def on_done(self, job_ids: list[str], callback: Callable[[p.Done], None]) -> None:
         """Call `callback(done)` once for each job when it finishes (soon, if it has)."""
-        fresh = []
-        for job_id in job_ids:
-            if not self._waiters.get(job_id):
-                fresh.append(job_id)
-            self._waiters[job_id].append(callback)
+        fresh = [job_id for job_id in dict.fromkeys(job_ids) if job_id not in self._waiters]
+        self._waiters.add(job_ids, callback)
         for chunk in _chunks(fresh):
             await self._send(p.Watch(chunk))
 
@@ -220,7 +217,7 @@ class ClientStream:
                 await asyncio.sleep(delay)
                 delay = min(2.0, delay * 2)
                 continue
-            for chunk in _chunks(list(self._waiters)):
+            for chunk in _chunks(self._waiters.keys()):
                 await ws.send(p.Watch(chunk).encode())
             for job_id in self._log_sinks:
                 await ws.send(p.Follow(job_id).encode())
@@ -243,23 +240,20 @@ class ClientStream:
                 future.set_exception(error)
         self._requests.clear()
         self._fail_calls(error)
-        waiters, self._waiters = self._waiters, defaultdict(list)
-        for job_id, callbacks in waiters.items():
-            failure = p.Done(
+        self._waiters.fail(
+            lambda job_id: p.Done(
                 job_id, "error", error_type=type(error).__name__, error_message=str(error)
             )
-            for callback in callbacks:
-                callback(failure)
-        self._run_sinks.fail(error)
-        self._flow_sinks.fail(error)
+        )
+        self._run_sinks.fail(lambda _: error)
+        self._flow_sinks.fail(lambda _: error)
 
     def _dispatch(self, frame: p.Frame) -> None:
         if isinstance(frame, p.Done):
             sink = self._log_sinks.pop(frame.job_id, None) if frame.state == "unknown" else None
             if sink is not None:
                 sink(frame)
-            for callback in self._waiters.pop(frame.job_id, ()):
-                callback(frame)
+            self._waiters.tell(frame.job_id, frame, last=True)
         elif isinstance(frame, p.Answer | p.Refused):
             self._answered(frame)
         elif isinstance(frame, p.Error) and frame.request_id in self._calls:
@@ -302,20 +296,23 @@ class ClientStream:
 
 
 class _Sinks(Generic[E]):
-    """Callbacks by key (a run id, a flow name), each told of the key's events until removed,
-    or until its last event."""
+    """Callbacks by key (a job or run id, a flow name), each told of the key's events until
+    removed, or until its last event."""
 
     def __init__(self) -> None:
-        self._by_key: dict[str, list[Callable[[E | Exception], None]]] = defaultdict(list)
+        self._by_key: dict[str, list[Callable[[E], None]]] = defaultdict(list)
+
+    def __contains__(self, key: str) -> bool:
+        return bool(self._by_key.get(key))
 
     def keys(self) -> list[str]:
         return list(self._by_key)
 
-    def add(self, keys: list[str], sink: Callable[[E | Exception], None]) -> None:
+    def add(self, keys: list[str], sink: Callable[[E], None]) -> None:
         for key in keys:
             self._by_key[key].append(sink)
 
-    def remove(self, keys: list[str], sink: Callable[[E | Exception], None]) -> None:
+    def remove(self, keys: list[str], sink: Callable[[E], None]) -> None:
         for key in keys:
             sinks = self._by_key.get(key)
             if sinks is not None and sink in sinks:
@@ -328,11 +325,12 @@ class _Sinks(Generic[E]):
         for sink in list(sinks):
             sink(event)
 
-    def fail(self, error: Exception) -> None:
-        """The stream is over: each sink hears why, once."""
+    def fail(self, event_for: Callable[[str], E]) -> None:
+        """The stream is over: each sink is told, for each of its keys, `event_for(key)`."""
         by_key, self._by_key = self._by_key, defaultdict(list)
-        for sink in {id(sink): sink for sinks in by_key.values() for sink in sinks}.values():
-            sink(error)
+        for key, sinks in by_key.items():
+            for sink in sinks:
+                sink(event_for(key))
 
 
 @dataclass(slots=True)
