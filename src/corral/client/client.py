@@ -383,6 +383,7 @@ class Client(PrimitiveFactories):
         self.close()
 
     def close(self) -> None:
+        self._close_lines()
         if self._loop.is_running():
             self._call(self._shutdown())
             self._loop.call_soon_threadsafe(self._loop.stop)

@@ -14,7 +14,7 @@ import queue
 from collections import deque
 from typing import Any
 
-from corral.client.primitives import AsyncQueue, PrimitiveSession
+from corral.client.primitives import AsyncQueue, PrimitiveCalls
 from corral.constants import DEFAULT_PRIMITIVE_LEASE
 
 _MESSAGE, _CLOSED = "message", "closed"
@@ -25,7 +25,7 @@ class AsyncPipeEnd:
 
     def __init__(
         self,
-        session: PrimitiveSession,
+        session: PrimitiveCalls,
         name: str,
         side: int,
         lease: float = DEFAULT_PRIMITIVE_LEASE,

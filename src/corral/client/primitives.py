@@ -28,9 +28,10 @@ import os
 import pickle as _pickle
 import secrets
 import socket
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 import msgpack
 
@@ -114,12 +115,33 @@ class _Unsendable(TypeError):
         self.type_name = type_name
 
 
+class PrimitiveCalls(Protocol):
+    """How a primitive reaches the server: PrimitiveSession on the event loop, or
+    corral.client.lines.ThreadSession on the calling thread of synchronous code."""
+
+    codec: ItemCodec
+    holder: str
+
+    async def call(self, op: Op, name: str, *args: Any) -> Any: ...
+
+    async def wait_call(
+        self, op: Op, name: str, args: list[Any], timeout_at: int | None
+    ) -> Any: ...
+
+    def hold(self, renew: Op, name: str, token: int, lease: float) -> None: ...
+
+    def drop(self, renew: Op, name: str, token: int) -> None: ...
+
+
 class PrimitiveSession:
     """What every primitive of one client shares: the stream, the codec, the holder identity
-    (the same across the client's reconnections) and the renewal of the leases it holds."""
+    (the same across the client's reconnections) and the renewal of the leases it holds.
+    Made on the client's event loop; `hold` and `drop` may also be called from other threads."""
 
     def __init__(self, stream: ClientStream, allow_pickle: bool) -> None:
         self._stream = stream
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         self.codec = ItemCodec(allow_pickle)
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(12)}"
         self._holds: dict[tuple[Op, str, int], float] = {}  # (renew op, name, token) -> lease
@@ -151,12 +173,18 @@ class PrimitiveSession:
 
     def hold(self, renew: Op, name: str, token: int, lease: float) -> None:
         """Renew this lease while it is held (until `drop`)."""
-        self._holds[(renew, name, token)] = lease
-        if self._renewer is None or self._renewer.done():
-            self._renewer = asyncio.create_task(self._renew_forever())
+        self._holds[(renew, name, token)] = lease  # at once, so that a `drop` after it holds
+        if threading.get_ident() == self._loop_thread:
+            self._keep_renewing()
+        else:
+            self._loop.call_soon_threadsafe(self._keep_renewing)
 
     def drop(self, renew: Op, name: str, token: int) -> None:
         self._holds.pop((renew, name, token), None)
+
+    def _keep_renewing(self) -> None:
+        if self._renewer is None or self._renewer.done():
+            self._renewer = asyncio.create_task(self._renew_forever())
 
     async def close(self) -> None:
         if self._renewer is not None:
@@ -196,7 +224,7 @@ class AsyncQueue:
 
     def __init__(
         self,
-        session: PrimitiveSession,
+        session: PrimitiveCalls,
         name: str,
         kind: QueueOrdering | str = QueueOrdering.FIFO,
         maxsize: int = 0,
@@ -332,7 +360,7 @@ class AsyncSemaphore:
 
     def __init__(
         self,
-        session: PrimitiveSession,
+        session: PrimitiveCalls,
         name: str,
         value: int = 1,
         lease: float = DEFAULT_PRIMITIVE_LEASE,
@@ -394,7 +422,7 @@ class AsyncLock(AsyncSemaphore):
     _open_op = Op.OPEN_LOCK
 
     def __init__(
-        self, session: PrimitiveSession, name: str, lease: float = DEFAULT_PRIMITIVE_LEASE
+        self, session: PrimitiveCalls, name: str, lease: float = DEFAULT_PRIMITIVE_LEASE
     ) -> None:
         super().__init__(session, name, 1, lease)
 
@@ -405,7 +433,7 @@ class AsyncLock(AsyncSemaphore):
 class AsyncEvent:
     """A named threading.Event, stored: set, clear, is_set, wait."""
 
-    def __init__(self, session: PrimitiveSession, name: str) -> None:
+    def __init__(self, session: PrimitiveCalls, name: str) -> None:
         self._session = session
         self.name = name
 
@@ -431,7 +459,7 @@ class AsyncEvent:
 class AsyncBarrier:
     """A named threading.Barrier of `parties`: wait returns the arrival index (0 first)."""
 
-    def __init__(self, session: PrimitiveSession, name: str, parties: int) -> None:
+    def __init__(self, session: PrimitiveCalls, name: str, parties: int) -> None:
         self._session = session
         self.name = name
         self.parties = parties

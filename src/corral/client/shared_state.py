@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from corral.client.primitives import AsyncLock, PrimitiveSession
+from corral.client.primitives import AsyncLock, PrimitiveCalls
 from corral.models import PrimitiveOp as Op
 
 _MISSING: Any = object()
@@ -23,7 +23,7 @@ Number = int | float
 class AsyncDict:
     """A named dict; made by `await client.dict(name)`."""
 
-    def __init__(self, session: PrimitiveSession, name: str) -> None:
+    def __init__(self, session: PrimitiveCalls, name: str) -> None:
         self._session = session
         self.name = name
 
@@ -98,7 +98,7 @@ class AsyncDict:
 class AsyncList:
     """A named list; made by `await client.list(name)`."""
 
-    def __init__(self, session: PrimitiveSession, name: str) -> None:
+    def __init__(self, session: PrimitiveCalls, name: str) -> None:
         self._session = session
         self.name = name
 
@@ -139,7 +139,7 @@ class AsyncValue:
     compare-and-set; made by `await client.value(name, typecode, initial)`."""
 
     def __init__(
-        self, session: PrimitiveSession, name: str, typecode: str, initial: Number = 0
+        self, session: PrimitiveCalls, name: str, typecode: str, initial: Number = 0
     ) -> None:
         self._session = session
         self.name = name
@@ -173,7 +173,7 @@ class AsyncArray:
     `await client.array(name, typecode, size_or_initial)`."""
 
     def __init__(
-        self, session: PrimitiveSession, name: str, typecode: str, size_or_initial: Any
+        self, session: PrimitiveCalls, name: str, typecode: str, size_or_initial: Any
     ) -> None:
         self._session = session
         self.name = name
@@ -209,7 +209,7 @@ class AsyncArray:
         return await _lock_of(self._session, self.name)
 
 
-async def _lock_of(session: PrimitiveSession, name: str) -> AsyncLock:
+async def _lock_of(session: PrimitiveCalls, name: str) -> AsyncLock:
     """The lock of a value or array, as multiprocessing's get_lock(): its single operations
     need none, a read-modify-write of several steps does (`with v.get_lock(): v.value += 1`)."""
     return await AsyncLock(session, f"{name}:lock")._open()

@@ -49,7 +49,7 @@ class ClientStream:
     """A lazily opened, self-healing WebSocket to `/api/v1/ws`."""
 
     def __init__(self, url: str, token: str | None, ca: Path | None) -> None:
-        self._url, self._token, self._ca = url, token, ca
+        self.url, self.token, self.ca = url, token, ca  # also for corral.client.lines
         self._ws: ClientConnection | None = None
         self._reader: asyncio.Task[None] | None = None
         self._connecting: asyncio.Lock | None = None
@@ -170,7 +170,7 @@ class ClientStream:
             self._connecting = asyncio.Lock()
         async with self._connecting:
             if self._ws is None:
-                self._ws = await open_websocket(self._url, "/api/v1/ws", self._token, self._ca)
+                self._ws = await open_websocket(self.url, "/api/v1/ws", self.token, self.ca)
                 self._reader = asyncio.create_task(self._read(self._ws))
             return self._ws
 
@@ -226,7 +226,7 @@ class ClientStream:
             for chunk in _chunks(self._flow_sinks.keys()):
                 await ws.send(p.WatchFlows(chunk).encode())
             return
-        self._fail_all(ServerUnreachable(f"lost the server at {self._url} and could not reconnect"))
+        self._fail_all(ServerUnreachable(f"lost the server at {self.url} and could not reconnect"))
 
     def _fail_calls(self, error: Exception) -> None:
         calls, self._calls = self._calls, {}

@@ -1,15 +1,17 @@
 """Named queues, locks and shared state for synchronous code, and the client methods making them.
 
 Each object runs its asyncio twin (corral.client.primitives, corral.client.shared_state) on the
-client's event loop thread, so it is safe to share between threads, and behaves as the standard
-library object it stands for: queue.Queue, threading.Lock, a dict, multiprocessing.Value ...
+calling thread, its calls going out on that thread's line (corral.client.lines), so it is safe to
+share between threads, and behaves as the standard library object it stands for: queue.Queue,
+threading.Lock, a dict, multiprocessing.Value ...
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any
 
+from corral.client.lines import CallLines, ThreadSession
 from corral.client.pipes import AsyncPipeEnd
 from corral.client.primitives import (
     AsyncBarrier,
@@ -27,17 +29,11 @@ from corral.models import QueueOrdering
 if TYPE_CHECKING:
     from corral.client.client import AsyncClient
 
-T = TypeVar("T")
-
-
-class _Runs(Protocol):
-    def _call(self, coro: Awaitable[T]) -> T: ...
-
 
 class _Sync:
-    def __init__(self, client: _Runs, inner: Any) -> None:
-        self._client = client
-        self._run = client._call
+    def __init__(self, session: ThreadSession, inner: Any) -> None:
+        self._session = session
+        self._run = session.run
         self._inner = inner
         self.name: str = inner.name
 
@@ -275,7 +271,7 @@ class Value(_Sync):
 
     def get_lock(self) -> Lock:
         """A lock for updates of several steps, as multiprocessing.Value's."""
-        return Lock(self._client, self._run(self._inner.get_lock()))
+        return Lock(self._session, self._run(self._inner.get_lock()))
 
 
 class Array(_Sync):
@@ -305,7 +301,7 @@ class Array(_Sync):
 
     def get_lock(self) -> Lock:
         """A lock for updates of several steps, as multiprocessing.Array's."""
-        return Lock(self._client, self._run(self._inner.get_lock()))
+        return Lock(self._session, self._run(self._inner.get_lock()))
 
 
 class PipeEnd(_Sync):
@@ -404,6 +400,25 @@ class PrimitiveFactories:
     _async: AsyncClient
     _call: Callable[[Awaitable[Any]], Any]
 
+    def _thread_session(self) -> ThreadSession:
+        session: ThreadSession | None = getattr(self, "_primitive_threads", None)
+        if session is None:
+
+            async def loop_session() -> PrimitiveSession:
+                return self._async._primitive_session()
+
+            stream = self._async._stream
+            lines = CallLines(stream.url, stream.token, stream.ca)
+            session = self._primitive_threads = ThreadSession(
+                self._call(loop_session()), lines, self._call
+            )
+        return session
+
+    def _close_lines(self) -> None:
+        session: ThreadSession | None = getattr(self, "_primitive_threads", None)
+        if session is not None:
+            session.close()
+
     def queue(
         self,
         name: str,
@@ -413,34 +428,51 @@ class PrimitiveFactories:
         key: Callable[[Any], Any] | None = None,
         lease: float = DEFAULT_PRIMITIVE_LEASE,
     ) -> Queue:
-        return Queue(self, self._call(self._async.queue(name, kind, maxsize, ack, key, lease)))
+        session = self._thread_session()
+        queue = AsyncQueue(session, name, kind, maxsize, ack, key, lease)
+        return Queue(session, session.run(queue._open()))
 
     def lock(self, name: str, lease: float = DEFAULT_PRIMITIVE_LEASE) -> Lock:
-        return Lock(self, self._call(self._async.lock(name, lease)))
+        session = self._thread_session()
+        return Lock(session, session.run(AsyncLock(session, name, lease)._open()))
 
     def semaphore(
         self, name: str, value: int = 1, lease: float = DEFAULT_PRIMITIVE_LEASE
     ) -> Semaphore:
-        return Semaphore(self, self._call(self._async.semaphore(name, value, lease)))
+        session = self._thread_session()
+        semaphore = AsyncSemaphore(session, name, value, lease)
+        return Semaphore(session, session.run(semaphore._open()))
 
     def event(self, name: str) -> Event:
-        return Event(self, self._call(self._async.event(name)))
+        session = self._thread_session()
+        return Event(session, session.run(AsyncEvent(session, name)._open()))
 
     def barrier(self, name: str, parties: int) -> Barrier:
-        return Barrier(self, self._call(self._async.barrier(name, parties)))
+        session = self._thread_session()
+        return Barrier(session, session.run(AsyncBarrier(session, name, parties)._open()))
 
     def dict(self, name: str) -> Dict:
-        return Dict(self, self._call(self._async.dict(name)))
+        session = self._thread_session()
+        return Dict(session, session.run(AsyncDict(session, name)._open()))
 
     def list(self, name: str) -> List:
-        return List(self, self._call(self._async.list(name)))
+        session = self._thread_session()
+        return List(session, session.run(AsyncList(session, name)._open()))
 
     def value(self, name: str, typecode: str = "i", initial: Number = 0) -> Value:
-        return Value(self, self._call(self._async.value(name, typecode, initial)))
+        session = self._thread_session()
+        value = AsyncValue(session, name, typecode, initial)
+        return Value(session, session.run(value._open()))
 
     def array(self, name: str, typecode: str, size_or_initial: Any) -> Array:
-        return Array(self, self._call(self._async.array(name, typecode, size_or_initial)))
+        session = self._thread_session()
+        array = AsyncArray(session, name, typecode, size_or_initial)
+        return Array(session, session.run(array._open()))
 
     def pipe(self, name: str, lease: float = DEFAULT_PRIMITIVE_LEASE) -> tuple[PipeEnd, PipeEnd]:
-        first, second = self._call(self._async.pipe(name, lease))
-        return PipeEnd(self, first), PipeEnd(self, second)
+        session = self._thread_session()
+        first, second = (
+            PipeEnd(session, session.run(AsyncPipeEnd(session, name, side, lease)._open()))
+            for side in (0, 1)
+        )
+        return first, second
