@@ -663,6 +663,26 @@ def test_a_watch_that_comes_while_a_run_s_end_is_being_stored_hears_the_end() ->
     run(scenario)
 
 
+def test_a_run_whose_end_is_being_stored_reads_as_ended() -> None:
+    async def scenario() -> None:
+        store = SlowEndStore()
+        async with serving(store) as (engine, flows):
+            worker = ScriptedWorker(engine)
+            run_id = await run_held(flows, worker, {"name": "one", "jobs": [shell("a")]})
+            worker.release("a")
+            await until(store.ending.is_set)  # ended in memory; the store has it running
+            assert not flows.active_runs("one")
+            assert (await flows.get_run(run_id)).state is FlowRunState.SUCCEEDED
+            [listed] = await flows.list_runs("one")
+            assert listed.state is FlowRunState.SUCCEEDED and listed.finished is not None
+            store.let_go.set()
+            await engine.writer.flush()
+            assert (await flows.get_run(run_id)).state is FlowRunState.SUCCEEDED
+            await worker.close()
+
+    run(scenario)
+
+
 def ghost_run(run_id: str) -> FlowRunRow:
     """A running run of a flow version the store does not hold."""
     jobs = [RunJobRow("a", FlowJobState.PENDING)]

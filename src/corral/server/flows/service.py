@@ -136,6 +136,7 @@ class FlowService:
         self._by_job: dict[str, tuple[str, str]] = {}  # core job id -> (run id, job name)
         self._tasks: set[asyncio.Task[None]] = set()
         self._retrying: set[str] = set()  # runs whose retry is being stored
+        self._ending: dict[str, FlowRunRow] = {}  # ended runs whose end is being stored
         self.schedules = ScheduleTicker(self)
         self.watchers = RunWatchers(self._view, self._stored_runs)
         engine.add_finish_hook(self._jobs_finished)
@@ -419,6 +420,8 @@ class FlowService:
         live = self._runs.get(run_id)
         if live is not None:
             return self._snapshot(live, live.row)
+        if (ending := self._ending.get(run_id)) is not None:
+            return ending
         return await self._stored_run(run_id)
 
     async def list_runs(
@@ -437,10 +440,13 @@ class FlowService:
         return {row.flow: row for row in self._states_now(await asyncio.to_thread(newest))}
 
     def _states_now(self, rows: list[FlowRunRow]) -> list[FlowRunRow]:
-        """Stored runs, an active one in its state now (the store has it `running`)."""
+        """Stored runs, an active one in its state now (the store has it `running`), and one
+        whose end is being stored as it ended."""
         for row in rows:
             if (live := self._runs.get(row.id)) is not None:
                 row.state = live.machine.state
+            elif (ending := self._ending.get(row.id)) is not None:
+                row.state, row.finished = ending.state, ending.finished
         return rows
 
     def active_runs(self, flow: str) -> list[FlowRunRow]:
@@ -545,6 +551,10 @@ class FlowService:
         if committed is not None:
             last = None if ended is None else RunView(ended, live.row.finished, live.row.jobs)
             self.watchers.on_commit(committed, live.row.id, names, last)
+        if committed is not None and ended is not None:  # read from memory until it is stored
+            run_id = live.row.id
+            self._ending[run_id] = live.row
+            committed.add_done_callback(lambda _: self._ending.pop(run_id, None))
         if releases:
             self._spawn(self._release(live, releases))
         if ended is not None:
