@@ -186,6 +186,33 @@ def test_a_failed_fire_and_forget_write_is_logged(caplog: pytest.LogCaptureFixtu
     assert "already exists" in caplog.text
 
 
+async def heard_of_two_writes(store: MemoryStore) -> list[tuple[str, object]]:
+    """What `then` and a future's callback hear of a write and of a duplicate of it."""
+    heard: list[tuple[str, object]] = []
+    async with GroupCommitWriter(store) as writer:
+        stored = writer.submit_nowait(
+            insert("a"), lambda error: heard.append(("a", error or store.get_job("a")))
+        )
+        stored.add_done_callback(lambda _: heard.append(("callback", None)))
+        duplicate = writer.submit_nowait(
+            insert("a"), lambda error: heard.append(("again", type(error)))
+        )
+        await asyncio.gather(stored, duplicate, return_exceptions=True)
+    return heard
+
+
+def test_then_hears_how_a_write_ended_before_the_future_s_callbacks_run() -> None:
+    async def scenario() -> None:
+        gated = GatedStore()
+        gated.gate.set()
+        for store in (MemoryStore(), gated):  # committed on the loop, and by the thread
+            heard = await heard_of_two_writes(store)
+            assert heard[0][0] == "a" and isinstance(heard[0][1], JobRow)  # committed by then
+            assert heard[1:] == [("again", DuplicateJob), ("callback", None)]
+
+    run(scenario())
+
+
 def test_a_cancelled_write_is_still_committed() -> None:
     async def scenario() -> None:
         store = GatedStore()

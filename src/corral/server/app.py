@@ -437,7 +437,7 @@ def create_app(
             await ws.send_bytes(p.Refuse(refusal).encode())
             await ws.close(code=CLOSE_ID_IN_USE, reason=close_reason(refusal))
             return
-        sender = asyncio.create_task(_pump(ws, peer))
+        sender = asyncio.create_task(_pump(ws, peer, lambda: True))
         try:
             while True:
                 for frame in p.decode_all(await _receive(ws), p.FROM_WORKER):
@@ -459,8 +459,9 @@ def create_app(
         if not role:
             return
         peer = Peer()
-        sender = asyncio.create_task(_pump(ws, peer))
         submissions: set[asyncio.Task[None]] = set()
+        # A call is answered alone (the lines of sync clients make one at a time): no waiting.
+        sender = asyncio.create_task(_pump(ws, peer, lambda: bool(submissions)))
         watches: set[asyncio.Task[None]] = set()  # reading ended runs; moot once it hangs up
         try:
             while True:
@@ -559,12 +560,15 @@ def close_reason(text: str) -> str:
     return text if len(data) <= 123 else data[:120].decode(errors="ignore") + "..."
 
 
-async def _pump(ws: WebSocket, peer: Peer) -> None:
-    """Send the peer's queued frames in order; None closes the socket."""
+async def _pump(ws: WebSocket, peer: Peer, more_coming: Callable[[], bool]) -> None:
+    """Send the peer's queued frames in order; None closes the socket. While `more_coming()`,
+    frames wait for a turn of the loop first, so that callbacks ready now (a worker's jobs and
+    the ack of its results, answers to pipelined submissions) add to the same message."""
     with contextlib.suppress(WebSocketDisconnect, RuntimeError):
         while True:
             data = await peer.outbox.get()
-            await asyncio.sleep(0)  # let callbacks ready now add to this message (jobs + ack)
+            if more_coming():
+                await asyncio.sleep(0)
             batch: list[bytes] = []
             while data is not None:
                 batch.append(data)

@@ -26,7 +26,7 @@ import asyncio
 import logging
 import threading
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -47,6 +47,7 @@ class _Request:
     future: asyncio.Future[None]
     loop: asyncio.AbstractEventLoop
     until_stored: bool  # retried while the store is unavailable, rather than refused
+    then: Callable[[BaseException | None], None] | None = None
 
 
 class GroupCommitWriter:
@@ -77,14 +78,20 @@ class GroupCommitWriter:
         (StoreUnavailable at once while earlier writes wait for the store to come back)."""
         await self._enqueue(mutations, until_stored=False)
 
-    def submit_nowait(self, mutations: Iterable[Mutation]) -> asyncio.Future[None]:
+    def submit_nowait(
+        self,
+        mutations: Iterable[Mutation],
+        then: Callable[[BaseException | None], None] | None = None,
+    ) -> asyncio.Future[None]:
         """Queue `mutations` without waiting; the future resolves when they are committed.
 
         For what the server has already done and cannot take back: while the store is
         unavailable these are retried, in order, until they commit. Other failures are logged,
-        since nobody may be looking at the future.
+        since nobody may be looking at the future. `then(error)` is called on the event loop as
+        the future resolves (error None once committed), without waiting for a turn of the loop
+        as the future's callbacks do: answers that wait on the commit leave at once.
         """
-        future = self._enqueue(mutations, until_stored=True)
+        future = self._enqueue(mutations, until_stored=True, then=then)
         future.add_done_callback(_log_failure)
         return future
 
@@ -115,10 +122,15 @@ class GroupCommitWriter:
     ) -> None:
         await self.close()
 
-    def _enqueue(self, mutations: Iterable[Mutation], until_stored: bool) -> asyncio.Future[None]:
+    def _enqueue(
+        self,
+        mutations: Iterable[Mutation],
+        until_stored: bool,
+        then: Callable[[BaseException | None], None] | None = None,
+    ) -> asyncio.Future[None]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
-        request = _Request(tuple(mutations), future, loop, until_stored)
+        request = _Request(tuple(mutations), future, loop, until_stored, then)
         with self._condition:
             if self._closing:
                 raise WriterClosed("the store writer is closed; the server is shutting down")
@@ -155,10 +167,10 @@ class GroupCommitWriter:
         except BaseException:  # the server is going down: nobody's write is confirmed
             self._end_commit([], [])
             stopping = WriterClosed("the server stopped before these writes were stored")
-            _settle([(request.future, stopping) for request in requests])
+            _settle([(request, stopping) for request in requests])
             raise
         settled, outcomes = self._end_commit(requests, errors)
-        _settle([(r.future, error) for r, error in zip(settled, outcomes, strict=True)])
+        _settle(list(zip(settled, outcomes, strict=True)))
 
     def _end_commit(
         self, requests: Sequence[_Request], errors: Sequence[BaseException | None]
@@ -268,13 +280,10 @@ class GroupCommitWriter:
 
 
 def _resolve_all(requests: Sequence[_Request], errors: Sequence[BaseException | None]) -> None:
-    """Settle the futures, with one wake-up per event loop rather than one per request."""
-    by_loop: dict[
-        asyncio.AbstractEventLoop, list[tuple[asyncio.Future[None], BaseException | None]]
-    ]
-    by_loop = {}
+    """Settle the requests, with one wake-up per event loop rather than one per request."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Request, BaseException | None]]] = {}
     for request, error in zip(requests, errors, strict=True):
-        by_loop.setdefault(request.loop, []).append((request.future, error))
+        by_loop.setdefault(request.loop, []).append((request, error))
     for loop, outcomes in by_loop.items():
         try:
             loop.call_soon_threadsafe(_settle, outcomes)
@@ -282,14 +291,19 @@ def _resolve_all(requests: Sequence[_Request], errors: Sequence[BaseException | 
             logger.debug("event loop closed before its store writes were confirmed")
 
 
-def _settle(outcomes: list[tuple[asyncio.Future[None], BaseException | None]]) -> None:
-    for future, error in outcomes:
-        if future.done():  # the caller gave up waiting; the write stands
-            continue
-        if error is None:
-            future.set_result(None)
-        else:
-            future.set_exception(error)
+def _settle(outcomes: list[tuple[_Request, BaseException | None]]) -> None:
+    for request, error in outcomes:
+        future = request.future
+        if not future.done():  # else the caller gave up waiting; the write stands
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(error)
+        if request.then is not None:
+            try:
+                request.then(error)
+            except Exception:  # the others must be settled all the same
+                logger.exception("acting on a store write failed")
 
 
 def _log_failure(future: asyncio.Future[None]) -> None:

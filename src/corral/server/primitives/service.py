@@ -129,10 +129,9 @@ class PrimitiveService:
                 if not waiting:
                     del self._waiting[peer]
         try:
-            commit = self._writer.submit_nowait(effects.mutations)
+            self._writer.submit_nowait(effects.mutations, lambda error: _answer(effects, error))
         except WriterClosed:  # the server is stopping: nothing of this is stored nor answered
             return
-        commit.add_done_callback(lambda done: _answer(effects.replies, done))
 
     async def _tick_forever(self) -> None:
         while True:
@@ -147,13 +146,11 @@ class PrimitiveService:
                 logger.exception("primitives tick failed")
 
 
-def _answer(replies: list[Reply], commit: asyncio.Future[None]) -> None:
-    failure = None if commit.cancelled() else commit.exception()
-    for reply in replies:
+def _answer(effects: Effects, failure: BaseException | None) -> None:
+    for reply in effects.replies:
         peer, request_id = _caller(reply)
-        if commit.cancelled() or failure is not None:
-            error = failure or StoreUnavailable("the server stopped")
-            peer.send(p.Refused(request_id, "StoreUnavailable", _cannot_store(error)))
+        if failure is not None:
+            peer.send(p.Refused(request_id, "StoreUnavailable", _cannot_store(failure)))
         elif reply.error is not None:
             peer.send(p.Refused(request_id, wire_name(reply.error), _message(reply.error)))
         else:
