@@ -9,10 +9,12 @@ import queue
 import signal
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 
 import pytest
 from integration_support import ServerProcess
+from test_security import self_signed
 
 import corral
 
@@ -53,6 +55,24 @@ def test_an_idle_line_to_a_restarted_server_is_replaced_without_an_error(
         server.restart()
         durable.put("after")  # not CallInterrupted: the closed line is seen before sending
         assert durable.get_many(2) == ["before", "after"]
+
+
+def test_lines_speak_tls_and_see_a_restarted_server_through_it(
+    tmp_path: Path, start_server: Callable[..., ServerProcess]
+) -> None:
+    cert, key = self_signed(tmp_path)
+    server = start_server("--tls-cert", str(cert), "--tls-key", str(key))
+    with server.connect(ca=cert) as client:
+        secure = client.queue("secure")
+        for number in range(3):
+            secure.put(number)  # one line, checked for a close before each call
+        [line] = client._thread_session()._lines._free
+        server.kill()
+        server.restart()
+        secure.put(3)
+        assert [secure.get() for _ in range(4)] == [0, 1, 2, 3]
+        assert client._thread_session()._lines._free != [line]  # replaced, not reused
+        assert client._async._stream._ws is None  # the stream never had to open
 
 
 class _Interrupted(Exception):

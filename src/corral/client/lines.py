@@ -20,6 +20,7 @@ import contextlib
 import itertools
 import logging
 import os
+import select
 import socket
 import ssl
 import threading
@@ -36,8 +37,9 @@ from websockets.uri import parse_uri
 
 from corral import protocol as p
 from corral.client.primitives import PrimitiveSession
+from corral.client.stream import CallAnswer
 from corral.constants import MAX_FRAME_BYTES
-from corral.errors import CallInterrupted, ProtocolError, error_for_status, wire_error
+from corral.errors import CallInterrupted, ProtocolError
 from corral.models import PrimitiveOp as Op
 from corral.transport import auth_headers, closed_error, ssl_context, websocket_url
 
@@ -213,6 +215,9 @@ class _Line:
         self._sock = sock
         self._protocol = protocol
         self._request_ids = itertools.count(1)
+        self._readable = select.poll() if hasattr(select, "poll") else None  # up() reads without
+        if self._readable is not None:
+            self._readable.register(sock, select.POLLIN)
 
     @classmethod
     def open(cls, url: str, token: str | None, ca: Path | None) -> _Line:
@@ -245,6 +250,11 @@ class _Line:
     def up(self) -> bool:
         """Whether the server still holds this line open: anything it sent while the line was
         free (only a close can come) is read first, without waiting."""
+        if self._protocol.state is not State.OPEN:
+            return False
+        pending = isinstance(self._sock, ssl.SSLSocket) and self._sock.pending()
+        if not pending and self._readable is not None and not self._readable.poll(0):
+            return True  # nothing came (one syscall, where reading would take three)
         self._sock.settimeout(0)
         try:
             self._receive()
@@ -264,19 +274,13 @@ class _Line:
             for message in p.encode(p.Call(request_id, call.op.value, call.name, call.args)):
                 self._protocol.send_binary(message)
             self._flush()
-            parts: list[Any] = []
+            answer = CallAnswer()
             while True:
                 for frame in self._frames():
-                    if getattr(frame, "request_id", None) != request_id:
-                        continue  # only calls travel on a line; nothing else is for us
-                    if isinstance(frame, p.Refused):
-                        return None, wire_error(frame.error, frame.message)
-                    if isinstance(frame, p.Error):
-                        return None, error_for_status(frame.status)(frame.message)
-                    if isinstance(frame, p.Answer) and frame.more:
-                        parts.extend(frame.result)
-                    elif isinstance(frame, p.Answer):
-                        return (parts + frame.result if parts else frame.result), None
+                    if not isinstance(frame, p.Answer | p.Refused | p.Error):
+                        continue  # only calls travel on a line: nothing else is for us
+                    if frame.request_id == request_id and (outcome := answer.take(frame)):
+                        return outcome
         except (OSError, ProtocolError) as exc:
             raise LineDropped(self._close_error()) from exc
 

@@ -254,12 +254,10 @@ class ClientStream:
             if sink is not None:
                 sink(frame)
             self._waiters.tell(frame.job_id, frame, last=True)
-        elif isinstance(frame, p.Answer | p.Refused):
+        elif isinstance(frame, p.Answer | p.Refused) or (
+            isinstance(frame, p.Error) and frame.request_id in self._calls
+        ):
             self._answered(frame)
-        elif isinstance(frame, p.Error) and frame.request_id in self._calls:
-            pending = self._calls.pop(frame.request_id)
-            if not pending.future.done():
-                pending.future.set_exception(error_for_status(frame.status)(frame.message))
         elif isinstance(frame, p.Submitted | p.Error):
             future = self._requests.pop(frame.request_id, None)
             if future is None or future.done():
@@ -280,19 +278,39 @@ class ClientStream:
         elif isinstance(frame, p.RunBegan | p.FlowGone):
             self._flow_sinks.tell(frame.flow, frame, last=isinstance(frame, p.FlowGone))
 
-    def _answered(self, frame: p.Answer | p.Refused) -> None:
+    def _answered(self, frame: p.Answer | p.Refused | p.Error) -> None:
         pending = self._calls.get(frame.request_id)
         if pending is None or pending.future.done():
             return
-        if isinstance(frame, p.Refused):
-            del self._calls[frame.request_id]
-            pending.future.set_exception(wire_error(frame.error, frame.message))
-        elif frame.more:  # a part of a long list; the rest follows
-            pending.parts.extend(frame.result)
+        if (outcome := pending.answer.take(frame)) is None:
+            return  # a part of a long list; the rest follows
+        del self._calls[frame.request_id]
+        result, error = outcome
+        if error is None:
+            pending.future.set_result(result)
         else:
-            del self._calls[frame.request_id]
-            whole = pending.parts + frame.result if pending.parts else frame.result
-            pending.future.set_result(whole)
+            pending.future.set_exception(error)
+
+
+@dataclass(slots=True)
+class CallAnswer:
+    """The server's answer to one call, as its frames come: an Answer, in parts when its list
+    is long (each part but the last has `more`), or one Refused or Error."""
+
+    parts: list[Any] = field(default_factory=list)
+
+    def take(
+        self, frame: p.Answer | p.Refused | p.Error
+    ) -> tuple[Any, BaseException | None] | None:
+        """None while parts are still to come; then (the result, None) or (None, the error)."""
+        if isinstance(frame, p.Refused):
+            return None, wire_error(frame.error, frame.message)
+        if isinstance(frame, p.Error):
+            return None, error_for_status(frame.status)(frame.message)
+        if frame.more:
+            self.parts.extend(frame.result)
+            return None
+        return (self.parts + frame.result if self.parts else frame.result), None
 
 
 class _Sinks(Generic[E]):
@@ -336,7 +354,7 @@ class _Sinks(Generic[E]):
 @dataclass(slots=True)
 class _PendingCall:
     future: asyncio.Future[Any]
-    parts: list[Any] = field(default_factory=list)  # of an answer that comes in parts
+    answer: CallAnswer = field(default_factory=CallAnswer)
 
 
 def _chunks(ids: list[str]) -> list[list[str]]:
