@@ -9,7 +9,7 @@ threading.Lock, a dict, multiprocessing.Value ...
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from corral.client.lines import CallLines, ThreadSession
 from corral.client.pipes import AsyncPipeEnd
@@ -28,6 +28,17 @@ from corral.models import QueueOrdering
 
 if TYPE_CHECKING:
     from corral.client.client import AsyncClient
+
+
+S = TypeVar("S", bound="_Sync")
+
+
+class _Opening(Protocol):
+    async def _open(self) -> Any: ...
+
+
+#: Makes an asyncio primitive on a session, not yet opened on the server.
+_Build = Callable[[ThreadSession], _Opening]
 
 
 class _Sync:
@@ -419,6 +430,11 @@ class PrimitiveFactories:
         if session is not None:
             session.close()
 
+    def _opened(self, sync: Callable[[ThreadSession, Any], S], build: _Build) -> S:
+        """The sync twin of the asyncio primitive `build(session)` makes, opened on the server."""
+        session = self._thread_session()
+        return sync(session, session.run(build(session)._open()))
+
     def queue(
         self,
         name: str,
@@ -428,51 +444,36 @@ class PrimitiveFactories:
         key: Callable[[Any], Any] | None = None,
         lease: float = DEFAULT_PRIMITIVE_LEASE,
     ) -> Queue:
-        session = self._thread_session()
-        queue = AsyncQueue(session, name, kind, maxsize, ack, key, lease)
-        return Queue(session, session.run(queue._open()))
+        return self._opened(Queue, lambda s: AsyncQueue(s, name, kind, maxsize, ack, key, lease))
 
     def lock(self, name: str, lease: float = DEFAULT_PRIMITIVE_LEASE) -> Lock:
-        session = self._thread_session()
-        return Lock(session, session.run(AsyncLock(session, name, lease)._open()))
+        return self._opened(Lock, lambda s: AsyncLock(s, name, lease))
 
     def semaphore(
         self, name: str, value: int = 1, lease: float = DEFAULT_PRIMITIVE_LEASE
     ) -> Semaphore:
-        session = self._thread_session()
-        semaphore = AsyncSemaphore(session, name, value, lease)
-        return Semaphore(session, session.run(semaphore._open()))
+        return self._opened(Semaphore, lambda s: AsyncSemaphore(s, name, value, lease))
 
     def event(self, name: str) -> Event:
-        session = self._thread_session()
-        return Event(session, session.run(AsyncEvent(session, name)._open()))
+        return self._opened(Event, lambda s: AsyncEvent(s, name))
 
     def barrier(self, name: str, parties: int) -> Barrier:
-        session = self._thread_session()
-        return Barrier(session, session.run(AsyncBarrier(session, name, parties)._open()))
+        return self._opened(Barrier, lambda s: AsyncBarrier(s, name, parties))
 
     def dict(self, name: str) -> Dict:
-        session = self._thread_session()
-        return Dict(session, session.run(AsyncDict(session, name)._open()))
+        return self._opened(Dict, lambda s: AsyncDict(s, name))
 
     def list(self, name: str) -> List:
-        session = self._thread_session()
-        return List(session, session.run(AsyncList(session, name)._open()))
+        return self._opened(List, lambda s: AsyncList(s, name))
 
     def value(self, name: str, typecode: str = "i", initial: Number = 0) -> Value:
-        session = self._thread_session()
-        value = AsyncValue(session, name, typecode, initial)
-        return Value(session, session.run(value._open()))
+        return self._opened(Value, lambda s: AsyncValue(s, name, typecode, initial))
 
     def array(self, name: str, typecode: str, size_or_initial: Any) -> Array:
-        session = self._thread_session()
-        array = AsyncArray(session, name, typecode, size_or_initial)
-        return Array(session, session.run(array._open()))
+        return self._opened(Array, lambda s: AsyncArray(s, name, typecode, size_or_initial))
 
     def pipe(self, name: str, lease: float = DEFAULT_PRIMITIVE_LEASE) -> tuple[PipeEnd, PipeEnd]:
-        session = self._thread_session()
-        first, second = (
-            PipeEnd(session, session.run(AsyncPipeEnd(session, name, side, lease)._open()))
-            for side in (0, 1)
-        )
-        return first, second
+        def end(side: int) -> PipeEnd:
+            return self._opened(PipeEnd, lambda s: AsyncPipeEnd(s, name, side, lease))
+
+        return end(0), end(1)
