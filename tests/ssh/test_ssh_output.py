@@ -7,6 +7,7 @@ import json
 import shlex
 from pathlib import Path
 
+import pytest
 from sshlab import Sshd, SshLab, corral
 
 from corral.ssh.cli import ExitCode
@@ -92,7 +93,7 @@ def test_play_inline_shows_step_output_and_put_get_names(
 
 
 def test_retry_hint_is_a_complete_command_that_reruns_the_failed_hosts(
-    lab: SshLab, hosts: list[Sshd], tmp_path: Path
+    lab: SshLab, hosts: list[Sshd], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     flag = tmp_path / "fixed"
     inventory = ",".join(h.spec() for h in hosts)
@@ -112,9 +113,12 @@ def test_retry_hint_is_a_complete_command_that_reruns_the_failed_hosts(
     assert words[words.index("--") + 1 :] == [command]
     assert "--out" not in words
     flag.touch()
+    monkeypatch.chdir(tmp_path)  # the retry writes its run directory under ./runs
     again = corral(*words[1:])
     assert again.exit_code == ExitCode.OK, again.output
     assert "retry the failed hosts" not in again.output
+    [retried] = (tmp_path / "runs").iterdir()
+    assert (retried / f"{hosts[2].spec()}.out").exists()
 
 
 def test_out_refuses_a_non_empty_directory_unless_overwrite(
