@@ -11,6 +11,10 @@ def square(n: int) -> int:
     return n * n
 
 
+def power(n: int, exponent: int = 2) -> int:
+    return n**exponent
+
+
 def slow_square(n: int, seconds: float = 0.2) -> int:
     time.sleep(seconds)
     return n * n
