@@ -17,6 +17,7 @@ from integration_support import ServerProcess
 from test_security import self_signed
 
 import corral
+from corral.client.lines import MAX_FREE_LINES
 
 
 def test_sync_calls_go_out_on_the_calling_threads_lines_not_through_the_event_loop(
@@ -42,6 +43,22 @@ def test_sync_calls_go_out_on_the_calling_threads_lines_not_through_the_event_lo
         assert client._async._stream._ws is None  # the stream never had to open
         free = len(client._thread_session()._lines._free)
         assert 1 <= free <= 3  # one line per thread calling at once, kept for the next call
+
+
+def test_a_burst_of_threads_calling_at_once_leaves_at_most_max_free_lines_open(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    server = start_server()
+    with server.connect() as client:
+        burst = MAX_FREE_LINES + 4
+        meeting = client.barrier("burst", burst + 1)
+        threads = [threading.Thread(target=meeting.wait) for _ in range(burst)]
+        for thread in threads:
+            thread.start()
+        meeting.wait()  # every thread waits at the barrier, each on a line of its own
+        for thread in threads:
+            thread.join()
+        assert len(client._thread_session()._lines._free) == MAX_FREE_LINES
 
 
 def test_an_idle_line_to_a_restarted_server_is_replaced_without_an_error(

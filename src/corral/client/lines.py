@@ -53,6 +53,9 @@ LINE_OPEN_TIMEOUT = 10.0
 LINE_RETRY_AFTER = 1.0
 #: Seconds a failed send waits for the close the server may have sent.
 LINE_CLOSE_WAIT = 1.0
+#: Free lines kept for later calls; a burst of more threads calling at once closes the rest as
+#: each call ends, so that the server does not hold their connections for ever.
+MAX_FREE_LINES = 8
 _RECEIVE_BYTES = 1 << 16
 
 
@@ -195,7 +198,7 @@ class CallLines:
 
     def give_back(self, line: _Line) -> None:
         with self._lock:
-            if self._closed or os.getpid() != self._pid:
+            if self._closed or os.getpid() != self._pid or len(self._free) >= MAX_FREE_LINES:
                 line.close()
             else:
                 self._free.append(line)
