@@ -179,11 +179,10 @@ class JobFeeder:
 
     def cancel_all(self) -> None:
         """Cancel every unfinished future and their jobs on the server; return once the server
-        has been asked to cancel each job it stored."""
-        futures = self.unfinished()
-        if not futures:
-            return
-        for future in futures:
+        has been asked to cancel each job it stored, including those whose futures were
+        cancelled just before (a map's iterator dropped cancels what it read ahead), so that
+        the client may be closed at once."""
+        for future in self.unfinished():
             future.cancel()
         self._client._call(self._cancels_sent())
 
