@@ -112,9 +112,8 @@ MAX_COMMIT_BATCH = 20_000
 #: While the store cannot take writes (disk full, ...), the server retries the writes that record
 #: what it already did this often: from the first delay, doubling up to the second.
 STORE_RETRY_DELAYS = (0.05, 1.0)
-#: Small writes that find the store writer idle, up to this many rows in all, are committed on
-#: the event loop at the end of its turn rather than handed to the writer's thread (see
-#: GroupCommitWriter).
+#: A write of at most this many rows that finds the store writer idle is committed at once on the
+#: event loop rather than handed to the writer's thread (see GroupCommitWriter).
 INLINE_COMMIT_ROWS = 64
 
 #: Finished jobs the server keeps unless told otherwise (`corral server --keep`): seven days. It
