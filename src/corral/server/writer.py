@@ -88,7 +88,8 @@ class GroupCommitWriter:
         unavailable these are retried, in order, until they commit. Other failures are logged,
         since nobody may be looking at the future. `then(error)` is called on the event loop as
         the future resolves (error None once committed), without waiting for a turn of the loop
-        as the future's callbacks do: answers that wait on the commit leave at once.
+        as the future's callbacks do: answers that wait on the commit leave at once. A write
+        committed at once calls it before this returns.
         """
         future = self._enqueue(mutations, until_stored=True, then=then)
         future.add_done_callback(_log_failure)
