@@ -218,7 +218,8 @@ class _Line:
         self._sock = sock
         self._protocol = protocol
         self._request_ids = itertools.count(1)
-        self._readable = select.poll() if hasattr(select, "poll") else None  # up() reads without
+        # Where select.poll is missing (Windows), up() reads the socket instead.
+        self._readable = select.poll() if hasattr(select, "poll") else None
         if self._readable is not None:
             self._readable.register(sock, select.POLLIN)
 

@@ -196,7 +196,7 @@ class GroupCommitWriter:
             ):
                 logger.warning("the store takes writes again; the delayed ones are stored")
                 self._unavailable, self._retry_delay = None, 0.0
-            if self._pending or self._closing:  # the thread waits for this commit to end
+            if self._pending:
                 self._condition.notify()
         if not held:
             return requests, errors
