@@ -78,11 +78,11 @@ def run(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
     asyncio.run(asyncio.wait_for(scenario(), DEADLINE))
 
 
-def sent(peer: Peer) -> list[p.Frame | None]:
+def sent(peer: Peer, direction: p.Frames = p.TO_WORKER) -> list[p.Frame | None]:
     frames: list[p.Frame | None] = []
     while not peer.outbox.empty():
         data = peer.outbox.get_nowait()
-        frames.append(None if data is None else p.decode(data, p.TO_WORKER))
+        frames.append(None if data is None else p.decode(data, direction))
     return frames
 
 
@@ -224,6 +224,30 @@ def test_a_stale_result_beside_the_real_one_does_not_overwrite_it() -> None:
                 msgpack.packb(42),
                 None,
             )
+
+    run(scenario)
+
+
+def test_a_follower_that_comes_while_output_is_being_stored_gets_it_once() -> None:
+    async def scenario() -> None:
+        store = PausableStore()
+        async with running(store) as engine:
+            [job_id] = await engine.submit([JobSpec(kind="shell", command="echo hi")])  # type: ignore[arg-type]
+            worker, early, late = WorkerPeer(hello("w1")), Peer(), Peer()
+            engine.worker_joined(worker)
+            engine.subscriptions.follow(early, job_id)
+            await engine.writer.flush()
+            store.open.clear()  # the output's commit is held back...
+            engine.worker_frame(worker, p.Log([p.LogItem(job_id, 1, "stdout", b"hi\n")]))
+            engine.subscriptions.follow(late, job_id)  # ...while another follower comes
+            store.open.set()
+            await engine.writer.flush()
+            after = Peer()
+            engine.subscriptions.follow(after, job_id)
+
+            for peer in (early, late, after):
+                items = [item for frame in sent(peer, p.TO_CLIENT) for item in frame.items]  # type: ignore[union-attr]
+                assert items == [p.OutputItem(job_id, "stdout", 0, b"hi\n")]
 
     run(scenario)
 

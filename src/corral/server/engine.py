@@ -445,6 +445,7 @@ class Engine:
     def _logs(self, worker_id: str, items: list[p.LogItem]) -> None:
         """Store output of the attempts the worker holds; drop the rest."""
         mutations: list[Mutation] = []
+        streams: list[tuple[str, str]] = []
         for job_id, attempt, stream, data in items:
             if not self.scheduler.holds(worker_id, job_id, attempt):
                 continue
@@ -456,9 +457,10 @@ class Engine:
                 continue
             self._log_sizes[key] = offset + len(data)
             mutations.append(AppendLog(job_id, stream, data))
+            streams.append(key)
             self.subscriptions.output(job_id, stream, offset, data)
         if mutations:
-            self.writer.submit_nowait(mutations)
+            self.writer.submit_nowait(mutations, lambda _: self.subscriptions.stored(streams))
 
     # -- decisions -----------------------------------------------------------------------------
 

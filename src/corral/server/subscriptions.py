@@ -5,7 +5,7 @@ tells the peers that asked."""
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Iterable
 
 from corral import protocol as p
@@ -37,6 +37,9 @@ class Subscriptions:
         self._scheduler = scheduler
         self._watchers: dict[str, set[Peer]] = defaultdict(set)
         self._followers: dict[str, set[Peer]] = defaultdict(set)
+        # Output sent to followers whose AppendLog is not committed yet, oldest first, by (job,
+        # stream): a follower that comes meanwhile reads the store without it.
+        self._unstored: dict[tuple[str, str], deque[tuple[int, bytes]]] = {}
 
     def watch(self, peer: Peer, job_ids: Iterable[str]) -> None:
         """Send `peer` one Done per job when it finishes (now, for jobs already finished).
@@ -66,16 +69,23 @@ class Subscriptions:
             self._unwatch_one(job_id, peer)
 
     def follow(self, peer: Peer, job_id: str) -> None:
-        """Stream the job's output so far, then live, then an EndOfLog once it finishes."""
+        """Stream the job's output so far (stored, then on its way to the store), then live,
+        then an EndOfLog once it finishes."""
         row = self._store.get_job(job_id)
         if row is None:
             peer.send(p.Done(job_id, "unknown"))
             return
         self._followers[job_id].add(peer)
         for stream in ("stdout", "stderr"):
-            chunk = self._store.read_log(job_id, stream)
-            if chunk.data:
-                peer.send(p.Output([p.OutputItem(job_id, stream, 0, chunk.data)]))
+            stored = self._store.read_log(job_id, stream).data
+            items = [p.OutputItem(job_id, stream, 0, stored)] if stored else []
+            for offset, data in self._unstored.get((job_id, stream), ()):
+                # The writer's thread may have committed it since: the store then has it.
+                if (skip := len(stored) - offset) < len(data):
+                    start = offset + max(0, skip)
+                    items.append(p.OutputItem(job_id, stream, start, data[start - offset :]))
+            if items:
+                peer.send(p.Output(items))
         if self._scheduler.job(job_id) is None and row.state.finished:
             self._end_follow(job_id, row.state)
 
@@ -88,9 +98,21 @@ class Subscriptions:
                     del registry[job_id]
 
     def output(self, job_id: str, stream: str, offset: int, data: bytes) -> None:
-        """Output of a running job, stored from byte `offset` of its stream."""
+        """Output of a running job from byte `offset` of its stream, sent now and stored soon:
+        call `stored` for it once its write has ended."""
+        self._unstored.setdefault((job_id, stream), deque()).append((offset, data))
         for follower in self._followers.get(job_id, ()):
             follower.send(p.Output([p.OutputItem(job_id, stream, offset, data)]))
+
+    def stored(self, streams: Iterable[tuple[str, str]]) -> None:
+        """The oldest output told of each (job, stream) in `streams`, one per entry, has been
+        written to the store (or never will be: its write failed)."""
+        for key in streams:
+            chunks = self._unstored.get(key)
+            if chunks:
+                chunks.popleft()
+                if not chunks:
+                    del self._unstored[key]
 
     def finished(self, notice: p.Done) -> None:
         """The job finished and that is stored: tell its watchers and end its followers."""
@@ -101,6 +123,8 @@ class Subscriptions:
     def deleted(self, job_id: str) -> None:
         self._watchers.pop(job_id, None)
         self._followers.pop(job_id, None)
+        for stream in ("stdout", "stderr"):
+            self._unstored.pop((job_id, stream), None)
 
     def _unwatch_one(self, job_id: str, peer: Peer) -> None:
         peers = self._watchers.get(job_id)
