@@ -309,6 +309,19 @@ def test_an_executor_finds_the_server_from_the_environment_and_closes_its_client
         executor.submit(square, 1)
 
 
+def test_an_executor_shut_just_after_its_map_was_dropped_cancels_every_job_first(
+    server: ServerProcess, client: corral.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CORRAL_URL", server.url)
+    monkeypatch.setenv("CORRAL_TOKEN", server.token)
+    with corral.Executor() as executor:  # its own client, closed by shutdown
+        assert list(itertools.islice(executor.map(square, itertools.count()), 0)) == []
+        # The dropped iterator cancelled the jobs it had submitted ahead (no worker took
+        # them); shutdown waits for those cancels before the client closes.
+    submitted = client.jobs(name="pool_tasks:square", limit=10_000)
+    assert submitted and {job.state for job in submitted} == {JobState.CANCELLED}
+
+
 def test_a_call_not_safe_to_run_twice_raises_when_its_worker_dies(
     server: ServerProcess, start_worker: Callable[..., WorkerProcess], tmp_path: Path
 ) -> None:

@@ -160,13 +160,21 @@ def test_imap_streams_an_endless_iterable(client: corral.Client, worker: WorkerP
     wait_for(lambda: not client.jobs(state=["queued", "running"]), what="the cancels")
 
 
+@pytest.mark.parametrize("leave", ["terminate", "close and join"])
 def test_a_pool_left_just_after_its_imap_was_dropped_cancels_every_job_first(
-    server: ServerProcess, client: corral.Client
+    server: ServerProcess, client: corral.Client, monkeypatch: pytest.MonkeyPatch, leave: str
 ) -> None:
-    with server.connect() as own, corral.Pool(client=own) as pool:
-        assert list(itertools.islice(pool.imap(square, itertools.count()), 0)) == []
-        # The dropped iterator cancelled the jobs it had submitted ahead; leaving the pool
-        # waits for those cancels before the client closes.
+    monkeypatch.setenv("CORRAL_URL", server.url)
+    monkeypatch.setenv("CORRAL_TOKEN", server.token)
+    pool = corral.Pool()  # its own client, closed as the pool is left
+    assert list(itertools.islice(pool.imap(square, itertools.count()), 0)) == []
+    # The dropped iterator cancelled the jobs it had submitted ahead; leaving the pool waits
+    # for those cancels before the client closes.
+    if leave == "terminate":
+        pool.terminate()
+    else:
+        pool.close()
+        pool.join()
     submitted = client.jobs(name="pool_tasks:square", limit=10_000)
     assert submitted and {job.state for job in submitted} == {JobState.CANCELLED}
 

@@ -178,12 +178,16 @@ class JobFeeder:
             return list(self._unfinished)
 
     def cancel_all(self) -> None:
-        """Cancel every unfinished future and their jobs on the server; return once the server
-        has been asked to cancel each job it stored, including those whose futures were
-        cancelled just before (a map's iterator dropped cancels what it read ahead), so that
-        the client may be closed at once."""
+        """Cancel every unfinished future and their jobs on the server; return once the
+        server has been asked to (see `wait_cancels_sent`)."""
         for future in self.unfinished():
             future.cancel()
+        self.wait_cancels_sent()
+
+    def wait_cancels_sent(self) -> None:
+        """Return once the server has been asked to cancel each job it stored whose future was
+        cancelled, including those cancelled just before (a map's iterator dropped cancels
+        what it read ahead), so that the client may be closed at once."""
         self._client._call(self._cancels_sent())
 
     async def _cancels_sent(self) -> None:

@@ -106,7 +106,8 @@ class Executor(concurrent.futures.Executor):
         try:
             self._calls = _Calls(self._client, job_options, None)
         except BaseException:
-            self._close_own_client()
+            if self._own_client:
+                self._client.close()
             raise
         self._feeder = JobFeeder(self._client, limit=max_workers)
         self._maps: weakref.WeakSet[InOrder] = weakref.WeakSet()  # the maps still being read
@@ -180,11 +181,7 @@ class Executor(concurrent.futures.Executor):
 
     def _close_own_client_when_done(self) -> None:
         concurrent.futures.wait(self._feeder.unfinished())
-        self._close_own_client()
-
-    def _close_own_client(self) -> None:
-        if self._own_client:
-            self._client.close()
+        _close_own_client(self._own_client, self._client, self._feeder)
 
 
 class IMapIterator(Iterator[Any]):
@@ -504,8 +501,15 @@ class Pool:
         self._close_own_client()
 
     def _close_own_client(self) -> None:
-        if self._own_client:
-            self._client.close()
+        _close_own_client(self._own_client, self._client, self._feeder)
+
+
+def _close_own_client(own: bool, client: Client, feeder: JobFeeder) -> None:
+    """Close the client a Pool or Executor made for itself, once the cancels of a map just
+    dropped (it cancels what it read ahead) have left: closed under them, they never would."""
+    if own:
+        feeder.wait_cancels_sent()
+        client.close()
 
 
 def _concatenate(chunk_results: list[list[Any]]) -> list[Any]:
