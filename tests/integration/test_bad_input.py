@@ -13,6 +13,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -98,6 +99,16 @@ def test_missing_or_wrong_token_is_401_saying_how_to_get_one(
         assert response.status_code == 401, (method, path)
         detail = response.json()["detail"]
         assert "CORRAL_TOKEN" in detail and "corral token create" in detail
+
+
+def test_a_client_that_cannot_be_built_says_why_and_leaves_no_thread(tmp_path: Path) -> None:
+    def client_threads() -> int:
+        return sum(thread.name == "corral-client" for thread in threading.enumerate())
+
+    before = client_threads()
+    with pytest.raises(corral.ConfigError, match="no such file; give the server's CA"):
+        corral.connect("https://127.0.0.1:1", "token", ca=tmp_path / "missing.pem")
+    assert client_threads() == before
 
 
 def test_token_without_the_role_is_403_naming_the_role(

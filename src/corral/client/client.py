@@ -372,7 +372,11 @@ class Client(PrimitiveFactories):
             target=self._loop.run_forever, name="corral-client", daemon=True
         )
         self._thread.start()
-        self._async = self._call(_make_async_client(url, token, options))
+        try:
+            self._async = self._call(_make_async_client(url, token, options))
+        except BaseException:  # bad options: nothing to close but the loop and its thread
+            self._stop_loop()
+            raise
         self.url = self._async.url
         self.flows = Flows(self)
 
@@ -386,9 +390,12 @@ class Client(PrimitiveFactories):
         self._close_lines()
         if self._loop.is_running():
             self._call(self._shutdown())
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join()
-            self._loop.close()
+            self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
 
     async def _shutdown(self) -> None:
         """Close the connection, then end what a call left behind (a wait given up with Ctrl-C),
