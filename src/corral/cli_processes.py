@@ -141,6 +141,10 @@ def worker(
         typer.Option(help="YAML credential sets for ssh jobs (see docs/ssh.md)"),
     ] = None,
     log_level: LogLevelOpt = "info",
+    parent_pid: Annotated[
+        int | None,
+        typer.Option(hidden=True, help="Stop once this process (`corral up`) is gone"),
+    ] = None,
 ) -> None:
     """Run a worker that takes jobs from a corral server."""
     from corral.worker.agent import ShutdownMode, Worker, WorkerSettings
@@ -171,6 +175,7 @@ def worker(
             ssh_credentials=ssh_credentials,
             python_path=_code_paths(path),
             reload=reload,
+            parent_pid=parent_pid,
         )
 
         async def run() -> None:

@@ -29,7 +29,9 @@ class LocalWorkers:
     """`corral worker` processes started beside a server, with `arguments` and `env`."""
 
     def __init__(self, arguments: Sequence[str], env: Mapping[str, str]) -> None:
-        self._command = [sys.executable, "-m", "corral", "worker", *arguments]
+        # Killed (SIGKILL, the OOM killer), `corral up` cannot stop them: they stop themselves.
+        parent = ["--parent-pid", str(os.getpid())]
+        self._command = [sys.executable, "-m", "corral", "worker", *arguments, *parent]
         self._env = dict(env)
         self._processes: list[subprocess.Popen[bytes]] = []
 

@@ -10,6 +10,7 @@ import pty
 import re
 import select
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -172,6 +173,53 @@ def test_a_second_ctrl_c_hands_the_running_job_back_at_once(terminal, tmp_path: 
         assert job.result(timeout=WAIT) == "rerun"
         assert [a.state for a in job.info().attempts] == [JobState.LOST, JobState.SUCCEEDED]
     _stop(again)
+
+
+def test_the_workers_of_an_up_killed_with_kill_9_stop_and_their_jobs_with_them(
+    tmp_path: Path,
+) -> None:
+    # With no terminal (a service, nohup, a container), no SIGHUP ends them when up dies.
+    marker, data = tmp_path / "marker", tmp_path / "data"
+    command = [sys.executable, "-m", "corral", "up", "--port", "0", "--data-dir", str(data)]
+    with subprocess.Popen(
+        [*command, "--workers", "1", "--concurrency", "1"],
+        env=_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    ) as up:
+        try:
+            assert up.stdout is not None
+            url = next(line.split()[1] for line in up.stdout if line.startswith("READY "))
+            with corral.connect(url, (data / "admin.token").read_text().strip()) as client:
+                client.submit("fault_tasks:block_first_run", str(marker), 300)
+                _job_started(marker)
+            workers = _children(up.pid)
+            assert workers
+            up.kill()  # no chance to stop its workers: they stop themselves
+            up.wait()
+            gone = [*workers, int(marker.read_text().split()[0])]
+            wait_for(lambda: not any(map(_alive, gone)), WAIT, "the orphaned worker and its job")
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(up.pid, signal.SIGKILL)
+    assert "slept" not in marker.read_text()
+
+
+def _children(pid: int) -> list[int]:
+    tasks = Path(f"/proc/{pid}/task").iterdir()
+    return [int(child) for task in tasks for child in (task / "children").read_text().split()]
+
+
+def _alive(pid: int) -> bool:
+    """Whether the process runs (a zombie left to a parent that does not reap it does not)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "State:\tZ" not in status
 
 
 def test_up_passes_its_worker_options_on(terminal, tmp_path: Path) -> None:

@@ -57,6 +57,8 @@ RESULTS_HOLD = 0.002
 #: it started), so quick jobs cost no report; a longer one shows as running this much later.
 START_REPORT_HOLD = 0.02
 RECONNECT_MAX = 5.0
+#: Seconds between checks that the process that started this worker (`corral up`) is still there.
+PARENT_CHECK_INTERVAL = 0.5
 
 
 class _IdInUse(CorralError):
@@ -85,6 +87,9 @@ class WorkerSettings:
     ssh_credentials: Path | None = None  # YAML credential sets for ssh jobs, by name
     python_path: tuple[str, ...] = ()  # where python jobs' modules are found, before the cwd
     reload: bool = False  # replace python pool processes whose imported code changed
+    # Stop at once once this process is no longer our parent: `corral up`, whose server went
+    # with it if it was killed.
+    parent_pid: int | None = None
     worker_id: str = field(default_factory=lambda: _default_worker_id())
 
 
@@ -166,6 +171,7 @@ class Worker:
         starter = asyncio.create_task(self._start_jobs_forever())
         connection = asyncio.create_task(self._connect_forever())
         stopping = asyncio.ensure_future(self._stopping.wait())
+        orphaned = asyncio.create_task(self._stop_when_orphaned(self.settings.parent_pid))
         try:
             # The connection loop only ends by itself on a fatal error (token refused, ...).
             await asyncio.wait([stopping, connection], return_when=asyncio.FIRST_COMPLETED)
@@ -173,7 +179,7 @@ class Worker:
                 await self._shutdown()
         finally:
             stopping.cancel()
-            tasks = [connection, starter, *self._running.values()]
+            tasks = [connection, starter, orphaned, *self._running.values()]
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -187,6 +193,18 @@ class Worker:
         if self._stopping.is_set():
             self._hurry.set()
         self._stopping.set()
+
+    async def _stop_when_orphaned(self, parent_pid: int | None) -> None:
+        """Stop at once (as on a second signal) once `parent_pid` is no longer our parent."""
+        if parent_pid is None:
+            return
+        while os.getppid() == parent_pid:  # no event says so: a parent's exit is polled
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), PARENT_CHECK_INTERVAL)
+                return  # stopping anyway
+        logger.warning("process %d, which started this worker, is gone: stopping", parent_pid)
+        self.stop()
+        self.stop()
 
     def install_signal_handlers(self) -> None:
         """SIGTERM and SIGINT stop the worker, except a SIGINT it was started ignoring: `corral
