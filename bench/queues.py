@@ -41,9 +41,28 @@ import corral
 from baseline import AUTHKEY, QueueManager
 from cluster import CpuMeter, Rounds, Server, installed, load_average, print_table
 
-#: (role, index, share of items, the start barrier) run in one process; the role is
-#: "put" or "get".
-Endpoint = Callable[[str, int, int, Any], None]
+#: Run in each process as endpoint(*its system's arguments, role, share of items, Start); the
+#: role is "put" or "get".
+Endpoint = Callable[..., None]
+
+
+class Start:
+    """Lets every process go at once, and hears when each consumer had its last item: the clock
+    stops there, not once the processes have exited (closing a connection is not moving items).
+    perf_counter is the system's monotonic clock, the same in every process."""
+
+    def __init__(self, context: BaseContext, parties: int) -> None:
+        self._barrier = context.Barrier(parties + 1)
+        self._ends = context.SimpleQueue()
+
+    def wait(self) -> None:
+        self._barrier.wait(timeout=120)
+
+    def finished(self) -> None:
+        self._ends.put(time.perf_counter())
+
+    def last_end(self, consumers: int) -> float:
+        return max(self._ends.get() for _ in range(consumers))
 
 
 def drive(
@@ -55,22 +74,20 @@ def drive(
     consumers: int,
 ) -> float:
     """Seconds from releasing the processes until every consumer has its share of the items;
-    `endpoint(*args, role, share, barrier)` runs in each process. The items split evenly."""
-    barrier = context.Barrier(producers + consumers + 1)
+    `endpoint(*args, role, share, start)` runs in each process. The items split evenly."""
+    start = Start(context, producers + consumers)
     processes = [
-        context.Process(target=endpoint, args=(*args, "put", share, barrier))
+        context.Process(target=endpoint, args=(*args, "put", share, start))
         for share in _shares(items, producers)
     ] + [
-        context.Process(target=endpoint, args=(*args, "get", share, barrier))
+        context.Process(target=endpoint, args=(*args, "get", share, start))
         for share in _shares(items, consumers)
     ]
     for process in processes:
         process.start()
-    barrier.wait(timeout=120)
+    start.wait()
     started = time.perf_counter()
-    for process in processes[producers:]:
-        process.join()
-    elapsed = time.perf_counter() - started
+    elapsed = start.last_end(consumers) - started
     for process in processes:
         process.join(30)
     failed = [process.exitcode for process in processes if process.exitcode != 0]
@@ -90,15 +107,17 @@ def _shares(total: int, parts: int) -> list[int]:
     return [share + (part < extra) for part in range(parts)]
 
 
-def move(queue: Any, role: str, share: int, batch: int) -> None:
-    """Put or get `share` items, one at a time or `batch` at a time with put_many / get_many."""
+def move(queue: Any, role: str, share: int, batch: int, start: Start) -> None:
+    """Put or get `share` items, one at a time or `batch` at a time with put_many / get_many,
+    once `start` lets the processes go."""
+    start.wait()
     if role == "put":
         if batch == 1:
             for number in range(share):
                 queue.put(number)
         else:
-            for start in range(0, share, batch):
-                queue.put_many(range(start, min(start + batch, share)))
+            for first in range(0, share, batch):
+                queue.put_many(range(first, min(first + batch, share)))
         return
     left = share
     while left:
@@ -107,44 +126,37 @@ def move(queue: Any, role: str, share: int, batch: int) -> None:
             left -= 1
         else:
             left -= len(queue.get_many(min(batch, left)))
+    start.finished()
 
 
-# -- one endpoint per system; each connects, waits at the barrier, then moves its share ---------
+# -- one endpoint per system; each connects, then moves its share once let go ------------------
 
 
-def manager_endpoint(address: tuple[str, int], role: str, share: int, barrier: Any) -> None:
+def manager_endpoint(address: tuple[str, int], role: str, share: int, start: Start) -> None:
     manager = QueueManager(address=address, authkey=AUTHKEY)
     manager.connect()
-    queue = manager.tasks()  # type: ignore[attr-defined]
-    barrier.wait()
-    move(queue, role, share, 1)
+    move(manager.tasks(), role, share, 1, start)  # type: ignore[attr-defined]
 
 
 def corral_endpoint(
-    url: str, token: str, name: str, batch: int, role: str, share: int, barrier: Any
+    url: str, token: str, name: str, batch: int, role: str, share: int, start: Start
 ) -> None:
     with corral.connect(url, token) as client:
-        queue = client.queue(name)
-        barrier.wait()
-        move(queue, role, share, batch)
+        move(client.queue(name), role, share, batch, start)
 
 
-def dask_endpoint(address: str, name: str, role: str, share: int, barrier: Any) -> None:
+def dask_endpoint(address: str, name: str, role: str, share: int, start: Start) -> None:
     from distributed import Client, Queue
 
     with Client(address) as client:
-        queue = Queue(name, client=client)
-        barrier.wait()
-        move(queue, role, share, 1)
+        move(Queue(name, client=client), role, share, 1, start)
 
 
-def ray_endpoint(address: str, pickled_queue: bytes, role: str, share: int, barrier: Any) -> None:
+def ray_endpoint(address: str, pickled_queue: bytes, role: str, share: int, start: Start) -> None:
     import ray
 
     ray.init(address=address, log_to_driver=False)
-    queue = pickle.loads(pickled_queue)
-    barrier.wait()
-    move(queue, role, share, 1)
+    move(pickle.loads(pickled_queue), role, share, 1, start)
 
 
 # -- the systems -------------------------------------------------------------------------------
