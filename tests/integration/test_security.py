@@ -90,6 +90,20 @@ def test_token_file_is_private_and_roles_are_enforced(server: ServerProcess) -> 
     assert "CORRAL_TOKEN" in str(refused.value)
 
 
+def test_a_read_token_sees_the_names_of_a_jobs_env_not_their_values(
+    server: ServerProcess,
+) -> None:
+    with server.connect() as admin:
+        reader = admin.create_token("viewer", "read")
+        job_id = admin.submit_shell("true", env={"CORRAL_TOKEN": server.token, "MODE": "x"}).id
+        assert admin.job(job_id).info().spec.env["CORRAL_TOKEN"] == server.token  # type: ignore[union-attr]
+    with corral.connect(server.url, reader) as client:
+        shown = [client.job(job_id).info(), *client.jobs()]
+    for info in shown:
+        assert info.spec is not None
+        assert info.spec.env == dict.fromkeys(["CORRAL_TOKEN", "MODE"], "(hidden from read tokens)")
+
+
 def test_worker_with_a_wrong_token_exits_saying_so(
     server: ServerProcess, start_worker: Callable[..., WorkerProcess]
 ) -> None:

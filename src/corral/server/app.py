@@ -204,6 +204,21 @@ def _renderable(value: Any) -> Any:
     return value
 
 
+#: What a read token sees in place of each value of a job's `env`.
+HIDDEN_ENV_VALUE = "(hidden from read tokens)"
+
+
+def _shown_to(role: Role, info: JobInfo) -> JobInfo:
+    """The job as a token of `role` may see it: a read token sees which variables its `env`
+    sets, not their values, which may be tokens or passwords (a job that calls the server is
+    given a token there)."""
+    spec = info.spec
+    if spec is None or not spec.env or allows(role, Role.SUBMIT):
+        return info
+    hidden = dict.fromkeys(spec.env, HIDDEN_ENV_VALUE)
+    return info.model_copy(update={"spec": spec.model_copy(update={"env": hidden})})
+
+
 def _bearer(value: str | None) -> str | None:
     if value and value.lower().startswith("bearer "):
         return value[7:].strip()
@@ -302,25 +317,26 @@ def create_app(
         ids = await engine.submit(batch.jobs)
         return Submitted(ids=ids, warnings=engine.unserved_warnings(batch.jobs))
 
-    @app.get("/api/v1/jobs", dependencies=[read])
+    @app.get("/api/v1/jobs")
     def list_jobs(
         state: Annotated[list[JobState] | None, Query()] = None,
         queue: str | None = None,
         name: str | None = None,
         before: str | None = None,
         limit: Annotated[int, Query(ge=1, le=MAX_LIST_LIMIT)] = 100,
+        role: Role = read,
     ) -> list[JobInfo]:
         """Jobs newest first; page with `before=<last id seen>`."""
         job_filter = JobFilter(states=state, queue=queue, name=name, before=before, limit=limit)
-        return engine.list_jobs(job_filter)
+        return [_shown_to(role, info) for info in engine.list_jobs(job_filter)]
 
-    @app.get("/api/v1/jobs/{job_id}", dependencies=[read])
-    async def get_job(job_id: str) -> JobInfo:
+    @app.get("/api/v1/jobs/{job_id}")
+    async def get_job(job_id: str, role: Role = read) -> JobInfo:
         info = await run_in_threadpool(engine.get_job, job_id)  # the store, off the event loop
         if info.state is JobState.QUEUED:
             # The scheduler is the event loop's: asked here, not in the thread.
             info.waiting_reason = engine.scheduler.waiting_reason(job_id, engine.clock())
-        return info
+        return _shown_to(role, info)
 
     @app.post("/api/v1/jobs/{job_id}/cancel", dependencies=[submit])
     async def cancel_job(job_id: str) -> dict[str, str]:
