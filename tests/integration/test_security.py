@@ -93,15 +93,20 @@ def test_token_file_is_private_and_roles_are_enforced(server: ServerProcess) -> 
 def test_a_read_token_sees_the_names_of_a_jobs_env_not_their_values(
     server: ServerProcess,
 ) -> None:
+    env = {"CORRAL_TOKEN": server.token, "MODE": "x"}
+    hidden = dict.fromkeys(env, "(hidden from read tokens)")
+    flow = {"name": "nightly", "jobs": [{"name": "load", "shell": "true", "env": env}]}
     with server.connect() as admin:
         reader = admin.create_token("viewer", "read")
-        job_id = admin.submit_shell("true", env={"CORRAL_TOKEN": server.token, "MODE": "x"}).id
-        assert admin.job(job_id).info().spec.env["CORRAL_TOKEN"] == server.token  # type: ignore[union-attr]
+        job_id = admin.submit_shell("true", env=env).id
+        assert admin.job(job_id).info().spec.env == env  # type: ignore[union-attr]
+        admin.flows.apply(flow)
+        assert admin.flows.get("nightly").definition["jobs"][0]["env"] == env
     with corral.connect(server.url, reader) as client:
-        shown = [client.job(job_id).info(), *client.jobs()]
-    for info in shown:
-        assert info.spec is not None
-        assert info.spec.env == dict.fromkeys(["CORRAL_TOKEN", "MODE"], "(hidden from read tokens)")
+        jobs = [client.job(job_id).info(), *client.jobs()]
+        assert [job.spec.env for job in jobs] == [hidden, hidden]  # type: ignore[union-attr]
+        flows = [client.flows.get("nightly"), *client.flows.list()]
+        assert [flow.definition["jobs"][0]["env"] for flow in flows] == [hidden, hidden]
 
 
 def test_worker_with_a_wrong_token_exits_saying_so(

@@ -14,7 +14,6 @@ from typing import Annotated, Any
 import msgpack
 import orjson
 from fastapi import APIRouter, Body, Query, Response
-from fastapi.params import Depends
 
 from corral.constants import DEFAULT_FLOW_PAGE, MAX_BULK_FLOWS, MAX_BULK_RUNS, MAX_LIST_LIMIT
 from corral.errors import FlowInvalid
@@ -32,18 +31,24 @@ from corral.flow_models import (
     RunManyItem,
     RunRequest,
 )
+from corral.server.auth import Role, env_shown_to
 from corral.server.flows.definition import FlowDefinition
 from corral.server.flows.service import FlowService, RunStart
 from corral.server.flows.ticker import NEXT_FIRE_TIMES
 from corral.server.store.flow_rows import FlowRow, FlowRunRow
 
 
-def flow_routes(service: FlowService, read: Depends, submit: Depends) -> APIRouter:
-    """The routes, their roles checked by the `read` and `submit` dependencies."""
+def flow_routes(service: FlowService, read: Any, submit: Any) -> APIRouter:
+    """The routes, their roles checked by the `read` and `submit` dependencies (fastapi's
+    Depends, each giving the caller's Role)."""
     router = APIRouter(prefix="/api/v1")
 
-    def info(row: FlowRow, last: FlowRunRow | None) -> FlowInfo:
+    def info(row: FlowRow, last: FlowRunRow | None, role: Role) -> FlowInfo:
         definition: FlowDefinition = service.definition_of(row)
+        exported = definition.export()
+        for job in exported["jobs"]:
+            if "env" in job:
+                job["env"] = env_shown_to(role, job["env"])
         return FlowInfo(
             name=row.name,
             version=row.version,
@@ -53,7 +58,7 @@ def flow_routes(service: FlowService, read: Depends, submit: Depends) -> APIRout
             description=definition.description,
             cron=definition.schedule.cron if definition.schedule else None,
             next_times=service.schedules.next_times(row.name, NEXT_FIRE_TIMES),
-            definition=definition.export(),
+            definition=exported,
             last_run=None
             if last is None
             else LastRun(
@@ -79,20 +84,21 @@ def flow_routes(service: FlowService, read: Depends, submit: Depends) -> APIRout
             for applied in await service.apply(documents)
         ]
 
-    @router.get("/flows", dependencies=[read])
+    @router.get("/flows")
     async def list_flows(
         after: str | None = None,
         limit: Annotated[int, Query(ge=1, le=MAX_LIST_LIMIT)] = DEFAULT_FLOW_PAGE,
+        role: Role = read,
     ) -> list[FlowInfo]:
         """Flows by name, each with its newest run; page with `after=<last name seen>`."""
         rows = await service.list_flows(after, limit)
         last = await service.last_runs([row.name for row in rows])
-        return [info(row, last.get(row.name)) for row in rows]
+        return [info(row, last.get(row.name), role) for row in rows]
 
-    @router.get("/flows/{name}", dependencies=[read])
-    async def get_flow(name: str) -> FlowInfo:
+    @router.get("/flows/{name}")
+    async def get_flow(name: str, role: Role = read) -> FlowInfo:
         row = await service.get_flow(name)
-        return info(row, (await service.last_runs([name])).get(name))
+        return info(row, (await service.last_runs([name])).get(name), role)
 
     @router.delete("/flows/{name}", dependencies=[submit])
     async def delete_flow(name: str) -> FlowChanged:

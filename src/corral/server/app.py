@@ -50,7 +50,7 @@ from corral.models import (
     describe_validation_error,
 )
 from corral.server.api_flows import flow_routes
-from corral.server.auth import Role, TokenStore, allows
+from corral.server.auth import Role, TokenStore, allows, env_shown_to
 from corral.server.engine import Engine, WorkerPeer
 from corral.server.flows.service import FlowService
 from corral.server.metrics import metrics_text
@@ -204,19 +204,12 @@ def _renderable(value: Any) -> Any:
     return value
 
 
-#: What a read token sees in place of each value of a job's `env`.
-HIDDEN_ENV_VALUE = "(hidden from read tokens)"
-
-
 def _shown_to(role: Role, info: JobInfo) -> JobInfo:
-    """The job as a token of `role` may see it: a read token sees which variables its `env`
-    sets, not their values, which may be tokens or passwords (a job that calls the server is
-    given a token there)."""
+    """The job as a token of `role` may see it (see env_shown_to)."""
     spec = info.spec
-    if spec is None or not spec.env or allows(role, Role.SUBMIT):
+    if spec is None or (env := env_shown_to(role, spec.env)) is spec.env:
         return info
-    hidden = dict.fromkeys(spec.env, HIDDEN_ENV_VALUE)
-    return info.model_copy(update={"spec": spec.model_copy(update={"env": hidden})})
+    return info.model_copy(update={"spec": spec.model_copy(update={"env": env})})
 
 
 def _bearer(value: str | None) -> str | None:

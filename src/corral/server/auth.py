@@ -168,3 +168,14 @@ class TokenStore:
 
 def allows(role: Role, needed: Role) -> bool:
     return needed in _GRANTS[role]
+
+
+#: What a read token sees in place of each value of a job's `env`.
+HIDDEN_ENV_VALUE = "(hidden from read tokens)"
+
+
+def env_shown_to(role: Role, env: dict[str, str]) -> dict[str, str]:
+    """A job's `env` as a token of `role` may see it: a read token sees which variables it
+    sets, not their values, which may be tokens or passwords (a job that calls the server is
+    given a token there)."""
+    return env if allows(role, Role.SUBMIT) else dict.fromkeys(env, HIDDEN_ENV_VALUE)
