@@ -20,6 +20,7 @@ from pending_calls import Pending, on_a_thread
 from corral.errors import InvalidName, InvalidRequest, NotFound, NotHeld, PrimitiveMismatch
 from corral.models import QueueOrdering
 from corral.server.primitives import Effects, NewItem, Primitives, deadline_for
+from corral.server.store import MemoryStore, PushItems
 from corral.sortkey import sort_key
 
 STDLIB = {
@@ -561,3 +562,23 @@ def test_items_too_large_or_keys_too_long_are_refused() -> None:
         q.queue.put("c", [NewItem(b"x" * (4 * 1024 * 1024 + 1))], block=False, deadline=None, now=0)
     with pytest.raises(InvalidRequest, match="sort key of at most"):
         q.queue.put("c", [NewItem(b"x", b"k" * 5000)], block=False, deadline=None, now=0)
+
+
+def test_items_are_numbered_across_every_queue_and_on_after_a_restore() -> None:
+    # The store keys items by their number alone: two alike would overwrite each other.
+    store, core = MemoryStore(), Primitives()
+    store.write([*core.open_queue("a").mutations, *core.open_queue("b").mutations])
+
+    def put(primitives: Primitives, name: str) -> list[int]:
+        effects = primitives.queue(name).put(
+            name, [NewItem(b"x")] * 2, block=False, deadline=None, now=0.0
+        )
+        store.write(effects.mutations)
+        return [row.seq for m in effects.mutations if isinstance(m, PushItems) for row in m.items]
+
+    numbers = put(core, "a") + put(core, "b") + put(core, "a")
+    restored = Primitives()
+    restored.restore(store.load_primitives(), 0.0)
+    numbers += put(restored, "b")
+    assert len(set(numbers)) == len(numbers) == 8
+    assert numbers == sorted(numbers)

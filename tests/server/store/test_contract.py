@@ -496,7 +496,7 @@ def test_queue_items_are_pushed_leased_returned_taken_and_acked(store: Store) ->
     store.write(
         [PushItems("q", [ItemRow(n, f"k{n}".encode(), f"item {n}".encode()) for n in range(5)])]
     )
-    store.write([PushItems("r", [ItemRow(0, b"", b"other queue")])])
+    store.write([PushItems("r", [ItemRow(5, b"", b"other queue")])])  # seqs are the store's
     store.write([LeaseItems("q", [ItemLease(1, 7, 30.0, "c1"), ItemLease(2, 8, 5.0, "c2")])])
     store.write([ReturnItems("q", [2]), TakeItems("q", [3]), AckItems("q", [1, 99])])
     store.write([FinishTasks("q", 1)])
@@ -508,7 +508,7 @@ def test_queue_items_are_pushed_leased_returned_taken_and_acked(store: Store) ->
     ]
     # 5 pushed, 1 acked (99 is unknown and counts nothing), 1 task done: 3 unfinished
     assert (q.unfinished, q.counter) == (3, 8)
-    assert (r.items, r.unfinished, r.counter) == ([ItemRow(0, b"", b"other queue")], 1, 0)
+    assert (r.items, r.unfinished, r.counter) == ([ItemRow(5, b"", b"other queue")], 1, 0)
 
 
 def test_a_leased_item_keeps_its_delivery_and_lease(store: Store) -> None:

@@ -303,6 +303,34 @@ def test_a_database_of_schema_5_gains_the_cancel_of_its_runs(tmp_path: Path) -> 
         reopened.close()
 
 
+def test_a_database_of_schema_6_keeps_its_items_in_order_numbered_anew(tmp_path: Path) -> None:
+    path = tmp_path / "corral.db"
+    SQLiteStore(path).close()
+    with sqlite3.connect(path) as connection:  # schema 6: items numbered within their queue
+        connection.execute("DROP TABLE primitive_items")
+        connection.execute(
+            "CREATE TABLE primitive_items (name TEXT NOT NULL, seq INTEGER NOT NULL, key BLOB"
+            " NOT NULL, data BLOB NOT NULL, delivery INTEGER, lease REAL, holder TEXT,"
+            " PRIMARY KEY (name, seq))"
+        )
+        for name in ("b", "a"):
+            connection.execute(
+                "INSERT INTO primitives (name, kind, options) VALUES (?, 'queue', x'')", (name,)
+            )
+        rows = [("b", 1, b"", b"b1", None, None, None), ("b", 0, b"", b"b0", 3, 9.0, "c1")]
+        rows += [("a", 5, b"k", b"a5", None, None, None)]
+        connection.executemany("INSERT INTO primitive_items VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        connection.execute("PRAGMA user_version = 6")
+    connection.close()
+    reopened = SQLiteStore(path)
+    try:
+        a, b = reopened.load_primitives()
+        assert a.items == [ItemRow(1, b"k", b"a5")]
+        assert b.items == [ItemRow(2, b"", b"b0", 3, 9.0, "c1"), ItemRow(3, b"", b"b1")]
+    finally:
+        reopened.close()
+
+
 def test_bad_files_and_options_are_refused_clearly(tmp_path: Path) -> None:
     garbage = tmp_path / "garbage.db"
     garbage.write_bytes(b"this is not sqlite" * 100)

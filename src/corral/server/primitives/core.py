@@ -18,7 +18,7 @@ from corral.server.primitives.common import (
     encode_options,
 )
 from corral.server.primitives.locks import NamedBarrier, NamedEvent, NamedLock, NamedSemaphore
-from corral.server.primitives.queues import NamedQueue
+from corral.server.primitives.queues import ItemNumbers, NamedQueue
 from corral.server.primitives.state import (
     Number,
     SharedArray,
@@ -44,6 +44,7 @@ class Primitives:
     def __init__(self) -> None:
         self._primitives: dict[str, Primitive] = {}
         self._timers: list[tuple[float, str]] = []  # heap; stale entries are harmless
+        self._item_numbers = ItemNumbers()  # shared by every queue
 
     # -- start ---------------------------------------------------------------------------------
 
@@ -60,7 +61,8 @@ class Primitives:
         schedule = self._scheduler(name)
         if kind is PrimitiveKind.QUEUE:
             ordering = QueueOrdering(options["ordering"])
-            return NamedQueue(name, schedule, ordering, options["maxsize"], options["ack"])
+            maxsize, ack = options["maxsize"], options["ack"]
+            return NamedQueue(name, schedule, self._item_numbers, ordering, maxsize, ack)
         if kind is PrimitiveKind.SEMAPHORE:
             return NamedSemaphore(name, schedule, options["value"])
         if kind is PrimitiveKind.BARRIER:
@@ -83,7 +85,8 @@ class Primitives:
         self, name: str, ordering: QueueOrdering = QueueOrdering.FIFO, maxsize: int = 0,
         ack: bool = False,
     ) -> Effects:  # fmt: skip
-        return self._open(name, lambda s: NamedQueue(name, s, ordering, maxsize, ack))
+        numbers = self._item_numbers
+        return self._open(name, lambda s: NamedQueue(name, s, numbers, ordering, maxsize, ack))
 
     def open_lock(self, name: str) -> Effects:
         return self._open(name, lambda s: NamedLock(name, s))

@@ -98,15 +98,40 @@ class _Putter:
     deadline: float | None
 
 
+class ItemNumbers:
+    """Numbers for queue items, unique among all the queues of a server: the store keys items
+    by their number alone (one index to write per item, not two). A queue's items come out of
+    it in the order of their numbers, as their place in fifo and lifo order."""
+
+    def __init__(self) -> None:
+        self._next = 0
+
+    def take(self) -> int:
+        number = self._next
+        self._next += 1
+        return number
+
+    def seen(self, number: int) -> None:
+        """A stored item has `number`: never hand it out again."""
+        self._next = max(self._next, number + 1)
+
+
 class NamedQueue(Primitive):
     """One named queue; see the module docstring for what it guarantees."""
 
     kind = PrimitiveKind.QUEUE
 
     def __init__(
-        self, name: str, schedule: Schedule, ordering: QueueOrdering, maxsize: int, ack: bool
+        self,
+        name: str,
+        schedule: Schedule,
+        numbers: ItemNumbers,
+        ordering: QueueOrdering,
+        maxsize: int,
+        ack: bool,
     ) -> None:
         super().__init__(name, schedule)
+        self._numbers = numbers
         if not isinstance(maxsize, int) or maxsize < 0:
             raise InvalidRequest(
                 f"queue {name!r}: maxsize must be 0 (no limit) or a positive number of items,"
@@ -122,7 +147,6 @@ class NamedQueue(Primitive):
         # (expires, delivery), a heap: a tick looks at the leases that ran out, not at all of
         # them; an entry left by a renewal or an ack is skipped when it surfaces.
         self._expiries: list[tuple[float, int]] = []
-        self._next_seq = 0
         self._deliveries = 0  # the last delivery number handed out
         self._getters: deque[_Getter] = deque()
         self._putters: deque[_Putter] = deque()
@@ -305,7 +329,7 @@ class NamedQueue(Primitive):
         for stored in row.items:
             item = _Item(stored.seq, stored.key, stored.data)
             self._items[item.seq] = item
-            self._next_seq = max(self._next_seq, item.seq + 1)
+            self._numbers.seen(item.seq)
             if stored.delivery is None:
                 self._ready.append(self._place(item))
             else:
@@ -341,8 +365,7 @@ class NamedQueue(Primitive):
     def _push(self, items: Sequence[NewItem]) -> PushItems:
         rows = []
         for new in items:
-            item = _Item(self._next_seq, new.key, new.data)
-            self._next_seq += 1
+            item = _Item(self._numbers.take(), new.key, new.data)
             self._items[item.seq] = item
             heapq.heappush(self._ready, self._place(item))
             rows.append(ItemRow(item.seq, item.key, item.data))

@@ -164,9 +164,10 @@ class DeclarePrimitive:
 
 @dataclass(frozen=True, slots=True)
 class ItemRow:
-    """A queue item: `seq` numbers it within its queue (its place in fifo and lifo order, the
-    tie-break among equal `key`s in priority order); `delivery`, `lease` and `holder` are set
-    while it is handed out under an acknowledgement lease."""
+    """A queue item: `seq` numbers it among all the store's items, no two alike, and orders it
+    within its queue (its place in fifo and lifo order, the tie-break among equal `key`s in
+    priority order); `delivery`, `lease` and `holder` are set while it is handed out under an
+    acknowledgement lease."""
 
     seq: int
     key: bytes

@@ -51,6 +51,7 @@ from corral.server.store.base import (
 from corral.server.store.flow_rows import FlowMutation, FlowRow, FlowRunRow, ScheduleRow
 from corral.server.store.sqlite_flows import FLOW_CANCEL_COLUMN, FLOW_SCHEMA, apply_flow
 from corral.server.store.sqlite_primitives import (
+    ITEMS_BY_SEQ_MIGRATION,
     PRIMITIVE_SCHEMA,
     apply_primitive,
     load_primitives,
@@ -59,7 +60,7 @@ from corral.server.store.sqlite_primitives import (
 Durability = Literal["normal", "full"]
 
 #: Stored in PRAGMA user_version; bump it with a migration when the schema changes.
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 # Purging walks finished jobs of one state, longest finished first. Only finished jobs have a
 # `finished` time, so queued and running ones (the hot path's inserts) add nothing to it: it
@@ -136,6 +137,7 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     PRIMITIVE_SCHEMA,
     FLOW_SCHEMA,
     (FLOW_CANCEL_COLUMN,),
+    ITEMS_BY_SEQ_MIGRATION,
 )
 
 _JOB_COLUMNS = (
