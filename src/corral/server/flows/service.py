@@ -46,6 +46,7 @@ from corral.ids import IdGenerator
 from corral.models import JobSpec, JobState
 from corral.server.engine import Engine
 from corral.server.flows.definition import DefinitionCache, FlowDefinition, parse_flow
+from corral.server.flows.live import LiveRun
 from corral.server.flows.parameters import ParameterValue, resolve_parameters
 from corral.server.flows.runs import (
     CancelJob,
@@ -89,16 +90,6 @@ class Applied:
     outcome: ApplyOutcome
 
 
-@dataclass(slots=True)
-class _LiveRun:
-    """A run being carried out: its machine and what the store should hold of its jobs."""
-
-    row: FlowRunRow
-    machine: RunMachine
-    job_ids: dict[str, str] = field(default_factory=dict)
-    cancel_wanted: set[str] = field(default_factory=set)  # cancelled before its id was known
-
-
 @dataclass(frozen=True, slots=True)
 class RunStart:
     """A manual run to start: its flow, the parameters given and the jobs it skips."""
@@ -132,7 +123,7 @@ class FlowService:
         self.clock = engine.clock
         self._ids = IdGenerator()
         self._definitions = DefinitionCache()
-        self._runs: dict[str, _LiveRun] = {}
+        self._runs: dict[str, LiveRun] = {}
         self._by_job: dict[str, tuple[str, str]] = {}  # core job id -> (run id, job name)
         self._tasks: set[asyncio.Task[None]] = set()
         self._retrying: set[str] = set()  # runs whose retry is being stored
@@ -355,7 +346,7 @@ class FlowService:
 
     def begin(self, row: FlowRunRow, machine: RunMachine) -> None:
         """Carry out a stored run's first decisions."""
-        live = _LiveRun(row, machine)
+        live = LiveRun(row, machine)
         self._runs[row.id] = live
         self.watchers.began(row)
         self._carry_out(live, machine.start())
@@ -409,7 +400,7 @@ class FlowService:
         row.state, row.finished = FlowRunState.RUNNING, None
         row.jobs = [RunJobRow(name, plan.states[name], kept.get(name)) for name in plan.states]
         machine = RunMachine(definition, plan.states, disabled=row.disabled)
-        live = _LiveRun(row, machine, {name: job_id for name, job_id in kept.items() if job_id})
+        live = LiveRun(row, machine, {name: job_id for name, job_id in kept.items() if job_id})
         self._runs[run_id] = live
         self.watchers.began(row)
         self._carry_out(live, machine.start())
@@ -459,35 +450,9 @@ class FlowService:
             raise NotFound(f"no flow run {run_id}; `corral flow runs FLOW` lists a flow's runs")
         return row
 
-    def _snapshot(self, live: _LiveRun | None, row: FlowRunRow) -> FlowRunRow:
-        if live is None:  # it ended already: the row was updated as it ended
-            return row
-        jobs = self._job_rows(live, live.machine.states)
-        return FlowRunRow(
-            id=row.id,
-            flow=row.flow,
-            version=row.version,
-            state=live.machine.state,
-            created=row.created,
-            params=row.params,
-            due=row.due,
-            finished=row.finished,
-            disabled=row.disabled,
-            jobs=jobs,
-        )
-
-    def _job_rows(self, live: _LiveRun, names: Iterable[str]) -> list[RunJobRow]:
-        """The named jobs of an active run as they are now."""
-        states, ids, scheduler = live.machine.states, live.job_ids, self._engine.scheduler
-        jobs = []
-        for name in names:
-            state, job_id = states[name], ids.get(name)
-            if state is FlowJobState.QUEUED and job_id is not None:
-                record = scheduler.job(job_id)  # the run hears only of finishes
-                if record is not None and record.started:
-                    state = FlowJobState.RUNNING
-            jobs.append(RunJobRow(name, state, job_id))
-        return jobs
+    def _snapshot(self, live: LiveRun | None, row: FlowRunRow) -> FlowRunRow:
+        # None: it ended already, and the row was updated as it ended.
+        return row if live is None else live.snapshot(self._engine.scheduler)
 
     # -- watching (see RunWatchers) ------------------------------------------------------------
 
@@ -507,16 +472,13 @@ class FlowService:
 
     def _view(self, run_id: str, names: Collection[str] | None) -> RunView | None:
         live = self._runs.get(run_id)
-        if live is None:
-            return None
-        jobs = self._job_rows(live, live.machine.states if names is None else names)
-        return RunView(live.machine.state, live.row.finished, jobs)
+        return None if live is None else live.view(names, self._engine.scheduler)
 
     # -- carrying out decisions ----------------------------------------------------------------
 
     def _carry_out(
         self,
-        live: _LiveRun,
+        live: LiveRun,
         decisions: Sequence[RunDecision],
         changed: Sequence[str] = (),
     ) -> asyncio.Future[None] | None:
@@ -561,7 +523,7 @@ class FlowService:
             self.schedules.run_ended(live.row)
         return committed
 
-    def _forget(self, live: _LiveRun) -> None:
+    def _forget(self, live: LiveRun) -> None:
         self._runs.pop(live.row.id, None)
         for job_id in live.job_ids.values():
             self._by_job.pop(job_id, None)
@@ -571,7 +533,7 @@ class FlowService:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _cancel_job(self, live: _LiveRun, name: str) -> None:
+    def _cancel_job(self, live: LiveRun, name: str) -> None:
         job_id = live.job_ids.get(name)
         if job_id is None:
             live.cancel_wanted.add(name)  # it is being submitted: cancelled once its id is known
@@ -582,7 +544,7 @@ class FlowService:
         with contextlib.suppress(Conflict, NotFound):  # it ended meanwhile: its finish tells
             await self._engine.cancel(job_id)
 
-    async def _release(self, live: _LiveRun, names: list[str]) -> None:
+    async def _release(self, live: LiveRun, names: list[str]) -> None:
         """Submit the jobs as core jobs, FLOW_RELEASE_BATCH at a time so that a wide fan-out
         leaves the event loop to others between batches; one that cannot be built or stored
         fails."""
@@ -614,7 +576,7 @@ class FlowService:
 
     async def _release_batch(
         self,
-        live: _LiveRun,
+        live: LiveRun,
         names: list[str],
         values: dict[str, ParameterValue],
         results: dict[str, Any],
@@ -647,7 +609,7 @@ class FlowService:
         self._record_released(live, built, ids)
         return failed
 
-    def _results(self, live: _LiveRun, sources: Iterable[str]) -> dict[str, Any]:
+    def _results(self, live: LiveRun, sources: Iterable[str]) -> dict[str, Any]:
         """The stored results of the upstream jobs named; None for one that did not succeed."""
         results: dict[str, Any] = {}
         for source in sources:
@@ -659,7 +621,7 @@ class FlowService:
                 results[source] = msgpack.unpackb(row.result, raw=False)
         return results
 
-    def _record_released(self, live: _LiveRun, names: list[str], ids: list[str]) -> None:
+    def _record_released(self, live: LiveRun, names: list[str], ids: list[str]) -> None:
         if self._runs.get(live.row.id) is not live:  # deleted while its jobs were submitted
             for job_id in ids:
                 self._spawn(self._cancel_core(job_id))
@@ -672,7 +634,7 @@ class FlowService:
         live.cancel_wanted.difference_update(names)
         self.watchers.changed(live.row.id, names)  # stored with the jobs: durable now
 
-    def _jobs_changed(self, live: _LiveRun, names: Sequence[str], state: FlowJobState) -> None:
+    def _jobs_changed(self, live: LiveRun, names: Sequence[str], state: FlowJobState) -> None:
         """The jobs are now in `state`: carry out what the run decides of it, in one commit."""
         if self._runs.get(live.row.id) is live:
             decisions = [d for name in names for d in live.machine.job_changed(name, state)]
@@ -719,6 +681,6 @@ class FlowService:
             else:
                 self._by_job[job.job_id] = (row.id, job.name)
         machine = RunMachine(definition, states, disabled=row.disabled, cancelled=row.cancelled)
-        live = _LiveRun(row, machine, ids)
+        live = LiveRun(row, machine, ids)
         self._runs[row.id] = live
         self._carry_out(live, machine.start(), changed)
