@@ -204,6 +204,24 @@ def test_following_a_flow_gives_its_active_run_then_each_run_as_it_begins(
         client.flows.cancel(manual.id)
 
 
+def test_following_watches_from_the_call_a_run_that_ended_before_the_first_next(
+    server: ServerProcess, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    start_worker(server)
+    wait_for_workers(server)
+    with server.connect() as client:
+        client.flows.apply(corral.Flow("quick").job("go", shell="true"))
+        following = client.flows.follow("quick", timeout=WAIT)
+        run = client.flows.run("quick")
+        assert run.wait(timeout=WAIT) is FlowRunState.SUCCEEDED  # over before it is asked for
+        assert next(following).id == run.id
+        following.close()
+        dropped = client.flows.follow("quick")  # never iterated: its watch ends as it goes
+        assert "quick" in client._async._stream._flow_sinks
+        del dropped
+        wait_for(lambda: "quick" not in client._async._stream._flow_sinks, what="the unwatch")
+
+
 def test_following_gives_a_retried_run_again_and_ends_when_the_flow_is_gone(
     server: ServerProcess, start_worker: Callable[..., WorkerProcess], tmp_path: Path
 ) -> None:

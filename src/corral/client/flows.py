@@ -17,8 +17,18 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
+import weakref
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Generator,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from typing import TYPE_CHECKING, Any
 
 from corral import protocol as p
@@ -274,10 +284,18 @@ class Flows:
 
     def follow(self, name: str, timeout: float | None = None) -> Iterator[FlowRun]:
         """Yield the flow's active runs, then each run of it as it begins (a schedule's, a
-        manual start, a backfill, a retry), without end. JobTimeout when `timeout` seconds pass
-        with no new run; NotFound if there is no such flow, or once it is deleted."""
+        manual start, a backfill, a retry), without end. The flow is watched from this call
+        on: a run started once it returns is given even if it ended before the first `next`.
+        JobTimeout when `timeout` seconds pass with no new run; NotFound if there is no such
+        flow, or once it is deleted."""
         client = self._client
-        began = client._iterate(_flow_runs(client._async._stream, name, timeout))
+        watch = client._call(_FlowWatch.open(client._async._stream, name))
+        runs = self._statuses(client._iterate(watch.began(timeout)))
+        # Dropped before it was iterated, it never runs its finally: stop watching then.
+        weakref.finalize(runs, _call_soon, client._loop, watch.close)
+        return runs
+
+    def _statuses(self, began: Generator[p.RunBegan, None, None]) -> Iterator[FlowRun]:
         try:
             for event in began:
                 yield self.status(event.run_id)
@@ -288,39 +306,65 @@ class Flows:
         return FlowRun(self, FlowRunInfo.model_validate(data))
 
 
-async def _flow_runs(
-    stream: ClientStream, name: str, timeout: float | None
-) -> AsyncIterator[p.RunBegan]:
-    """A RunBegan for each active run of the flow, then for each that begins (see
-    protocol.WatchFlows). An active run told again (after a reconnect) is given once; a retry
-    of a run given before is given again. JobTimeout when `timeout` seconds pass without one."""
-    events: asyncio.Queue[p.RunBegan | p.FlowGone | Exception] = asyncio.Queue()
-    sink = events.put_nowait
-    given: OrderedDict[str, None] = OrderedDict()  # the latest FOLLOW_REMEMBERED_RUNS given
-    loop = asyncio.get_running_loop()
-    deadline = None if timeout is None else loop.time() + timeout
-    await stream.watch_flows([name], sink)
-    try:
-        while True:
-            left = None if deadline is None else max(deadline - loop.time(), 0)
-            try:
-                event = await asyncio.wait_for(events.get(), left)
-            except TimeoutError:
-                raise JobTimeout(f"no run of flow {name!r} began in {timeout}s") from None
-            if isinstance(event, Exception):
-                raise event
-            if isinstance(event, p.FlowGone):
-                raise NotFound(f"no flow {name!r}; `corral flow list` shows the flows")
-            if event.again and event.run_id in given:
-                continue
-            given[event.run_id] = None
-            given.move_to_end(event.run_id)
-            if len(given) > FOLLOW_REMEMBERED_RUNS:
-                given.popitem(last=False)
-            deadline = None if timeout is None else loop.time() + timeout
-            yield event
-    finally:
-        stream.unwatch_flows([name], sink)
+class _FlowWatch:
+    """A RunBegan for each active run of a flow, then for each that begins, heard from `open`
+    on (see protocol.WatchFlows). An active run told again (after a reconnect) is given once;
+    a retry of a run given before is given again."""
+
+    def __init__(self, stream: ClientStream, name: str) -> None:
+        self._stream, self._name = stream, name
+        self._events: asyncio.Queue[p.RunBegan | p.FlowGone | Exception] = asyncio.Queue()
+        self._sink = self._events.put_nowait
+        self._watching = True
+
+    @classmethod
+    async def open(cls, stream: ClientStream, name: str) -> _FlowWatch:
+        watch = cls(stream, name)
+        try:
+            await stream.watch_flows([name], watch._sink)
+        except BaseException:
+            watch.close()
+            raise
+        return watch
+
+    async def began(self, timeout: float | None) -> AsyncIterator[p.RunBegan]:
+        """The runs as they begin; JobTimeout when `timeout` seconds pass without one."""
+        name = self._name
+        given: OrderedDict[str, None] = OrderedDict()  # the latest FOLLOW_REMEMBERED_RUNS given
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        try:
+            while True:
+                left = None if deadline is None else max(deadline - loop.time(), 0)
+                try:
+                    event = await asyncio.wait_for(self._events.get(), left)
+                except TimeoutError:
+                    raise JobTimeout(f"no run of flow {name!r} began in {timeout}s") from None
+                if isinstance(event, Exception):
+                    raise event
+                if isinstance(event, p.FlowGone):
+                    raise NotFound(f"no flow {name!r}; `corral flow list` shows the flows")
+                if event.again and event.run_id in given:
+                    continue
+                given[event.run_id] = None
+                given.move_to_end(event.run_id)
+                if len(given) > FOLLOW_REMEMBERED_RUNS:
+                    given.popitem(last=False)
+                deadline = None if timeout is None else loop.time() + timeout
+                yield event
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop watching (again: nothing)."""
+        if self._watching:
+            self._watching = False
+            self._stream.unwatch_flows([self._name], self._sink)
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], object]) -> None:
+    with contextlib.suppress(RuntimeError):  # the client's loop is closed already
+        loop.call_soon_threadsafe(callback)
 
 
 async def _run_events(
