@@ -40,7 +40,7 @@ from corral.server.store import (
     Store,
     UpdateJob,
 )
-from corral.server.store.flow_rows import FlowRunRow, InsertRun, RunJobRow, UpdateRun
+from corral.server.store.flow_rows import FlowRow, FlowRunRow, InsertRun, RunJobRow, UpdateRun
 from corral.server.subscriptions import Peer
 
 DEADLINE = 20.0
@@ -663,6 +663,42 @@ def test_a_run_whose_end_is_being_stored_reads_as_ended_and_a_watch_hears_the_en
                 "succeeded",
             ]
             assert (await flows.get_run(run_id)).state is FlowRunState.SUCCEEDED
+            await worker.close()
+
+    run(scenario)
+
+
+class SlowFlowReadStore(MemoryStore):
+    """A memory store whose next read of a flow, once `hold` is set, waits for `let_go`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold, self.reading, self.let_go = (threading.Event() for _ in range(3))
+
+    def get_flow(self, name: str, version: int | None = None) -> FlowRow | None:
+        if self.hold.is_set():
+            self.hold.clear()
+            self.reading.set()
+            self.let_go.wait(DEADLINE)
+        return super().get_flow(name, version)
+
+
+def test_a_flow_watch_hears_of_a_run_that_begins_and_ends_while_the_flow_is_looked_up() -> None:
+    async def scenario() -> None:
+        store = SlowFlowReadStore()
+        async with serving(store) as (engine, flows):
+            worker = ScriptedWorker(engine)
+            await flows.apply([{"name": "one", "jobs": [shell("a")]}])
+            peer = Peer()
+            store.hold.set()
+            watch = asyncio.create_task(flows.watch_flows(peer, ["one"]))
+            await until(store.reading.is_set)  # the watch looks the flow up off the loop...
+            run_id = (await flows.start_run("one", {})).id  # ...while a run begins
+            assert (await ended(flows, run_id)).state is FlowRunState.SUCCEEDED  # and ends
+            store.let_go.set()
+            await watch
+            frames = [p.decode(peer.outbox.get_nowait() or b"", p.TO_CLIENT)]
+            assert frames == [p.RunBegan("one", run_id, None)]
             await worker.close()
 
     run(scenario)

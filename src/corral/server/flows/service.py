@@ -458,13 +458,15 @@ class FlowService:
 
     async def watch_flows(self, peer: Peer, names: Sequence[str]) -> None:
         """Tell `peer` of each run of the flows that is active or begins (see RunWatchers); a
-        flow there is not is answered FlowGone."""
+        flow there is not is answered FlowGone. Watched at once, before the flows are looked
+        up off the loop: a run that began and ended meanwhile is told too."""
         wanted = list(dict.fromkeys(names))
+        for name in wanted:
+            self.watchers.watch_flow(peer, name, self.active_runs(name))
         stored = await asyncio.to_thread(self._current_versions, wanted)
         for name in wanted:
-            if name in stored:
-                self.watchers.watch_flow(peer, name, self.active_runs(name))
-            else:
+            if name not in stored:
+                self.watchers.unwatch_flow(peer, name)
                 peer.send(p.FlowGone(name))
 
     def _stored_runs(self, run_ids: Iterable[str]) -> dict[str, FlowRunRow | None]:

@@ -60,6 +60,15 @@ class _PeerIndex:
         self._peers.setdefault(key, set()).add(peer)
         self._keys.setdefault(peer, set()).add(key)
 
+    def remove(self, key: str, peer: Peer) -> None:
+        peers, keys = self._peers.get(key, set()), self._keys.get(peer, set())
+        peers.discard(peer)
+        keys.discard(key)
+        if not peers:
+            self._peers.pop(key, None)
+        if not keys:
+            self._keys.pop(peer, None)
+
     def drop(self, key: str) -> set[Peer]:
         """Forget the key; the peers it had."""
         peers = self._peers.pop(key, set())
@@ -172,6 +181,9 @@ class RunWatchers:
         for row in active:
             peer.send(p.RunBegan(flow, row.id, row.due, again=True))
         self._flows.add(flow, peer)
+
+    def unwatch_flow(self, peer: Peer, flow: str) -> None:
+        self._flows.remove(flow, peer)
 
     def began(self, row: FlowRunRow) -> None:
         """The run is stored and running: tell those who watch its flow."""
