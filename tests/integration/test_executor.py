@@ -315,9 +315,10 @@ def test_an_executor_shut_just_after_its_map_was_dropped_cancels_every_job_first
     monkeypatch.setenv("CORRAL_URL", server.url)
     monkeypatch.setenv("CORRAL_TOKEN", server.token)
     with corral.Executor() as executor:  # its own client, closed by shutdown
-        assert list(itertools.islice(executor.map(square, itertools.count()), 0)) == []
-        # The dropped iterator cancelled the jobs it had submitted ahead (no worker took
-        # them); shutdown waits for those cancels before the client closes.
+        results = executor.map(square, itertools.count())  # submits ahead; no worker takes them
+        wait_for(lambda: client.jobs(name="pool_tasks:square", limit=1), what="jobs stored")
+        del results  # dropped, it cancels the jobs it submitted ahead; shutdown waits for
+        # those cancels before the client closes
     submitted = client.jobs(name="pool_tasks:square", limit=10_000)
     assert submitted and {job.state for job in submitted} == {JobState.CANCELLED}
 

@@ -167,9 +167,10 @@ def test_a_pool_left_just_after_its_imap_was_dropped_cancels_every_job_first(
     monkeypatch.setenv("CORRAL_URL", server.url)
     monkeypatch.setenv("CORRAL_TOKEN", server.token)
     pool = corral.Pool()  # its own client, closed as the pool is left
-    assert list(itertools.islice(pool.imap(square, itertools.count()), 0)) == []
-    # The dropped iterator cancelled the jobs it had submitted ahead; leaving the pool waits
-    # for those cancels before the client closes.
+    results = pool.imap(square, itertools.count())  # submits ahead; no worker takes them
+    wait_for(lambda: client.jobs(name="pool_tasks:square", limit=1), what="jobs stored")
+    del results  # dropped, it cancels the jobs it submitted ahead; leaving the pool waits for
+    # those cancels before the client closes
     if leave == "terminate":
         pool.terminate()
     else:

@@ -373,22 +373,25 @@ class FlowService:
     ) -> tuple[FlowRunRow, RetryPlan]:
         """Run a finished run's failed and never-run jobs again (and with `from_job` that job
         and everything downstream of it); with `dry_run` only say which."""
-        if run_id in self._runs or run_id in self._retrying:
+        if run_id in self._runs:
             raise Conflict(f"run {run_id} is still running; wait for it to end or cancel it")
-        row = await self._stored_run(run_id)
-        flow = await self.get_flow(row.flow, row.version)
-        definition = self.definition_of(flow)
-        states = {job.name: job.state for job in row.jobs}
-        plan = plan_retry(definition, states, from_job=from_job, disabled=row.disabled)
-        if dry_run:
-            return row, plan
-        if run_id in self._runs or run_id in self._retrying:  # another retry came first
+        if run_id in self._retrying:
             raise Conflict(f"run {run_id} is being retried already; wait for it to end")
-        self._retrying.add(run_id)
+        # Taken before the run is read: a retry at the same time would plan from the same row.
+        if not dry_run:
+            self._retrying.add(run_id)
         try:
+            row = await self._stored_run(run_id)
+            flow = await self.get_flow(row.flow, row.version)
+            definition = self.definition_of(flow)
+            states = {job.name: job.state for job in row.jobs}
+            plan = plan_retry(definition, states, from_job=from_job, disabled=row.disabled)
+            if dry_run:
+                return row, plan
             return await self._rerun(row, definition, plan)
         finally:
-            self._retrying.discard(run_id)
+            if not dry_run:
+                self._retrying.discard(run_id)
 
     async def _rerun(
         self, row: FlowRunRow, definition: FlowDefinition, plan: RetryPlan
