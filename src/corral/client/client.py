@@ -498,8 +498,12 @@ class Client(PrimitiveFactories):
                     return
                 yield item
         finally:  # the consumer stopped early (Ctrl-C, break): stop the pump as well
-            with contextlib.suppress(RuntimeError):  # the client's loop is closed already
-                self._loop.call_soon_threadsafe(lambda: pumps[0].cancel())  # made by now
+            self._call_soon(lambda: pumps[0].cancel())  # made by now
+
+    def _call_soon(self, callback: Callable[[], object]) -> None:
+        """Run `callback` on the client's loop, from any thread; nothing once it is closed."""
+        with contextlib.suppress(RuntimeError):  # the client's loop is closed already
+            self._loop.call_soon_threadsafe(callback)
 
     def get(self, job_id: str) -> JobInfo:
         return self._call(self._async.get(job_id))

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import contextlib
 import weakref
 from collections import OrderedDict
 from collections.abc import (
@@ -292,7 +291,7 @@ class Flows:
         watch = client._call(_FlowWatch.open(client._async._stream, name))
         runs = self._statuses(client._iterate(watch.began(timeout)))
         # Dropped before it was iterated, it never runs its finally: stop watching then.
-        weakref.finalize(runs, _call_soon, client._loop, watch.close)
+        weakref.finalize(runs, client._call_soon, watch.close)
         return runs
 
     def _statuses(self, began: Generator[p.RunBegan, None, None]) -> Iterator[FlowRun]:
@@ -360,11 +359,6 @@ class _FlowWatch:
         if self._watching:
             self._watching = False
             self._stream.unwatch_flows([self._name], self._sink)
-
-
-def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], object]) -> None:
-    with contextlib.suppress(RuntimeError):  # the client's loop is closed already
-        loop.call_soon_threadsafe(callback)
 
 
 async def _run_events(

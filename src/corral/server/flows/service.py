@@ -126,7 +126,7 @@ class FlowService:
         self._runs: dict[str, LiveRun] = {}
         self._by_job: dict[str, tuple[str, str]] = {}  # core job id -> (run id, job name)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._retrying: set[str] = set()  # runs whose retry is being stored
+        self._retrying: set[str] = set()  # runs whose retry is being planned or stored
         self._ending: dict[str, FlowRunRow] = {}  # ended runs whose end is being stored
         self.schedules = ScheduleTicker(self)
         self.watchers = RunWatchers(self._view, self._stored_runs)
