@@ -511,6 +511,27 @@ def test_queue_items_are_pushed_leased_returned_taken_and_acked(store: Store) ->
     assert (r.items, r.unfinished, r.counter) == ([ItemRow(5, b"", b"other queue")], 1, 0)
 
 
+def test_items_put_and_taken_in_one_batch_are_gone_and_still_counted(store: Store) -> None:
+    store.write(
+        [DeclarePrimitive("q", PrimitiveKind.QUEUE, b""), PushItems("q", [ItemRow(0, b"", b"a")])]
+    )
+    store.write(
+        [
+            TakeItems("q", [3]),  # before its put: deletes nothing, and the put still stores it
+            PushItems("q", [ItemRow(n, b"", f"new {n}".encode()) for n in range(4)]),
+            TakeItems("q", [0, 1]),  # 0 was stored before this batch and replaced in it
+            PushItems("q", [ItemRow(4, b"", b"new 4")]),
+        ]
+    )
+    [q] = store.load_primitives()
+    assert q.items == [
+        ItemRow(2, b"", b"new 2"),
+        ItemRow(3, b"", b"new 3"),
+        ItemRow(4, b"", b"new 4"),
+    ]
+    assert q.unfinished == 6  # taking leaves a task unfinished until it is done
+
+
 def test_a_leased_item_keeps_its_delivery_and_lease(store: Store) -> None:
     store.write(
         [DeclarePrimitive("q", PrimitiveKind.QUEUE, b""), PushItems("q", [ItemRow(4, b"", b"x")])]

@@ -55,6 +55,7 @@ from corral.server.store.sqlite_primitives import (
     PRIMITIVE_SCHEMA,
     apply_primitive,
     load_primitives,
+    taken_later,
 )
 
 Durability = Literal["normal", "full"]
@@ -545,7 +546,8 @@ def _apply(connection: sqlite3.Connection, batch: Sequence[Mutation]) -> None:
     DeleteJobs first writes everything before it, so that it deletes what the batch wrote.
     """
     pending = _Pending()
-    for mutation in batch:
+    taken = taken_later(batch)
+    for index, mutation in enumerate(batch):
         if isinstance(mutation, InsertJobs):
             for job in mutation.jobs:
                 if job.id in pending.updated_ids:
@@ -588,7 +590,7 @@ def _apply(connection: sqlite3.Connection, batch: Sequence[Mutation]) -> None:
         elif isinstance(mutation, FlowMutation):  # other tables, written in order as they come
             apply_flow(connection, mutation)
         else:
-            apply_primitive(connection, mutation)
+            apply_primitive(connection, mutation, taken.get(index, frozenset()))
     pending.write(connection)
 
 
