@@ -29,7 +29,7 @@ from corral.errors import InvalidRequest
 from corral.models import PrimitiveOp as Op, QueueOrdering
 from corral.server.primitives.common import CallId, Effects, deadline_for
 from corral.server.primitives.core import Primitives
-from corral.server.primitives.queues import GotItem, NewItem
+from corral.server.primitives.queues import NewItem
 
 #: Runs one op: the core, the call's id, the primitive's name, the checked arguments, the time.
 Runner = Callable[[Primitives, CallId, str, list[Any], float], Effects]
@@ -236,10 +236,3 @@ def checked_args(op: str, operation: Operation, args: list[Any]) -> list[Any]:
         except Invalid as exc:
             raise InvalidRequest(f"{op} argument {index + 1}{exc.path}: {exc.message}") from None
     return checked
-
-
-def wire_result(result: object) -> object:
-    """A result as the client stream carries it: items taken as [data, delivery] pairs."""
-    if isinstance(result, list) and result and isinstance(result[0], GotItem):
-        return [[item.data, item.delivery] for item in result]
-    return result

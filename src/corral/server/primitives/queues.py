@@ -26,7 +26,7 @@ import queue
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from corral.constants import MAX_SORT_KEY_BYTES
 from corral.errors import InvalidRequest, NotHeld
@@ -54,17 +54,18 @@ from corral.server.store.base import (
     TakeItems,
 )
 
+# NewItem and GotItem are made once per item moved: named tuples, which cost a third of what a
+# frozen dataclass does to make; a GotItem goes on the wire as it is, a [data, delivery] pair.
 
-@dataclass(frozen=True, slots=True)
-class NewItem:
+
+class NewItem(NamedTuple):
     """An item to put: its encoded data and, in a priority queue, its sort key."""
 
     data: bytes
     key: bytes = b""
 
 
-@dataclass(frozen=True, slots=True)
-class GotItem:
+class GotItem(NamedTuple):
     """An item a get returns; `delivery` numbers its lease in an acknowledged queue."""
 
     data: bytes
@@ -197,7 +198,7 @@ class NamedQueue(Primitive):
         """Put the items (all or none); the call is answered with None once they are in."""
         if items:
             check_count(len(items), "the number of items to put")
-        items = [self._checked(item) for item in items]
+        items = self._checked(items)
         if self.maxsize and len(items) > self.maxsize:
             raise InvalidRequest(
                 f"{len(items)} items can never fit in queue {self.name!r} of maxsize"
@@ -342,16 +343,20 @@ class NamedQueue(Primitive):
 
     # -- internals -----------------------------------------------------------------------------
 
-    def _checked(self, item: NewItem) -> NewItem:
-        check_data(item.data, f"an item of queue {self.name!r}")
+    def _checked(self, items: Sequence[NewItem]) -> list[NewItem]:
+        """The items to put; a sort key only in a priority queue (elsewhere it is dropped)."""
+        what = f"an item of queue {self.name!r}"
+        for item in items:
+            check_data(item.data, what)
         if self.ordering is not QueueOrdering.PRIORITY:
-            return NewItem(item.data) if item.key else item
-        if not isinstance(item.key, bytes) or len(item.key) > MAX_SORT_KEY_BYTES:
-            raise InvalidRequest(
-                f"an item of priority queue {self.name!r} needs a sort key of at most"
-                f" {MAX_SORT_KEY_BYTES} bytes (corral.sortkey); give it a shorter priority"
-            )
-        return item
+            return [NewItem(item.data) if item.key else item for item in items]
+        for item in items:
+            if not isinstance(item.key, bytes) or len(item.key) > MAX_SORT_KEY_BYTES:
+                raise InvalidRequest(
+                    f"an item of priority queue {self.name!r} needs a sort key of at most"
+                    f" {MAX_SORT_KEY_BYTES} bytes (corral.sortkey); give it a shorter priority"
+                )
+        return list(items)
 
     def _fits(self, count: int) -> bool:
         return not self.maxsize or len(self._items) + count <= self.maxsize

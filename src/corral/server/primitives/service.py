@@ -27,7 +27,7 @@ from corral.models import PrimitiveInfo, PrimitiveKind
 from corral.server.auth import Role, allows
 from corral.server.primitives.common import Effects, Reply
 from corral.server.primitives.core import Primitives
-from corral.server.primitives.operations import OPENING, checked_args, operation, wire_result
+from corral.server.primitives.operations import OPENING, checked_args, operation
 from corral.server.store.base import Store
 from corral.server.subscriptions import Peer
 from corral.server.writer import GroupCommitWriter, WriterClosed
@@ -154,7 +154,7 @@ def _answer(effects: Effects, failure: BaseException | None) -> None:
         elif reply.error is not None:
             peer.send(p.Refused(request_id, wire_name(reply.error), _message(reply.error)))
         else:
-            for part in p.answer_parts(request_id, wire_result(reply.result)):
+            for part in p.answer_parts(request_id, reply.result):
                 peer.send(part)
 
 

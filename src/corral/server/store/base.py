@@ -62,6 +62,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from corral.constants import MAX_STORED_LOG_BYTES
 from corral.errors import CorralError
@@ -162,12 +163,12 @@ class DeclarePrimitive:
     options: bytes  # encoded by corral.server.primitives, opaque to the store
 
 
-@dataclass(frozen=True, slots=True)
-class ItemRow:
+class ItemRow(NamedTuple):
     """A queue item: `seq` numbers it among all the store's items, no two alike, and orders it
     within its queue (its place in fifo and lifo order, the tie-break among equal `key`s in
     priority order); `delivery`, `lease` and `holder` are set while it is handed out under an
-    acknowledgement lease."""
+    acknowledgement lease. A named tuple: one is made per item put, and it costs a third of a
+    frozen dataclass to make."""
 
     seq: int
     key: bytes

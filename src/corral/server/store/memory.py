@@ -148,17 +148,15 @@ class MemoryStore(Store):
             for lease in mutation.leases:
                 item = rows.items.get(lease.seq)
                 if item is not None:
-                    rows.items[lease.seq] = dataclasses.replace(
-                        item, delivery=lease.delivery, lease=lease.lease, holder=lease.holder
+                    rows.items[lease.seq] = item._replace(
+                        delivery=lease.delivery, lease=lease.lease, holder=lease.holder
                     )
                 _count(declared, counter=lease.delivery)
         elif isinstance(mutation, ReturnItems):
             for seq in mutation.seqs:
                 item = rows.items.get(seq)
                 if item is not None:
-                    rows.items[seq] = dataclasses.replace(
-                        item, delivery=None, lease=None, holder=None
-                    )
+                    rows.items[seq] = item._replace(delivery=None, lease=None, holder=None)
         elif isinstance(mutation, TakeItems | AckItems):
             removed = sum(rows.items.pop(seq, None) is not None for seq in mutation.seqs)
             if isinstance(mutation, AckItems):
