@@ -16,7 +16,6 @@ the core's: the service ticks it at `next_wakeup()`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -44,27 +43,28 @@ class PrimitiveService:
         self._clock = clock
         self.core = Primitives()
         self._waiting: dict[Peer, dict[int, str]] = {}  # calls that wait, by connection
-        self._ticker: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
+        # The next tick: a timer, not a task, since a busy lock ticks about once per acquire
+        # (each lease asks for one, even once released); when it is due, on this clock.
+        self._tick_timer: asyncio.TimerHandle | None = None
+        self._tick_due = 0.0
+        self._stopped = False
 
     async def start(self) -> None:
         """Rebuild every primitive from the store, then start the clock."""
         rows = self._store.load_primitives()
         self.core.restore(rows, self._clock())
         logger.info("restored %d named primitives", len(rows))
-        self._ticker = asyncio.create_task(self._tick_forever())
+        self._tick_by_next_wakeup()
 
     async def stop(self) -> None:
         """Stop the clock; call before the engine closes the writer and the store."""
-        if self._ticker is not None:
-            self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
+        self._stopped = True
+        if self._tick_timer is not None:
+            self._tick_timer.cancel()
 
     def call(self, peer: Peer, frame: p.Call, role: Role) -> None:
         """Run one call from `peer`, whose token has `role`; its answer is sent once stored."""
         call = (peer, frame.request_id)
-        wakeup = self.core.next_wakeup()
         try:
             op = operation(frame.op)
             if not op.reads and not allows(role, Role.SUBMIT):
@@ -87,8 +87,7 @@ class PrimitiveService:
             else:
                 effects.replies.append(Reply(call, effects.result))
         self._carry_out(effects)
-        if self.core.next_wakeup() != wakeup:
-            self._wake.set()
+        self._tick_by_next_wakeup()
 
     def summary(self) -> list[PrimitiveInfo]:
         """Every primitive, by name, with its size (see PrimitiveInfo)."""
@@ -133,17 +132,28 @@ class PrimitiveService:
         except WriterClosed:  # the server is stopping: nothing of this is stored nor answered
             return
 
-    async def _tick_forever(self) -> None:
-        while True:
-            wakeup = self.core.next_wakeup()
-            delay = 1.0 if wakeup is None else max(0.0, min(1.0, wakeup - self._clock()))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
-            self._wake.clear()
-            try:
-                self._carry_out(self.core.tick(self._clock()))
-            except Exception:  # the clock must keep running whatever one tick hit
-                logger.exception("primitives tick failed")
+    def _tick_by_next_wakeup(self) -> None:
+        """Have the core ticked at its next wake-up, and at least once a second, unless a tick
+        is due by then already."""
+        now = self._clock()
+        wakeup = self.core.next_wakeup()
+        due = now + 1.0 if wakeup is None else min(now + 1.0, max(now, wakeup))
+        if self._stopped or (self._tick_timer is not None and self._tick_due <= due):
+            return
+        if self._tick_timer is not None:
+            self._tick_timer.cancel()
+        self._tick_due = due
+        self._tick_timer = asyncio.get_running_loop().call_later(due - now, self._tick)
+
+    def _tick(self) -> None:
+        self._tick_timer = None
+        try:
+            effects = self.core.tick(self._clock())
+            if effects.mutations or effects.replies:  # most ticks find only released leases
+                self._carry_out(effects)
+        except Exception:  # the clock must keep running whatever one tick hit
+            logger.exception("primitives tick failed")
+        self._tick_by_next_wakeup()
 
 
 def _answer(effects: Effects, failure: BaseException | None) -> None:
