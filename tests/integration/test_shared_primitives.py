@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -144,6 +145,23 @@ def test_a_lock_excludes_and_its_token_grows(client: corral.Client) -> None:
         second.acquire(block=False, timeout=1)
     with pytest.raises(ValueError):
         second.acquire(timeout=-5)
+
+
+def test_a_lock_taken_again_after_its_renewals_stopped_is_renewed_again(
+    shared_server: ServerProcess,
+) -> None:
+    name = _name("lock")
+    with shared_server.connect() as holder, shared_server.connect() as rival_client:
+        lock = holder.lock(name, lease=0.6)
+        for _ in range(3):  # held and given back: the renewals start, then stop once none is held
+            lock.acquire()
+            lock.release()
+        time.sleep(0.5)  # past a renewal pause (a third of the lease): no renewer runs now
+        token = lock.acquire()
+        time.sleep(2.0)  # over three leases: only renewals keep it
+        assert rival_client.lock(name, lease=0.6).acquire(block=False) is None
+        lock.release()
+        assert token is not None
 
 
 def test_a_semaphore_admits_its_value_of_holders(client: corral.Client) -> None:

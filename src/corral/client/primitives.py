@@ -146,6 +146,10 @@ class PrimitiveSession:
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(12)}"
         self._holds: dict[tuple[Op, str, int], float] = {}  # (renew op, name, token) -> lease
         self._renewer: asyncio.Task[None] | None = None
+        # Whether a renewer runs or is on its way, decided with the holds under one lock: a
+        # hold from another thread wakes the loop only to start one, not at every acquire.
+        self._renewing = False
+        self._holds_lock = threading.Lock()
 
     async def call(self, op: Op, name: str, *args: Any) -> Any:
         return await self._stream.call(op.value, name, list(args))
@@ -173,18 +177,22 @@ class PrimitiveSession:
 
     def hold(self, renew: Op, name: str, token: int, lease: float) -> None:
         """Renew this lease while it is held (until `drop`)."""
-        self._holds[(renew, name, token)] = lease  # at once, so that a `drop` after it holds
+        with self._holds_lock:
+            self._holds[(renew, name, token)] = lease  # at once, so that a `drop` after it holds
+            if self._renewing:
+                return
+            self._renewing = True
         if threading.get_ident() == self._loop_thread:
-            self._keep_renewing()
+            self._start_renewer()
         else:
-            self._loop.call_soon_threadsafe(self._keep_renewing)
+            self._loop.call_soon_threadsafe(self._start_renewer)
 
     def drop(self, renew: Op, name: str, token: int) -> None:
-        self._holds.pop((renew, name, token), None)
+        with self._holds_lock:
+            self._holds.pop((renew, name, token), None)
 
-    def _keep_renewing(self) -> None:
-        if self._renewer is None or self._renewer.done():
-            self._renewer = asyncio.create_task(self._renew_forever())
+    def _start_renewer(self) -> None:
+        self._renewer = asyncio.create_task(self._renew_forever())
 
     async def close(self) -> None:
         if self._renewer is not None:
@@ -194,19 +202,34 @@ class PrimitiveSession:
 
     async def _renew_forever(self) -> None:
         """Renew every lease held a third of the shortest lease apart, so that two renewals
-        can fail (a reconnection) before one runs out."""
-        while self._holds:
-            await asyncio.sleep(min(self._holds.values()) / 3)
-            for renew, name, token in list(self._holds):
-                if (renew, name, token) not in self._holds:  # given back meanwhile
-                    continue
-                try:
-                    await self.call(renew, name, token, self.holder)
-                except NotHeld as exc:  # its lease ran out: it is someone else's now
-                    logger.warning("lost %s: %s", name, exc)
-                    self.drop(renew, name, token)
-                except CorralError as exc:  # the server is away; try again next round
-                    logger.info("could not renew the lease on %s (%s); retrying", name, exc)
+        can fail (a reconnection) before one runs out. Ends once none is held."""
+        try:
+            while True:
+                with self._holds_lock:
+                    if not self._holds:
+                        self._renewing = False  # with the check: a hold now starts another
+                        return
+                    pause = min(self._holds.values()) / 3
+                await asyncio.sleep(pause)
+                await self._renew_held()
+        except BaseException:  # closed (or a defect): the next hold starts a renewer again
+            with self._holds_lock:
+                self._renewing = False
+            raise
+
+    async def _renew_held(self) -> None:
+        with self._holds_lock:
+            held = list(self._holds)
+        for renew, name, token in held:
+            if (renew, name, token) not in self._holds:  # given back meanwhile
+                continue
+            try:
+                await self.call(renew, name, token, self.holder)
+            except NotHeld as exc:  # its lease ran out: it is someone else's now
+                logger.warning("lost %s: %s", name, exc)
+                self.drop(renew, name, token)
+            except CorralError as exc:  # the server is away; try again next round
+                logger.info("could not renew the lease on %s (%s); retrying", name, exc)
 
 
 def check_timeout(block: bool, timeout: float | None) -> float | None:
