@@ -1,0 +1,136 @@
+"""How fast item-by-item queue calls could be over corral's call protocol on this machine: the
+BaseManager queue, corral's client against a bare server, and corral's client against corral.
+
+    .venv/bin/python bench/call_ceiling.py [--items 20000] [--rounds 2]
+
+The bare server speaks corral's call protocol (a WebSocket to /api/v1/ws, msgpack Call and
+Answer frames) with none of the rest: no store, no token, no checks, one thread per connection
+as BaseManager has, items in a deque. What corral's client moves through it is a ceiling for
+anything built on that protocol: corral itself adds to it a durable commit per call, the token,
+the checks, and the ASGI server. All three move `--items` ints from 4 producer to 4 consumer
+processes one at a time, timed as bench/queues.py times them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import multiprocessing
+import os
+import socket
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+from websockets.frames import Frame, Opcode
+from websockets.server import ServerProtocol
+
+from cluster import CpuMeter, Rounds, Server, load_average, print_table
+from corral import protocol as p
+from queues import children_cpu, corral_endpoint, drive, run_manager
+
+ENDS = (4, 4)
+
+
+class BareCallServer:
+    """Answers open_queue, put and get calls of corral's client, from memory, and nothing else."""
+
+    def __init__(self) -> None:
+        self._items: collections.deque[bytes] = collections.deque()
+        self._ready = threading.Condition()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self._listener.accept()
+            except OSError:  # closed
+                return
+            connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            threading.Thread(target=self._serve, args=(connection,), daemon=True).start()
+
+    def _serve(self, connection: socket.socket) -> None:
+        protocol = ServerProtocol()
+        with connection:
+            while data := connection.recv(1 << 16):
+                protocol.receive_data(data)
+                for event in protocol.events_received():
+                    if not isinstance(event, Frame):  # the handshake
+                        protocol.send_response(protocol.accept(event))
+                    elif event.opcode is Opcode.BINARY:
+                        for call in p.decode_all(bytes(event.data), p.FROM_CLIENT):
+                            answer = p.Answer(call.request_id, self._answer(call))
+                            for message in p.encode(answer):
+                                protocol.send_binary(message)
+                connection.sendall(b"".join(protocol.data_to_send()))
+
+    def _answer(self, call: Any) -> Any:
+        if call.op == "put":
+            with self._ready:
+                self._items.extend(data for data, _ in call.args[0])
+                self._ready.notify(len(call.args[0]))
+            return None
+        if call.op == "get":
+            with self._ready:
+                self._ready.wait_for(lambda: self._items)
+                return [[self._items.popleft(), None]]
+        return None  # open_queue
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--items", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    print(f"{os.cpu_count()} CPUs, load at start: {load_average()}")
+    fork = multiprocessing.get_context("fork")
+    recorded = Rounds()
+
+    def measure(system: str, url: str, token: str, number: int, meter: CpuMeter | None) -> None:
+        cpu_before = children_cpu()
+        if meter is not None:
+            meter.start()
+        endpoint_args = (url, token, f"ceiling-{number}", 1)
+        row = recorded.measure(
+            system, lambda n: drive(fork, corral_endpoint, endpoint_args, n, *ENDS), args.items
+        )
+        row[-1] = f"8 processes {children_cpu() - cpu_before:.2f}s"
+        if meter is not None:
+            meter.stop()
+            row[-1] += f", server CPU {meter.spent['server']:.2f}s"
+
+    bare = BareCallServer()
+    with tempfile.TemporaryDirectory(prefix="corral-bench-") as data_dir:
+        server = Server(Path(data_dir)).start()
+        try:
+            meter = CpuMeter({"server": (server.pid, True)})
+            for number in range(args.rounds):
+                cpu_before = children_cpu()
+                row = recorded.measure(
+                    "BaseManager queue", lambda n: run_manager(n, *ENDS), args.items
+                )
+                row[-1] = f"8 processes and manager {children_cpu() - cpu_before:.2f}s"
+                measure("corral client, bare server", bare.url, "", number, None)
+                measure("corral client, corral server", server.url, server.token, number, meter)
+        finally:
+            server.stop()
+            bare.close()
+
+    header = ["system", "items", "seconds", "items/s", "load at start", "CPU"]
+    print_table("one queue, 4 producers + 4 consumers, item by item", header, recorded.rows)
+    best = recorded.best()
+    base = best["BaseManager queue"]
+    print(f"\nbest items/s against BaseManager's {base:,.0f}:")
+    for system, rate in best.items():
+        print(f"  {system:<30} {rate:>10,.0f}   {rate / base:,.2f}x")
+    print(f"load at end: {load_average()}")
+
+
+if __name__ == "__main__":
+    main()
