@@ -1,23 +1,26 @@
 """How fast item-by-item queue calls could be over corral's call protocol on this machine: the
-BaseManager queue, corral's client against a bare server, and corral's client against corral.
+BaseManager queue, corral's client against bare servers, and corral's client against corral.
 
     .venv/bin/python bench/call_ceiling.py [--items 20000] [--rounds 2]
 
 The bare server speaks corral's call protocol (a WebSocket to /api/v1/ws, msgpack Call and
 Answer frames) with none of the rest: no store, no token, no checks, one thread per connection
-as BaseManager has, items in a deque. What corral's client moves through it is a ceiling for
-anything built on that protocol: corral itself adds to it a durable commit per call, the token,
-the checks, and the ASGI server. All three move `--items` ints from 4 producer to 4 consumer
-processes one at a time, timed as bench/queues.py times them.
+as BaseManager has, items in a deque; then the same, committing each put and get to SQLite
+before answering. What corral's client moves through these is a ceiling for anything built on
+that protocol, without and with durable calls: corral adds to the second the token, the checks,
+leases and waiting calls, and an asyncio server under ASGI. Each moves `--items` ints from 4
+producer to 4 consumer processes one at a time, timed as bench/queues.py times them.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import itertools
 import multiprocessing
 import os
 import socket
+import sqlite3
 import tempfile
 import threading
 from pathlib import Path
@@ -34,11 +37,22 @@ ENDS = (4, 4)
 
 
 class BareCallServer:
-    """Answers open_queue, put and get calls of corral's client, from memory, and nothing else."""
+    """Answers open_queue, put and get calls of corral's client, and nothing else: from memory,
+    or also writing each item to SQLite, committed before the answer (WAL, synchronous=NORMAL,
+    as corral's store by default), when given a database file."""
 
-    def __init__(self) -> None:
-        self._items: collections.deque[bytes] = collections.deque()
-        self._ready = threading.Condition()
+    def __init__(self, database: Path | None = None) -> None:
+        self._items: collections.deque[tuple[int, bytes]] = collections.deque()
+        self._numbers = itertools.count()
+        self._ready = threading.Condition()  # held for the items and the database alike
+        self._database: sqlite3.Connection | None = None
+        if database is not None:
+            self._database = sqlite3.connect(
+                database, isolation_level=None, check_same_thread=False
+            )
+            self._database.execute("PRAGMA journal_mode = WAL")
+            self._database.execute("PRAGMA synchronous = NORMAL")
+            self._database.execute("CREATE TABLE items (seq INTEGER PRIMARY KEY, data BLOB)")
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
         threading.Thread(target=self._accept, daemon=True).start()
@@ -72,15 +86,25 @@ class BareCallServer:
 
     def _answer(self, call: Any) -> Any:
         if call.op == "put":
+            items = [(next(self._numbers), data) for data, _ in call.args[0]]
             with self._ready:
-                self._items.extend(data for data, _ in call.args[0])
-                self._ready.notify(len(call.args[0]))
+                self._store("INSERT INTO items VALUES (?, ?)", items)
+                self._items.extend(items)
+                self._ready.notify(len(items))
             return None
         if call.op == "get":
             with self._ready:
                 self._ready.wait_for(lambda: self._items)
-                return [[self._items.popleft(), None]]
+                seq, data = self._items.popleft()
+                self._store("DELETE FROM items WHERE seq = ?", [(seq,)])
+            return [[data, None]]
         return None  # open_queue
+
+    def _store(self, statement: str, rows: list[Any]) -> None:
+        if self._database is not None:
+            self._database.execute("BEGIN")
+            self._database.executemany(statement, rows)
+            self._database.execute("COMMIT")
 
 
 def main() -> None:
@@ -105,8 +129,9 @@ def main() -> None:
             meter.stop()
             row[-1] += f", server CPU {meter.spent['server']:.2f}s"
 
-    bare = BareCallServer()
     with tempfile.TemporaryDirectory(prefix="corral-bench-") as data_dir:
+        bare = BareCallServer()
+        durable = BareCallServer(Path(data_dir) / "bare.db")
         server = Server(Path(data_dir)).start()
         try:
             meter = CpuMeter({"server": (server.pid, True)})
@@ -117,10 +142,12 @@ def main() -> None:
                 )
                 row[-1] = f"8 processes and manager {children_cpu() - cpu_before:.2f}s"
                 measure("corral client, bare server", bare.url, "", number, None)
+                measure("corral client, bare + SQLite", durable.url, "", number, None)
                 measure("corral client, corral server", server.url, server.token, number, meter)
         finally:
             server.stop()
             bare.close()
+            durable.close()
 
     header = ["system", "items", "seconds", "items/s", "load at start", "CPU"]
     print_table("one queue, 4 producers + 4 consumers, item by item", header, recorded.rows)
@@ -128,7 +155,7 @@ def main() -> None:
     base = best["BaseManager queue"]
     print(f"\nbest items/s against BaseManager's {base:,.0f}:")
     for system, rate in best.items():
-        print(f"  {system:<30} {rate:>10,.0f}   {rate / base:,.2f}x")
+        print(f"  {system:<32} {rate:>10,.0f}   {rate / base:,.2f}x")
     print(f"load at end: {load_average()}")
 
 
