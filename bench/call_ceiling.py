@@ -29,7 +29,7 @@ from typing import Any
 from websockets.frames import Frame, Opcode
 from websockets.server import ServerProtocol
 
-from cluster import CpuMeter, Rounds, Server, load_average, print_table
+from cluster import CpuMeter, Rounds, Server, load_average, print_against, print_table
 from corral import protocol as p
 from queues import children_cpu, corral_endpoint, drive, run_manager
 
@@ -151,11 +151,7 @@ def main() -> None:
 
     header = ["system", "items", "seconds", "items/s", "load at start", "CPU"]
     print_table("one queue, 4 producers + 4 consumers, item by item", header, recorded.rows)
-    best = recorded.best()
-    base = best["BaseManager queue"]
-    print(f"\nbest items/s against BaseManager's {base:,.0f}:")
-    for system, rate in best.items():
-        print(f"  {system:<32} {rate:>10,.0f}   {rate / base:,.2f}x")
+    print_against(recorded.best(), "BaseManager queue", "items/s")
     print(f"load at end: {load_average()}")
 
 

@@ -208,6 +208,15 @@ def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
             print("  " + "  ".join("-" * width for width in widths))
 
 
+def print_against(best: dict[str, float], base: str, unit: str) -> None:
+    """Each system's best rate (in `unit`) and its ratio to that of the system `base`."""
+    base_rate = best[base]
+    width = max(map(len, best))
+    print(f"\nbest {unit} against {base}'s {base_rate:,.0f}:")
+    for system, rate in best.items():
+        print(f"  {system:<{width}} {rate:>10,.0f}   {rate / base_rate:,.2f}x")
+
+
 def _stat_fields(pid: int) -> list[str] | None:
     try:
         text = Path(f"/proc/{pid}/stat").read_text()

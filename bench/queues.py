@@ -39,7 +39,7 @@ from typing import Any
 
 import corral
 from baseline import AUTHKEY, QueueManager
-from cluster import CpuMeter, Rounds, Server, installed, load_average, print_table
+from cluster import CpuMeter, Rounds, Server, installed, load_average, print_against, print_table
 
 #: Run in each process as endpoint(*its system's arguments, role, share of items, Start); the
 #: role is "put" or "get".
@@ -278,11 +278,7 @@ def main() -> None:
     header = ["system", "items", "seconds", "items/s", "load at start", "CPU"]
     title = f"one queue, {args.producers} producers + {args.consumers} consumers"
     print_table(title, header, recorded.rows)
-    best = recorded.best()
-    base = best["BaseManager queue"]
-    print(f"\nbest items/s against BaseManager's {base:,.0f}:")
-    for system, rate in best.items():
-        print(f"  {system:<34} {rate:>10,.0f}   {rate / base:,.2f}x")
+    print_against(recorded.best(), "BaseManager queue", "items/s")
     print("targets: item by item >= 1x BaseManager; batched >= 5x")
 
     lock_rows = [
