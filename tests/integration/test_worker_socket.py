@@ -355,6 +355,15 @@ def test_jobs_bigger_together_than_a_message_reach_their_worker(
     assert 6 * len(argument) > MAX_FRAME_BYTES
 
 
+async def hold_until(squatter: ClientConnection, condition: Callable[[], bool]) -> None:
+    """Keep a raw worker's id, heartbeating (the server's lease is 2 s, and a loaded machine
+    can take longer than that to start a worker), until `condition()` holds."""
+    async with asyncio.timeout(WAIT):
+        while not condition():
+            await squatter.send(p.Heartbeat().encode())
+            await asyncio.sleep(0.2)
+
+
 WORKER_AS = """
 import asyncio, logging, sys
 from corral.worker.agent import Worker, WorkerSettings
@@ -369,20 +378,28 @@ def test_a_worker_refused_for_an_id_in_use_waits_until_the_id_is_free(
     server: ServerProcess, api: httpx.Client, tmp_path: Path
 ) -> None:
     log = tmp_path / "twin.log"
-    with open(log, "w") as out:
-        worker = subprocess.Popen(
-            [sys.executable, "-c", WORKER_AS, server.url, server.token, "twin"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    started: list[subprocess.Popen[bytes]] = []
     try:
         loop = asyncio.new_event_loop()
         try:
             squatter = loop.run_until_complete(join(server, "twin", capacity=0))
-            wait_for(lambda: "in use by another worker" in log.read_text(), WAIT, "a refusal")
+            with open(log, "w") as out:  # the worker asks once the id is held: no race
+                started.append(
+                    subprocess.Popen(
+                        [sys.executable, "-c", WORKER_AS, server.url, server.token, "twin"],
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
+
+            def refused() -> bool:
+                return "in use by another worker" in log.read_text()
+
+            loop.run_until_complete(hold_until(squatter, refused))
             loop.run_until_complete(squatter.close())
         finally:
             loop.close()
+        [worker] = started
         assert worker.poll() is None, log.read_text()
         response = api.post("/api/v1/jobs", json={"kind": "shell", "command": "true"})
         job_id = response.json()["ids"][0]
@@ -394,9 +411,10 @@ def test_a_worker_refused_for_an_id_in_use_waits_until_the_id_is_free(
         )
         assert api.get(f"/api/v1/jobs/{job_id}").json()["worker"] == "twin"
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
+        for worker in started:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
