@@ -91,6 +91,8 @@ def taken_later(batch: Sequence[Mutation]) -> dict[int, Set[int]]:
         mutation = batch[index]
         if isinstance(mutation, TakeItems):
             taken = taken.union(mutation.seqs)  # a new set: those before it do not see these
+        elif isinstance(mutation, AckItems):  # before a take, it must find (and count) the row
+            taken = taken.difference(mutation.seqs)
         elif taken and isinstance(mutation, PushItems):
             found[index] = taken
     return found
@@ -99,10 +101,10 @@ def taken_later(batch: Sequence[Mutation]) -> dict[int, Set[int]]:
 def apply_primitive(
     connection: sqlite3.Connection,
     mutation: PrimitiveMutation,
-    taken_later: Set[int] = frozenset(),
+    not_inserted: Set[int] = frozenset(),
 ) -> None:
     """Apply one mutation of a named primitive inside the open transaction; a PushItems does
-    not insert the items in `taken_later`, those a later TakeItems of the batch deletes."""
+    not insert the items in `not_inserted` (see taken_later)."""
     name = mutation.name
     if isinstance(mutation, DeclarePrimitive):
         connection.execute(
@@ -115,7 +117,7 @@ def apply_primitive(
             [
                 (i.seq, name, i.key, i.data, i.delivery, i.lease, i.holder)
                 for i in mutation.items
-                if i.seq not in taken_later
+                if i.seq not in not_inserted
             ],
         )
         _count(connection, name, unfinished=len(mutation.items))
