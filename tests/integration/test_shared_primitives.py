@@ -164,6 +164,22 @@ def test_a_lock_taken_again_after_its_renewals_stopped_is_renewed_again(
         assert token is not None
 
 
+def test_a_short_lease_taken_while_a_long_one_is_held_is_renewed_in_time(
+    shared_server: ServerProcess,
+) -> None:
+    long_name, short_name = _name("lock"), _name("lock")
+    with shared_server.connect() as holder, shared_server.connect() as rival_client:
+        long_lock = holder.lock(long_name, lease=6.0)
+        long_lock.acquire()
+        time.sleep(0.2)  # the renewals now pause 2 s, a third of the lease held
+        short_lock = holder.lock(short_name, lease=0.6)
+        short_lock.acquire()
+        time.sleep(1.5)  # over two short leases: renewed sooner than that pause, or lost
+        assert rival_client.lock(short_name, lease=0.6).acquire(block=False) is None
+        short_lock.release()
+        long_lock.release()
+
+
 def test_a_semaphore_admits_its_value_of_holders(client: corral.Client) -> None:
     name = _name("semaphore")
     pool = client.semaphore(name, 2)

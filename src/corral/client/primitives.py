@@ -146,9 +146,12 @@ class PrimitiveSession:
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(12)}"
         self._holds: dict[tuple[Op, str, int], float] = {}  # (renew op, name, token) -> lease
         self._renewer: asyncio.Task[None] | None = None
-        # Whether a renewer runs or is on its way, decided with the holds under one lock: a
-        # hold from another thread wakes the loop only to start one, not at every acquire.
+        # Whether a renewer runs or is on its way, and how long it pauses this round, decided
+        # with the holds under one lock: a hold from another thread wakes the loop only to
+        # start one, or to renew sooner for a lease shorter than the pause; not at every acquire.
         self._renewing = False
+        self._renew_pause = 0.0
+        self._renew_sooner = asyncio.Event()
         self._holds_lock = threading.Lock()
 
     async def call(self, op: Op, name: str, *args: Any) -> Any:
@@ -177,15 +180,19 @@ class PrimitiveSession:
 
     def hold(self, renew: Op, name: str, token: int, lease: float) -> None:
         """Renew this lease while it is held (until `drop`)."""
+        wake: Callable[[], object]
         with self._holds_lock:
             self._holds[(renew, name, token)] = lease  # at once, so that a `drop` after it holds
-            if self._renewing:
-                return
-            self._renewing = True
+            if not self._renewing:
+                self._renewing, wake = True, self._start_renewer
+            elif lease / 3 < self._renew_pause:
+                self._renew_pause, wake = lease / 3, self._renew_sooner.set
+            else:
+                return  # the renewer's next round comes in time for this lease too
         if threading.get_ident() == self._loop_thread:
-            self._start_renewer()
+            wake()
         else:
-            self._loop.call_soon_threadsafe(self._start_renewer)
+            self._loop.call_soon_threadsafe(wake)
 
     def drop(self, renew: Op, name: str, token: int) -> None:
         with self._holds_lock:
@@ -199,6 +206,8 @@ class PrimitiveSession:
             self._renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._renewer
+        with self._holds_lock:  # cancelled before it began, it could not say so itself
+            self._renewing = False
 
     async def _renew_forever(self) -> None:
         """Renew every lease held a third of the shortest lease apart, so that two renewals
@@ -209,8 +218,10 @@ class PrimitiveSession:
                     if not self._holds:
                         self._renewing = False  # with the check: a hold now starts another
                         return
-                    pause = min(self._holds.values()) / 3
-                await asyncio.sleep(pause)
+                    self._renew_pause = min(self._holds.values()) / 3
+                with contextlib.suppress(TimeoutError):  # or a shorter lease came meanwhile
+                    await asyncio.wait_for(self._renew_sooner.wait(), self._renew_pause)
+                self._renew_sooner.clear()
                 await self._renew_held()
         except BaseException:  # closed (or a defect): the next hold starts a renewer again
             with self._holds_lock:
