@@ -118,6 +118,7 @@ class PrimitiveService:
             effects.add(self.core.cancel(name, (peer, request_id), now))
         if effects.mutations or effects.replies:
             self._carry_out(effects)
+            self._tick_by_next_wakeup()  # what went to others may hold a lease, or wait
 
     def _carry_out(self, effects: Effects) -> None:
         for reply in effects.replies:  # answered: no longer waiting, whatever the commit does
