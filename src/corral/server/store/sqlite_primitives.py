@@ -86,6 +86,8 @@ def taken_later(batch: Sequence[Mutation]) -> dict[int, Set[int]]:
     Between 4 producers and 4 consumers moving batches of 100, most items are taken in the
     batch that puts them, and the insert is most of what storing an item costs."""
     found: dict[int, Set[int]] = {}
+    if len(batch) < 2:  # a lone call's write, most of them: nothing to look for
+        return found
     taken: frozenset[int] = frozenset()
     for index in range(len(batch) - 1, -1, -1):
         mutation = batch[index]
