@@ -378,18 +378,16 @@ def test_a_worker_refused_for_an_id_in_use_waits_until_the_id_is_free(
     server: ServerProcess, api: httpx.Client, tmp_path: Path
 ) -> None:
     log = tmp_path / "twin.log"
-    started: list[subprocess.Popen[bytes]] = []
+    worker: subprocess.Popen[bytes] | None = None
     try:
         loop = asyncio.new_event_loop()
         try:
             squatter = loop.run_until_complete(join(server, "twin", capacity=0))
             with open(log, "w") as out:  # the worker asks once the id is held: no race
-                started.append(
-                    subprocess.Popen(
-                        [sys.executable, "-c", WORKER_AS, server.url, server.token, "twin"],
-                        stdout=out,
-                        stderr=subprocess.STDOUT,
-                    )
+                worker = subprocess.Popen(
+                    [sys.executable, "-c", WORKER_AS, server.url, server.token, "twin"],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
                 )
 
             def refused() -> bool:
@@ -399,7 +397,6 @@ def test_a_worker_refused_for_an_id_in_use_waits_until_the_id_is_free(
             loop.run_until_complete(squatter.close())
         finally:
             loop.close()
-        [worker] = started
         assert worker.poll() is None, log.read_text()
         response = api.post("/api/v1/jobs", json={"kind": "shell", "command": "true"})
         job_id = response.json()["ids"][0]
@@ -411,7 +408,7 @@ def test_a_worker_refused_for_an_id_in_use_waits_until_the_id_is_free(
         )
         assert api.get(f"/api/v1/jobs/{job_id}").json()["worker"] == "twin"
     finally:
-        for worker in started:
+        if worker is not None:
             worker.send_signal(signal.SIGTERM)
             try:
                 worker.wait(timeout=15)
