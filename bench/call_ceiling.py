@@ -31,7 +31,7 @@ from websockets.server import ServerProtocol
 
 from cluster import CpuMeter, Rounds, Server, load_average, print_against, print_table
 from corral import protocol as p
-from queues import children_cpu, corral_endpoint, drive, run_manager
+from queues import corral_endpoint, drive, measure, run_manager
 
 ENDS = (4, 4)
 
@@ -116,15 +116,18 @@ def main() -> None:
     fork = multiprocessing.get_context("fork")
     recorded = Rounds()
 
-    def measure(system: str, url: str, token: str, number: int, meter: CpuMeter | None) -> None:
-        cpu_before = children_cpu()
+    def through(system: str, url: str, token: str, number: int, meter: CpuMeter | None) -> None:
+        """A round of corral's client against the server at `url`."""
         if meter is not None:
             meter.start()
         endpoint_args = (url, token, f"ceiling-{number}", 1)
-        row = recorded.measure(
-            system, lambda n: drive(fork, corral_endpoint, endpoint_args, n, *ENDS), args.items
+        row = measure(
+            recorded,
+            system,
+            lambda n: drive(fork, corral_endpoint, endpoint_args, n, *ENDS),
+            args.items,
+            "8 processes",
         )
-        row[-1] = f"8 processes {children_cpu() - cpu_before:.2f}s"
         if meter is not None:
             meter.stop()
             row[-1] += f", server CPU {meter.spent['server']:.2f}s"
@@ -136,14 +139,17 @@ def main() -> None:
         try:
             meter = CpuMeter({"server": (server.pid, True)})
             for number in range(args.rounds):
-                cpu_before = children_cpu()
-                row = recorded.measure(
-                    "BaseManager queue", lambda n: run_manager(n, *ENDS), args.items
+                manager = "8 processes and manager"
+                measure(
+                    recorded,
+                    "BaseManager queue",
+                    lambda n: run_manager(n, *ENDS),
+                    args.items,
+                    manager,
                 )
-                row[-1] = f"8 processes and manager {children_cpu() - cpu_before:.2f}s"
-                measure("corral client, bare server", bare.url, "", number, None)
-                measure("corral client, bare + SQLite", durable.url, "", number, None)
-                measure("corral client, corral server", server.url, server.token, number, meter)
+                through("corral client, bare server", bare.url, "", number, None)
+                through("corral client, bare + SQLite", durable.url, "", number, None)
+                through("corral client, corral server", server.url, server.token, number, meter)
         finally:
             server.stop()
             bare.close()

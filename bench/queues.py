@@ -102,6 +102,17 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def measure(
+    recorded: Rounds, system: str, run: Callable[[int], float], items: int, who: str
+) -> list[str]:
+    """One round of `system`, recorded; its row's last cell is the CPU that this process's
+    children (`who`: the queue processes, and a manager) spent in it."""
+    cpu_before = children_cpu()
+    row = recorded.measure(system, run, items)
+    row[-1] = f"{who} {children_cpu() - cpu_before:.2f}s"
+    return row
+
+
 def _shares(total: int, parts: int) -> list[int]:
     share, extra = divmod(total, parts)
     return [share + (part < extra) for part in range(parts)]
@@ -234,14 +245,8 @@ def main() -> None:
     print(f"{os.cpu_count()} CPUs, load at start: {load_average()}")
 
     recorded = Rounds()
-
-    def measure(system: str, run: Callable[[int], float], items: int = args.items) -> list[str]:
-        cpu_before = children_cpu()
-        row = recorded.measure(system, run, items)
-        row[-1] = f"{sum(ends)} processes {children_cpu() - cpu_before:.2f}s"
-        return row
-
-    measure("BaseManager queue", lambda items: run_manager(items, *ends))
+    processes = f"{sum(ends)} processes"
+    measure(recorded, "BaseManager queue", lambda n: run_manager(n, *ends), args.items, processes)
     with tempfile.TemporaryDirectory(prefix="corral-bench-") as data_dir:
         server = Server(Path(data_dir)).start()
         try:
@@ -253,9 +258,11 @@ def main() -> None:
                 system = "corral, item by item" if batch == 1 else f"corral, batches of {batch}"
                 meter.start()
                 row = measure(
+                    recorded,
                     system if items == args.items else f"{system}, long run",
                     lambda n, a=corral_args: drive(fork, corral_endpoint, a, n, *ends),
                     items,
+                    processes,
                 )
                 meter.stop()
                 row[-1] += f", server CPU {meter.spent['server']:.2f}s"
@@ -266,11 +273,13 @@ def main() -> None:
     with multiprocessing.get_context("fork").Manager() as manager:
         manager_lock = lock_trips(manager.Lock(), args.lock_trips)
     if installed("distributed"):
-        measure("dask distributed.Queue", lambda n: run_dask(n, *ends), args.rival_items)
+        dask = "dask distributed.Queue"
+        measure(recorded, dask, lambda n: run_dask(n, *ends), args.rival_items, processes)
     else:
         print("distributed is not installed: no Dask row (pip install -e '.[bench]')")
     if installed("ray"):
-        measure("ray.util.queue.Queue", lambda n: run_ray(n, *ends), args.rival_items)
+        ray = "ray.util.queue.Queue"
+        measure(recorded, ray, lambda n: run_ray(n, *ends), args.rival_items, processes)
     else:
         print("ray is not installed: no Ray row (pip install -e '.[bench]')")
 
